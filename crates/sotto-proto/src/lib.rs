@@ -1,0 +1,30 @@
+//! `sotto-proto`: the sans-IO core of Sotto.
+//!
+//! Everything that must be right for end-to-end encryption lives here and does no I/O: it takes bytes
+//! (and the current time) in and gives bytes and events out. The server, the SDK and the benchmarks all
+//! build on it.
+//!
+//! ```text
+//! identity   account identity keys (Ed25519), device ids, usernames, device certificates
+//! content    the versioned, padded plaintext of a message (what MLS encrypts)
+//! link       one-time device-link codes and the encrypted account bundle they unlock
+//! mls        the MLS conversation wrapper over openmls (hybrid post-quantum ciphersuite)
+//! codec      the small binary codec every wire type above uses
+//! ```
+//!
+//! Untrusted input (anything that came off the network or disk) is parsed with `read`/`decode`
+//! functions into validated types; none of them panic on any input.
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod content;
+pub mod identity;
+pub mod link;
+pub mod mls;
+
+pub use codec::CodecError;
+pub use content::{Body, MessageContent, MessageId};
+pub use identity::{
+    AccountIdentity, DeviceCertificate, DeviceId, IdentityError, IdentityPublicKey, Username,
+};
+pub use link::{AccountBundle, LinkCode, LinkError};

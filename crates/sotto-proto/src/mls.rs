@@ -1,0 +1,713 @@
+//! The MLS conversation wrapper over `openmls`.
+//!
+//! Every conversation is one MLS group whose leaves are devices; a DM is a group holding every device
+//! of both accounts. Each leaf's basic credential is the device's [`DeviceCertificate`], and nothing
+//! here accepts a leaf (in a key package, a commit or a welcome) until the caller has verified its
+//! certificate against the identity key pinned for its account (see [`Trust`]).
+//!
+//! Handshake messages go out as MLS `PublicMessage` (the server can read epochs and route them);
+//! application messages as `PrivateMessage`. The group carries its ratchet tree in the welcome.
+//!
+//! All functions are generic over the openmls provider, so the caller chooses where MLS state lives
+//! (the SDK uses SQLite; tests and benchmarks may use memory).
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use thiserror::Error;
+
+use crate::content::MessageContent;
+use crate::identity::{
+    AccountIdentity, DeviceCertificate, DeviceId, IdentityError, IdentityPublicKey, Username,
+};
+
+/// The default ciphersuite: hybrid post-quantum ML-KEM-768 + X25519 KEM, AES-128-GCM, SHA-256,
+/// Ed25519 signatures.
+pub const DEFAULT_CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
+
+/// The classic suite, for groups above the post-quantum size limit.
+pub const CLASSIC_CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// How many past epochs a member keeps secrets for, to read application messages that were sent just
+/// before a commit it already applied.
+const MAX_PAST_EPOCHS: usize = 8;
+
+/// Largest serialized MLS message we accept.
+pub const MAX_MLS_MESSAGE: usize = 1 << 20;
+
+/// What went wrong in MLS processing. `Malformed`/`Rejected` are the peer's (or server's) fault;
+/// `Internal` is ours.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MlsError {
+    /// The bytes are not a well-formed MLS message or key package of the expected kind.
+    #[error("malformed MLS input: {0}")]
+    Malformed(String),
+    /// Well-formed but refused by MLS validation (bad signature, wrong epoch, unknown group, ...).
+    #[error("MLS message refused: {0}")]
+    Rejected(String),
+    /// A leaf's device certificate did not verify.
+    #[error("device certificate refused for {who}: {source}")]
+    Certificate {
+        /// `username/device` as claimed by the leaf, or `unknown`.
+        who: String,
+        /// Why.
+        source: IdentityError,
+    },
+    /// A leaf belongs to an account whose identity key the caller has not pinned yet.
+    #[error("identity key of account {0} is not known yet")]
+    UnknownAccount(Username),
+    /// A bug or a storage failure on our side.
+    #[error("internal MLS error: {0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> MlsError {
+    MlsError::Internal(e.to_string())
+}
+
+/// The caller's store of pinned account identity keys.
+pub trait Trust {
+    /// The identity key pinned for `username`, if any.
+    fn pinned_identity(&self, username: &Username) -> Option<IdentityPublicKey>;
+}
+
+/// Decodes the device certificate carried by a credential, without verifying it.
+pub fn certificate_of(credential: &Credential) -> Result<DeviceCertificate, IdentityError> {
+    let basic = BasicCredential::try_from(credential.clone())
+        .map_err(|_| IdentityError::Malformed(crate::CodecError::Invalid("credential type")))?;
+    DeviceCertificate::decode(basic.identity())
+}
+
+/// Verifies a leaf: its credential must be a device certificate signed by the pinned identity key of
+/// its account and binding the leaf's signature key.
+pub fn verify_leaf(
+    credential: &Credential,
+    signature_key: &[u8],
+    trust: &impl Trust,
+) -> Result<DeviceCertificate, MlsError> {
+    let cert = certificate_of(credential).map_err(|source| MlsError::Certificate {
+        who: "unknown".into(),
+        source,
+    })?;
+    let pinned = trust
+        .pinned_identity(&cert.username)
+        .ok_or_else(|| MlsError::UnknownAccount(cert.username.clone()))?;
+    cert.verify(&pinned, signature_key)
+        .map_err(|source| MlsError::Certificate {
+            who: format!("{}/{}", cert.username, cert.device_id),
+            source,
+        })?;
+    Ok(cert)
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+/// A device's MLS signing key and its certificate.
+pub struct DeviceKeys {
+    signer: SignatureKeyPair,
+    cert: DeviceCertificate,
+}
+
+impl std::fmt::Debug for DeviceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceKeys")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceKeys {
+    /// Makes a new device: a fresh MLS signature key, certified by the account identity, stored in
+    /// the provider's storage.
+    pub fn generate<P: OpenMlsProvider>(
+        provider: &P,
+        identity: &AccountIdentity,
+        username: &Username,
+        device_id: DeviceId,
+        now_secs: u64,
+    ) -> Result<Self, MlsError> {
+        let signer = SignatureKeyPair::new(DEFAULT_CIPHERSUITE.signature_algorithm())
+            .map_err(|e| internal(format!("{e:?}")))?;
+        signer
+            .store(provider.storage())
+            .map_err(|e| internal(format!("{e:?}")))?;
+        let cert = identity.certify_device(username, device_id, signer.public(), now_secs);
+        Ok(Self { signer, cert })
+    }
+
+    /// Loads a device's keys from storage, given its certificate.
+    pub fn load<P: OpenMlsProvider>(
+        provider: &P,
+        cert: DeviceCertificate,
+    ) -> Result<Self, MlsError> {
+        let signer = SignatureKeyPair::read(
+            provider.storage(),
+            &cert.mls_signature_key,
+            DEFAULT_CIPHERSUITE.signature_algorithm(),
+        )
+        .ok_or_else(|| internal("device signature key missing from storage"))?;
+        Ok(Self { signer, cert })
+    }
+
+    /// This device's certificate.
+    pub fn certificate(&self) -> &DeviceCertificate {
+        &self.cert
+    }
+
+    fn credential(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(self.cert.to_bytes()).into(),
+            signature_key: self.signer.public().into(),
+        }
+    }
+
+    /// Makes `n` one-time key packages (plus a last-resort one if asked), serialized for upload.
+    pub fn key_packages<P: OpenMlsProvider>(
+        &self,
+        provider: &P,
+        n: usize,
+        last_resort: bool,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), MlsError> {
+        let build = |lr: bool| -> Result<Vec<u8>, MlsError> {
+            let mut b = KeyPackage::builder();
+            if lr {
+                b = b.mark_as_last_resort();
+            }
+            let bundle = b
+                .build(
+                    DEFAULT_CIPHERSUITE,
+                    provider,
+                    &self.signer,
+                    self.credential(),
+                )
+                .map_err(|e| internal(format!("{e:?}")))?;
+            bundle
+                .key_package()
+                .tls_serialize_detached()
+                .map_err(internal)
+        };
+        let one_time = (0..n).map(|_| build(false)).collect::<Result<_, _>>()?;
+        let lr = if last_resort {
+            Some(build(true)?)
+        } else {
+            None
+        };
+        Ok((one_time, lr))
+    }
+}
+
+/// A key package that parsed, passed MLS validation and whose device certificate is well-formed and
+/// self-signed (not yet checked against a pinned key).
+#[derive(Debug, Clone)]
+pub struct ValidKeyPackage {
+    key_package: KeyPackage,
+    cert: DeviceCertificate,
+}
+
+impl ValidKeyPackage {
+    /// Parses and validates a serialized key package (signature, lifetime, ciphersuite, certificate
+    /// shape). Used by the server on upload and by clients before adding a device.
+    pub fn parse(
+        crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
+        bytes: &[u8],
+    ) -> Result<Self, MlsError> {
+        if bytes.len() > MAX_MLS_MESSAGE {
+            return Err(MlsError::Malformed("key package too large".into()));
+        }
+        let kp_in = KeyPackageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| MlsError::Malformed(format!("key package: {e}")))?;
+        let key_package = kp_in
+            .validate(crypto, ProtocolVersion::Mls10)
+            .map_err(|e| MlsError::Rejected(format!("key package: {e}")))?;
+        if key_package.ciphersuite() != DEFAULT_CIPHERSUITE {
+            return Err(MlsError::Rejected(
+                "key package has an unsupported ciphersuite".into(),
+            ));
+        }
+        let leaf = key_package.leaf_node();
+        let cert = certificate_of(leaf.credential()).map_err(|source| MlsError::Certificate {
+            who: "unknown".into(),
+            source,
+        })?;
+        if cert.mls_signature_key != leaf.signature_key().as_slice() {
+            return Err(MlsError::Certificate {
+                who: format!("{}/{}", cert.username, cert.device_id),
+                source: IdentityError::SignatureKeyMismatch,
+            });
+        }
+        cert.verify_self_signed()
+            .map_err(|source| MlsError::Certificate {
+                who: format!("{}/{}", cert.username, cert.device_id),
+                source,
+            })?;
+        Ok(Self { key_package, cert })
+    }
+
+    /// The certificate the key package carries.
+    pub fn certificate(&self) -> &DeviceCertificate {
+        &self.cert
+    }
+
+    /// Whether this is a last-resort key package.
+    pub fn is_last_resort(&self) -> bool {
+        self.key_package.last_resort()
+    }
+
+    /// Checks the certificate against the pinned identity key of its account.
+    pub fn verify(self, trust: &impl Trust) -> Result<TrustedKeyPackage, MlsError> {
+        let leaf = self.key_package.leaf_node();
+        verify_leaf(leaf.credential(), leaf.signature_key().as_slice(), trust)?;
+        Ok(TrustedKeyPackage(self))
+    }
+}
+
+/// A key package whose certificate verified against a pinned identity key: safe to add.
+#[derive(Debug, Clone)]
+pub struct TrustedKeyPackage(ValidKeyPackage);
+
+impl TrustedKeyPackage {
+    /// The device it belongs to.
+    pub fn certificate(&self) -> &DeviceCertificate {
+        &self.0.cert
+    }
+}
+
+/// The messages a commit produces, to be posted to the server as one bundle.
+#[derive(Debug, Clone)]
+pub struct CommitBundle {
+    /// The epoch the commit was made in (the server's commit rule checks it).
+    pub epoch: u64,
+    /// The commit (an MLS PublicMessage).
+    pub commit: Vec<u8>,
+    /// The welcome for added devices, if any.
+    pub welcome: Option<Vec<u8>>,
+    /// The devices the welcome is for.
+    pub welcome_devices: Vec<DeviceId>,
+    /// The group info of the new epoch.
+    pub group_info: Option<Vec<u8>>,
+}
+
+/// A member of a conversation: one device.
+#[derive(Debug, Clone)]
+pub struct MemberDevice {
+    /// Its leaf index.
+    pub leaf_index: u32,
+    /// Its (verified on entry) certificate.
+    pub cert: DeviceCertificate,
+}
+
+/// Something an incoming handshake or application message produced.
+#[derive(Debug)]
+pub enum Incoming {
+    /// An application message from another device.
+    Message {
+        /// The sender's certificate (verified when the sender's leaf entered the group).
+        sender: DeviceCertificate,
+        /// The decoded content.
+        content: MessageContent,
+    },
+    /// A commit from another device, staged: check it with [`Conversation::merge_verified`].
+    Commit(PendingCommit),
+    /// Our own commit, echoed back by the server, matching our pending commit.
+    OwnCommit,
+    /// Our own application message echoed back; nothing to do.
+    OwnMessage,
+}
+
+/// A staged commit waiting for its new leaves to be verified.
+#[derive(Debug)]
+pub struct PendingCommit {
+    staged: Box<StagedCommit>,
+    /// Who sent the commit.
+    pub sender: Option<DeviceCertificate>,
+}
+
+impl PendingCommit {
+    fn new_leaves(&self) -> Vec<(Credential, Vec<u8>)> {
+        let owned = |leaf: &LeafNode| {
+            (
+                leaf.credential().clone(),
+                leaf.signature_key().as_slice().to_vec(),
+            )
+        };
+        let mut out = Vec::new();
+        for add in self.staged.add_proposals() {
+            out.push(owned(add.add_proposal().key_package().leaf_node()));
+        }
+        for upd in self.staged.update_proposals() {
+            out.push(owned(upd.update_proposal().leaf_node()));
+        }
+        if let Some(leaf) = self.staged.update_path_leaf_node() {
+            out.push(owned(leaf));
+        }
+        out
+    }
+
+    /// Accounts whose identity keys must be pinned before the commit can be verified.
+    pub fn accounts(&self) -> Vec<Username> {
+        let mut v: Vec<Username> = self
+            .new_leaves()
+            .into_iter()
+            .filter_map(|(c, _)| certificate_of(&c).ok().map(|c| c.username))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Whether this commit removes us from the group.
+    pub fn removes_us(&self) -> bool {
+        self.staged.self_removed()
+    }
+}
+
+/// A welcome that decrypted for one of our key packages, waiting for its members to be verified.
+pub struct PendingJoin {
+    staged: StagedWelcome,
+}
+
+impl std::fmt::Debug for PendingJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingJoin").finish_non_exhaustive()
+    }
+}
+
+impl PendingJoin {
+    /// Decrypts a serialized welcome with our stored key packages.
+    pub fn stage<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Self, MlsError> {
+        if welcome.len() > MAX_MLS_MESSAGE {
+            return Err(MlsError::Malformed("welcome too large".into()));
+        }
+        let msg = MlsMessageIn::tls_deserialize_exact(welcome)
+            .map_err(|e| MlsError::Malformed(format!("welcome: {e}")))?;
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            return Err(MlsError::Malformed("not a welcome".into()));
+        };
+        let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+            .map_err(|e| MlsError::Rejected(format!("welcome: {e}")))?;
+        Ok(Self { staged })
+    }
+
+    /// The group id (the conversation id) the welcome is for.
+    pub fn group_id(&self) -> &[u8] {
+        self.staged.group_context().group_id().as_slice()
+    }
+
+    /// Accounts whose identity keys must be pinned before the join can be verified.
+    pub fn accounts(&self) -> Vec<Username> {
+        let mut v: Vec<Username> = self
+            .staged
+            .members()
+            .filter_map(|m| certificate_of(&m.credential).ok().map(|c| c.username))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Verifies every member's certificate, then joins.
+    pub fn accept<P: OpenMlsProvider>(
+        self,
+        provider: &P,
+        trust: &impl Trust,
+    ) -> Result<Conversation, MlsError> {
+        for m in self.staged.members() {
+            verify_leaf(&m.credential, &m.signature_key, trust)?;
+        }
+        let group = self
+            .staged
+            .into_group(provider)
+            .map_err(|e| MlsError::Rejected(format!("welcome: {e}")))?;
+        Ok(Conversation { group })
+    }
+}
+
+/// One conversation's MLS group, as seen by this device.
+#[derive(Debug)]
+pub struct Conversation {
+    group: MlsGroup,
+}
+
+impl Conversation {
+    /// Creates a new group with only this device in it, using `group_id` (the conversation id).
+    pub fn create<P: OpenMlsProvider>(
+        provider: &P,
+        keys: &DeviceKeys,
+        group_id: &[u8],
+    ) -> Result<Self, MlsError> {
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(DEFAULT_CIPHERSUITE)
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .build();
+        let group = MlsGroup::new_with_group_id(
+            provider,
+            &keys.signer,
+            &config,
+            GroupId::from_slice(group_id),
+            keys.credential(),
+        )
+        .map_err(|e| internal(format!("{e:?}")))?;
+        Ok(Self { group })
+    }
+
+    /// Loads a group from storage.
+    pub fn load<P: OpenMlsProvider>(
+        provider: &P,
+        group_id: &[u8],
+    ) -> Result<Option<Self>, MlsError> {
+        MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map(|g| g.map(|group| Self { group }))
+            .map_err(|e| internal(format!("{e:?}")))
+    }
+
+    /// Deletes this group's state from storage.
+    pub fn delete<P: OpenMlsProvider>(mut self, provider: &P) -> Result<(), MlsError> {
+        self.group
+            .delete(provider.storage())
+            .map_err(|e| internal(format!("{e:?}")))
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.group.epoch().as_u64()
+    }
+
+    /// Whether we are still a member.
+    pub fn is_active(&self) -> bool {
+        self.group.is_active()
+    }
+
+    /// The group's ciphersuite.
+    pub fn ciphersuite(&self) -> Ciphersuite {
+        self.group.ciphersuite()
+    }
+
+    /// Every member device. Certificates were verified when each leaf entered the group; a leaf
+    /// whose credential does not even decode (impossible for groups built through this module) is
+    /// left out.
+    pub fn members(&self) -> Vec<MemberDevice> {
+        self.group
+            .members()
+            .filter_map(|m| {
+                certificate_of(&m.credential).ok().map(|cert| MemberDevice {
+                    leaf_index: m.index.u32(),
+                    cert,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a commit of ours is waiting for the server's answer.
+    pub fn has_pending_commit(&self) -> bool {
+        self.group.pending_commit().is_some()
+    }
+
+    /// Adds devices (whose key packages were verified against pinned keys) in one commit. The commit
+    /// stays pending until [`Conversation::merge_pending`] (server accepted) or
+    /// [`Conversation::clear_pending`] (server refused).
+    pub fn add_devices<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        keys: &DeviceKeys,
+        key_packages: &[TrustedKeyPackage],
+    ) -> Result<CommitBundle, MlsError> {
+        let epoch = self.epoch();
+        let kps: Vec<KeyPackage> = key_packages
+            .iter()
+            .map(|k| k.0.key_package.clone())
+            .collect();
+        let (commit, welcome, group_info) = self
+            .group
+            .add_members(provider, &keys.signer, &kps)
+            .map_err(|e| internal(format!("{e:?}")))?;
+        Ok(CommitBundle {
+            epoch,
+            commit: commit.tls_serialize_detached().map_err(internal)?,
+            welcome: Some(welcome.tls_serialize_detached().map_err(internal)?),
+            welcome_devices: key_packages
+                .iter()
+                .map(|k| k.certificate().device_id)
+                .collect(),
+            group_info: group_info
+                .map(|gi| gi.tls_serialize_detached())
+                .transpose()
+                .map_err(internal)?,
+        })
+    }
+
+    /// Removes devices by leaf index in one commit (pending, like [`Conversation::add_devices`]).
+    pub fn remove_leaves<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        keys: &DeviceKeys,
+        leaves: &[u32],
+    ) -> Result<CommitBundle, MlsError> {
+        let epoch = self.epoch();
+        let idx: Vec<LeafNodeIndex> = leaves.iter().map(|i| LeafNodeIndex::new(*i)).collect();
+        let (commit, _welcome, group_info) = self
+            .group
+            .remove_members(provider, &keys.signer, &idx)
+            .map_err(|e| internal(format!("{e:?}")))?;
+        Ok(CommitBundle {
+            epoch,
+            commit: commit.tls_serialize_detached().map_err(internal)?,
+            welcome: None,
+            welcome_devices: vec![],
+            group_info: group_info
+                .map(|gi| gi.tls_serialize_detached())
+                .transpose()
+                .map_err(internal)?,
+        })
+    }
+
+    /// Applies our pending commit (the server accepted it).
+    pub fn merge_pending<P: OpenMlsProvider>(&mut self, provider: &P) -> Result<(), MlsError> {
+        self.group
+            .merge_pending_commit(provider)
+            .map_err(|e| internal(format!("{e:?}")))
+    }
+
+    /// Drops our pending commit (the server refused it).
+    pub fn clear_pending<P: OpenMlsProvider>(&mut self, provider: &P) -> Result<(), MlsError> {
+        self.group
+            .clear_pending_commit(provider.storage())
+            .map_err(|e| internal(format!("{e:?}")))
+    }
+
+    /// Encrypts a message for the current epoch.
+    pub fn encrypt<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        keys: &DeviceKeys,
+        content: &MessageContent,
+    ) -> Result<Vec<u8>, MlsError> {
+        let plaintext = zeroize::Zeroizing::new(
+            content
+                .to_padded_bytes()
+                .map_err(|e| MlsError::Malformed(e.to_string()))?,
+        );
+        let msg = self
+            .group
+            .create_message(provider, &keys.signer, &plaintext)
+            .map_err(|e| MlsError::Rejected(format!("{e:?}")))?;
+        msg.tls_serialize_detached().map_err(internal)
+    }
+
+    /// Processes a message from the conversation's log. Commits are only staged; call
+    /// [`Conversation::merge_verified`] to apply them.
+    pub fn process<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        bytes: &[u8],
+    ) -> Result<Incoming, MlsError> {
+        if bytes.len() > MAX_MLS_MESSAGE {
+            return Err(MlsError::Malformed("message too large".into()));
+        }
+        let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| MlsError::Malformed(format!("{e}")))?;
+        let protocol = msg
+            .try_into_protocol_message()
+            .map_err(|e| MlsError::Malformed(format!("{e}")))?;
+        let processed = self
+            .group
+            .process_message(provider, protocol)
+            .map_err(|e| MlsError::Rejected(format!("{e}")))?;
+        let sender = certificate_of(processed.credential()).ok();
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let sender = sender.ok_or_else(|| {
+                    MlsError::Rejected("sender credential is not a device certificate".into())
+                })?;
+                let content = MessageContent::from_padded_bytes(&app.into_bytes())
+                    .map_err(|e| MlsError::Malformed(format!("content: {e}")))?;
+                Ok(Incoming::Message { sender, content })
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                Ok(Incoming::Commit(PendingCommit { staged, sender }))
+            }
+            ProcessedMessageContent::OwnPendingCommit => Ok(Incoming::OwnCommit),
+            ProcessedMessageContent::OwnPrivateMessage => Ok(Incoming::OwnMessage),
+            _ => Err(MlsError::Rejected(
+                "standalone proposals are not used in Sotto conversations".into(),
+            )),
+        }
+    }
+
+    /// Verifies every leaf a staged commit adds or changes against pinned identity keys, then merges
+    /// it. On any failure nothing is merged.
+    pub fn merge_verified<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        pending: PendingCommit,
+        trust: &impl Trust,
+    ) -> Result<(), MlsError> {
+        for (cred, key) in pending.new_leaves() {
+            verify_leaf(&cred, &key, trust)?;
+        }
+        self.group
+            .merge_staged_commit(provider, *pending.staged)
+            .map_err(|e| internal(format!("{e:?}")))
+    }
+}
+
+/// What the server can learn from an MLS message without any key: its kind, group and epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The group (conversation) id.
+    pub group_id: Vec<u8>,
+    /// The epoch it was sent in.
+    pub epoch: u64,
+    /// Whether it is a commit (otherwise an application message).
+    pub is_commit: bool,
+}
+
+impl Envelope {
+    /// Parses the outer framing of a serialized MLS message. Accepts commits framed as PublicMessage
+    /// and application messages framed as PrivateMessage; refuses everything else.
+    pub fn parse(bytes: &[u8]) -> Result<Self, MlsError> {
+        if bytes.len() > MAX_MLS_MESSAGE {
+            return Err(MlsError::Malformed("message too large".into()));
+        }
+        let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| MlsError::Malformed(format!("{e}")))?;
+        let wire = msg.wire_format();
+        let protocol = msg
+            .try_into_protocol_message()
+            .map_err(|e| MlsError::Malformed(format!("{e}")))?;
+        let is_commit = match (wire, protocol.content_type()) {
+            (WireFormat::PublicMessage, ContentType::Commit) => true,
+            (WireFormat::PrivateMessage, ContentType::Application) => false,
+            _ => {
+                return Err(MlsError::Malformed(
+                    "expected a public commit or a private application message".into(),
+                ))
+            }
+        };
+        Ok(Self {
+            group_id: protocol.group_id().as_slice().to_vec(),
+            epoch: protocol.epoch().as_u64(),
+            is_commit,
+        })
+    }
+}
+
+/// Parses a serialized MLS welcome's outer framing (the server checks it is one).
+pub fn check_welcome(bytes: &[u8]) -> Result<(), MlsError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| MlsError::Malformed(format!("welcome: {e}")))?;
+    match msg.extract() {
+        MlsMessageBodyIn::Welcome(_) => Ok(()),
+        _ => Err(MlsError::Malformed("not a welcome".into())),
+    }
+}
