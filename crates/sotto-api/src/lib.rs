@@ -1,1 +1,451 @@
-//! placeholder
+//! `sotto-api`: the wire types shared by `sottod` and the SDK.
+//!
+//! HTTP bodies are JSON; binary fields (MLS messages, certificates, keys) are standard base64 strings.
+//! Every error is `{code, message}` with a stable `code` (see [`ErrorCode`]). WebSocket frames are
+//! JSON text frames of [`ServerFrame`].
+//!
+//! All paths are under `/v1`. Authenticated requests carry `Authorization: Bearer DEVICE_ID:SECRET`.
+#![deny(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+
+/// The API version prefix.
+pub const API_PREFIX: &str = "/v1";
+
+/// Binary data carried as a standard-base64 JSON string.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct B64(pub Vec<u8>);
+
+impl std::fmt::Debug for B64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "B64({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for B64 {
+    fn from(v: Vec<u8>) -> Self {
+        Self(v)
+    }
+}
+
+impl Serialize for B64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map(B64)
+            .map_err(|_| serde::de::Error::custom("invalid base64"))
+    }
+}
+
+/// Stable error codes. Clients match on these, never on `message`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request body or parameters are malformed.
+    BadRequest,
+    /// Missing or wrong credentials.
+    Unauthorized,
+    /// Authenticated, but not allowed (for example not a member).
+    Forbidden,
+    /// The named account, conversation, link or route does not exist.
+    NotFound,
+    /// The username is taken.
+    UsernameTaken,
+    /// The commit or message is for an epoch that is not the conversation's current one.
+    StaleEpoch,
+    /// The request conflicts with the current state in another way.
+    Conflict,
+    /// The body is larger than the server accepts.
+    PayloadTooLarge,
+    /// The link code expired or was used.
+    LinkExpired,
+    /// The account has a device with no key package left.
+    NoKeyPackage,
+    /// Too many requests.
+    RateLimited,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// A server-side failure; nothing was changed.
+    Internal,
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable, never contains secrets or message content.
+    pub message: String,
+    /// With [`ErrorCode::StaleEpoch`]: the conversation's current epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<u64>,
+}
+
+/// A device being registered (with a new account, or through a link).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// The device certificate (sotto-proto encoding), signed by the account's identity key.
+    pub certificate: B64,
+    /// One-time MLS key packages.
+    pub key_packages: Vec<B64>,
+    /// The last-resort key package, handed out when the one-time ones run out.
+    pub last_resort_key_package: B64,
+}
+
+/// `POST /v1/accounts`: register an account and its first device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Unique username.
+    pub username: String,
+    /// The account's Ed25519 identity public key (32 bytes).
+    pub identity_key: B64,
+    /// The first device.
+    pub device: NewDevice,
+}
+
+/// Answer to registration and link redemption.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The device id (from the certificate).
+    pub device_id: String,
+    /// The bearer token for this device: `DEVICE_ID:SECRET`. Shown once; the server keeps a hash.
+    pub token: String,
+}
+
+impl std::fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One device of an account.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device id (hex).
+    pub device_id: String,
+    /// Its certificate.
+    pub certificate: B64,
+    /// When it registered (RFC 3339).
+    pub created_at: String,
+}
+
+/// `GET /v1/accounts/{username}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountInfo {
+    /// Username.
+    pub username: String,
+    /// Identity public key.
+    pub identity_key: B64,
+    /// Its devices.
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// `POST /v1/key-packages`: upload more key packages for the calling device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadKeyPackages {
+    /// One-time key packages.
+    pub key_packages: Vec<B64>,
+    /// A replacement last-resort key package.
+    #[serde(default)]
+    pub last_resort_key_package: Option<B64>,
+}
+
+/// `GET /v1/key-packages/count`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyPackageCount {
+    /// One-time key packages left for the calling device.
+    pub count: u64,
+}
+
+/// `POST /v1/key-packages/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// Whose devices to claim key packages for.
+    pub username: String,
+    /// Only these devices (all of the account's devices when empty). The calling device is never
+    /// included.
+    #[serde(default)]
+    pub devices: Vec<String>,
+}
+
+/// One claimed key package.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimedKeyPackage {
+    /// The device it belongs to.
+    pub device_id: String,
+    /// The key package.
+    pub key_package: B64,
+}
+
+/// Answer to a claim: one key package per device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    /// The key packages.
+    pub key_packages: Vec<ClaimedKeyPackage>,
+}
+
+/// `POST /v1/dms`: get or create the DM conversation with `peer`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDmRequest {
+    /// The other account.
+    pub peer: String,
+}
+
+/// A conversation as the server sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// Conversation id (32 hex digits; also the MLS group id).
+    pub id: String,
+    /// `dm`.
+    pub kind: String,
+    /// Current MLS epoch (0 until the first commit).
+    pub epoch: u64,
+    /// Sequence number of the last log entry (0 when empty).
+    pub last_seq: u64,
+    /// Member accounts.
+    pub members: Vec<String>,
+}
+
+/// `GET /v1/conversations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversationList {
+    /// The calling account's conversations.
+    pub conversations: Vec<ConversationInfo>,
+}
+
+/// `POST /v1/conversations/{id}/commits`: a commit bundle, applied atomically.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    /// The epoch the commit was made in; must be the conversation's current epoch.
+    pub epoch: u64,
+    /// The commit (MLS PublicMessage).
+    pub commit: B64,
+    /// A welcome for added devices.
+    #[serde(default)]
+    pub welcome: Option<B64>,
+    /// Device ids the welcome goes to.
+    #[serde(default)]
+    pub welcome_devices: Vec<String>,
+    /// The new epoch's group info.
+    #[serde(default)]
+    pub group_info: Option<B64>,
+}
+
+/// `POST /v1/conversations/{id}/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// The MLS PrivateMessage.
+    pub message: B64,
+}
+
+/// A durable, accepted log entry.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Accepted {
+    /// Its sequence number in the conversation.
+    pub seq: u64,
+    /// The conversation's epoch after it.
+    pub epoch: u64,
+}
+
+/// Kind of a log entry.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// An MLS commit.
+    Commit,
+    /// An MLS application message.
+    Message,
+}
+
+/// One entry of a conversation log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Sequence number (1, 2, ...).
+    pub seq: u64,
+    /// The epoch it was sent in.
+    pub epoch: u64,
+    /// Commit or message.
+    pub kind: EntryKind,
+    /// The sending device.
+    pub sender_device: String,
+    /// The MLS message.
+    pub data: B64,
+}
+
+/// `GET /v1/conversations/{id}/log?after=SEQ&limit=N`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogPage {
+    /// Entries with `seq > after`, in order.
+    pub entries: Vec<LogEntry>,
+    /// Whether more entries follow.
+    pub more: bool,
+}
+
+/// A welcome waiting in a device's inbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InboxItem {
+    /// Inbox item id (increasing).
+    pub id: u64,
+    /// The conversation it admits the device to.
+    pub conversation: String,
+    /// The log sequence number of the commit that added the device: read the log after it.
+    pub seq: u64,
+    /// The MLS welcome.
+    pub welcome: B64,
+}
+
+/// `GET /v1/inbox`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inbox {
+    /// Items in id order.
+    pub items: Vec<InboxItem>,
+}
+
+/// `POST /v1/inbox/ack`: delete items up to and including `up_to`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxAck {
+    /// Highest processed item id.
+    pub up_to: u64,
+}
+
+/// `POST /v1/links`: offer a device link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLinkRequest {
+    /// Hash-derived link id (64 hex digits); the secret never reaches the server.
+    pub link_id: String,
+    /// The account bundle, encrypted under the link secret.
+    pub bundle: B64,
+}
+
+/// Answer to a link offer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkCreated {
+    /// When the link stops working (RFC 3339).
+    pub expires_at: String,
+}
+
+/// `POST /v1/links/fetch` and the first half of redemption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFetchRequest {
+    /// The link id.
+    pub link_id: String,
+}
+
+/// The encrypted bundle of a pending link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkBundle {
+    /// Account username.
+    pub username: String,
+    /// The encrypted bundle.
+    pub bundle: B64,
+}
+
+/// `POST /v1/links/redeem`: register a new device through a link (consumes it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRedeemRequest {
+    /// The link id.
+    pub link_id: String,
+    /// The new device, certified by the account's identity key.
+    pub device: NewDevice,
+}
+
+/// Frames the server sends over `GET /v1/ws`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Sent once after the connection is authenticated.
+    Ready,
+    /// A conversation has entries up to `seq`.
+    Conversation {
+        /// Conversation id.
+        id: String,
+        /// Its last sequence number.
+        seq: u64,
+    },
+    /// The device's inbox has new items.
+    Inbox,
+    /// The account's device list changed.
+    Devices,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn b64_round_trips_and_debug_hides_bytes() {
+        let b = B64(vec![1, 2, 3]);
+        let j = serde_json::to_string(&b).unwrap();
+        assert_eq!(j, "\"AQID\"");
+        assert_eq!(serde_json::from_str::<B64>(&j).unwrap(), b);
+        assert!(serde_json::from_str::<B64>("\"!!\"").is_err());
+        assert_eq!(format!("{b:?}"), "B64(3 bytes)");
+    }
+
+    #[test]
+    fn frames_and_errors_have_stable_json() {
+        let f = ServerFrame::Conversation {
+            id: "ab".into(),
+            seq: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"type":"conversation","id":"ab","seq":3}"#
+        );
+        let e = ErrorBody {
+            code: ErrorCode::StaleEpoch,
+            message: "x".into(),
+            current_epoch: Some(4),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"code":"stale_epoch","message":"x","current_epoch":4}"#
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<SendRequest>(r#"{"message":"","x":1}"#).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_json_never_panics(s in ".{0,200}") {
+            let _ = serde_json::from_str::<RegisterRequest>(&s);
+            let _ = serde_json::from_str::<CommitRequest>(&s);
+            let _ = serde_json::from_str::<ServerFrame>(&s);
+            let _ = serde_json::from_str::<B64>(&s);
+        }
+
+        #[test]
+        fn log_entries_round_trip(seq in any::<u64>(), epoch in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let e = LogEntry { seq, epoch, kind: EntryKind::Message, sender_device: "d".into(), data: B64(data) };
+            let back: LogEntry = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+            prop_assert_eq!(back, e);
+        }
+    }
+}

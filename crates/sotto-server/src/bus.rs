@@ -1,0 +1,104 @@
+//! Wake-ups for connected devices.
+//!
+//! [`Hub`] holds this node's WebSocket connections. A [`Bus`] carries wake-ups to every node's hub:
+//! [`LocalBus`] (one node) hands them straight to the local hub; a NATS bus will publish them so every
+//! node's hub receives them. Frames are hints ("there is more up to seq N"): a client always fetches
+//! over HTTP, so a frame dropped for a full queue loses nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sotto_api::ServerFrame;
+use tokio::sync::mpsc;
+
+/// Per-connection queue length; a slower reader has frames coalesced (dropped), not buffered.
+pub const CONNECTION_QUEUE: usize = 64;
+
+/// The local registry of connected devices.
+#[derive(Default, Debug)]
+pub struct Hub {
+    conns: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<ServerFrame>)>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A connection's registration; dropping it unregisters.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    device: String,
+    id: u64,
+    /// Frames for this connection.
+    pub rx: mpsc::Receiver<ServerFrame>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(mut conns) = self.hub.conns.lock() {
+            if let Some(v) = conns.get_mut(&self.device) {
+                v.retain(|(id, _)| *id != self.id);
+                if v.is_empty() {
+                    conns.remove(&self.device);
+                }
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Registers a connection for `device`.
+    pub fn subscribe(self: &Arc<Self>, device: &str) -> Subscription {
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.entry(device.to_owned()).or_default().push((id, tx));
+        }
+        Subscription {
+            hub: self.clone(),
+            device: device.to_owned(),
+            id,
+            rx,
+        }
+    }
+
+    /// Delivers a frame to every local connection of the given devices.
+    pub fn deliver(&self, devices: &[String], frame: &ServerFrame) {
+        let Ok(conns) = self.conns.lock() else { return };
+        for d in devices {
+            if let Some(v) = conns.get(d) {
+                for (_, tx) in v {
+                    let _ = tx.try_send(frame.clone());
+                }
+            }
+        }
+    }
+
+    /// Number of connected devices (for metrics and tests).
+    pub fn connected(&self) -> usize {
+        self.conns.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
+/// Carries wake-ups to the hubs of all nodes.
+pub trait Bus: Send + Sync + 'static {
+    /// Wakes `devices` with `frame`, wherever they are connected.
+    fn publish(&self, devices: Vec<String>, frame: ServerFrame);
+}
+
+/// The single-node bus.
+#[derive(Debug)]
+pub struct LocalBus {
+    hub: Arc<Hub>,
+}
+
+impl LocalBus {
+    /// A bus delivering to `hub`.
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+impl Bus for LocalBus {
+    fn publish(&self, devices: Vec<String>, frame: ServerFrame) {
+        self.hub.deliver(&devices, &frame);
+    }
+}

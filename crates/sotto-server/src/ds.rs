@@ -1,0 +1,560 @@
+//! The delivery service: the rules of DESIGN.md, independent of HTTP. Handlers parse requests and
+//! authenticate; these functions validate what was sent, apply it through the [`Store`] and wake the
+//! devices that need to know.
+
+use openmls_rust_crypto::RustCrypto;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sotto_api::*;
+use sotto_proto::identity::hex;
+use sotto_proto::mls::{check_welcome, Envelope, ValidKeyPackage};
+use sotto_proto::{DeviceCertificate, DeviceId, IdentityPublicKey, Username};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::store::{DeviceRecord, KeyPackages, NewCommit};
+use crate::AppState;
+
+/// The most one-time key packages one upload may carry.
+pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 200;
+/// The most entries one log page returns.
+pub const MAX_LOG_PAGE: u32 = 500;
+
+/// An authenticated device.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Its account.
+    pub username: String,
+    /// The device id.
+    pub device_id: String,
+}
+
+fn now_secs() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn hash_secret(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// Checks a bearer token `DEVICE_ID:SECRET`, comparing hashes in constant time.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let (device_id, secret) = token.split_once(':').ok_or_else(ApiError::unauthorized)?;
+    device_id
+        .parse::<DeviceId>()
+        .map_err(|_| ApiError::unauthorized())?;
+    let auth = state
+        .store
+        .device_auth(device_id)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let presented = hash_secret(secret.as_bytes());
+    if bool::from(presented.ct_eq(&auth.token_hash)) {
+        Ok(Caller {
+            username: auth.username,
+            device_id: device_id.to_owned(),
+        })
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn new_token(device_id: &DeviceId) -> (String, [u8; 32]) {
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret_hex = hex(&secret);
+    let hash = hash_secret(secret_hex.as_bytes());
+    (format!("{device_id}:{secret_hex}"), hash)
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex(&b)
+}
+
+fn parse_username(s: &str) -> Result<Username, ApiError> {
+    Username::new(s).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Validates a device's certificate (for `username`, signed by `identity`) and its key packages.
+fn validate_device(
+    username: &Username,
+    identity: &IdentityPublicKey,
+    device: &NewDevice,
+) -> Result<(DeviceCertificate, KeyPackages), ApiError> {
+    let cert = DeviceCertificate::decode(&device.certificate.0)
+        .map_err(|e| ApiError::bad_request(format!("certificate: {e}")))?;
+    if &cert.username != username || &cert.identity_key != identity {
+        return Err(ApiError::bad_request(
+            "certificate is for another account or identity key",
+        ));
+    }
+    cert.verify_self_signed()
+        .map_err(|e| ApiError::bad_request(format!("certificate: {e}")))?;
+    if device.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_KEY_PACKAGES_PER_UPLOAD} key packages per upload"
+        )));
+    }
+    let kps = validate_key_packages(
+        &cert,
+        &device.key_packages,
+        Some(&device.last_resort_key_package),
+    )?;
+    Ok((cert, kps))
+}
+
+fn validate_key_packages(
+    cert: &DeviceCertificate,
+    one_time: &[B64],
+    last_resort: Option<&B64>,
+) -> Result<KeyPackages, ApiError> {
+    let crypto = RustCrypto::default();
+    let check = |b: &B64, want_last_resort: bool| -> Result<Vec<u8>, ApiError> {
+        let kp = ValidKeyPackage::parse(&crypto, &b.0)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if kp.certificate() != cert {
+            return Err(ApiError::bad_request(
+                "key package belongs to another device",
+            ));
+        }
+        if kp.is_last_resort() != want_last_resort {
+            return Err(ApiError::bad_request(if want_last_resort {
+                "last_resort_key_package is not marked last-resort"
+            } else {
+                "a one-time key package is marked last-resort"
+            }));
+        }
+        Ok(b.0.clone())
+    };
+    Ok(KeyPackages {
+        one_time: one_time
+            .iter()
+            .map(|b| check(b, false))
+            .collect::<Result<_, _>>()?,
+        last_resort: last_resort.map(|b| check(b, true)).transpose()?,
+    })
+}
+
+/// Registers an account and its first device.
+pub async fn register(
+    state: &AppState,
+    req: RegisterRequest,
+) -> Result<RegisterResponse, ApiError> {
+    let username = parse_username(&req.username)?;
+    let identity = IdentityPublicKey::from_bytes(&req.identity_key.0)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (cert, kps) = validate_device(&username, &identity, &req.device)?;
+    let (token, token_hash) = new_token(&cert.device_id);
+    let device = DeviceRecord {
+        device_id: cert.device_id.to_hex(),
+        certificate: req.device.certificate.0,
+        token_hash,
+        created_at: now_secs(),
+    };
+    state
+        .store
+        .create_account(username.as_str(), &identity.to_bytes(), device, kps)
+        .await?;
+    tracing::info!(user = %username, device = %cert.device_id, "account registered");
+    Ok(RegisterResponse {
+        device_id: cert.device_id.to_hex(),
+        token,
+    })
+}
+
+/// An account's public identity and devices.
+pub async fn account(state: &AppState, username: &str) -> Result<AccountInfo, ApiError> {
+    let username = parse_username(username)?;
+    let acc = state
+        .store
+        .account(username.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no account named {username}")))?;
+    Ok(AccountInfo {
+        username: acc.username,
+        identity_key: B64(acc.identity_key),
+        devices: acc
+            .devices
+            .into_iter()
+            .map(|d| DeviceInfo {
+                device_id: d.device_id,
+                certificate: B64(d.certificate),
+                created_at: rfc3339(d.created_at),
+            })
+            .collect(),
+    })
+}
+
+async fn caller_cert(state: &AppState, caller: &Caller) -> Result<DeviceCertificate, ApiError> {
+    let acc = state
+        .store
+        .account(&caller.username)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let dev = acc
+        .devices
+        .into_iter()
+        .find(|d| d.device_id == caller.device_id)
+        .ok_or_else(ApiError::unauthorized)?;
+    DeviceCertificate::decode(&dev.certificate)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "stored certificate unreadable"))
+}
+
+/// Uploads key packages for the calling device.
+pub async fn upload_key_packages(
+    state: &AppState,
+    caller: &Caller,
+    req: UploadKeyPackages,
+) -> Result<KeyPackageCount, ApiError> {
+    if req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_KEY_PACKAGES_PER_UPLOAD} key packages per upload"
+        )));
+    }
+    let cert = caller_cert(state, caller).await?;
+    let kps = validate_key_packages(
+        &cert,
+        &req.key_packages,
+        req.last_resort_key_package.as_ref(),
+    )?;
+    state.store.add_key_packages(&caller.device_id, kps).await?;
+    key_package_count(state, caller).await
+}
+
+/// Counts the calling device's one-time key packages.
+pub async fn key_package_count(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<KeyPackageCount, ApiError> {
+    Ok(KeyPackageCount {
+        count: state.store.key_package_count(&caller.device_id).await?,
+    })
+}
+
+/// Claims one key package per device of an account.
+pub async fn claim(
+    state: &AppState,
+    caller: &Caller,
+    req: ClaimRequest,
+) -> Result<ClaimResponse, ApiError> {
+    let username = parse_username(&req.username)?;
+    for d in &req.devices {
+        d.parse::<DeviceId>()
+            .map_err(|_| ApiError::bad_request("invalid device id"))?;
+    }
+    if state.store.account(username.as_str()).await?.is_none() {
+        return Err(ApiError::not_found(format!("no account named {username}")));
+    }
+    let claimed = state
+        .store
+        .claim_key_packages(username.as_str(), &req.devices, &caller.device_id)
+        .await?;
+    tracing::info!(user = %username, count = claimed.len(), "key packages claimed");
+    Ok(ClaimResponse {
+        key_packages: claimed
+            .into_iter()
+            .map(|(device_id, kp)| ClaimedKeyPackage {
+                device_id,
+                key_package: B64(kp),
+            })
+            .collect(),
+    })
+}
+
+fn info(c: crate::store::ConversationRecord) -> ConversationInfo {
+    ConversationInfo {
+        id: c.id,
+        kind: c.kind,
+        epoch: c.epoch,
+        last_seq: c.last_seq,
+        members: c.members,
+    }
+}
+
+/// Gets or creates the DM with `peer` (exactly one per pair of accounts).
+pub async fn create_dm(
+    state: &AppState,
+    caller: &Caller,
+    req: CreateDmRequest,
+) -> Result<ConversationInfo, ApiError> {
+    let peer = parse_username(&req.peer)?;
+    if peer.as_str() == caller.username {
+        return Err(ApiError::bad_request("cannot start a DM with yourself"));
+    }
+    if state.store.account(peer.as_str()).await?.is_none() {
+        return Err(ApiError::not_found(format!("no account named {peer}")));
+    }
+    let c = state
+        .store
+        .get_or_create_dm(&caller.username, peer.as_str(), &random_id())
+        .await?;
+    Ok(info(c))
+}
+
+/// The caller's conversations.
+pub async fn conversations(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<ConversationList, ApiError> {
+    Ok(ConversationList {
+        conversations: state
+            .store
+            .conversations_of(&caller.username)
+            .await?
+            .into_iter()
+            .map(info)
+            .collect(),
+    })
+}
+
+/// Loads a conversation the caller is a member of. A non-member gets the same 404 as a missing
+/// conversation, so ids cannot be probed.
+async fn member_conversation(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<crate::store::ConversationRecord, ApiError> {
+    let c = state.store.conversation(id).await?;
+    match c {
+        Some(c) if c.members.iter().any(|m| m == &caller.username) => Ok(c),
+        _ => Err(ApiError::not_found("no such conversation")),
+    }
+}
+
+fn check_envelope(conv_id: &str, bytes: &[u8], want_commit: bool) -> Result<Envelope, ApiError> {
+    let env = Envelope::parse(bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if env.is_commit != want_commit {
+        return Err(ApiError::bad_request(if want_commit {
+            "expected an MLS commit"
+        } else {
+            "expected an MLS application message"
+        }));
+    }
+    if hex(&env.group_id) != conv_id {
+        return Err(ApiError::bad_request(
+            "MLS group id does not match the conversation",
+        ));
+    }
+    Ok(env)
+}
+
+async fn wake_members(state: &AppState, c: &crate::store::ConversationRecord, seq: u64) {
+    match state.store.devices_of(&c.members).await {
+        Ok(devices) => state.bus.publish(
+            devices,
+            ServerFrame::Conversation {
+                id: c.id.clone(),
+                seq,
+            },
+        ),
+        // The entry is durable; devices will find it on their next fetch.
+        Err(e) => tracing::warn!(error = %e, "could not look up devices to wake"),
+    }
+}
+
+/// Applies a commit bundle (first commit for an epoch wins).
+pub async fn commit(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    req: CommitRequest,
+) -> Result<Accepted, ApiError> {
+    let c = member_conversation(state, caller, id).await?;
+    let env = check_envelope(&c.id, &req.commit.0, true)?;
+    if env.epoch != req.epoch {
+        return Err(ApiError::bad_request("epoch does not match the commit"));
+    }
+    let welcome = match (&req.welcome, req.welcome_devices.is_empty()) {
+        (None, true) => None,
+        (Some(w), false) => {
+            check_welcome(&w.0).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let members = state.store.devices_of(&c.members).await?;
+            let mut devices = req.welcome_devices.clone();
+            devices.sort();
+            devices.dedup();
+            if devices.iter().any(|d| !members.contains(d)) {
+                return Err(ApiError::bad_request(
+                    "welcome addressed to a device outside the conversation's accounts",
+                ));
+            }
+            Some((w.0.clone(), devices))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "welcome and welcome_devices go together",
+            ))
+        }
+    };
+    let welcomed: Vec<String> = welcome.as_ref().map(|w| w.1.clone()).unwrap_or_default();
+    let accepted = state
+        .store
+        .append_commit(
+            &c.id,
+            NewCommit {
+                epoch: req.epoch,
+                sender_device: caller.device_id.clone(),
+                commit: req.commit.0,
+                welcome,
+                group_info: req.group_info.map(|g| g.0),
+            },
+        )
+        .await?;
+    tracing::info!(conversation = %c.id, seq = accepted.seq, epoch = accepted.epoch, welcomed = welcomed.len(), "commit accepted");
+    if !welcomed.is_empty() {
+        state.bus.publish(welcomed, ServerFrame::Inbox);
+    }
+    wake_members(state, &c, accepted.seq).await;
+    Ok(accepted)
+}
+
+/// Appends an application message sent in the current epoch.
+pub async fn send(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    req: SendRequest,
+) -> Result<Accepted, ApiError> {
+    let c = member_conversation(state, caller, id).await?;
+    let env = check_envelope(&c.id, &req.message.0, false)?;
+    let accepted = state
+        .store
+        .append_message(&c.id, env.epoch, &caller.device_id, &req.message.0)
+        .await?;
+    tracing::info!(conversation = %c.id, seq = accepted.seq, bytes = req.message.0.len(), "message accepted");
+    wake_members(state, &c, accepted.seq).await;
+    Ok(accepted)
+}
+
+/// A page of a conversation's log.
+pub async fn log(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    after: u64,
+    limit: Option<u32>,
+) -> Result<LogPage, ApiError> {
+    let c = member_conversation(state, caller, id).await?;
+    let limit = limit.unwrap_or(MAX_LOG_PAGE).clamp(1, MAX_LOG_PAGE);
+    let entries = state.store.log_after(&c.id, after, limit).await?;
+    let more = entries.last().map(|e| e.seq < c.last_seq).unwrap_or(false);
+    Ok(LogPage { entries, more })
+}
+
+/// The caller's inbox.
+pub async fn inbox(state: &AppState, caller: &Caller) -> Result<Inbox, ApiError> {
+    Ok(Inbox {
+        items: state.store.inbox(&caller.device_id).await?,
+    })
+}
+
+/// Acknowledges inbox items.
+pub async fn ack_inbox(state: &AppState, caller: &Caller, req: InboxAck) -> Result<(), ApiError> {
+    state.store.ack_inbox(&caller.device_id, req.up_to).await?;
+    Ok(())
+}
+
+fn check_link_id(link_id: &str) -> Result<(), ApiError> {
+    if link_id.len() == 64 && link_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid link id"))
+    }
+}
+
+/// The most an encrypted account bundle may weigh.
+const MAX_BUNDLE: usize = 4096;
+
+/// Offers a device link.
+pub async fn create_link(
+    state: &AppState,
+    caller: &Caller,
+    req: CreateLinkRequest,
+) -> Result<LinkCreated, ApiError> {
+    check_link_id(&req.link_id)?;
+    if req.bundle.0.is_empty() || req.bundle.0.len() > MAX_BUNDLE {
+        return Err(ApiError::bad_request("bundle size out of range"));
+    }
+    let expires_at = now_secs() + state.config.link_ttl_secs;
+    state
+        .store
+        .create_link(&req.link_id, &caller.username, &req.bundle.0, expires_at)
+        .await?;
+    tracing::info!(user = %caller.username, "device link offered");
+    Ok(LinkCreated {
+        expires_at: rfc3339(expires_at),
+    })
+}
+
+/// Fetches a pending link's encrypted bundle.
+pub async fn fetch_link(state: &AppState, req: LinkFetchRequest) -> Result<LinkBundle, ApiError> {
+    check_link_id(&req.link_id)?;
+    let (username, bundle) = state
+        .store
+        .fetch_link(&req.link_id, now_secs())
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(ErrorCode::LinkExpired, "link code expired or already used")
+        })?;
+    Ok(LinkBundle {
+        username,
+        bundle: B64(bundle),
+    })
+}
+
+/// Redeems a link: registers the new device under the link's account.
+pub async fn redeem_link(
+    state: &AppState,
+    req: LinkRedeemRequest,
+) -> Result<RegisterResponse, ApiError> {
+    let LinkBundle { username, .. } = fetch_link(
+        state,
+        LinkFetchRequest {
+            link_id: req.link_id.clone(),
+        },
+    )
+    .await?;
+    let acc = state
+        .store
+        .account(&username)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account not found"))?;
+    let username = parse_username(&acc.username)?;
+    let identity = IdentityPublicKey::from_bytes(&acc.identity_key)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "stored identity key unreadable"))?;
+    let (cert, kps) = validate_device(&username, &identity, &req.device)?;
+    let (token, token_hash) = new_token(&cert.device_id);
+    let device = DeviceRecord {
+        device_id: cert.device_id.to_hex(),
+        certificate: req.device.certificate.0,
+        token_hash,
+        created_at: now_secs(),
+    };
+    state
+        .store
+        .redeem_link(&req.link_id, now_secs(), device, kps)
+        .await?;
+    tracing::info!(user = %username, device = %cert.device_id, "device linked");
+    if let Ok(devices) = state
+        .store
+        .devices_of(&[username.as_str().to_owned()])
+        .await
+    {
+        state.bus.publish(devices, ServerFrame::Devices);
+    }
+    Ok(RegisterResponse {
+        device_id: cert.device_id.to_hex(),
+        token,
+    })
+}

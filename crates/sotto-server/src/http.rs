@@ -1,0 +1,294 @@
+//! HTTP handlers: thin wrappers that authenticate, parse and call [`crate::ds`].
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use sotto_api::*;
+
+use crate::ds::{self, Caller};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The authenticated calling device.
+#[derive(Debug)]
+pub struct Auth(pub Caller);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.strip_prefix("Bearer "))
+            .ok_or_else(ApiError::unauthorized)?;
+        ds::authenticate(state, token).await.map(Auth)
+    }
+}
+
+fn rejection(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(ErrorCode::PayloadTooLarge, "request body too large")
+    } else {
+        let mut text = text;
+        text.truncate(200);
+        ApiError::bad_request(text)
+    }
+}
+
+/// A JSON body whose rejection is an [`ApiError`].
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| ApiJson(v))
+            .map_err(|r: JsonRejection| rejection(r.status(), r.body_text()))
+    }
+}
+
+/// A path parameter whose rejection is an [`ApiError`].
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|r: PathRejection| rejection(r.status(), r.body_text()))
+    }
+}
+
+/// A query string whose rejection is an [`ApiError`].
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|r: QueryRejection| rejection(r.status(), r.body_text()))
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn register(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    Ok((StatusCode::CREATED, Json(ds::register(&s, req).await?)))
+}
+
+async fn account(
+    State(s): State<AppState>,
+    Auth(_): Auth,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<AccountInfo> {
+    Ok(Json(ds::account(&s, &name).await?))
+}
+
+async fn upload_kps(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiJson(req): ApiJson<UploadKeyPackages>,
+) -> ApiResult<KeyPackageCount> {
+    Ok(Json(ds::upload_key_packages(&s, &c, req).await?))
+}
+
+async fn kp_count(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<KeyPackageCount> {
+    Ok(Json(ds::key_package_count(&s, &c).await?))
+}
+
+async fn claim(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiJson(req): ApiJson<ClaimRequest>,
+) -> ApiResult<ClaimResponse> {
+    Ok(Json(ds::claim(&s, &c, req).await?))
+}
+
+async fn create_dm(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiJson(req): ApiJson<CreateDmRequest>,
+) -> ApiResult<ConversationInfo> {
+    Ok(Json(ds::create_dm(&s, &c, req).await?))
+}
+
+async fn conversations(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<ConversationList> {
+    Ok(Json(ds::conversations(&s, &c).await?))
+}
+
+async fn commit(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<CommitRequest>,
+) -> ApiResult<Accepted> {
+    Ok(Json(ds::commit(&s, &c, &id, req).await?))
+}
+
+async fn send(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<SendRequest>,
+) -> ApiResult<Accepted> {
+    Ok(Json(ds::send(&s, &c, &id, req).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<u32>,
+}
+
+async fn log(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> ApiResult<LogPage> {
+    Ok(Json(ds::log(&s, &c, &id, q.after, q.limit).await?))
+}
+
+async fn inbox(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<Inbox> {
+    Ok(Json(ds::inbox(&s, &c).await?))
+}
+
+async fn ack_inbox(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiJson(req): ApiJson<InboxAck>,
+) -> Result<StatusCode, ApiError> {
+    ds::ack_inbox(&s, &c, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_link(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiJson(req): ApiJson<CreateLinkRequest>,
+) -> Result<(StatusCode, Json<LinkCreated>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(ds::create_link(&s, &c, req).await?),
+    ))
+}
+
+async fn fetch_link(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<LinkFetchRequest>,
+) -> ApiResult<LinkBundle> {
+    Ok(Json(ds::fetch_link(&s, req).await?))
+}
+
+async fn redeem_link(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<LinkRedeemRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    Ok((StatusCode::CREATED, Json(ds::redeem_link(&s, req).await?)))
+}
+
+async fn ws(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    match upgrade {
+        Ok(u) => u
+            .max_message_size(crate::ws::MAX_CLIENT_FRAME)
+            .write_buffer_size(4096)
+            .on_upgrade(move |socket| crate::ws::serve(socket, s, c.device_id))
+            .into_response(),
+        Err(r) => rejection(r.status(), r.body_text()).into_response(),
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(crate::openapi::document())
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+}
+
+/// Every route: (method, path). The OpenAPI document is checked against this list in tests.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/accounts"),
+    ("get", "/v1/accounts/{username}"),
+    ("post", "/v1/key-packages"),
+    ("get", "/v1/key-packages/count"),
+    ("post", "/v1/key-packages/claim"),
+    ("post", "/v1/dms"),
+    ("get", "/v1/conversations"),
+    ("post", "/v1/conversations/{id}/commits"),
+    ("post", "/v1/conversations/{id}/messages"),
+    ("get", "/v1/conversations/{id}/log"),
+    ("get", "/v1/inbox"),
+    ("post", "/v1/inbox/ack"),
+    ("post", "/v1/links"),
+    ("post", "/v1/links/fetch"),
+    ("post", "/v1/links/redeem"),
+    ("get", "/v1/ws"),
+    ("get", "/openapi.json"),
+    ("get", "/health"),
+];
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/accounts", post(register))
+        .route("/v1/accounts/{username}", get(account))
+        .route("/v1/key-packages", post(upload_kps))
+        .route("/v1/key-packages/count", get(kp_count))
+        .route("/v1/key-packages/claim", post(claim))
+        .route("/v1/dms", post(create_dm))
+        .route("/v1/conversations", get(conversations))
+        .route("/v1/conversations/{id}/commits", post(commit))
+        .route("/v1/conversations/{id}/messages", post(send))
+        .route("/v1/conversations/{id}/log", get(log))
+        .route("/v1/inbox", get(inbox))
+        .route("/v1/inbox/ack", post(ack_inbox))
+        .route("/v1/links", post(create_link))
+        .route("/v1/links/fetch", post(fetch_link))
+        .route("/v1/links/redeem", post(redeem_link))
+        .route("/v1/ws", get(ws))
+        .route("/openapi.json", get(openapi))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}

@@ -1,0 +1,300 @@
+//! The OpenAPI 3 document served at `GET /openapi.json`. Kept beside the router; a test checks that
+//! every route is documented and nothing else is.
+
+use serde_json::{json, Map, Value};
+
+struct Op {
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    auth: bool,
+    request: Option<&'static str>,
+    response: Option<(&'static str, &'static str)>,
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    auth: bool,
+    request: Option<&'static str>,
+    response: Option<(&'static str, &'static str)>,
+) -> Op {
+    Op {
+        method,
+        path,
+        summary,
+        auth,
+        request,
+        response,
+    }
+}
+
+const OPS: &[Op] = &[
+    op(
+        "post",
+        "/v1/accounts",
+        "Register an account and its first device",
+        false,
+        Some("RegisterRequest"),
+        Some(("201", "RegisterResponse")),
+    ),
+    op(
+        "get",
+        "/v1/accounts/{username}",
+        "An account's identity key and devices",
+        true,
+        None,
+        Some(("200", "AccountInfo")),
+    ),
+    op(
+        "post",
+        "/v1/key-packages",
+        "Upload key packages for the calling device",
+        true,
+        Some("UploadKeyPackages"),
+        Some(("200", "KeyPackageCount")),
+    ),
+    op(
+        "get",
+        "/v1/key-packages/count",
+        "Count the calling device's one-time key packages",
+        true,
+        None,
+        Some(("200", "KeyPackageCount")),
+    ),
+    op(
+        "post",
+        "/v1/key-packages/claim",
+        "Claim one key package per device of an account",
+        true,
+        Some("ClaimRequest"),
+        Some(("200", "ClaimResponse")),
+    ),
+    op(
+        "post",
+        "/v1/dms",
+        "Get or create the DM conversation with another account",
+        true,
+        Some("CreateDmRequest"),
+        Some(("200", "ConversationInfo")),
+    ),
+    op(
+        "get",
+        "/v1/conversations",
+        "The calling account's conversations",
+        true,
+        None,
+        Some(("200", "ConversationList")),
+    ),
+    op(
+        "post",
+        "/v1/conversations/{id}/commits",
+        "Post a commit bundle (first commit for an epoch wins; 409 stale_epoch otherwise)",
+        true,
+        Some("CommitRequest"),
+        Some(("200", "Accepted")),
+    ),
+    op(
+        "post",
+        "/v1/conversations/{id}/messages",
+        "Post an MLS application message for the current epoch",
+        true,
+        Some("SendRequest"),
+        Some(("200", "Accepted")),
+    ),
+    op(
+        "get",
+        "/v1/conversations/{id}/log",
+        "Log entries after a sequence number (query: after, limit)",
+        true,
+        None,
+        Some(("200", "LogPage")),
+    ),
+    op(
+        "get",
+        "/v1/inbox",
+        "The calling device's pending welcomes",
+        true,
+        None,
+        Some(("200", "Inbox")),
+    ),
+    op(
+        "post",
+        "/v1/inbox/ack",
+        "Delete processed inbox items",
+        true,
+        Some("InboxAck"),
+        None,
+    ),
+    op(
+        "post",
+        "/v1/links",
+        "Offer a device link (encrypted account bundle under a hash-derived id)",
+        true,
+        Some("CreateLinkRequest"),
+        Some(("201", "LinkCreated")),
+    ),
+    op(
+        "post",
+        "/v1/links/fetch",
+        "Fetch a pending link's encrypted bundle",
+        false,
+        Some("LinkFetchRequest"),
+        Some(("200", "LinkBundle")),
+    ),
+    op(
+        "post",
+        "/v1/links/redeem",
+        "Register a new device through a link (consumes it)",
+        false,
+        Some("LinkRedeemRequest"),
+        Some(("201", "RegisterResponse")),
+    ),
+    op(
+        "get",
+        "/v1/ws",
+        "WebSocket push channel: JSON text frames {type: ready|conversation|inbox|devices}",
+        true,
+        None,
+        None,
+    ),
+    op("get", "/openapi.json", "This document", false, None, None),
+    op("get", "/health", "Liveness", false, None, None),
+];
+
+fn obj(required: &[&str], props: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": props})
+}
+
+fn schemas() -> Value {
+    let b64 = json!({"type": "string", "format": "byte"});
+    let s = json!({"type": "string"});
+    let u = json!({"type": "integer", "format": "int64", "minimum": 0});
+    let new_device = obj(
+        &["certificate", "key_packages", "last_resort_key_package"],
+        json!({"certificate": b64, "key_packages": {"type": "array", "items": b64}, "last_resort_key_package": b64}),
+    );
+    json!({
+        "Error": obj(&["code", "message"], json!({"code": {"type": "string", "enum": ["bad_request","unauthorized","forbidden","not_found","username_taken","stale_epoch","conflict","payload_too_large","link_expired","no_key_package","rate_limited","method_not_allowed","internal"]}, "message": s, "current_epoch": u})),
+        "NewDevice": new_device,
+        "RegisterRequest": obj(&["username", "identity_key", "device"], json!({"username": s, "identity_key": b64, "device": {"$ref": "#/components/schemas/NewDevice"}})),
+        "RegisterResponse": obj(&["device_id", "token"], json!({"device_id": s, "token": s})),
+        "AccountInfo": obj(&["username", "identity_key", "devices"], json!({"username": s, "identity_key": b64, "devices": {"type": "array", "items": obj(&["device_id", "certificate", "created_at"], json!({"device_id": s, "certificate": b64, "created_at": s}))}})),
+        "UploadKeyPackages": obj(&["key_packages"], json!({"key_packages": {"type": "array", "items": b64}, "last_resort_key_package": b64})),
+        "KeyPackageCount": obj(&["count"], json!({"count": u})),
+        "ClaimRequest": obj(&["username"], json!({"username": s, "devices": {"type": "array", "items": s}})),
+        "ClaimResponse": obj(&["key_packages"], json!({"key_packages": {"type": "array", "items": obj(&["device_id", "key_package"], json!({"device_id": s, "key_package": b64}))}})),
+        "CreateDmRequest": obj(&["peer"], json!({"peer": s})),
+        "ConversationInfo": obj(&["id", "kind", "epoch", "last_seq", "members"], json!({"id": s, "kind": s, "epoch": u, "last_seq": u, "members": {"type": "array", "items": s}})),
+        "ConversationList": obj(&["conversations"], json!({"conversations": {"type": "array", "items": {"$ref": "#/components/schemas/ConversationInfo"}}})),
+        "CommitRequest": obj(&["epoch", "commit"], json!({"epoch": u, "commit": b64, "welcome": b64, "welcome_devices": {"type": "array", "items": s}, "group_info": b64})),
+        "SendRequest": obj(&["message"], json!({"message": b64})),
+        "Accepted": obj(&["seq", "epoch"], json!({"seq": u, "epoch": u})),
+        "LogPage": obj(&["entries", "more"], json!({"more": {"type": "boolean"}, "entries": {"type": "array", "items": obj(&["seq", "epoch", "kind", "sender_device", "data"], json!({"seq": u, "epoch": u, "kind": {"type": "string", "enum": ["commit", "message"]}, "sender_device": s, "data": b64}))}})),
+        "Inbox": obj(&["items"], json!({"items": {"type": "array", "items": obj(&["id", "conversation", "seq", "welcome"], json!({"id": u, "conversation": s, "seq": u, "welcome": b64}))}})),
+        "InboxAck": obj(&["up_to"], json!({"up_to": u})),
+        "CreateLinkRequest": obj(&["link_id", "bundle"], json!({"link_id": s, "bundle": b64})),
+        "LinkCreated": obj(&["expires_at"], json!({"expires_at": s})),
+        "LinkFetchRequest": obj(&["link_id"], json!({"link_id": s})),
+        "LinkBundle": obj(&["username", "bundle"], json!({"username": s, "bundle": b64})),
+        "LinkRedeemRequest": obj(&["link_id", "device"], json!({"link_id": s, "device": {"$ref": "#/components/schemas/NewDevice"}})),
+    })
+}
+
+fn reference(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    let err = json!({"description": "error", "content": {"application/json": {"schema": reference("Error")}}});
+    for o in OPS {
+        let mut operation = Map::new();
+        operation.insert("summary".into(), json!(o.summary));
+        let params: Vec<Value> = o
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .chain(if o.path.ends_with("/log") {
+                vec![
+                    json!({"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}}),
+                    json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}),
+                ]
+            } else {
+                vec![]
+            })
+            .collect();
+        if !params.is_empty() {
+            operation.insert("parameters".into(), Value::Array(params));
+        }
+        if o.auth {
+            operation.insert("security".into(), json!([{"device": []}]));
+        }
+        if let Some(req) = o.request {
+            operation.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": {"application/json": {"schema": reference(req)}}}),
+            );
+        }
+        let mut responses = Map::new();
+        match o.response {
+            Some((code, schema)) => {
+                responses.insert(code.into(), json!({"description": "ok", "content": {"application/json": {"schema": reference(schema)}}}));
+            }
+            None => {
+                responses.insert("default".into(), json!({"description": "ok"}));
+            }
+        }
+        responses.insert("4XX".into(), err.clone());
+        responses.insert("5XX".into(), err.clone());
+        operation.insert("responses".into(), Value::Object(responses));
+        let entry = paths
+            .entry(o.path.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(m) = entry {
+            m.insert(o.method.into(), Value::Object(operation));
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "sottod", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Sotto delivery service: stores and forwards MLS ciphertext only."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"device": {"type": "http", "scheme": "bearer", "description": "DEVICE_ID:SECRET"}}
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let doc = document();
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        let mut routes: Vec<(String, String)> = crate::http::ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        routes.sort();
+        assert_eq!(documented, routes);
+        // Every referenced schema exists.
+        let text = doc.to_string();
+        for name in text.split("#/components/schemas/").skip(1) {
+            let name = name.split('"').next().unwrap();
+            assert!(doc["components"]["schemas"].get(name).is_some(), "{name}");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Storage behind one async trait. The delivery-service rules that must hold under concurrency (the
+//! commit rule, gap-free sequence numbers, one DM per pair, one-time key packages, one-time links)
+//! are enforced inside each backend's transactions, never in a node's memory.
+
+use async_trait::async_trait;
+use sotto_api::{Accepted, EntryKind, InboxItem, LogEntry};
+use thiserror::Error;
+
+pub mod sqlite;
+
+/// Storage failures, split into what the caller did wrong and what broke.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The username is taken.
+    #[error("username taken")]
+    UsernameTaken,
+    /// The device id is already registered.
+    #[error("device already registered")]
+    DeviceExists,
+    /// The commit or message names an epoch other than the current one.
+    #[error("stale epoch")]
+    StaleEpoch {
+        /// The conversation's current epoch.
+        current: u64,
+    },
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The link expired or was used.
+    #[error("link expired or used")]
+    LinkExpired,
+    /// A device of the account has no key package.
+    #[error("device {0} has no key package left")]
+    NoKeyPackage(String),
+    /// The database failed; nothing was changed.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// A device as stored.
+#[derive(Debug, Clone)]
+pub struct DeviceRecord {
+    /// Device id (hex).
+    pub device_id: String,
+    /// Certificate bytes.
+    pub certificate: Vec<u8>,
+    /// SHA-256 of the token secret.
+    pub token_hash: [u8; 32],
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Key packages uploaded with a device.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPackages {
+    /// One-time packages.
+    pub one_time: Vec<Vec<u8>>,
+    /// A last-resort package (replaces the previous one).
+    pub last_resort: Option<Vec<u8>>,
+}
+
+/// An account as stored.
+#[derive(Debug, Clone)]
+pub struct AccountRecord {
+    /// Username.
+    pub username: String,
+    /// Identity public key.
+    pub identity_key: Vec<u8>,
+    /// Devices, oldest first.
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// A conversation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRecord {
+    /// Id (hex).
+    pub id: String,
+    /// `dm`.
+    pub kind: String,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Last sequence number.
+    pub last_seq: u64,
+    /// Member usernames, sorted.
+    pub members: Vec<String>,
+}
+
+/// A commit bundle to append atomically.
+#[derive(Debug, Clone)]
+pub struct NewCommit {
+    /// Epoch the commit was made in.
+    pub epoch: u64,
+    /// Sending device.
+    pub sender_device: String,
+    /// The commit.
+    pub commit: Vec<u8>,
+    /// Welcome and the devices it goes to.
+    pub welcome: Option<(Vec<u8>, Vec<String>)>,
+    /// New group info.
+    pub group_info: Option<Vec<u8>>,
+}
+
+/// Authentication data of a device.
+#[derive(Debug, Clone)]
+pub struct DeviceAuth {
+    /// Owning account.
+    pub username: String,
+    /// SHA-256 of its token secret.
+    pub token_hash: [u8; 32],
+}
+
+/// The server's storage contract. Every method is atomic.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an account with its first device and key packages.
+    async fn create_account(
+        &self,
+        username: &str,
+        identity_key: &[u8],
+        device: DeviceRecord,
+        kps: KeyPackages,
+    ) -> Result<(), StoreError>;
+
+    /// Authentication data for a device.
+    async fn device_auth(&self, device_id: &str) -> Result<Option<DeviceAuth>, StoreError>;
+
+    /// An account and its devices.
+    async fn account(&self, username: &str) -> Result<Option<AccountRecord>, StoreError>;
+
+    /// Adds key packages for a device.
+    async fn add_key_packages(&self, device_id: &str, kps: KeyPackages) -> Result<(), StoreError>;
+
+    /// Counts a device's one-time key packages.
+    async fn key_package_count(&self, device_id: &str) -> Result<u64, StoreError>;
+
+    /// Claims one key package for each device of `username` (only `only` if not empty), never for
+    /// `exclude`. One-time packages are deleted as they are handed out; the last-resort package is
+    /// used when none is left. All or nothing.
+    async fn claim_key_packages(
+        &self,
+        username: &str,
+        only: &[String],
+        exclude: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Returns the DM conversation between `a` and `b`, creating it with `new_id` if there is none.
+    async fn get_or_create_dm(
+        &self,
+        a: &str,
+        b: &str,
+        new_id: &str,
+    ) -> Result<ConversationRecord, StoreError>;
+
+    /// A conversation.
+    async fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError>;
+
+    /// The conversations `username` is a member of.
+    async fn conversations_of(&self, username: &str)
+        -> Result<Vec<ConversationRecord>, StoreError>;
+
+    /// Appends a commit if `commit.epoch` is the current epoch (first commit wins), advancing the
+    /// epoch and delivering the welcome; all or nothing.
+    async fn append_commit(
+        &self,
+        conversation: &str,
+        commit: NewCommit,
+    ) -> Result<Accepted, StoreError>;
+
+    /// Appends an application message sent in the current epoch.
+    async fn append_message(
+        &self,
+        conversation: &str,
+        epoch: u64,
+        sender_device: &str,
+        data: &[u8],
+    ) -> Result<Accepted, StoreError>;
+
+    /// Log entries with `seq > after`, at most `limit`.
+    async fn log_after(
+        &self,
+        conversation: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// A device's inbox.
+    async fn inbox(&self, device_id: &str) -> Result<Vec<InboxItem>, StoreError>;
+
+    /// Deletes inbox items up to and including `up_to`.
+    async fn ack_inbox(&self, device_id: &str, up_to: u64) -> Result<(), StoreError>;
+
+    /// Devices of the given accounts (for fan-out).
+    async fn devices_of(&self, usernames: &[String]) -> Result<Vec<String>, StoreError>;
+
+    /// Stores a link offer.
+    async fn create_link(
+        &self,
+        link_id: &str,
+        username: &str,
+        bundle: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// A pending link's account and bundle, if it is unused and not expired at `now`.
+    async fn fetch_link(
+        &self,
+        link_id: &str,
+        now: i64,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+
+    /// Consumes a link and registers the device under its account; all or nothing.
+    async fn redeem_link(
+        &self,
+        link_id: &str,
+        now: i64,
+        device: DeviceRecord,
+        kps: KeyPackages,
+    ) -> Result<String, StoreError>;
+}
+
+pub(crate) fn kind_code(kind: EntryKind) -> i64 {
+    match kind {
+        EntryKind::Commit => 1,
+        EntryKind::Message => 2,
+    }
+}
+
+pub(crate) fn kind_from_code(code: i64) -> EntryKind {
+    if code == 1 {
+        EntryKind::Commit
+    } else {
+        EntryKind::Message
+    }
+}

@@ -1,0 +1,792 @@
+//! The embedded SQLite backend: one file in `--data-dir`, WAL journal, `synchronous=FULL` so that a
+//! write is on disk before the request that made it is acknowledged.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use sotto_api::{Accepted, InboxItem, LogEntry, B64};
+
+use super::*;
+
+/// Versioned migrations; `user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    username TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL REFERENCES accounts(username),
+    certificate BLOB NOT NULL,
+    token_hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX devices_by_user ON devices(username);
+CREATE TABLE key_packages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    data BLOB NOT NULL,
+    last_resort INTEGER NOT NULL
+);
+CREATE INDEX key_packages_by_device ON key_packages(device_id, last_resort, id);
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    dm_key TEXT UNIQUE,
+    epoch INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    group_info BLOB,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE conversation_members (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    username TEXT NOT NULL REFERENCES accounts(username),
+    PRIMARY KEY (conversation_id, username)
+);
+CREATE INDEX members_by_user ON conversation_members(username);
+CREATE TABLE log (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    sender_device TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+);
+CREATE TABLE inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    seq INTEGER NOT NULL,
+    welcome BLOB NOT NULL
+);
+CREATE INDEX inbox_by_device ON inbox(device_id, id);
+CREATE TABLE links (
+    link_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL REFERENCES accounts(username),
+    bundle BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+"#];
+
+/// SQLite storage.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn as_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `sotto.db` in `dir` and runs pending migrations.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        let conn = Connection::open(dir.join("sotto.db")).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        let mut store = Self {
+            conn: Arc::new(Mutex::new(conn)),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().map_err(backend)?;
+        let done: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(backend)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(as_u64(done) as usize) {
+            let tx = conn.transaction().map_err(backend)?;
+            tx.execute_batch(sql).map_err(backend)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(backend)?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn insert_device(
+    tx: &rusqlite::Transaction<'_>,
+    username: &str,
+    device: &DeviceRecord,
+    kps: &KeyPackages,
+) -> Result<(), StoreError> {
+    let n = tx
+        .execute(
+            "INSERT OR IGNORE INTO devices (device_id, username, certificate, token_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                device.device_id,
+                username,
+                device.certificate,
+                &device.token_hash[..],
+                device.created_at
+            ],
+        )
+        .map_err(backend)?;
+    if n == 0 {
+        return Err(StoreError::DeviceExists);
+    }
+    insert_key_packages(tx, &device.device_id, kps)
+}
+
+fn insert_key_packages(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: &str,
+    kps: &KeyPackages,
+) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(backend)?;
+    for kp in &kps.one_time {
+        stmt.execute(params![device_id, kp, 0]).map_err(backend)?;
+    }
+    if let Some(lr) = &kps.last_resort {
+        tx.execute(
+            "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
+            params![device_id],
+        )
+        .map_err(backend)?;
+        stmt.execute(params![device_id, lr, 1]).map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn load_conversation(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<ConversationRecord>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT kind, epoch, last_seq FROM conversations WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(backend)?;
+    let Some((kind, epoch, last_seq)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT username FROM conversation_members WHERE conversation_id = ?1 ORDER BY username",
+        )
+        .map_err(backend)?;
+    let members = stmt
+        .query_map(params![id], |r| r.get(0))
+        .map_err(backend)?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(backend)?;
+    Ok(Some(ConversationRecord {
+        id: id.to_owned(),
+        kind,
+        epoch: as_u64(epoch),
+        last_seq: as_u64(last_seq),
+        members,
+    }))
+}
+
+/// Checks the epoch and reserves the next sequence number, inside the caller's transaction.
+fn next_seq(
+    tx: &rusqlite::Transaction<'_>,
+    conversation: &str,
+    epoch: u64,
+) -> Result<u64, StoreError> {
+    let (cur_epoch, last_seq): (i64, i64) = tx
+        .query_row(
+            "SELECT epoch, last_seq FROM conversations WHERE id = ?1",
+            params![conversation],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound("conversation"))?;
+    if as_u64(cur_epoch) != epoch {
+        return Err(StoreError::StaleEpoch {
+            current: as_u64(cur_epoch),
+        });
+    }
+    Ok(as_u64(last_seq) + 1)
+}
+
+fn insert_log(
+    tx: &rusqlite::Transaction<'_>,
+    conversation: &str,
+    seq: u64,
+    epoch: u64,
+    kind: EntryKind,
+    sender: &str,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            conversation,
+            as_i64(seq),
+            as_i64(epoch),
+            kind_code(kind),
+            sender,
+            data
+        ])
+    })
+    .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(
+        &self,
+        username: &str,
+        identity_key: &[u8],
+        device: DeviceRecord,
+        kps: KeyPackages,
+    ) -> Result<(), StoreError> {
+        let (username, identity_key) = (username.to_owned(), identity_key.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let n = tx
+                .execute(
+                    "INSERT OR IGNORE INTO accounts (username, identity_key, created_at) VALUES (?1, ?2, ?3)",
+                    params![username, identity_key, device.created_at],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::UsernameTaken);
+            }
+            insert_device(&tx, &username, &device, &kps)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn device_auth(&self, device_id: &str) -> Result<Option<DeviceAuth>, StoreError> {
+        let device_id = device_id.to_owned();
+        self.run(move |conn| {
+            conn.prepare_cached("SELECT username, token_hash FROM devices WHERE device_id = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![device_id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(backend)?
+                .map(|(username, hash)| {
+                    let token_hash = hash
+                        .try_into()
+                        .map_err(|_| StoreError::Backend("bad token hash".into()))?;
+                    Ok(DeviceAuth {
+                        username,
+                        token_hash,
+                    })
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    async fn account(&self, username: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let username = username.to_owned();
+        self.run(move |conn| {
+            let identity_key: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT identity_key FROM accounts WHERE username = ?1",
+                    params![username],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some(identity_key) = identity_key else {
+                return Ok(None);
+            };
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT device_id, certificate, token_hash, created_at FROM devices
+                     WHERE username = ?1 ORDER BY created_at, device_id",
+                )
+                .map_err(backend)?;
+            let devices = stmt
+                .query_map(params![username], |r| {
+                    let hash: Vec<u8> = r.get(2)?;
+                    let mut token_hash = [0u8; 32];
+                    if hash.len() == 32 {
+                        token_hash.copy_from_slice(&hash);
+                    }
+                    Ok(DeviceRecord {
+                        device_id: r.get(0)?,
+                        certificate: r.get(1)?,
+                        token_hash,
+                        created_at: r.get(3)?,
+                    })
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(Some(AccountRecord {
+                username,
+                identity_key,
+                devices,
+            }))
+        })
+        .await
+    }
+
+    async fn add_key_packages(&self, device_id: &str, kps: KeyPackages) -> Result<(), StoreError> {
+        let device_id = device_id.to_owned();
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            insert_key_packages(&tx, &device_id, &kps)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn key_package_count(&self, device_id: &str) -> Result<u64, StoreError> {
+        let device_id = device_id.to_owned();
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
+                params![device_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(as_u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        username: &str,
+        only: &[String],
+        exclude: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (username, only, exclude) = (username.to_owned(), only.to_vec(), exclude.to_owned());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let devices: Vec<String> = {
+                let mut stmt = tx
+                    .prepare_cached("SELECT device_id FROM devices WHERE username = ?1 ORDER BY created_at, device_id")
+                    .map_err(backend)?;
+                let all = stmt
+                    .query_map(params![username], |r| r.get::<_, String>(0))
+                    .map_err(backend)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(backend)?;
+                all.into_iter()
+                    .filter(|d| d != &exclude && (only.is_empty() || only.contains(d)))
+                    .collect()
+            };
+            let mut out = Vec::with_capacity(devices.len());
+            for d in devices {
+                // A one-time package first (oldest), else the last-resort one (kept).
+                let row: Option<(i64, Vec<u8>, i64)> = tx
+                    .query_row(
+                        "SELECT id, data, last_resort FROM key_packages WHERE device_id = ?1
+                         ORDER BY last_resort, id LIMIT 1",
+                        params![d],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                let Some((id, data, last_resort)) = row else {
+                    return Err(StoreError::NoKeyPackage(d));
+                };
+                if last_resort == 0 {
+                    tx.execute("DELETE FROM key_packages WHERE id = ?1", params![id])
+                        .map_err(backend)?;
+                }
+                out.push((d, data));
+            }
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_or_create_dm(
+        &self,
+        a: &str,
+        b: &str,
+        new_id: &str,
+    ) -> Result<ConversationRecord, StoreError> {
+        let (mut x, mut y, new_id) = (a.to_owned(), b.to_owned(), new_id.to_owned());
+        if x > y {
+            std::mem::swap(&mut x, &mut y);
+        }
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let dm_key = format!("{x}\n{y}");
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM conversations WHERE dm_key = ?1",
+                    params![dm_key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            let id = match existing {
+                Some(id) => id,
+                None => {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    tx.execute(
+                        "INSERT INTO conversations (id, kind, dm_key, epoch, last_seq, created_at)
+                         VALUES (?1, 'dm', ?2, 0, 0, ?3)",
+                        params![new_id, dm_key, now],
+                    )
+                    .map_err(backend)?;
+                    for m in [&x, &y] {
+                        tx.execute(
+                            "INSERT INTO conversation_members (conversation_id, username) VALUES (?1, ?2)",
+                            params![new_id, m],
+                        )
+                        .map_err(backend)?;
+                    }
+                    new_id
+                }
+            };
+            let rec = load_conversation(&tx, &id)?.ok_or(StoreError::NotFound("conversation"))?;
+            tx.commit().map_err(backend)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    async fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| load_conversation(conn, &id)).await
+    }
+
+    async fn conversations_of(
+        &self,
+        username: &str,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        let username = username.to_owned();
+        self.run(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT conversation_id FROM conversation_members WHERE username = ?1 ORDER BY conversation_id",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![username], |r| r.get(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(c) = load_conversation(conn, &id)? {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append_commit(
+        &self,
+        conversation: &str,
+        commit: NewCommit,
+    ) -> Result<Accepted, StoreError> {
+        let conversation = conversation.to_owned();
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let seq = next_seq(&tx, &conversation, commit.epoch)?;
+            let new_epoch = commit.epoch + 1;
+            insert_log(
+                &tx,
+                &conversation,
+                seq,
+                commit.epoch,
+                EntryKind::Commit,
+                &commit.sender_device,
+                &commit.commit,
+            )?;
+            tx.execute(
+                "UPDATE conversations SET epoch = ?2, last_seq = ?3, group_info = COALESCE(?4, group_info)
+                 WHERE id = ?1",
+                params![conversation, as_i64(new_epoch), as_i64(seq), commit.group_info],
+            )
+            .map_err(backend)?;
+            if let Some((welcome, devices)) = &commit.welcome {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO inbox (device_id, conversation_id, seq, welcome) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .map_err(backend)?;
+                for d in devices {
+                    stmt.execute(params![d, conversation, as_i64(seq), welcome])
+                        .map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(Accepted {
+                seq,
+                epoch: new_epoch,
+            })
+        })
+        .await
+    }
+
+    async fn append_message(
+        &self,
+        conversation: &str,
+        epoch: u64,
+        sender_device: &str,
+        data: &[u8],
+    ) -> Result<Accepted, StoreError> {
+        let (conversation, sender, data) = (
+            conversation.to_owned(),
+            sender_device.to_owned(),
+            data.to_vec(),
+        );
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let seq = next_seq(&tx, &conversation, epoch)?;
+            insert_log(
+                &tx,
+                &conversation,
+                seq,
+                epoch,
+                EntryKind::Message,
+                &sender,
+                &data,
+            )?;
+            tx.execute(
+                "UPDATE conversations SET last_seq = ?2 WHERE id = ?1",
+                params![conversation, as_i64(seq)],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(Accepted { seq, epoch })
+        })
+        .await
+    }
+
+    async fn log_after(
+        &self,
+        conversation: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let conversation = conversation.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, epoch, kind, sender_device, data FROM log
+                     WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![conversation, as_i64(after), limit], |r| {
+                    Ok(LogEntry {
+                        seq: as_u64(r.get(0)?),
+                        epoch: as_u64(r.get(1)?),
+                        kind: kind_from_code(r.get(2)?),
+                        sender_device: r.get(3)?,
+                        data: B64(r.get(4)?),
+                    })
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn inbox(&self, device_id: &str) -> Result<Vec<InboxItem>, StoreError> {
+        let device_id = device_id.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, conversation_id, seq, welcome FROM inbox WHERE device_id = ?1 ORDER BY id LIMIT 100",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![device_id], |r| {
+                    Ok(InboxItem {
+                        id: as_u64(r.get(0)?),
+                        conversation: r.get(1)?,
+                        seq: as_u64(r.get(2)?),
+                        welcome: B64(r.get(3)?),
+                    })
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn ack_inbox(&self, device_id: &str, up_to: u64) -> Result<(), StoreError> {
+        let device_id = device_id.to_owned();
+        self.run(move |conn| {
+            conn.execute(
+                "DELETE FROM inbox WHERE device_id = ?1 AND id <= ?2",
+                params![device_id, as_i64(up_to)],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn devices_of(&self, usernames: &[String]) -> Result<Vec<String>, StoreError> {
+        let usernames = usernames.to_vec();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT device_id FROM devices WHERE username = ?1")
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for u in &usernames {
+                let ids = stmt
+                    .query_map(params![u], |r| r.get::<_, String>(0))
+                    .map_err(backend)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(backend)?;
+                out.extend(ids);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create_link(
+        &self,
+        link_id: &str,
+        username: &str,
+        bundle: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let (link_id, username, bundle) =
+            (link_id.to_owned(), username.to_owned(), bundle.to_vec());
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "INSERT OR IGNORE INTO links (link_id, username, bundle, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![link_id, username, bundle, expires_at],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                Err(StoreError::LinkExpired)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn fetch_link(
+        &self,
+        link_id: &str,
+        now: i64,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let link_id = link_id.to_owned();
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT username, bundle FROM links WHERE link_id = ?1 AND used = 0 AND expires_at > ?2",
+                params![link_id, now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn redeem_link(
+        &self,
+        link_id: &str,
+        now: i64,
+        device: DeviceRecord,
+        kps: KeyPackages,
+    ) -> Result<String, StoreError> {
+        let link_id = link_id.to_owned();
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let username: Option<String> = tx
+                .query_row(
+                    "UPDATE links SET used = 1, bundle = x'' WHERE link_id = ?1 AND used = 0 AND expires_at > ?2
+                     RETURNING username",
+                    params![link_id, now],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            let username = username.ok_or(StoreError::LinkExpired)?;
+            insert_device(&tx, &username, &device, &kps)?;
+            tx.commit().map_err(backend)?;
+            Ok(username)
+        })
+        .await
+    }
+}
