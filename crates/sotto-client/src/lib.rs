@@ -1,1 +1,1235 @@
-//! placeholder
+//! `sotto-client`: the Sotto SDK.
+//!
+//! A [`Client`] is one device: its keys and MLS state live in SQLite under its home directory, it
+//! talks to `sottod` over HTTP and a WebSocket, and its sync engine applies welcomes, commits and
+//! messages in log order, verifying every new leaf's device certificate against the identity key it
+//! pinned for that account on first contact.
+//!
+//! ```text
+//! db         local SQLite: openmls state + conversations, messages, pins, config
+//! transport  HTTP to sottod
+//! lib        Client: register, link, devices, send, sync, listen
+//! ```
+//!
+//! Client futures are not `Send` (the local store is a single SQLite connection); drive a client from
+//! one task.
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use futures_util::StreamExt;
+use openmls_rust_crypto::RustCrypto;
+use rusqlite::{params, Connection, TransactionBehavior};
+use sotto_api::*;
+use sotto_proto::identity::unhex;
+use sotto_proto::mls::{
+    Conversation, DeviceKeys, Incoming, MlsError, PendingJoin, Trust, ValidKeyPackage,
+};
+use sotto_proto::{
+    AccountBundle, AccountIdentity, Body, DeviceCertificate, DeviceId, IdentityPublicKey, LinkCode,
+    MessageContent, Username,
+};
+use thiserror::Error;
+
+mod db;
+mod transport;
+
+use db::{storage_err, Pins, Provider};
+use transport::Transport;
+
+/// How many one-time key packages a device keeps on the server.
+const KEY_PACKAGE_TARGET: usize = 50;
+/// Replenish below this many.
+const KEY_PACKAGE_LOW: u64 = 10;
+/// How often a change is retried after losing the commit race.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Errors of the SDK. `Display` is one clear line, without secrets or message text.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// This home has no registered device.
+    #[error("this device is not registered: run `sotto register USERNAME` or `sotto link CODE`")]
+    NotRegistered,
+    /// This home already has a registered device.
+    #[error("this device is already registered as {0}")]
+    AlreadyRegistered(String),
+    /// No server URL is known.
+    #[error("no server configured: pass --server URL")]
+    NoServer,
+    /// The server could not be reached.
+    #[error("server unreachable at {server}")]
+    Unreachable {
+        /// The server URL.
+        server: String,
+    },
+    /// The server refused the request.
+    #[error("server refused: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable code.
+        code: ErrorCode,
+        /// Server's message.
+        message: String,
+        /// Current epoch, for stale-epoch refusals.
+        current_epoch: Option<u64>,
+    },
+    /// The named account does not exist.
+    #[error("unknown user {0}")]
+    UnknownUser(String),
+    /// An account's identity key differs from the one pinned on first contact.
+    #[error("identity key of {0} changed since it was first seen; refusing to trust it")]
+    IdentityChanged(String),
+    /// The conversation was refused because a member failed verification.
+    #[error("conversation {id} is blocked: {detail}")]
+    ConversationRefused {
+        /// Conversation id.
+        id: String,
+        /// Why.
+        detail: String,
+    },
+    /// The conversation exists but this device has not been added to it yet.
+    #[error("this device has not been added to the conversation with {0} yet; run `sotto sync` on one of your other devices, then retry")]
+    NotYetAdded(String),
+    /// Invalid input from the user.
+    #[error("{0}")]
+    Invalid(String),
+    /// MLS processing failed.
+    #[error(transparent)]
+    Mls(#[from] MlsError),
+    /// The server said something that does not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The local store failed.
+    #[error("local storage error: {0}")]
+    Storage(String),
+    /// Gave up after repeatedly losing commit races.
+    #[error("gave up after {0} attempts: the conversation keeps changing")]
+    TooManyAttempts(usize),
+}
+
+impl ClientError {
+    fn is_stale_epoch(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Api {
+                code: ErrorCode::StaleEpoch,
+                ..
+            }
+        )
+    }
+}
+
+/// A message as shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    /// Sender-chosen message id (hex).
+    pub id: String,
+    /// Conversation id.
+    pub conversation: String,
+    /// Group id for group messages; `None` for DMs.
+    pub group: Option<String>,
+    /// Sender's username.
+    pub sender: String,
+    /// Sender's device id.
+    pub sender_device: String,
+    /// The text.
+    pub text: String,
+    /// Sender's clock, RFC 3339.
+    pub sent_at: String,
+    /// Whether this device's account sent it.
+    pub outgoing: bool,
+}
+
+/// One device of the account, as listed by [`Client::devices`].
+#[derive(Debug, Clone)]
+pub struct DeviceLine {
+    /// Device id.
+    pub device_id: String,
+    /// Registered at (RFC 3339).
+    pub created_at: String,
+    /// Whether it is this device.
+    pub this_device: bool,
+    /// Whether its certificate verifies against the account's pinned identity key.
+    pub verified: bool,
+}
+
+/// What a sync noticed besides messages.
+#[derive(Debug, Default, Clone)]
+pub struct SyncReport {
+    /// Things the user should know (refused members, undecryptable entries).
+    pub warnings: Vec<String>,
+}
+
+/// What [`Client::listen`] reports.
+#[derive(Debug, Clone)]
+pub enum ListenEvent {
+    /// Connected to the push channel.
+    Connected,
+    /// New messages.
+    Messages(Vec<Message>),
+    /// A warning.
+    Warning(String),
+    /// Lost the connection; retrying.
+    Disconnected(String),
+}
+
+struct Me {
+    username: Username,
+    device_id: DeviceId,
+    cert: DeviceCertificate,
+}
+
+/// One device's Sotto client.
+pub struct Client {
+    home: PathBuf,
+    conn: Mutex<Connection>,
+    crypto: RustCrypto,
+    transport: Option<Transport>,
+    me: Option<Me>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("home", &self.home)
+            .field("user", &self.me.as_ref().map(|m| m.username.to_string()))
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn group_id_bytes(conversation: &str) -> Result<Vec<u8>, ClientError> {
+    unhex(conversation).ok_or_else(|| ClientError::Protocol("malformed conversation id".into()))
+}
+
+impl Client {
+    /// Opens the device at `home`. `server` overrides the stored server URL for this session.
+    pub fn open(home: &Path, server: Option<&str>) -> Result<Self, ClientError> {
+        let conn = db::open(home)?;
+        let stored_server = db::get_config_str(&conn, "server")?;
+        let token = db::get_config_str(&conn, "token")?;
+        let me = match (
+            db::get_config_str(&conn, "username")?,
+            db::get_config(&conn, "certificate")?,
+        ) {
+            (Some(u), Some(c)) => {
+                let cert = DeviceCertificate::decode(&c).map_err(storage_err)?;
+                Some(Me {
+                    username: Username::new(&u).map_err(storage_err)?,
+                    device_id: cert.device_id,
+                    cert,
+                })
+            }
+            _ => None,
+        };
+        let transport = match server.map(str::to_owned).or(stored_server) {
+            Some(s) => Some(Transport::new(&s, token)?),
+            None => None,
+        };
+        Ok(Self {
+            home: home.to_owned(),
+            conn: Mutex::new(conn),
+            crypto: RustCrypto::default(),
+            transport,
+            me,
+        })
+    }
+
+    /// The registered username, if any.
+    pub fn username(&self) -> Option<&str> {
+        self.me.as_ref().map(|m| m.username.as_str())
+    }
+
+    /// This device's id, if registered.
+    pub fn device_id(&self) -> Option<String> {
+        self.me.as_ref().map(|m| m.device_id.to_hex())
+    }
+
+    fn transport(&self) -> Result<&Transport, ClientError> {
+        self.transport.as_ref().ok_or(ClientError::NoServer)
+    }
+
+    fn me(&self) -> Result<&Me, ClientError> {
+        self.me.as_ref().ok_or(ClientError::NotRegistered)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, ClientError> {
+        self.conn
+            .lock()
+            .map_err(|_| ClientError::Storage("local store lock poisoned".into()))
+    }
+
+    /// Runs `f` in one immediate transaction on the local store, with an MLS provider over it:
+    /// MLS state and Sotto's tables change together or not at all.
+    fn with_tx<T>(
+        &self,
+        f: impl FnOnce(&Connection, &Provider<'_>) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut guard = self.lock()?;
+        let tx = guard
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(storage_err)?;
+        let out = {
+            let provider = Provider::new(&self.crypto, &tx);
+            f(&tx, &provider)?
+        };
+        tx.commit().map_err(storage_err)?;
+        Ok(out)
+    }
+
+    fn keys(&self, provider: &Provider<'_>) -> Result<DeviceKeys, ClientError> {
+        Ok(DeviceKeys::load(provider, self.me()?.cert.clone())?)
+    }
+
+    /// Makes this device's keys and key packages; returns the registration body.
+    fn new_device(
+        &self,
+        identity: &AccountIdentity,
+        username: &Username,
+    ) -> Result<(DeviceCertificate, NewDevice), ClientError> {
+        self.with_tx(|_, p| {
+            let keys = DeviceKeys::generate(p, identity, username, DeviceId::random(), now_secs())?;
+            let (one, lr) = keys.key_packages(p, KEY_PACKAGE_TARGET, true)?;
+            let lr =
+                lr.ok_or_else(|| ClientError::Protocol("no last-resort key package".into()))?;
+            Ok((
+                keys.certificate().clone(),
+                NewDevice {
+                    certificate: B64(keys.certificate().to_bytes()),
+                    key_packages: one.into_iter().map(B64).collect(),
+                    last_resort_key_package: B64(lr),
+                },
+            ))
+        })
+    }
+
+    fn save_registration(
+        &mut self,
+        server: &str,
+        identity: &AccountIdentity,
+        cert: DeviceCertificate,
+        token: &str,
+    ) -> Result<(), ClientError> {
+        self.with_tx(|conn, _| {
+            db::set_config(conn, "server", server.as_bytes())?;
+            db::set_config(conn, "username", cert.username.as_str().as_bytes())?;
+            db::set_config(conn, "certificate", &cert.to_bytes())?;
+            db::set_config(conn, "token", token.as_bytes())?;
+            db::set_config(conn, "identity_secret", identity.dangerous_secret_bytes().as_ref())?;
+            conn.execute(
+                "INSERT OR REPLACE INTO sotto_pins (username, identity_key, pinned_at) VALUES (?1, ?2, ?3)",
+                params![cert.username.as_str(), &identity.public().to_bytes()[..], now_secs() as i64],
+            )
+            .map_err(storage_err)?;
+            Ok(())
+        })?;
+        self.transport = Some(Transport::new(server, Some(token.to_owned()))?);
+        self.me = Some(Me {
+            username: cert.username.clone(),
+            device_id: cert.device_id,
+            cert,
+        });
+        Ok(())
+    }
+
+    /// Registers a new account with this as its first device.
+    pub async fn register(&mut self, username: &str) -> Result<(), ClientError> {
+        if let Some(me) = &self.me {
+            return Err(ClientError::AlreadyRegistered(me.username.to_string()));
+        }
+        let username = Username::new(username).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let transport = self.transport()?.clone();
+        let identity = AccountIdentity::generate();
+        let (cert, device) = self.new_device(&identity, &username)?;
+        let req = RegisterRequest {
+            username: username.to_string(),
+            identity_key: B64(identity.public().to_bytes().to_vec()),
+            device,
+        };
+        let resp: RegisterResponse = transport.post("/v1/accounts", &req).await?;
+        self.save_registration(&transport.base, &identity, cert, &resp.token)
+    }
+
+    /// Creates a one-time link code for adding a new device to this account.
+    pub async fn create_link_code(&self) -> Result<String, ClientError> {
+        let me = self.me()?;
+        let secret = {
+            let conn = self.lock()?;
+            db::get_config(&conn, "identity_secret")?.ok_or(ClientError::NotRegistered)?
+        };
+        let identity = AccountIdentity::from_secret_bytes(&secret).map_err(storage_err)?;
+        let code = LinkCode::generate();
+        let bundle = AccountBundle {
+            username: me.username.clone(),
+            identity,
+        };
+        let req = CreateLinkRequest {
+            link_id: code.link_id(),
+            bundle: B64(code.seal(&bundle)),
+        };
+        let _: LinkCreated = self.transport()?.post("/v1/links", &req).await?;
+        Ok(code.dangerous_to_text())
+    }
+
+    /// Registers this device under an existing account, using a link code from one of its devices.
+    pub async fn link(&mut self, code: &str) -> Result<(), ClientError> {
+        if let Some(me) = &self.me {
+            return Err(ClientError::AlreadyRegistered(me.username.to_string()));
+        }
+        let code: LinkCode = code
+            .parse()
+            .map_err(|e: sotto_proto::LinkError| ClientError::Invalid(e.to_string()))?;
+        let transport = self.transport()?.clone();
+        let fetched: LinkBundle = transport
+            .post(
+                "/v1/links/fetch",
+                &LinkFetchRequest {
+                    link_id: code.link_id(),
+                },
+            )
+            .await?;
+        let bundle = code
+            .open(&fetched.bundle.0)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if bundle.username.as_str() != fetched.username {
+            return Err(ClientError::Protocol(
+                "link bundle names another account".into(),
+            ));
+        }
+        let (cert, device) = self.new_device(&bundle.identity, &bundle.username)?;
+        let resp: RegisterResponse = transport
+            .post(
+                "/v1/links/redeem",
+                &LinkRedeemRequest {
+                    link_id: code.link_id(),
+                    device,
+                },
+            )
+            .await?;
+        self.save_registration(&transport.base, &bundle.identity, cert, &resp.token)
+    }
+
+    /// Fetches an account, pins its identity key on first contact, and refuses a changed key.
+    async fn fetch_account(
+        &self,
+        username: &str,
+    ) -> Result<(AccountInfo, IdentityPublicKey), ClientError> {
+        let acc: AccountInfo = match self
+            .transport()?
+            .get(&format!("/v1/accounts/{username}"))
+            .await
+        {
+            Err(ClientError::Api {
+                code: ErrorCode::NotFound,
+                ..
+            }) => return Err(ClientError::UnknownUser(username.to_owned())),
+            other => other?,
+        };
+        let key = IdentityPublicKey::from_bytes(&acc.identity_key.0)
+            .map_err(|_| ClientError::Protocol("server sent a malformed identity key".into()))?;
+        let user =
+            Username::new(&acc.username).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if user.as_str() != username {
+            return Err(ClientError::Protocol(
+                "server answered for another account".into(),
+            ));
+        }
+        self.with_tx(|conn, _| match Pins(conn).pinned_identity(&user) {
+            Some(pinned) if pinned != key => Err(ClientError::IdentityChanged(username.to_owned())),
+            Some(_) => Ok(()),
+            None => conn
+                .execute(
+                    "INSERT INTO sotto_pins (username, identity_key, pinned_at) VALUES (?1, ?2, ?3)",
+                    params![username, &key.to_bytes()[..], now_secs() as i64],
+                )
+                .map(|_| ())
+                .map_err(storage_err),
+        })?;
+        Ok((acc, key))
+    }
+
+    async fn ensure_pinned(&self, usernames: &[String]) -> Result<(), ClientError> {
+        for u in usernames {
+            let user = Username::new(u).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let pinned = {
+                let conn = self.lock()?;
+                Pins(&conn).pinned_identity(&user).is_some()
+            };
+            if !pinned {
+                self.fetch_account(u).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This account's devices, each checked against the pinned identity key.
+    pub async fn devices(&self) -> Result<Vec<DeviceLine>, ClientError> {
+        let me = self.me()?;
+        let (acc, key) = self.fetch_account(me.username.as_str()).await?;
+        Ok(acc
+            .devices
+            .into_iter()
+            .map(|d| {
+                let verified = DeviceCertificate::decode(&d.certificate.0)
+                    .map(|c| {
+                        c.identity_key == key
+                            && c.verify_self_signed().is_ok()
+                            && c.device_id.to_hex() == d.device_id
+                    })
+                    .unwrap_or(false);
+                DeviceLine {
+                    this_device: d.device_id == me.device_id.to_hex(),
+                    device_id: d.device_id,
+                    created_at: d.created_at,
+                    verified,
+                }
+            })
+            .collect())
+    }
+
+    /// Claims and verifies key packages for `username`'s devices (`only` these, if not empty).
+    async fn claim(
+        &self,
+        username: &str,
+        only: &[String],
+    ) -> Result<Vec<sotto_proto::mls::TrustedKeyPackage>, ClientError> {
+        self.ensure_pinned(&[username.to_owned()]).await?;
+        let resp: ClaimResponse = self
+            .transport()?
+            .post(
+                "/v1/key-packages/claim",
+                &ClaimRequest {
+                    username: username.to_owned(),
+                    devices: only.to_vec(),
+                },
+            )
+            .await?;
+        let conn = self.lock()?;
+        let mut out = Vec::new();
+        for c in resp.key_packages {
+            let kp = ValidKeyPackage::parse(&self.crypto, &c.key_package.0)?;
+            if kp.certificate().username.as_str() != username
+                || kp.certificate().device_id.to_hex() != c.device_id
+            {
+                return Err(ClientError::Protocol(
+                    "claimed key package is for another device".into(),
+                ));
+            }
+            out.push(kp.verify(&Pins(&conn))?);
+        }
+        Ok(out)
+    }
+
+    /// Posts a commit bundle; on success merges it, on a lost race drops it (and reports the race).
+    async fn post_commit(
+        &self,
+        conversation: &str,
+        bundle: sotto_proto::mls::CommitBundle,
+    ) -> Result<Accepted, ClientError> {
+        let gid = group_id_bytes(conversation)?;
+        let req = CommitRequest {
+            epoch: bundle.epoch,
+            commit: B64(bundle.commit),
+            welcome: bundle.welcome.map(B64),
+            welcome_devices: bundle.welcome_devices.iter().map(|d| d.to_hex()).collect(),
+            group_info: bundle.group_info.map(B64),
+        };
+        let res: Result<Accepted, ClientError> = self
+            .transport()?
+            .post(&format!("/v1/conversations/{conversation}/commits"), &req)
+            .await;
+        match res {
+            Ok(acc) => {
+                self.with_tx(|_, p| {
+                    let mut g = Conversation::load(p, &gid)?
+                        .ok_or_else(|| ClientError::Storage("group vanished".into()))?;
+                    if g.has_pending_commit() {
+                        g.merge_pending(p)?;
+                    }
+                    Ok(())
+                })?;
+                Ok(acc)
+            }
+            Err(e) => {
+                // Refused (or unknown outcome: a later sync merges it if the server has it).
+                if e.is_stale_epoch() || matches!(e, ClientError::Api { .. }) {
+                    self.with_tx(|_, p| {
+                        if let Some(mut g) = Conversation::load(p, &gid)? {
+                            g.clear_pending(p)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Fetches and applies everything pending: welcomes, commits and messages, then adds this
+    /// account's new devices to its conversations and tops up key packages.
+    pub async fn sync(&self) -> Result<SyncReport, ClientError> {
+        self.me()?;
+        let mut report = SyncReport::default();
+        self.process_inbox(&mut report).await?;
+        let list: ConversationList = self.transport()?.get("/v1/conversations").await?;
+        let mut members: Vec<String> = list
+            .conversations
+            .iter()
+            .flat_map(|c| c.members.clone())
+            .collect();
+        members.sort();
+        members.dedup();
+        self.ensure_pinned(&members).await?;
+        for c in &list.conversations {
+            self.sync_conversation(&c.id, Some(c.last_seq), &mut report)
+                .await?;
+        }
+        self.reconcile_devices(&mut report).await?;
+        self.replenish_key_packages().await?;
+        Ok(report)
+    }
+
+    async fn process_inbox(&self, report: &mut SyncReport) -> Result<(), ClientError> {
+        let inbox: Inbox = self.transport()?.get("/v1/inbox").await?;
+        let Some(last) = inbox.items.last().map(|i| i.id) else {
+            return Ok(());
+        };
+        let list: ConversationList = self.transport()?.get("/v1/conversations").await?;
+        for item in &inbox.items {
+            let Some(info) = list
+                .conversations
+                .iter()
+                .find(|c| c.id == item.conversation)
+            else {
+                continue;
+            };
+            self.ensure_pinned(&info.members).await?;
+            let gid = group_id_bytes(&item.conversation)?;
+            let peer = self.me()?.username.as_str();
+            let dm_peer = info.members.iter().find(|m| m.as_str() != peer).cloned();
+            let res = self.with_tx(|conn, p| {
+                if Conversation::load(p, &gid)?.is_some() {
+                    return Ok(());
+                }
+                let join = PendingJoin::stage(p, &item.welcome.0)?;
+                if join.group_id() != gid.as_slice() {
+                    return Err(ClientError::Protocol(
+                        "welcome is for another conversation".into(),
+                    ));
+                }
+                join.accept(p, &Pins(conn))?;
+                db::upsert_conversation(conn, &item.conversation, &info.kind, dm_peer.as_deref())?;
+                db::set_cursor(conn, &item.conversation, item.seq)?;
+                Ok(())
+            });
+            if let Err(e) = res {
+                report.warnings.push(format!(
+                    "refused an invitation to conversation {}: {e}",
+                    item.conversation
+                ));
+            }
+        }
+        let _: () = self
+            .transport()?
+            .post("/v1/inbox/ack", &InboxAck { up_to: last })
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a conversation's log after the local cursor.
+    async fn sync_conversation(
+        &self,
+        id: &str,
+        known_last: Option<u64>,
+        report: &mut SyncReport,
+    ) -> Result<(), ClientError> {
+        let gid = group_id_bytes(id)?;
+        loop {
+            let local = {
+                let conn = self.lock()?;
+                db::conversation(&conn, id)?
+            };
+            let Some(local) = local else { return Ok(()) };
+            if local.status != "ok" {
+                return Ok(());
+            }
+            if known_last.is_some_and(|l| l <= local.cursor) {
+                return Ok(());
+            }
+            let has_group = {
+                let conn = self.lock()?;
+                Conversation::load(&Provider::new(&self.crypto, &conn), &gid)?.is_some()
+            };
+            if !has_group {
+                return Ok(());
+            }
+            let page: LogPage = self
+                .transport()?
+                .get(&format!(
+                    "/v1/conversations/{id}/log?after={}",
+                    local.cursor
+                ))
+                .await?;
+            if page.entries.is_empty() {
+                return Ok(());
+            }
+            let mut stop = false;
+            for entry in &page.entries {
+                if !self.apply_entry(id, &gid, entry, report)? {
+                    stop = true;
+                    break;
+                }
+            }
+            if stop || !page.more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies one log entry in one transaction. Returns false if the conversation got refused.
+    fn apply_entry(
+        &self,
+        id: &str,
+        gid: &[u8],
+        entry: &LogEntry,
+        report: &mut SyncReport,
+    ) -> Result<bool, ClientError> {
+        let me = self.me()?;
+        let mine = entry.sender_device == me.device_id.to_hex();
+        let mut refused: Option<String> = None;
+        let mut warning: Option<String> = None;
+        self.with_tx(|conn, p| {
+            let Some(local) = db::conversation(conn, id)? else { return Ok(()) };
+            if entry.seq <= local.cursor {
+                return Ok(()); // another process of this device got here first
+            }
+            let mut g = Conversation::load(p, gid)?.ok_or_else(|| ClientError::Storage("group vanished".into()))?;
+            match entry.kind {
+                EntryKind::Commit if entry.epoch < g.epoch() => {} // already applied (ours, merged on acceptance)
+                EntryKind::Commit if mine => {
+                    // Our commit, accepted while we were not looking (crash between post and merge).
+                    if g.has_pending_commit() && entry.epoch == g.epoch() {
+                        g.merge_pending(p)?;
+                    }
+                }
+                EntryKind::Commit => {
+                    if g.has_pending_commit() {
+                        g.clear_pending(p)?; // we lost the race for this epoch
+                    }
+                    match g.process(p, &entry.data.0) {
+                        Ok(Incoming::Commit(pending)) => match g.merge_verified(p, pending, &Pins(conn)) {
+                            Ok(()) => {}
+                            Err(e @ (MlsError::Certificate { .. } | MlsError::UnknownAccount(_))) => {
+                                let detail = format!("a commit tried to add a device that failed verification ({e})");
+                                db::set_status(conn, id, "refused", &detail)?;
+                                refused = Some(detail);
+                                return Ok(());
+                            }
+                            Err(e) => return Err(e.into()),
+                        },
+                        Ok(_) => warning = Some(format!("conversation {id}: entry {} is not a commit", entry.seq)),
+                        Err(e) => warning = Some(format!("conversation {id}: refused entry {}: {e}", entry.seq)),
+                    }
+                }
+                EntryKind::Message if mine => {}
+                EntryKind::Message => match g.process(p, &entry.data.0) {
+                    Ok(Incoming::Message { sender, content }) => {
+                        if sender.device_id.to_hex() != entry.sender_device {
+                            warning = Some(format!("conversation {id}: entry {} claims another sending device", entry.seq));
+                        } else {
+                            let (text, reply) = match &content.body {
+                                Body::Text { text, reply_to } => (Some(text.as_str()), reply_to.map(|r| r.to_hex())),
+                                _ => (None, None),
+                            };
+                            db::insert_message(conn, &db::NewMessage {
+                                conversation: id,
+                                message_id: &content.id.to_hex(),
+                                seq: Some(entry.seq),
+                                sender: sender.username.as_str(),
+                                sender_device: &sender.device_id.to_hex(),
+                                sent_at_ms: content.sent_at_ms,
+                                text,
+                                reply_to: reply.as_deref(),
+                                outgoing: sender.username == me.username,
+                                shown: false,
+                            })?;
+                        }
+                    }
+                    Ok(_) => warning = Some(format!("conversation {id}: entry {} is not a message", entry.seq)),
+                    Err(e) => warning = Some(format!("conversation {id}: could not decrypt entry {}: {e}", entry.seq)),
+                },
+            }
+            db::set_cursor(conn, id, entry.seq)
+        })?;
+        if let Some(w) = warning {
+            report.warnings.push(w);
+        }
+        if let Some(detail) = refused {
+            report
+                .warnings
+                .push(format!("conversation {id} blocked: {detail}"));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Adds this account's devices that are missing from its conversations.
+    async fn reconcile_devices(&self, report: &mut SyncReport) -> Result<(), ClientError> {
+        let me = self.me()?;
+        let (acc, key) = self.fetch_account(me.username.as_str()).await?;
+        let mut mine: Vec<String> = Vec::new();
+        for d in &acc.devices {
+            match DeviceCertificate::decode(&d.certificate.0) {
+                Ok(c)
+                    if c.identity_key == key
+                        && c.verify_self_signed().is_ok()
+                        && c.device_id.to_hex() == d.device_id =>
+                {
+                    mine.push(d.device_id.clone())
+                }
+                _ => report.warnings.push(format!(
+                    "ignoring device {} of your account: its certificate does not verify",
+                    d.device_id
+                )),
+            }
+        }
+        let ids: Vec<String> = {
+            let conn = self.lock()?;
+            let mut stmt = conn
+                .prepare("SELECT id FROM sotto_conversations WHERE status = 'ok' ORDER BY id")
+                .map_err(storage_err)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(storage_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage_err)?;
+            rows
+        };
+        for id in ids {
+            if let Err(e) = self.add_missing_devices(&id, &mine, report).await {
+                report.warnings.push(format!(
+                    "could not add your new devices to conversation {id}: {e}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_missing_devices(
+        &self,
+        id: &str,
+        mine: &[String],
+        report: &mut SyncReport,
+    ) -> Result<(), ClientError> {
+        let me = self.me()?;
+        let gid = group_id_bytes(id)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let missing: Vec<String> = {
+                let conn = self.lock()?;
+                let Some(g) = Conversation::load(&Provider::new(&self.crypto, &conn), &gid)? else {
+                    return Ok(());
+                };
+                if !g.is_active() {
+                    return Ok(());
+                }
+                let present: Vec<String> = g
+                    .members()
+                    .into_iter()
+                    .filter(|m| m.cert.username == me.username)
+                    .map(|m| m.cert.device_id.to_hex())
+                    .collect();
+                mine.iter()
+                    .filter(|d| !present.contains(d))
+                    .cloned()
+                    .collect()
+            };
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let kps = self.claim(me.username.as_str(), &missing).await?;
+            if kps.is_empty() {
+                return Ok(());
+            }
+            let keys_bundle = self.with_tx(|_, p| {
+                let keys = self.keys(p)?;
+                let mut g = Conversation::load(p, &gid)?
+                    .ok_or_else(|| ClientError::Storage("group vanished".into()))?;
+                Ok(g.add_devices(p, &keys, &kps)?)
+            })?;
+            match self.post_commit(id, keys_bundle).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_stale_epoch() => self.sync_conversation(id, None, report).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::TooManyAttempts(MAX_ATTEMPTS))
+    }
+
+    async fn replenish_key_packages(&self) -> Result<(), ClientError> {
+        let count: KeyPackageCount = self.transport()?.get("/v1/key-packages/count").await?;
+        if count.count >= KEY_PACKAGE_LOW {
+            return Ok(());
+        }
+        let kps = self.with_tx(|_, p| {
+            let keys = self.keys(p)?;
+            Ok(keys.key_packages(p, KEY_PACKAGE_TARGET, false)?.0)
+        })?;
+        let _: KeyPackageCount = self
+            .transport()?
+            .post(
+                "/v1/key-packages",
+                &UploadKeyPackages {
+                    key_packages: kps.into_iter().map(B64).collect(),
+                    last_resort_key_package: None,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Makes sure the DM with `peer` exists and this device is in its MLS group; returns its id.
+    async fn ensure_dm(&self, peer: &str, report: &mut SyncReport) -> Result<String, ClientError> {
+        let me = self.me()?;
+        let peer_user = Username::new(peer).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if peer_user == me.username {
+            return Err(ClientError::Invalid(
+                "you cannot send a DM to yourself".into(),
+            ));
+        }
+        self.ensure_pinned(&[peer.to_owned()]).await?;
+        for _ in 0..MAX_ATTEMPTS {
+            let info: ConversationInfo = match self
+                .transport()?
+                .post(
+                    "/v1/dms",
+                    &CreateDmRequest {
+                        peer: peer.to_owned(),
+                    },
+                )
+                .await
+            {
+                Err(ClientError::Api {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => return Err(ClientError::UnknownUser(peer.to_owned())),
+                other => other?,
+            };
+            let gid = group_id_bytes(&info.id)?;
+            let has_group = self.with_tx(|conn, p| {
+                db::upsert_conversation(conn, &info.id, "dm", Some(peer))?;
+                Ok(Conversation::load(p, &gid)?.is_some())
+            })?;
+            if let Some(c) = {
+                let conn = self.lock()?;
+                db::conversation(&conn, &info.id)?
+            } {
+                if c.status != "ok" {
+                    return Err(ClientError::ConversationRefused {
+                        id: c.id,
+                        detail: c.status_detail,
+                    });
+                }
+            }
+            if has_group {
+                return Ok(info.id);
+            }
+            if info.epoch > 0 {
+                self.process_inbox(report).await?;
+                let joined = {
+                    let conn = self.lock()?;
+                    Conversation::load(&Provider::new(&self.crypto, &conn), &gid)?.is_some()
+                };
+                if joined {
+                    return Ok(info.id);
+                }
+                return Err(ClientError::NotYetAdded(peer.to_owned()));
+            }
+            // Nobody has set the conversation up yet: create the group with every device of both
+            // accounts. If someone beats us to it, our commit is refused and their welcome arrives.
+            let mut kps = self.claim(peer, &[]).await?;
+            kps.extend(self.claim(me.username.as_str(), &[]).await?);
+            let bundle = self.with_tx(|_, p| {
+                let keys = self.keys(p)?;
+                let mut g = Conversation::create(p, &keys, &gid)?;
+                Ok(g.add_devices(p, &keys, &kps)?)
+            })?;
+            match self.post_commit(&info.id, bundle).await {
+                Ok(_) => return Ok(info.id),
+                Err(e) if e.is_stale_epoch() => {
+                    self.with_tx(|_, p| {
+                        if let Some(g) = Conversation::load(p, &gid)? {
+                            g.delete(p)?;
+                        }
+                        Ok(())
+                    })?;
+                    self.process_inbox(report).await?;
+                }
+                Err(e) => {
+                    self.with_tx(|_, p| {
+                        if let Some(g) = Conversation::load(p, &gid)? {
+                            g.delete(p)?;
+                        }
+                        Ok(())
+                    })?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::TooManyAttempts(MAX_ATTEMPTS))
+    }
+
+    /// Sends a DM to `peer`, creating the conversation on first use. Returns the sent message.
+    pub async fn send_dm(
+        &self,
+        peer: &str,
+        text: &str,
+    ) -> Result<(Message, SyncReport), ClientError> {
+        let me = self.me()?;
+        if text.len() > sotto_proto::content::MAX_TEXT_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "message too long: at most {} bytes",
+                sotto_proto::content::MAX_TEXT_BYTES
+            )));
+        }
+        let mut report = self.sync().await?;
+        let id = self.ensure_dm(peer, &mut report).await?;
+        let gid = group_id_bytes(&id)?;
+        let content = MessageContent::text(text, now_ms(), None);
+        let msg_id = content.id.to_hex();
+        for _ in 0..MAX_ATTEMPTS {
+            let bytes = self.with_tx(|conn, p| {
+                let keys = self.keys(p)?;
+                let mut g = Conversation::load(p, &gid)?
+                    .ok_or_else(|| ClientError::NotYetAdded(peer.to_owned()))?;
+                let bytes = g.encrypt(p, &keys, &content)?;
+                db::insert_message(
+                    conn,
+                    &db::NewMessage {
+                        conversation: &id,
+                        message_id: &msg_id,
+                        seq: None,
+                        sender: me.username.as_str(),
+                        sender_device: &me.device_id.to_hex(),
+                        sent_at_ms: content.sent_at_ms,
+                        text: Some(text),
+                        reply_to: None,
+                        outgoing: true,
+                        shown: true,
+                    },
+                )?;
+                Ok(bytes)
+            })?;
+            let res: Result<Accepted, ClientError> = self
+                .transport()?
+                .post(
+                    &format!("/v1/conversations/{id}/messages"),
+                    &SendRequest {
+                        message: B64(bytes),
+                    },
+                )
+                .await;
+            match res {
+                Ok(acc) => {
+                    {
+                        let conn = self.lock()?;
+                        conn.execute(
+                            "UPDATE sotto_messages SET seq = ?3 WHERE conversation = ?1 AND message_id = ?2",
+                            params![id, msg_id, acc.seq as i64],
+                        )
+                        .map_err(storage_err)?;
+                    }
+                    return Ok((
+                        Message {
+                            id: msg_id,
+                            conversation: id,
+                            group: None,
+                            sender: me.username.to_string(),
+                            sender_device: me.device_id.to_hex(),
+                            text: text.to_owned(),
+                            sent_at: rfc3339_ms(content.sent_at_ms),
+                            outgoing: true,
+                        },
+                        report,
+                    ));
+                }
+                Err(e) if e.is_stale_epoch() => {
+                    self.sync_conversation(&id, None, &mut report).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::TooManyAttempts(MAX_ATTEMPTS))
+    }
+
+    /// Messages received but not yet shown; marks them shown.
+    pub fn take_unshown(&self) -> Result<Vec<Message>, ClientError> {
+        self.with_tx(|conn, _| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT m.message_id, m.conversation, c.kind, m.sender, m.sender_device, m.text, m.sent_at_ms, m.outgoing
+                     FROM sotto_messages m JOIN sotto_conversations c ON c.id = m.conversation
+                     WHERE m.shown = 0 ORDER BY m.conversation, m.seq, m.local_order",
+                )
+                .map_err(storage_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let kind: String = r.get(2)?;
+                    let conversation: String = r.get(1)?;
+                    Ok(Message {
+                        id: r.get(0)?,
+                        group: (kind != "dm").then(|| conversation.clone()),
+                        conversation,
+                        sender: r.get(3)?,
+                        sender_device: r.get(4)?,
+                        text: r.get::<_, Option<String>>(5)?.unwrap_or_else(|| "[unsupported message kind]".into()),
+                        sent_at: rfc3339_ms(u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0)),
+                        outgoing: r.get::<_, i64>(7)? != 0,
+                    })
+                })
+                .map_err(storage_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage_err)?;
+            conn.execute("UPDATE sotto_messages SET shown = 1 WHERE shown = 0", [])
+                .map_err(storage_err)?;
+            Ok(rows)
+        })
+    }
+
+    /// Every message of a conversation with `peer`, oldest first (for history views and tests).
+    pub fn history(&self, peer: &str) -> Result<Vec<Message>, ClientError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT m.message_id, m.conversation, m.sender, m.sender_device, m.text, m.sent_at_ms, m.outgoing
+                 FROM sotto_messages m JOIN sotto_conversations c ON c.id = m.conversation
+                 WHERE c.kind = 'dm' AND c.peer = ?1 ORDER BY COALESCE(m.seq, 9223372036854775807), m.local_order",
+            )
+            .map_err(storage_err)?;
+        let rows = stmt
+            .query_map(params![peer], |r| {
+                Ok(Message {
+                    id: r.get(0)?,
+                    conversation: r.get(1)?,
+                    group: None,
+                    sender: r.get(2)?,
+                    sender_device: r.get(3)?,
+                    text: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    sent_at: rfc3339_ms(u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0)),
+                    outgoing: r.get::<_, i64>(6)? != 0,
+                })
+            })
+            .map_err(storage_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage_err)?;
+        Ok(rows)
+    }
+
+    /// Stays connected to the push channel and syncs whenever the server says there is something
+    /// new, reporting through `on_event`. Reconnects with backoff; returns only on a fatal error.
+    pub async fn listen(&self, mut on_event: impl FnMut(ListenEvent)) -> Result<(), ClientError> {
+        self.me()?;
+        let transport = self.transport()?.clone();
+        let token = transport
+            .token()
+            .ok_or(ClientError::NotRegistered)?
+            .to_owned();
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            let mut request =
+                match tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    transport.ws_url(),
+                ) {
+                    Ok(r) => r,
+                    Err(e) => return Err(ClientError::Invalid(format!("bad server URL: {e}"))),
+                };
+            let header = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ClientError::Invalid("token is not a valid header".into()))?;
+            request.headers_mut().insert("authorization", header);
+            match tokio_tungstenite::connect_async(request).await {
+                Ok((mut ws, _)) => {
+                    backoff = std::time::Duration::from_millis(200);
+                    on_event(ListenEvent::Connected);
+                    while let Some(msg) = ws.next().await {
+                        let text = match msg {
+                            Ok(tokio_tungstenite::tungstenite::Message::Text(t)) => t,
+                            Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_) => break,
+                            Ok(_) => continue,
+                        };
+                        let frame: ServerFrame = match serde_json::from_str(&text) {
+                            Ok(f) => f,
+                            Err(_) => continue,
+                        };
+                        let mut report = SyncReport::default();
+                        let res = match frame {
+                            ServerFrame::Ready | ServerFrame::Devices => {
+                                self.sync().await.map(|r| report = r)
+                            }
+                            ServerFrame::Inbox => self.process_inbox(&mut report).await,
+                            ServerFrame::Conversation { id, seq } => {
+                                self.sync_conversation(&id, Some(seq), &mut report).await
+                            }
+                        };
+                        match res {
+                            Ok(()) => {}
+                            Err(e @ ClientError::NotRegistered) => return Err(e),
+                            Err(e) => on_event(ListenEvent::Warning(e.to_string())),
+                        }
+                        for w in report.warnings {
+                            on_event(ListenEvent::Warning(w));
+                        }
+                        let msgs = self.take_unshown()?;
+                        if !msgs.is_empty() {
+                            on_event(ListenEvent::Messages(msgs));
+                        }
+                    }
+                    on_event(ListenEvent::Disconnected("connection closed".into()));
+                }
+                Err(e) => {
+                    let why = match e {
+                        tokio_tungstenite::tungstenite::Error::Http(resp)
+                            if resp.status() == 401 =>
+                        {
+                            return Err(ClientError::Api {
+                                status: 401,
+                                code: ErrorCode::Unauthorized,
+                                message: "device token refused".into(),
+                                current_epoch: None,
+                            })
+                        }
+                        _ => format!("server unreachable at {}", transport.base),
+                    };
+                    on_event(ListenEvent::Disconnected(why));
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+        }
+    }
+}

@@ -103,6 +103,13 @@ pub fn verify_leaf(
     Ok(cert)
 }
 
+/// Leaf capabilities: every Sotto leaf can carry the last-resort key-package extension.
+fn capabilities() -> Capabilities {
+    Capabilities::builder()
+        .extensions(vec![ExtensionType::LastResort])
+        .build()
+}
+
 fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
@@ -178,7 +185,7 @@ impl DeviceKeys {
         last_resort: bool,
     ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), MlsError> {
         let build = |lr: bool| -> Result<Vec<u8>, MlsError> {
-            let mut b = KeyPackage::builder();
+            let mut b = KeyPackage::builder().leaf_node_capabilities(capabilities());
             if lr {
                 b = b.mark_as_last_resort();
             }
@@ -449,6 +456,7 @@ impl Conversation {
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
             .max_past_epochs(MAX_PAST_EPOCHS)
+            .capabilities(capabilities())
             .build();
         let group = MlsGroup::new_with_group_id(
             provider,
