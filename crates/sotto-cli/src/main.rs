@@ -1,1 +1,179 @@
-fn main() {}
+//! `sotto`: the Sotto command-line client.
+//!
+//! Every conversation is end-to-end encrypted; this binary is a thin shell over `sotto-client`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sotto_client::{Client, ClientError, ListenEvent, Message};
+
+/// Sotto: end-to-end-encrypted messaging.
+#[derive(Debug, Parser)]
+#[command(name = "sotto", version)]
+struct Cli {
+    /// This device's data directory (default: $SOTTO_HOME, else the platform data dir).
+    #[arg(long, global = true, env = "SOTTO_HOME")]
+    home: Option<PathBuf>,
+    /// Server URL, e.g. http://127.0.0.1:7420 (stored at register/link; overrides it otherwise).
+    #[arg(long, global = true, env = "SOTTO_SERVER")]
+    server: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an account with this as its first device.
+    Register {
+        /// The username (3-32 of a-z 0-9 _ - .).
+        username: String,
+    },
+    /// Manage this account's devices.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Register this device under an existing account with a link code.
+    Link {
+        /// The code printed by `sotto device add` on another device.
+        code: String,
+    },
+    /// List this account's devices.
+    Devices,
+    /// Send a direct message (creates the conversation on first use).
+    Send {
+        /// Recipient username.
+        username: String,
+        /// Message text.
+        text: String,
+    },
+    /// Fetch and apply everything pending; print new messages.
+    Sync {
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stay connected and print messages as they arrive.
+    Listen {
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Create a one-time link code (valid 10 minutes) for a new device; printed as the last line.
+    Add,
+}
+
+fn default_home() -> PathBuf {
+    dirs::data_dir()
+        .map(|d| d.join("sotto"))
+        .unwrap_or_else(|| PathBuf::from(".sotto"))
+}
+
+fn print_messages(msgs: &[Message], json: bool) {
+    let mut out = std::io::stdout().lock();
+    for m in msgs {
+        let line = if json {
+            serde_json::to_string(m).unwrap_or_default()
+        } else {
+            format!("[{}] {}: {}", m.sent_at, m.sender, m.text)
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+}
+
+fn warn(lines: &[String]) {
+    for w in lines {
+        eprintln!("warning: {w}");
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), ClientError> {
+    let home = cli.home.unwrap_or_else(default_home);
+    let mut client = Client::open(&home, cli.server.as_deref())?;
+    match cli.command {
+        Command::Register { username } => {
+            client.register(&username).await?;
+            println!(
+                "registered {username}, device {}",
+                client.device_id().unwrap_or_default()
+            );
+        }
+        Command::Device {
+            command: DeviceCommand::Add,
+        } => {
+            let code = client.create_link_code().await?;
+            eprintln!("On the new device run `sotto link CODE` within 10 minutes. Keep the code secret: it grants access to your account.");
+            println!("{code}");
+        }
+        Command::Link { code } => {
+            client.link(&code).await?;
+            println!(
+                "linked device {} to {}",
+                client.device_id().unwrap_or_default(),
+                client.username().unwrap_or_default()
+            );
+        }
+        Command::Devices => {
+            for d in client.devices().await? {
+                println!(
+                    "{} {} {}{}",
+                    d.device_id,
+                    d.created_at,
+                    if d.verified { "verified" } else { "UNVERIFIED" },
+                    if d.this_device { " (this device)" } else { "" }
+                );
+            }
+        }
+        Command::Send { username, text } => {
+            let (msg, report) = client.send_dm(&username, &text).await?;
+            warn(&report.warnings);
+            println!("sent {}", msg.id);
+        }
+        Command::Sync { json } => {
+            let report = client.sync().await?;
+            warn(&report.warnings);
+            print_messages(&client.take_unshown()?, json);
+        }
+        Command::Listen { json } => {
+            let listen = client.listen(|ev| match ev {
+                ListenEvent::Connected => eprintln!("connected"),
+                ListenEvent::Messages(m) => print_messages(&m, json),
+                ListenEvent::Warning(w) => warn(&[w]),
+                ListenEvent::Disconnected(why) => eprintln!("disconnected: {why}; reconnecting"),
+            });
+            tokio::select! {
+                r = listen => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
