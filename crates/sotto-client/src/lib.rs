@@ -513,11 +513,14 @@ impl Client {
             .collect())
     }
 
-    /// Claims and verifies key packages for `username`'s devices (`only` these, if not empty).
+    /// Claims key packages for `username`'s devices (`only` these, if not empty) and keeps those whose
+    /// device certificate verifies against the pinned identity key; the others are reported and left
+    /// out, so a device slipped in by the server never joins.
     async fn claim(
         &self,
         username: &str,
         only: &[String],
+        report: &mut SyncReport,
     ) -> Result<Vec<sotto_proto::mls::TrustedKeyPackage>, ClientError> {
         self.ensure_pinned(&[username.to_owned()]).await?;
         let resp: ClaimResponse = self
@@ -533,15 +536,22 @@ impl Client {
         let conn = self.lock()?;
         let mut out = Vec::new();
         for c in resp.key_packages {
-            let kp = ValidKeyPackage::parse(&self.crypto, &c.key_package.0)?;
-            if kp.certificate().username.as_str() != username
-                || kp.certificate().device_id.to_hex() != c.device_id
-            {
-                return Err(ClientError::Protocol(
-                    "claimed key package is for another device".into(),
-                ));
+            let checked = ValidKeyPackage::parse(&self.crypto, &c.key_package.0).and_then(|kp| {
+                if kp.certificate().username.as_str() != username
+                    || kp.certificate().device_id.to_hex() != c.device_id
+                {
+                    return Err(MlsError::Rejected(
+                        "key package is for another device".into(),
+                    ));
+                }
+                kp.verify(&Pins(&conn))
+            });
+            match checked {
+                Ok(kp) => out.push(kp),
+                Err(e) => report
+                    .warnings
+                    .push(format!("refused device {} of {username}: {e}", c.device_id)),
             }
-            out.push(kp.verify(&Pins(&conn))?);
         }
         Ok(out)
     }
@@ -872,7 +882,7 @@ impl Client {
             if missing.is_empty() {
                 return Ok(());
             }
-            let kps = self.claim(me.username.as_str(), &missing).await?;
+            let kps = self.claim(me.username.as_str(), &missing, report).await?;
             if kps.is_empty() {
                 return Ok(());
             }
@@ -972,8 +982,13 @@ impl Client {
             }
             // Nobody has set the conversation up yet: create the group with every device of both
             // accounts. If someone beats us to it, our commit is refused and their welcome arrives.
-            let mut kps = self.claim(peer, &[]).await?;
-            kps.extend(self.claim(me.username.as_str(), &[]).await?);
+            let mut kps = self.claim(peer, &[], report).await?;
+            if kps.is_empty() {
+                return Err(ClientError::Protocol(format!(
+                    "none of {peer}'s devices could be verified"
+                )));
+            }
+            kps.extend(self.claim(me.username.as_str(), &[], report).await?);
             let bundle = self.with_tx(|_, p| {
                 let keys = self.keys(p)?;
                 let mut g = Conversation::create(p, &keys, &gid)?;
@@ -1094,7 +1109,7 @@ impl Client {
                 .prepare(
                     "SELECT m.message_id, m.conversation, c.kind, m.sender, m.sender_device, m.text, m.sent_at_ms, m.outgoing
                      FROM sotto_messages m JOIN sotto_conversations c ON c.id = m.conversation
-                     WHERE m.shown = 0 ORDER BY m.conversation, m.seq, m.local_order",
+                     WHERE m.shown = 0 ORDER BY m.local_order",
                 )
                 .map_err(storage_err)?;
             let rows = stmt

@@ -81,3 +81,232 @@ fn assert_no_plaintext(dir: &std::path::Path, needles: &[&str]) {
         }
     }
 }
+
+#[tokio::test]
+async fn offline_device_catches_up_and_server_restart_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let server = Server::start(&data).await;
+    let (url, addr) = (server.url.clone(), server.addr());
+    let a = registered(&dir.path().join("a"), &url, "alice").await;
+    let b = registered(&dir.path().join("b"), &url, "bob").await;
+    for i in 0..5 {
+        a.send_dm("bob", &format!("m{i}")).await.unwrap();
+    }
+    // Kill the server (after every send was acknowledged) and start it again on the same data dir.
+    server.stop().await;
+    let server = Server::start_on(&data, &addr).await;
+    let got = sync_texts(&b).await;
+    assert_eq!(
+        got,
+        (0..5)
+            .map(|i| s("alice", &format!("m{i}")))
+            .collect::<Vec<_>>()
+    );
+    b.send_dm("alice", "back").await.unwrap();
+    assert_eq!(sync_texts(&a).await, vec![s("bob", "back")]);
+    // Client state survives a restart of the client too.
+    drop(b);
+    let b = client(&dir.path().join("b"), &url);
+    a.send_dm("bob", "after restart").await.unwrap();
+    assert_eq!(sync_texts(&b).await, vec![s("alice", "after restart")]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn both_sides_starting_the_dm_at_once_converge_on_one_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let a = registered(&dir.path().join("a"), &url, "alice").await;
+    let b = registered(&dir.path().join("b"), &url, "bob").await;
+    let (ra, rb) = tokio::join!(
+        a.send_dm("bob", "from alice"),
+        b.send_dm("alice", "from bob")
+    );
+    let (ma, _) = ra.unwrap();
+    let (mb, _) = rb.unwrap();
+    assert_eq!(ma.conversation, mb.conversation, "exactly one DM per pair");
+    assert_eq!(sync_texts(&a).await, vec![s("bob", "from bob")]);
+    assert_eq!(sync_texts(&b).await, vec![s("alice", "from alice")]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_commits_from_two_devices_converge_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let a1 = registered(&dir.path().join("a1"), &url, "alice").await;
+    let b1 = registered(&dir.path().join("b1"), &url, "bob").await;
+    a1.send_dm("bob", "before").await.unwrap();
+    assert_eq!(sync_texts(&b1).await, vec![s("alice", "before")]);
+    // Both accounts link a new device; a1 and b1 then race to add them (same epoch).
+    let a2 = linked(&a1, &dir.path().join("a2"), &url).await;
+    let b2 = linked(&b1, &dir.path().join("b2"), &url).await;
+    let (ra, rb) = tokio::join!(a1.sync(), b1.sync());
+    assert!(ra.unwrap().warnings.is_empty());
+    assert!(rb.unwrap().warnings.is_empty());
+    a1.take_unshown().unwrap();
+    b1.take_unshown().unwrap();
+    // Everyone converged: a message from each device reaches every other device exactly once.
+    assert_eq!(sync_texts(&a2).await, vec![]);
+    a2.send_dm("bob", "a2 here").await.unwrap();
+    assert_eq!(sync_texts(&b2).await, vec![s("alice", "a2 here")]);
+    b2.send_dm("alice", "b2 here").await.unwrap();
+    assert_eq!(
+        sync_texts(&a1).await,
+        vec![s("alice", "a2 here"), s("bob", "b2 here")]
+    );
+    assert_eq!(
+        sync_texts(&b1).await,
+        vec![s("alice", "a2 here"), s("bob", "b2 here")]
+    );
+    assert_eq!(sync_texts(&a2).await, vec![s("bob", "b2 here")]);
+    assert_eq!(sync_texts(&b2).await, vec![]);
+    server.stop().await;
+}
+
+fn config_value(home: &std::path::Path, key: &str) -> String {
+    let conn = rusqlite::Connection::open(home.join("sotto.db")).unwrap();
+    let v: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM sotto_config WHERE key = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .unwrap();
+    String::from_utf8(v).unwrap()
+}
+
+#[tokio::test]
+async fn device_slipped_in_by_the_server_is_refused_and_reported() {
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    use sotto_proto::mls::DeviceKeys;
+    use sotto_proto::{AccountIdentity, DeviceId, Username};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let server = Server::start(&data).await;
+    let url = server.url.clone();
+    let b = registered(&dir.path().join("b"), &url, "bob").await;
+    let c = registered(&dir.path().join("c"), &url, "carol").await;
+    // Carol pins bob's identity key on first contact.
+    assert_eq!(
+        c.send_dm("bob", "hello").await.unwrap().1.warnings,
+        Vec::<String>::new()
+    );
+    // A malicious server adds a device to bob's account, certified by a key that is not bob's.
+    let mallory = AccountIdentity::generate();
+    let p = OpenMlsRustCrypto::default();
+    let fake = DeviceKeys::generate(
+        &p,
+        &mallory,
+        &Username::new("bob").unwrap(),
+        DeviceId::random(),
+        1,
+    )
+    .unwrap();
+    let (kps, lr) = fake.key_packages(&p, 1, true).unwrap();
+    let db = rusqlite::Connection::open(data.join("sotto.db")).unwrap();
+    let dev = fake.certificate().device_id.to_hex();
+    db.execute(
+        "INSERT INTO devices (device_id, username, certificate, token_hash, created_at) VALUES (?1, 'bob', ?2, ?3, 0)",
+        rusqlite::params![dev, fake.certificate().to_bytes(), vec![0u8; 32]],
+    )
+    .unwrap();
+    for (kp, last) in [(&kps[0], 0), (lr.as_ref().unwrap(), 1)] {
+        db.execute(
+            "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, ?3)",
+            rusqlite::params![dev, kp, last],
+        )
+        .unwrap();
+    }
+    // Bob's own client shows it as unverified and does not add it anywhere.
+    let devices = b.devices().await.unwrap();
+    assert!(devices.iter().any(|d| d.device_id == dev && !d.verified));
+    let report = b.sync().await.unwrap();
+    assert!(
+        report.warnings.iter().any(|w| w.contains(&dev)),
+        "{:?}",
+        report.warnings
+    );
+    // A new conversation with bob leaves the fake device out and says so.
+    let d = registered(&dir.path().join("d"), &url, "dave").await;
+    let (_, report) = d.send_dm("bob", "hi bob").await.unwrap();
+    assert!(
+        report.warnings.iter().any(|w| w.contains(&dev)),
+        "{:?}",
+        report.warnings
+    );
+    let welcomes: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM inbox WHERE device_id = ?1",
+            [&dev],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        welcomes, 0,
+        "no welcome was ever addressed to the fake device"
+    );
+    let mut texts: Vec<String> = {
+        b.sync().await.unwrap();
+        b.take_unshown()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect()
+    };
+    texts.sort();
+    assert_eq!(texts, vec!["hello".to_owned(), "hi bob".to_owned()]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn forged_ciphertext_in_the_log_is_reported_and_the_client_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let a = registered(&dir.path().join("a"), &url, "alice").await;
+    let b = registered(&dir.path().join("b"), &url, "bob").await;
+    let (m, _) = a.send_dm("bob", "genuine").await.unwrap();
+    // Alice's device (or anyone holding its token) posts a tampered copy of a real message.
+    let token = config_value(&dir.path().join("a"), "token");
+    let http = reqwest::Client::new();
+    let page: sotto_api::LogPage = http
+        .get(format!("{url}/v1/conversations/{}/log", m.conversation))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut forged = page.entries.last().unwrap().data.0.clone();
+    let n = forged.len();
+    forged[n - 3] ^= 0x55;
+    let resp = http
+        .post(format!(
+            "{url}/v1/conversations/{}/messages",
+            m.conversation
+        ))
+        .bearer_auth(&token)
+        .json(&sotto_api::SendRequest {
+            message: sotto_api::B64(forged),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "well-formed framing: the server cannot tell"
+    );
+    let report = b.sync().await.unwrap();
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert_eq!(b.take_unshown().unwrap().len(), 1);
+    a.send_dm("bob", "still working").await.unwrap();
+    assert_eq!(sync_texts(&b).await, vec![s("alice", "still working")]);
+    server.stop().await;
+}
