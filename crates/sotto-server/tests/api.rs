@@ -1,0 +1,739 @@
+//! Bad input against every endpoint: always a 4xx with a stable JSON `{code, message}`, never a 5xx,
+//! and nothing half-applied. Drives the real router (real SQLite, real MLS) with `oneshot`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider as _;
+use serde_json::{json, Value};
+use sotto_api::*;
+use sotto_proto::mls::{Conversation, DeviceKeys, Trust, ValidKeyPackage};
+use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, MessageContent, Username};
+use sotto_server::{app, AppState, Config, SqliteStore};
+use tower::ServiceExt;
+
+struct T {
+    router: axum::Router,
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+}
+
+impl T {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_owned();
+        let store = SqliteStore::open(&data).unwrap();
+        let config = Config {
+            max_body_bytes: 256 * 1024,
+            ..Config::default()
+        };
+        let (state, _stop) = AppState::single_node(Arc::new(store), config);
+        Self {
+            router: app(state),
+            _dir: dir,
+            data,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, v)
+    }
+
+    async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        self.call(
+            method,
+            path,
+            token,
+            Some(serde_json::to_vec(&body).unwrap()),
+        )
+        .await
+    }
+
+    async fn expect_err(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        status: StatusCode,
+        code: &str,
+    ) -> Value {
+        let (s, v) = self.call(method.clone(), path, token, body).await;
+        assert_eq!(s, status, "{method} {path}: {v}");
+        assert_eq!(v["code"], code, "{method} {path}: {v}");
+        assert!(v["message"].is_string());
+        v
+    }
+}
+
+struct Dev {
+    p: OpenMlsRustCrypto,
+    keys: DeviceKeys,
+    identity: AccountIdentity,
+    user: Username,
+    token: String,
+}
+
+fn new_device(identity: AccountIdentity, user: &str, n_kps: usize) -> (Dev, NewDevice) {
+    let p = OpenMlsRustCrypto::default();
+    let user = Username::new(user).unwrap();
+    let keys = DeviceKeys::generate(&p, &identity, &user, DeviceId::random(), 1).unwrap();
+    let (one, lr) = keys.key_packages(&p, n_kps, true).unwrap();
+    let nd = NewDevice {
+        certificate: B64(keys.certificate().to_bytes()),
+        key_packages: one.into_iter().map(B64).collect(),
+        last_resort_key_package: B64(lr.unwrap()),
+    };
+    (
+        Dev {
+            p,
+            keys,
+            identity,
+            user,
+            token: String::new(),
+        },
+        nd,
+    )
+}
+
+async fn register(t: &T, user: &str, n_kps: usize) -> Dev {
+    let (mut dev, nd) = new_device(AccountIdentity::generate(), user, n_kps);
+    let req = RegisterRequest {
+        username: user.into(),
+        identity_key: B64(dev.identity.public().to_bytes().to_vec()),
+        device: nd,
+    };
+    let (s, v) = t
+        .json(
+            Method::POST,
+            "/v1/accounts",
+            None,
+            serde_json::to_value(&req).unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    dev.token = v["token"].as_str().unwrap().to_owned();
+    dev
+}
+
+struct Pins(Vec<(Username, IdentityPublicKey)>);
+impl Trust for Pins {
+    fn pinned_identity(&self, u: &Username) -> Option<IdentityPublicKey> {
+        self.0.iter().find(|(n, _)| n == u).map(|(_, k)| *k)
+    }
+}
+
+fn table_count(t: &T, table: &str) -> i64 {
+    let c = rusqlite::Connection::open(t.data.join("sotto.db")).unwrap();
+    c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_route_answers_garbage_with_a_4xx_json_error() {
+    let t = T::new();
+    let alice = register(&t, "alice", 1).await;
+    let garbage: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"{".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"{\"username\": 7}".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x80],
+        b"{\"message\":\"AAAA\",\"extra\":1}".to_vec(),
+        vec![b'a'; 300 * 1024],
+    ];
+    for (method, path) in sotto_server::http::ROUTES {
+        let path = path
+            .replace("{username}", "alice")
+            .replace("{id}", "00000000000000000000000000000000");
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        for token in [None, Some("garbage"), Some(alice.token.as_str())] {
+            for body in &garbage {
+                let (s, v) = t.call(m.clone(), &path, token, Some(body.clone())).await;
+                assert!(!s.is_server_error(), "{method} {path}: {s} {v}");
+                if s.is_client_error() {
+                    assert!(
+                        v["code"].is_string() && v["message"].is_string(),
+                        "{method} {path}: {s} {v}"
+                    );
+                }
+            }
+        }
+    }
+    // Unknown routes and methods, too.
+    t.expect_err(
+        Method::GET,
+        "/v1/nope",
+        None,
+        None,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    t.expect_err(
+        Method::DELETE,
+        "/v1/accounts",
+        None,
+        None,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn authentication_is_required_and_checked() {
+    let t = T::new();
+    let alice = register(&t, "alice", 1).await;
+    let (dev, secret) = alice.token.split_once(':').unwrap();
+    let wrong = format!("{dev}:{}", "0".repeat(secret.len()));
+    let other_dev = format!("{}:{secret}", DeviceId::random());
+    for (method, path) in sotto_server::http::ROUTES {
+        if [
+            "/v1/accounts",
+            "/v1/links/fetch",
+            "/v1/links/redeem",
+            "/openapi.json",
+            "/health",
+        ]
+        .contains(path)
+        {
+            continue;
+        }
+        let path = path
+            .replace("{username}", "alice")
+            .replace("{id}", "00000000000000000000000000000000");
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        for token in [
+            None,
+            Some("nocolon"),
+            Some(wrong.as_str()),
+            Some(other_dev.as_str()),
+            Some("zz:zz"),
+        ] {
+            t.expect_err(
+                m.clone(),
+                &path,
+                token,
+                Some(b"{}".to_vec()),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn registration_refuses_bad_accounts_and_devices_without_side_effects() {
+    let t = T::new();
+    register(&t, "alice", 1).await;
+    let tr = &t;
+    let post = |v: Value| async move {
+        tr.call(
+            Method::POST,
+            "/v1/accounts",
+            None,
+            Some(serde_json::to_vec(&v).unwrap()),
+        )
+        .await
+    };
+
+    let (good, nd) = new_device(AccountIdentity::generate(), "bob", 1);
+    let ok_body = |user: &str, key: Vec<u8>, nd: &NewDevice| json!({"username": user, "identity_key": B64(key), "device": nd});
+    let key = good.identity.public().to_bytes().to_vec();
+
+    // Taken username.
+    let (dup, dup_nd) = new_device(AccountIdentity::generate(), "alice", 1);
+    let (s, v) = post(ok_body(
+        "alice",
+        dup.identity.public().to_bytes().to_vec(),
+        &dup_nd,
+    ))
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("username_taken"))
+    );
+    // Invalid username, key, certificate for someone else, key signed by another identity.
+    for body in [
+        ok_body("B O B", key.clone(), &nd),
+        ok_body("bob", vec![1, 2, 3], &nd),
+        ok_body("carol", key.clone(), &nd),
+        ok_body(
+            "bob",
+            AccountIdentity::generate().public().to_bytes().to_vec(),
+            &nd,
+        ),
+    ] {
+        let (s, v) = post(body).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request")),
+            "{v}"
+        );
+    }
+    // Key packages of another device, a one-time package marked last-resort, garbage packages.
+    let (_, other) = new_device(good.identity_clone(), "bob", 1);
+    let mut mixed = nd.clone();
+    mixed.key_packages = other.key_packages.clone();
+    let mut swapped = nd.clone();
+    swapped.key_packages = vec![nd.last_resort_key_package.clone()];
+    let mut junk = nd.clone();
+    junk.key_packages = vec![B64(vec![0; 64])];
+    for d in [mixed, swapped, junk] {
+        let (s, v) = post(ok_body("bob", key.clone(), &d)).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request")),
+            "{v}"
+        );
+    }
+    assert_eq!(table_count(&t, "accounts"), 1, "nothing half-applied");
+    assert_eq!(table_count(&t, "devices"), 1);
+    // The good one still works afterwards.
+    let (s, _) = post(ok_body("bob", key, &nd)).await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+trait CloneIdentity {
+    fn identity_clone(&self) -> AccountIdentity;
+}
+impl CloneIdentity for Dev {
+    fn identity_clone(&self) -> AccountIdentity {
+        AccountIdentity::from_secret_bytes(self.identity.dangerous_secret_bytes().as_ref()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn key_packages_are_never_handed_out_twice_and_the_last_resort_keeps_working() {
+    let t = T::new();
+    let alice = register(&t, "alice", 1).await;
+    register(&t, "bob", 2).await;
+    let claim = || async {
+        let (s, v) = t
+            .json(
+                Method::POST,
+                "/v1/key-packages/claim",
+                Some(&alice.token),
+                json!({"username": "bob"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let r: ClaimResponse = serde_json::from_value(v).unwrap();
+        assert_eq!(r.key_packages.len(), 1);
+        r.key_packages[0].key_package.0.clone()
+    };
+    let (k1, k2, k3, k4) = (claim().await, claim().await, claim().await, claim().await);
+    assert_ne!(k1, k2);
+    assert!(k3 != k1 && k3 != k2);
+    assert_eq!(
+        k3, k4,
+        "the last-resort package is reused, one-time ones never are"
+    );
+    let crypto = openmls_rust_crypto::RustCrypto::default();
+    assert!(ValidKeyPackage::parse(&crypto, &k3)
+        .unwrap()
+        .is_last_resort());
+    t.expect_err(
+        Method::POST,
+        "/v1/key-packages/claim",
+        Some(&alice.token),
+        Some(br#"{"username":"nobody"}"#.to_vec()),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    t.expect_err(
+        Method::POST,
+        "/v1/key-packages/claim",
+        Some(&alice.token),
+        Some(br#"{"username":"bob","devices":["xyz"]}"#.to_vec()),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    // Uploading someone else's key packages is refused.
+    let (_, other) = new_device(AccountIdentity::generate(), "alice", 1);
+    t.expect_err(
+        Method::POST,
+        "/v1/key-packages",
+        Some(&alice.token),
+        Some(serde_json::to_vec(&json!({"key_packages": other.key_packages})).unwrap()),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn conversations_enforce_membership_the_commit_rule_and_framing() {
+    let t = T::new();
+    let alice = register(&t, "alice", 2).await;
+    let bob = register(&t, "bob", 2).await;
+    let eve = register(&t, "eve", 1).await;
+    t.expect_err(
+        Method::POST,
+        "/v1/dms",
+        Some(&alice.token),
+        Some(br#"{"peer":"alice"}"#.to_vec()),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    t.expect_err(
+        Method::POST,
+        "/v1/dms",
+        Some(&alice.token),
+        Some(br#"{"peer":"nobody"}"#.to_vec()),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let (_, c1) = t
+        .json(
+            Method::POST,
+            "/v1/dms",
+            Some(&alice.token),
+            json!({"peer": "bob"}),
+        )
+        .await;
+    let (_, c2) = t
+        .json(
+            Method::POST,
+            "/v1/dms",
+            Some(&bob.token),
+            json!({"peer": "alice"}),
+        )
+        .await;
+    assert_eq!(c1["id"], c2["id"], "one DM per pair");
+    let id = c1["id"].as_str().unwrap().to_owned();
+    let gid = sotto_proto::identity::unhex(&id).unwrap();
+
+    // Alice builds the real group with bob's key package.
+    let (_, v) = t
+        .json(
+            Method::POST,
+            "/v1/key-packages/claim",
+            Some(&alice.token),
+            json!({"username": "bob"}),
+        )
+        .await;
+    let r: ClaimResponse = serde_json::from_value(v).unwrap();
+    let pins = Pins(vec![(bob.user.clone(), bob.identity.public())]);
+    let kp = ValidKeyPackage::parse(alice.p.crypto(), &r.key_packages[0].key_package.0)
+        .unwrap()
+        .verify(&pins)
+        .unwrap();
+    let mut g = Conversation::create(&alice.p, &alice.keys, &gid).unwrap();
+    let bundle = g.add_devices(&alice.p, &alice.keys, &[kp]).unwrap();
+    let commit_body = |epoch: u64, welcome_devices: Vec<String>| {
+        json!({
+            "epoch": epoch, "commit": B64(bundle.commit.clone()), "welcome": B64(bundle.welcome.clone().unwrap()),
+            "welcome_devices": welcome_devices, "group_info": bundle.group_info.clone().map(B64),
+        })
+    };
+    let bob_dev = bob.keys.certificate().device_id.to_hex();
+    let eve_dev = eve.keys.certificate().device_id.to_hex();
+    let commits = format!("/v1/conversations/{id}/commits");
+    let messages = format!("/v1/conversations/{id}/messages");
+    // Unknown conversation and non-member look the same.
+    t.expect_err(
+        Method::POST,
+        "/v1/conversations/ffffffffffffffffffffffffffffffff/commits",
+        Some(&alice.token),
+        Some(serde_json::to_vec(&commit_body(0, vec![bob_dev.clone()])).unwrap()),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    t.expect_err(
+        Method::POST,
+        &commits,
+        Some(&eve.token),
+        Some(serde_json::to_vec(&commit_body(0, vec![bob_dev.clone()])).unwrap()),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    t.expect_err(
+        Method::GET,
+        &format!("/v1/conversations/{id}/log"),
+        Some(&eve.token),
+        None,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    // Welcome to a device outside the conversation; welcome without devices; epoch mismatch; garbage.
+    for body in [
+        commit_body(0, vec![eve_dev.clone()]),
+        commit_body(0, vec![]),
+        commit_body(1, vec![bob_dev.clone()]),
+        json!({"epoch": 0, "commit": B64(vec![1, 2, 3])}),
+    ] {
+        t.expect_err(
+            Method::POST,
+            &commits,
+            Some(&alice.token),
+            Some(serde_json::to_vec(&body).unwrap()),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+    }
+    assert_eq!(table_count(&t, "log"), 0);
+    assert_eq!(table_count(&t, "inbox"), 0);
+    // The real commit is accepted; the same commit again is stale (first commit wins).
+    let (s, v) = t
+        .json(
+            Method::POST,
+            &commits,
+            Some(&alice.token),
+            commit_body(0, vec![bob_dev.clone()]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((v["seq"].as_u64(), v["epoch"].as_u64()), (Some(1), Some(1)));
+    let v = t
+        .expect_err(
+            Method::POST,
+            &commits,
+            Some(&bob.token),
+            Some(serde_json::to_vec(&commit_body(0, vec![bob_dev.clone()])).unwrap()),
+            StatusCode::CONFLICT,
+            "stale_epoch",
+        )
+        .await;
+    assert_eq!(v["current_epoch"], 1);
+    assert_eq!(
+        table_count(&t, "inbox"),
+        1,
+        "the refused bundle's welcome was not stored"
+    );
+    g.merge_pending(&alice.p).unwrap();
+
+    // Messages: a commit is not a message; a message for a past epoch is stale; a real one works.
+    t.expect_err(
+        Method::POST,
+        &messages,
+        Some(&alice.token),
+        Some(serde_json::to_vec(&json!({"message": B64(bundle.commit.clone())})).unwrap()),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let ct = g
+        .encrypt(&alice.p, &alice.keys, &MessageContent::text("hi", 0, None))
+        .unwrap();
+    let (s, v) = t
+        .json(
+            Method::POST,
+            &messages,
+            Some(&alice.token),
+            json!({"message": B64(ct.clone())}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // A message whose MLS group is another conversation is refused.
+    let mut other = Conversation::create(&alice.p, &alice.keys, b"another-group-id").unwrap();
+    let ct2 = other
+        .encrypt(&alice.p, &alice.keys, &MessageContent::text("x", 0, None))
+        .unwrap();
+    t.expect_err(
+        Method::POST,
+        &messages,
+        Some(&alice.token),
+        Some(serde_json::to_vec(&json!({"message": B64(ct2)})).unwrap()),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    // Log paging and bad queries.
+    let (s, v) = t
+        .call(
+            Method::GET,
+            &format!("/v1/conversations/{id}/log?after=0&limit=1"),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(v["more"], true);
+    t.expect_err(
+        Method::GET,
+        &format!("/v1/conversations/{id}/log?after=abc"),
+        Some(&bob.token),
+        None,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    // Bob's inbox holds the welcome; acking empties it.
+    let (_, v) = t
+        .call(Method::GET, "/v1/inbox", Some(&bob.token), None)
+        .await;
+    let up_to = v["items"][0]["id"].as_u64().unwrap();
+    let (s, _) = t
+        .json(
+            Method::POST,
+            "/v1/inbox/ack",
+            Some(&bob.token),
+            json!({"up_to": up_to}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, v) = t
+        .call(Method::GET, "/v1/inbox", Some(&bob.token), None)
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 0);
+    t.expect_err(
+        Method::POST,
+        "/v1/inbox/ack",
+        Some(&bob.token),
+        Some(br#"{"up_to":-1}"#.to_vec()),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn links_are_one_time_and_validated() {
+    let t = T::new();
+    let alice = register(&t, "alice", 1).await;
+    let code = sotto_proto::LinkCode::generate();
+    let bundle = sotto_proto::AccountBundle {
+        username: alice.user.clone(),
+        identity: alice.identity_clone(),
+    };
+    t.expect_err(
+        Method::POST,
+        "/v1/links",
+        Some(&alice.token),
+        Some(serde_json::to_vec(&json!({"link_id": "short", "bundle": B64(vec![1])})).unwrap()),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    t.expect_err(
+        Method::POST,
+        "/v1/links",
+        Some(&alice.token),
+        Some(
+            serde_json::to_vec(&json!({"link_id": code.link_id(), "bundle": B64(vec![0; 5000])}))
+                .unwrap(),
+        ),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let (s, _) = t
+        .json(
+            Method::POST,
+            "/v1/links",
+            Some(&alice.token),
+            json!({"link_id": code.link_id(), "bundle": B64(code.seal(&bundle))}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    t.expect_err(
+        Method::POST,
+        "/v1/links/fetch",
+        None,
+        Some(serde_json::to_vec(&json!({"link_id": "0".repeat(64)})).unwrap()),
+        StatusCode::GONE,
+        "link_expired",
+    )
+    .await;
+    let (s, v) = t
+        .json(
+            Method::POST,
+            "/v1/links/fetch",
+            None,
+            json!({"link_id": code.link_id()}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let sealed: LinkBundle = serde_json::from_value(v).unwrap();
+    let opened = code.open(&sealed.bundle.0).unwrap();
+    // A device certified by another identity cannot redeem it.
+    let (_, forged) = new_device(AccountIdentity::generate(), "alice", 1);
+    t.expect_err(
+        Method::POST,
+        "/v1/links/redeem",
+        None,
+        Some(serde_json::to_vec(&json!({"link_id": code.link_id(), "device": forged})).unwrap()),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let (_, nd) = new_device(opened.identity, "alice", 1);
+    let (s, v) = t
+        .json(
+            Method::POST,
+            "/v1/links/redeem",
+            None,
+            json!({"link_id": code.link_id(), "device": nd}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, nd2) = new_device(alice.identity_clone(), "alice", 1);
+    t.expect_err(
+        Method::POST,
+        "/v1/links/redeem",
+        None,
+        Some(serde_json::to_vec(&json!({"link_id": code.link_id(), "device": nd2})).unwrap()),
+        StatusCode::GONE,
+        "link_expired",
+    )
+    .await;
+    assert_eq!(table_count(&t, "devices"), 2);
+}
+
+#[tokio::test]
+async fn openapi_document_is_served() {
+    let t = T::new();
+    let (s, v) = t.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["openapi"], "3.0.3");
+    assert!(v["paths"]["/v1/conversations/{id}/commits"]["post"].is_object());
+}
