@@ -1,0 +1,299 @@
+//! The CLI contract, end to end: the real `sottod` process and the real `sotto` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn sotto_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sotto"))
+}
+
+/// `sottod` lives in another package; build it on demand if this test run did not.
+fn sottod_bin() -> PathBuf {
+    let path = sotto_bin().with_file_name(format!("sottod{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "sotto-server", "--bin", "sottod"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "could not build sottod");
+    }
+    path
+}
+
+struct Sottod {
+    child: Child,
+    url: String,
+}
+
+impl Sottod {
+    fn start(data: &Path, log: &Path, listen: &str) -> Self {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(sottod_bin())
+            .args(["--data-dir", data.to_str().unwrap(), "--listen", listen])
+            .env("SOTTO_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .to_owned();
+        Self { child, url }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Sottod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn sotto(home: &Path, args: &[&str]) -> Out {
+    let out = Command::new(sotto_bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("SOTTO_SERVER")
+        .output()
+        .unwrap();
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let o = sotto(home, args);
+    assert!(o.ok, "sotto {args:?} failed: {}", o.stderr);
+    o.stdout
+}
+
+fn fails(home: &Path, args: &[&str], needle: &str) {
+    let o = sotto(home, args);
+    assert!(!o.ok, "sotto {args:?} should fail");
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one clear line on stderr, got {:?}",
+        o.stderr
+    );
+    assert!(
+        lines[0].contains(needle),
+        "{:?} should mention {needle:?}",
+        lines[0]
+    );
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn assert_absent(path: &Path, needles: &[&str]) {
+    let paths: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    } else {
+        vec![path.to_owned()]
+    };
+    for p in paths {
+        let bytes = std::fs::read(&p).unwrap();
+        for n in needles {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_bytes()),
+                "{} contains {n:?}",
+                p.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn walkthrough_with_two_devices_per_user_kill9_and_no_plaintext_at_rest_or_in_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (data, log) = (d.join("server"), d.join("sottod.log"));
+    let server = Sottod::start(&data, &log, "127.0.0.1:0");
+    let url = server.url.clone();
+    let addr = url.trim_start_matches("http://").to_owned();
+    let (a1, a2, b1, b2) = (d.join("a1"), d.join("a2"), d.join("b1"), d.join("b2"));
+
+    ok(&a1, &["register", "alice", "--server", &url]);
+    ok(&b1, &["--server", &url, "register", "bob"]);
+    let code = ok(&a1, &["device", "add"])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    ok(&a2, &["link", &code, "--server", &url]);
+    let code = ok(&b1, &["device", "add"])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    ok(&b2, &["--server", &url, "link", &code]);
+    fails(
+        &d.join("b3"),
+        &["--server", &url, "link", &code],
+        "expired or already used",
+    );
+    assert_eq!(ok(&a2, &["devices"]).lines().count(), 2);
+
+    ok(&a1, &["send", "bob", "first secret words"]);
+    ok(&b2, &["send", "alice", "reply from the phone"]);
+    let got = json_lines(&ok(&b1, &["sync", "--json"]));
+    let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["first secret words", "reply from the phone"]);
+    for m in &got {
+        for k in [
+            "id",
+            "conversation",
+            "sender",
+            "sender_device",
+            "text",
+            "sent_at",
+        ] {
+            assert!(m[k].is_string(), "{k} missing in {m}");
+        }
+        assert!(m["group"].is_null());
+        time_ok(m["sent_at"].as_str().unwrap());
+    }
+    assert_eq!(got[0]["sender"], "alice");
+    assert_eq!(got[1]["sender"], "bob");
+
+    // kill -9 the server between acknowledged sends; restart on the same data dir.
+    for i in 0..3 {
+        ok(&a1, &["send", "bob", &format!("before crash {i}")]);
+    }
+    server.kill9();
+    fails(&a1, &["send", "bob", "while down"], "unreachable");
+    let server = Sottod::start(&data, &log, &addr);
+    ok(&a2, &["send", "bob", "after restart"]);
+    let texts: Vec<String> = json_lines(&ok(&b2, &["sync", "--json"]))
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "first secret words",
+            "before crash 0",
+            "before crash 1",
+            "before crash 2",
+            "after restart"
+        ]
+    );
+    assert_eq!(ok(&b2, &["sync"]), "", "nothing twice");
+
+    // Errors are one clear line and a non-zero exit.
+    fails(&a1, &["send", "nobody", "x"], "unknown user nobody");
+    fails(&d.join("fresh"), &["sync"], "not registered");
+    fails(
+        &b1,
+        &["--server", "http://127.0.0.1:1", "sync"],
+        "unreachable",
+    );
+    fails(&a1, &["register", "alice2"], "already registered");
+    fails(
+        &d.join("x"),
+        &["--server", &url, "link", "not-a-code"],
+        "not a valid link code",
+    );
+
+    drop(server);
+    let needles = [
+        "first secret words",
+        "reply from the phone",
+        "before crash",
+        "after restart",
+        &code,
+    ];
+    assert_absent(&data, &needles);
+    assert_absent(&log, &needles);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("message accepted"),
+        "the log is there and was searched"
+    );
+}
+
+fn time_ok(s: &str) {
+    assert!(
+        s.len() >= 20 && s.contains('T') && s.ends_with('Z'),
+        "not RFC 3339: {s}"
+    );
+}
+
+#[test]
+fn listen_prints_messages_as_they_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Sottod::start(&d.join("server"), &d.join("log"), "127.0.0.1:0");
+    let (a, b) = (d.join("a"), d.join("b"));
+    ok(&a, &["register", "alice", "--server", &server.url]);
+    ok(&b, &["register", "bob", "--server", &server.url]);
+    let mut listener = Command::new(sotto_bin())
+        .arg("--home")
+        .arg(&b)
+        .args(["listen", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(listener.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    ok(&a, &["send", "bob", "live one"]);
+    ok(&a, &["send", "bob", "live two"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = listener.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Generous bound so a slow CI machine cannot hang the suite; this is not a latency assertion.
+    let first: serde_json::Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(60)).unwrap()).unwrap();
+    let second: serde_json::Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(60)).unwrap()).unwrap();
+    assert_eq!(
+        (first["text"].as_str(), second["text"].as_str()),
+        (Some("live one"), Some("live two"))
+    );
+    listener.kill().unwrap();
+    listener.wait().unwrap();
+}
