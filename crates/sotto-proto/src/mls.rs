@@ -118,6 +118,9 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
+/// Serialized key packages: the one-time ones and, if asked for, a last-resort one.
+pub type SerializedKeyPackages = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 /// A device's MLS signing key and its certificate.
 pub struct DeviceKeys {
     signer: SignatureKeyPair,
@@ -183,7 +186,7 @@ impl DeviceKeys {
         provider: &P,
         n: usize,
         last_resort: bool,
-    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), MlsError> {
+    ) -> Result<SerializedKeyPackages, MlsError> {
         let build = |lr: bool| -> Result<Vec<u8>, MlsError> {
             let mut b = KeyPackage::builder().leaf_node_capabilities(capabilities());
             if lr {

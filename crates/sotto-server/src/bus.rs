@@ -14,10 +14,13 @@ use tokio::sync::mpsc;
 /// Per-connection queue length; a slower reader has frames coalesced (dropped), not buffered.
 pub const CONNECTION_QUEUE: usize = 64;
 
+/// One registered connection: its id and its queue.
+type Connection = (u64, mpsc::Sender<ServerFrame>);
+
 /// The local registry of connected devices.
 #[derive(Default, Debug)]
 pub struct Hub {
-    conns: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<ServerFrame>)>>>,
+    conns: Mutex<HashMap<String, Vec<Connection>>>,
     next: std::sync::atomic::AtomicU64,
 }
 
