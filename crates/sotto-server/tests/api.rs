@@ -197,6 +197,17 @@ async fn every_route_answers_garbage_with_a_4xx_json_error() {
             }
         }
     }
+    // The body limit (configured to 256 KiB here) answers 413 payload_too_large.
+    let big = serde_json::to_vec(&json!({"message": B64(vec![0; 300 * 1024])})).unwrap();
+    t.expect_err(
+        Method::POST,
+        "/v1/conversations/00000000000000000000000000000000/messages",
+        Some(&alice.token),
+        Some(big),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
     // Unknown routes and methods, too.
     t.expect_err(
         Method::GET,
