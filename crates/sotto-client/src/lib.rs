@@ -303,8 +303,11 @@ impl Client {
         Ok(out)
     }
 
-    fn keys(&self, provider: &Provider<'_>) -> Result<DeviceKeys, ClientError> {
-        Ok(DeviceKeys::load(provider, self.me()?.cert.clone())?)
+    fn keys(&self, conn: &Connection) -> Result<DeviceKeys, ClientError> {
+        let seed = zeroize::Zeroizing::new(
+            db::get_config(conn, "device_signing_seed")?.ok_or(ClientError::NotRegistered)?,
+        );
+        Ok(DeviceKeys::from_seed(&seed, self.me()?.cert.clone())?)
     }
 
     /// Makes this device's keys and key packages; returns the registration body.
@@ -312,20 +315,18 @@ impl Client {
         &self,
         identity: &AccountIdentity,
         username: &Username,
-    ) -> Result<(DeviceCertificate, NewDevice), ClientError> {
+    ) -> Result<(DeviceKeys, NewDevice), ClientError> {
         self.with_tx(|_, p| {
-            let keys = DeviceKeys::generate(p, identity, username, DeviceId::random(), now_secs())?;
+            let keys = DeviceKeys::generate(identity, username, DeviceId::random(), now_secs());
             let (one, lr) = keys.key_packages(p, KEY_PACKAGE_TARGET, true)?;
             let lr =
                 lr.ok_or_else(|| ClientError::Protocol("no last-resort key package".into()))?;
-            Ok((
-                keys.certificate().clone(),
-                NewDevice {
-                    certificate: B64(keys.certificate().to_bytes()),
-                    key_packages: one.into_iter().map(B64).collect(),
-                    last_resort_key_package: B64(lr),
-                },
-            ))
+            let device = NewDevice {
+                certificate: B64(keys.certificate().to_bytes()),
+                key_packages: one.into_iter().map(B64).collect(),
+                last_resort_key_package: B64(lr),
+            };
+            Ok((keys, device))
         })
     }
 
@@ -333,10 +334,16 @@ impl Client {
         &mut self,
         server: &str,
         identity: &AccountIdentity,
-        cert: DeviceCertificate,
+        keys: DeviceKeys,
         token: &str,
     ) -> Result<(), ClientError> {
+        let cert = keys.certificate().clone();
         self.with_tx(|conn, _| {
+            db::set_config(
+                conn,
+                "device_signing_seed",
+                keys.dangerous_signing_seed().as_ref(),
+            )?;
             db::set_config(conn, "server", server.as_bytes())?;
             db::set_config(conn, "username", cert.username.as_str().as_bytes())?;
             db::set_config(conn, "certificate", &cert.to_bytes())?;
@@ -366,14 +373,14 @@ impl Client {
         let username = Username::new(username).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let transport = self.transport()?.clone();
         let identity = AccountIdentity::generate();
-        let (cert, device) = self.new_device(&identity, &username)?;
+        let (keys, device) = self.new_device(&identity, &username)?;
         let req = RegisterRequest {
             username: username.to_string(),
             identity_key: B64(identity.public().to_bytes().to_vec()),
             device,
         };
         let resp: RegisterResponse = transport.post("/v1/accounts", &req).await?;
-        self.save_registration(&transport.base, &identity, cert, &resp.token)
+        self.save_registration(&transport.base, &identity, keys, &resp.token)
     }
 
     /// Creates a one-time link code for adding a new device to this account.
@@ -422,7 +429,7 @@ impl Client {
                 "link bundle names another account".into(),
             ));
         }
-        let (cert, device) = self.new_device(&bundle.identity, &bundle.username)?;
+        let (keys, device) = self.new_device(&bundle.identity, &bundle.username)?;
         let resp: RegisterResponse = transport
             .post(
                 "/v1/links/redeem",
@@ -432,7 +439,7 @@ impl Client {
                 },
             )
             .await?;
-        self.save_registration(&transport.base, &bundle.identity, cert, &resp.token)
+        self.save_registration(&transport.base, &bundle.identity, keys, &resp.token)
     }
 
     /// Fetches an account, pins its identity key on first contact, and refuses a changed key.
@@ -886,8 +893,8 @@ impl Client {
             if kps.is_empty() {
                 return Ok(());
             }
-            let keys_bundle = self.with_tx(|_, p| {
-                let keys = self.keys(p)?;
+            let keys_bundle = self.with_tx(|conn, p| {
+                let keys = self.keys(conn)?;
                 let mut g = Conversation::load(p, &gid)?
                     .ok_or_else(|| ClientError::Storage("group vanished".into()))?;
                 Ok(g.add_devices(p, &keys, &kps)?)
@@ -906,8 +913,8 @@ impl Client {
         if count.count >= KEY_PACKAGE_LOW {
             return Ok(());
         }
-        let kps = self.with_tx(|_, p| {
-            let keys = self.keys(p)?;
+        let kps = self.with_tx(|conn, p| {
+            let keys = self.keys(conn)?;
             Ok(keys.key_packages(p, KEY_PACKAGE_TARGET, false)?.0)
         })?;
         let _: KeyPackageCount = self
@@ -989,8 +996,8 @@ impl Client {
                 )));
             }
             kps.extend(self.claim(me.username.as_str(), &[], report).await?);
-            let bundle = self.with_tx(|_, p| {
-                let keys = self.keys(p)?;
+            let bundle = self.with_tx(|conn, p| {
+                let keys = self.keys(conn)?;
                 let mut g = Conversation::create(p, &keys, &gid)?;
                 Ok(g.add_devices(p, &keys, &kps)?)
             })?;
@@ -1039,7 +1046,7 @@ impl Client {
         let msg_id = content.id.to_hex();
         for _ in 0..MAX_ATTEMPTS {
             let bytes = self.with_tx(|conn, p| {
-                let keys = self.keys(p)?;
+                let keys = self.keys(conn)?;
                 let mut g = Conversation::load(p, &gid)?
                     .ok_or_else(|| ClientError::NotYetAdded(peer.to_owned()))?;
                 let bytes = g.encrypt(p, &keys, &content)?;

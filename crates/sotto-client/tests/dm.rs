@@ -200,13 +200,11 @@ async fn device_slipped_in_by_the_server_is_refused_and_reported() {
     let mallory = AccountIdentity::generate();
     let p = OpenMlsRustCrypto::default();
     let fake = DeviceKeys::generate(
-        &p,
         &mallory,
         &Username::new("bob").unwrap(),
         DeviceId::random(),
         1,
-    )
-    .unwrap();
+    );
     let (kps, lr) = fake.key_packages(&p, 1, true).unwrap();
     let db = rusqlite::Connection::open(data.join("sotto.db")).unwrap();
     let dev = fake.certificate().device_id.to_hex();

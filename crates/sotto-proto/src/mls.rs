@@ -13,7 +13,6 @@
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
-use openmls_basic_credential::SignatureKeyPair;
 use thiserror::Error;
 
 use crate::content::MessageContent;
@@ -121,9 +120,24 @@ fn join_config() -> MlsGroupJoinConfig {
 /// Serialized key packages: the one-time ones and, if asked for, a last-resort one.
 pub type SerializedKeyPackages = (Vec<Vec<u8>>, Option<Vec<u8>>);
 
-/// A device's MLS signing key and its certificate.
+/// Signs with an Ed25519 key expanded once. (`openmls_basic_credential::SignatureKeyPair` rebuilds
+/// the dalek key, a base-point multiplication, on every signature.)
+struct CachedSigner(ed25519_dalek::SigningKey);
+
+impl openmls_traits::signatures::Signer for CachedSigner {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, openmls_traits::signatures::SignerError> {
+        use ed25519_dalek::Signer as _;
+        Ok(self.0.sign(payload).to_bytes().to_vec())
+    }
+
+    fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
+
+/// A device's MLS signing key (Ed25519, the suite's signature scheme) and its certificate.
 pub struct DeviceKeys {
-    signer: SignatureKeyPair,
+    signer: CachedSigner,
     cert: DeviceCertificate,
 }
 
@@ -136,36 +150,48 @@ impl std::fmt::Debug for DeviceKeys {
 }
 
 impl DeviceKeys {
-    /// Makes a new device: a fresh MLS signature key, certified by the account identity, stored in
-    /// the provider's storage.
-    pub fn generate<P: OpenMlsProvider>(
-        provider: &P,
+    /// Makes a new device: a fresh MLS signature key, certified by the account identity. The caller
+    /// stores [`DeviceKeys::dangerous_signing_seed`] and the certificate to load it again.
+    pub fn generate(
         identity: &AccountIdentity,
         username: &Username,
         device_id: DeviceId,
         now_secs: u64,
-    ) -> Result<Self, MlsError> {
-        let signer = SignatureKeyPair::new(DEFAULT_CIPHERSUITE.signature_algorithm())
-            .map_err(|e| internal(format!("{e:?}")))?;
-        signer
-            .store(provider.storage())
-            .map_err(|e| internal(format!("{e:?}")))?;
-        let cert = identity.certify_device(username, device_id, signer.public(), now_secs);
-        Ok(Self { signer, cert })
+    ) -> Self {
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut());
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let cert = identity.certify_device(
+            username,
+            device_id,
+            key.verifying_key().as_bytes(),
+            now_secs,
+        );
+        Self {
+            signer: CachedSigner(key),
+            cert,
+        }
     }
 
-    /// Loads a device's keys from storage, given its certificate.
-    pub fn load<P: OpenMlsProvider>(
-        provider: &P,
-        cert: DeviceCertificate,
-    ) -> Result<Self, MlsError> {
-        let signer = SignatureKeyPair::read(
-            provider.storage(),
-            &cert.mls_signature_key,
-            DEFAULT_CIPHERSUITE.signature_algorithm(),
-        )
-        .ok_or_else(|| internal("device signature key missing from storage"))?;
-        Ok(Self { signer, cert })
+    /// Rebuilds a device's keys from its stored signing seed and certificate; refuses a seed that
+    /// does not match the certificate.
+    pub fn from_seed(seed: &[u8], cert: DeviceCertificate) -> Result<Self, MlsError> {
+        let key = ed25519_dalek::SigningKey::try_from(seed)
+            .map_err(|_| internal("device signing seed is not 32 bytes"))?;
+        if key.verifying_key().as_bytes().as_slice() != cert.mls_signature_key.as_slice() {
+            return Err(internal(
+                "device signing seed does not match its certificate",
+            ));
+        }
+        Ok(Self {
+            signer: CachedSigner(key),
+            cert,
+        })
+    }
+
+    /// The 32-byte signing seed, for the device's local store only.
+    pub fn dangerous_signing_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.signer.0.to_bytes())
     }
 
     /// This device's certificate.
@@ -176,7 +202,7 @@ impl DeviceKeys {
     fn credential(&self) -> CredentialWithKey {
         CredentialWithKey {
             credential: BasicCredential::new(self.cert.to_bytes()).into(),
-            signature_key: self.signer.public().into(),
+            signature_key: self.cert.mls_signature_key.clone().into(),
         }
     }
 

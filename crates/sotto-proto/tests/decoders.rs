@@ -59,7 +59,7 @@ proptest! {
     ) {
         let p = OpenMlsRustCrypto::default();
         let id = AccountIdentity::generate();
-        let keys = DeviceKeys::generate(&p, &id, &Username::new("alice").unwrap(), DeviceId::random(), 1).unwrap();
+        let keys = DeviceKeys::generate(&id, &Username::new("alice").unwrap(), DeviceId::random(), 1);
         let (kps, _) = keys.key_packages(&p, 1, false).unwrap();
         let mut g = Conversation::create(&p, &keys, b"g").unwrap();
         for input in [junk.clone(), mutate(kps[0].clone(), &flips, cut)] {

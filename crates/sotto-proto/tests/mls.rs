@@ -24,8 +24,7 @@ struct Dev {
 
 fn device(id: &AccountIdentity, user: &str) -> Dev {
     let p = OpenMlsRustCrypto::default();
-    let keys =
-        DeviceKeys::generate(&p, id, &Username::new(user).unwrap(), DeviceId::random(), 1).unwrap();
+    let keys = DeviceKeys::generate(id, &Username::new(user).unwrap(), DeviceId::random(), 1);
     Dev { p, keys }
 }
 

@@ -113,7 +113,7 @@ struct Dev {
 fn new_device(identity: AccountIdentity, user: &str, n_kps: usize) -> (Dev, NewDevice) {
     let p = OpenMlsRustCrypto::default();
     let user = Username::new(user).unwrap();
-    let keys = DeviceKeys::generate(&p, &identity, &user, DeviceId::random(), 1).unwrap();
+    let keys = DeviceKeys::generate(&identity, &user, DeviceId::random(), 1);
     let (one, lr) = keys.key_packages(&p, n_kps, true).unwrap();
     let nd = NewDevice {
         certificate: B64(keys.certificate().to_bytes()),
