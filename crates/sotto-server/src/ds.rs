@@ -77,6 +77,18 @@ fn new_token(device_id: &DeviceId) -> (String, [u8; 32]) {
     (format!("{device_id}:{secret_hex}"), hash)
 }
 
+/// A new device's row and the bearer token that goes with it (shown once, stored as a hash).
+fn device_record(cert: &DeviceCertificate, certificate: Vec<u8>) -> (String, DeviceRecord) {
+    let (token, token_hash) = new_token(&cert.device_id);
+    let record = DeviceRecord {
+        device_id: cert.device_id.to_hex(),
+        certificate,
+        token_hash,
+        created_at: now_secs(),
+    };
+    (token, record)
+}
+
 fn random_id() -> String {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -156,13 +168,7 @@ pub async fn register(
     let identity = IdentityPublicKey::from_bytes(&req.identity_key.0)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (cert, kps) = validate_device(&username, &identity, &req.device)?;
-    let (token, token_hash) = new_token(&cert.device_id);
-    let device = DeviceRecord {
-        device_id: cert.device_id.to_hex(),
-        certificate: req.device.certificate.0,
-        token_hash,
-        created_at: now_secs(),
-    };
+    let (token, device) = device_record(&cert, req.device.certificate.0);
     state
         .store
         .create_account(username.as_str(), &identity.to_bytes(), device, kps)
@@ -534,13 +540,7 @@ pub async fn redeem_link(
     let identity = IdentityPublicKey::from_bytes(&acc.identity_key)
         .map_err(|_| ApiError::new(ErrorCode::Internal, "stored identity key unreadable"))?;
     let (cert, kps) = validate_device(&username, &identity, &req.device)?;
-    let (token, token_hash) = new_token(&cert.device_id);
-    let device = DeviceRecord {
-        device_id: cert.device_id.to_hex(),
-        certificate: req.device.certificate.0,
-        token_hash,
-        created_at: now_secs(),
-    };
+    let (token, device) = device_record(&cert, req.device.certificate.0);
     state
         .store
         .redeem_link(&req.link_id, now_secs(), device, kps)
