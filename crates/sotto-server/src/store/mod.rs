@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use sotto_api::{Accepted, EntryKind, InboxItem, LogEntry};
 use thiserror::Error;
 
+pub mod postgres;
 pub mod sqlite;
 
 /// Storage failures, split into what the caller did wrong and what broke.

@@ -1,0 +1,734 @@
+//! The PostgreSQL backend, for several stateless `sottod` nodes over one database. Every rule that
+//! must hold across nodes is one transaction with a conditional update: the commit rule
+//! (`UPDATE ... WHERE epoch = $expected`), gap-free sequence numbers (the conversation row is the
+//! counter and its lock), one DM per pair (a unique key), one-time key packages and links
+//! (`DELETE`/`UPDATE ... RETURNING` under `FOR UPDATE SKIP LOCKED`/row locks).
+//!
+//! SQL stays plain (no extensions, no PL/pgSQL) so Postgres-compatible distributed SQL can run it.
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, Pool};
+use sotto_api::{Accepted, InboxItem, LogEntry, B64};
+use tokio_postgres::NoTls;
+
+use super::*;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    username TEXT PRIMARY KEY,
+    identity_key BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL REFERENCES accounts(username),
+    certificate BYTEA NOT NULL,
+    token_hash BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX devices_by_user ON devices(username);
+CREATE TABLE key_packages (
+    id BIGSERIAL PRIMARY KEY,
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    data BYTEA NOT NULL,
+    last_resort BOOLEAN NOT NULL
+);
+CREATE INDEX key_packages_by_device ON key_packages(device_id, last_resort, id);
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    dm_key TEXT UNIQUE,
+    epoch BIGINT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    group_info BYTEA,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE conversation_members (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    username TEXT NOT NULL REFERENCES accounts(username),
+    PRIMARY KEY (conversation_id, username)
+);
+CREATE INDEX members_by_user ON conversation_members(username);
+CREATE TABLE log (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    seq BIGINT NOT NULL,
+    epoch BIGINT NOT NULL,
+    kind SMALLINT NOT NULL,
+    sender_device TEXT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+);
+CREATE TABLE inbox (
+    id BIGSERIAL PRIMARY KEY,
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    seq BIGINT NOT NULL,
+    welcome BYTEA NOT NULL
+);
+CREATE INDEX inbox_by_device ON inbox(device_id, id);
+CREATE TABLE links (
+    link_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL REFERENCES accounts(username),
+    bundle BYTEA NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used BOOLEAN NOT NULL DEFAULT FALSE
+);
+"#];
+
+/// PostgreSQL storage.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn as_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Whether a database error is a unique-key violation.
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`), optionally inside `schema` (created if
+    /// missing; tests use one schema each), and runs pending migrations.
+    pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
+        if let Some(schema) = schema {
+            if !schema
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(StoreError::Backend("invalid schema name".into()));
+            }
+            let (client, conn) = config.connect(NoTls).await.map_err(backend)?;
+            let task = tokio::spawn(conn);
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .map_err(backend)?;
+            drop(client);
+            let _ = task.await;
+            config.options(format!("-c search_path={schema}"));
+        }
+        let manager = Manager::new(config, NoTls);
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(backend)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(backend)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Serialise concurrent starts of several nodes.
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS sotto_migrations (version BIGINT PRIMARY KEY);
+             LOCK TABLE sotto_migrations IN EXCLUSIVE MODE;",
+        )
+        .await
+        .map_err(backend)?;
+        let done: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM sotto_migrations",
+                &[],
+            )
+            .await
+            .map_err(backend)?
+            .get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(as_u64(done) as usize) {
+            tx.batch_execute(sql).await.map_err(backend)?;
+            tx.execute(
+                "INSERT INTO sotto_migrations (version) VALUES ($1)",
+                &[&(i as i64 + 1)],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(backend)
+    }
+}
+
+async fn insert_device(
+    tx: &deadpool_postgres::Transaction<'_>,
+    username: &str,
+    device: &DeviceRecord,
+    kps: &KeyPackages,
+) -> Result<(), StoreError> {
+    let n = tx
+        .execute(
+            "INSERT INTO devices (device_id, username, certificate, token_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id) DO NOTHING",
+            &[
+                &device.device_id,
+                &username,
+                &device.certificate,
+                &&device.token_hash[..],
+                &device.created_at,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if n == 0 {
+        return Err(StoreError::DeviceExists);
+    }
+    insert_key_packages(tx, &device.device_id, kps).await
+}
+
+async fn insert_key_packages(
+    tx: &deadpool_postgres::Transaction<'_>,
+    device_id: &str,
+    kps: &KeyPackages,
+) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO key_packages (device_id, data, last_resort) VALUES ($1, $2, $3)",
+        )
+        .await
+        .map_err(backend)?;
+    for kp in &kps.one_time {
+        tx.execute(&stmt, &[&device_id, kp, &false])
+            .await
+            .map_err(backend)?;
+    }
+    if let Some(lr) = &kps.last_resort {
+        tx.execute(
+            "DELETE FROM key_packages WHERE device_id = $1 AND last_resort",
+            &[&device_id],
+        )
+        .await
+        .map_err(backend)?;
+        tx.execute(&stmt, &[&device_id, lr, &true])
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+async fn load_conversation(
+    c: &impl deadpool_postgres::GenericClient,
+    id: &str,
+) -> Result<Option<ConversationRecord>, StoreError> {
+    let Some(row) = c
+        .query_opt(
+            "SELECT kind, epoch, last_seq FROM conversations WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(backend)?
+    else {
+        return Ok(None);
+    };
+    let members = c
+        .query(
+            "SELECT username FROM conversation_members WHERE conversation_id = $1 ORDER BY username",
+            &[&id],
+        )
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    Ok(Some(ConversationRecord {
+        id: id.to_owned(),
+        kind: row.get(0),
+        epoch: as_u64(row.get(1)),
+        last_seq: as_u64(row.get(2)),
+        members,
+    }))
+}
+
+/// Why a conditional conversation update matched no row.
+async fn stale_or_missing(tx: &deadpool_postgres::Transaction<'_>, id: &str) -> StoreError {
+    match tx
+        .query_opt("SELECT epoch FROM conversations WHERE id = $1", &[&id])
+        .await
+    {
+        Ok(Some(row)) => StoreError::StaleEpoch {
+            current: as_u64(row.get(0)),
+        },
+        Ok(None) => StoreError::NotFound("conversation"),
+        Err(e) => backend(e),
+    }
+}
+
+async fn insert_log(
+    tx: &deadpool_postgres::Transaction<'_>,
+    conversation: &str,
+    seq: i64,
+    epoch: u64,
+    kind: EntryKind,
+    sender: &str,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&conversation, &seq, &as_i64(epoch), &(kind_code(kind) as i16), &sender, &data],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_account(
+        &self,
+        username: &str,
+        identity_key: &[u8],
+        device: DeviceRecord,
+        kps: KeyPackages,
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let n = tx
+            .execute(
+                "INSERT INTO accounts (username, identity_key, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (username) DO NOTHING",
+                &[&username, &identity_key, &device.created_at],
+            )
+            .await
+            .map_err(backend)?;
+        if n == 0 {
+            return Err(StoreError::UsernameTaken);
+        }
+        insert_device(&tx, username, &device, &kps).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn device_auth(&self, device_id: &str) -> Result<Option<DeviceAuth>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT username, token_hash FROM devices WHERE device_id = $1",
+                &[&device_id],
+            )
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            let hash: Vec<u8> = r.get(1);
+            Ok(DeviceAuth {
+                username: r.get(0),
+                token_hash: hash
+                    .try_into()
+                    .map_err(|_| StoreError::Backend("bad token hash".into()))?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn account(&self, username: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let c = self.client().await?;
+        let Some(row) = c
+            .query_opt(
+                "SELECT identity_key FROM accounts WHERE username = $1",
+                &[&username],
+            )
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let devices = c
+            .query(
+                "SELECT device_id, certificate, token_hash, created_at FROM devices
+                 WHERE username = $1 ORDER BY created_at, device_id",
+                &[&username],
+            )
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(|r| {
+                let hash: Vec<u8> = r.get(2);
+                let mut token_hash = [0u8; 32];
+                if hash.len() == 32 {
+                    token_hash.copy_from_slice(&hash);
+                }
+                DeviceRecord {
+                    device_id: r.get(0),
+                    certificate: r.get(1),
+                    token_hash,
+                    created_at: r.get(3),
+                }
+            })
+            .collect();
+        Ok(Some(AccountRecord {
+            username: username.to_owned(),
+            identity_key: row.get(0),
+            devices,
+        }))
+    }
+
+    async fn add_key_packages(&self, device_id: &str, kps: KeyPackages) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        insert_key_packages(&tx, device_id, &kps).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn key_package_count(&self, device_id: &str) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND NOT last_resort",
+                &[&device_id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(as_u64(row.get(0)))
+    }
+
+    async fn claim_key_packages(
+        &self,
+        username: &str,
+        only: &[String],
+        exclude: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let devices: Vec<String> = tx
+            .query(
+                "SELECT device_id FROM devices WHERE username = $1 ORDER BY created_at, device_id",
+                &[&username],
+            )
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(|r| r.get::<_, String>(0))
+            .filter(|d| d != exclude && (only.is_empty() || only.contains(d)))
+            .collect();
+        let mut out = Vec::with_capacity(devices.len());
+        for d in devices {
+            // A one-time package (locked so two nodes never hand out the same one), else the
+            // last-resort one (kept).
+            let row = tx
+                .query_opt(
+                    "SELECT id, data, last_resort FROM key_packages WHERE device_id = $1
+                     ORDER BY last_resort, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    &[&d],
+                )
+                .await
+                .map_err(backend)?;
+            let Some(row) = row else {
+                return Err(StoreError::NoKeyPackage(d));
+            };
+            let (id, data, last_resort): (i64, Vec<u8>, bool) =
+                (row.get(0), row.get(1), row.get(2));
+            if !last_resort {
+                tx.execute("DELETE FROM key_packages WHERE id = $1", &[&id])
+                    .await
+                    .map_err(backend)?;
+            }
+            out.push((d, data));
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(out)
+    }
+
+    async fn get_or_create_dm(
+        &self,
+        a: &str,
+        b: &str,
+        new_id: &str,
+    ) -> Result<ConversationRecord, StoreError> {
+        let (x, y) = if a <= b { (a, b) } else { (b, a) };
+        let dm_key = format!("{x}\n{y}");
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let inserted = tx
+            .execute(
+                "INSERT INTO conversations (id, kind, dm_key, epoch, last_seq, created_at)
+                 VALUES ($1, 'dm', $2, 0, 0, $3) ON CONFLICT (dm_key) DO NOTHING",
+                &[&new_id, &dm_key, &now],
+            )
+            .await
+            .map_err(backend)?;
+        if inserted == 1 {
+            for m in [x, y] {
+                tx.execute(
+                    "INSERT INTO conversation_members (conversation_id, username) VALUES ($1, $2)",
+                    &[&new_id, &m],
+                )
+                .await
+                .map_err(backend)?;
+            }
+        }
+        let id: String = tx
+            .query_one("SELECT id FROM conversations WHERE dm_key = $1", &[&dm_key])
+            .await
+            .map_err(backend)?
+            .get(0);
+        let rec = load_conversation(&tx, &id)
+            .await?
+            .ok_or(StoreError::NotFound("conversation"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(rec)
+    }
+
+    async fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        let c = self.client().await?;
+        load_conversation(&c, id).await
+    }
+
+    async fn conversations_of(
+        &self,
+        username: &str,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        let c = self.client().await?;
+        let ids: Vec<String> = c
+            .query(
+                "SELECT conversation_id FROM conversation_members WHERE username = $1 ORDER BY conversation_id",
+                &[&username],
+            )
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(rec) = load_conversation(&c, &id).await? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn append_commit(
+        &self,
+        conversation: &str,
+        commit: NewCommit,
+    ) -> Result<Accepted, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        // The commit rule: only the first commit for the current epoch matches.
+        let row = tx
+            .query_opt(
+                "UPDATE conversations SET epoch = epoch + 1, last_seq = last_seq + 1,
+                        group_info = COALESCE($3, group_info)
+                 WHERE id = $1 AND epoch = $2 RETURNING last_seq, epoch",
+                &[&conversation, &as_i64(commit.epoch), &commit.group_info],
+            )
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else {
+            return Err(stale_or_missing(&tx, conversation).await);
+        };
+        let (seq, epoch): (i64, i64) = (row.get(0), row.get(1));
+        insert_log(
+            &tx,
+            conversation,
+            seq,
+            commit.epoch,
+            EntryKind::Commit,
+            &commit.sender_device,
+            &commit.commit,
+        )
+        .await?;
+        if let Some((welcome, devices)) = &commit.welcome {
+            for d in devices {
+                tx.execute(
+                    "INSERT INTO inbox (device_id, conversation_id, seq, welcome) VALUES ($1, $2, $3, $4)",
+                    &[d, &conversation, &seq, welcome],
+                )
+                .await
+                .map_err(backend)?;
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(Accepted {
+            seq: as_u64(seq),
+            epoch: as_u64(epoch),
+        })
+    }
+
+    async fn append_message(
+        &self,
+        conversation: &str,
+        epoch: u64,
+        sender_device: &str,
+        data: &[u8],
+    ) -> Result<Accepted, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let row = tx
+            .query_opt(
+                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 AND epoch = $2 RETURNING last_seq",
+                &[&conversation, &as_i64(epoch)],
+            )
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else {
+            return Err(stale_or_missing(&tx, conversation).await);
+        };
+        let seq: i64 = row.get(0);
+        insert_log(
+            &tx,
+            conversation,
+            seq,
+            epoch,
+            EntryKind::Message,
+            sender_device,
+            data,
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Accepted {
+            seq: as_u64(seq),
+            epoch,
+        })
+    }
+
+    async fn log_after(
+        &self,
+        conversation: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT seq, epoch, kind, sender_device, data FROM log
+                 WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&conversation, &as_i64(after), &i64::from(limit)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LogEntry {
+                seq: as_u64(r.get(0)),
+                epoch: as_u64(r.get(1)),
+                kind: kind_from_code(i64::from(r.get::<_, i16>(2))),
+                sender_device: r.get(3),
+                data: B64(r.get(4)),
+            })
+            .collect())
+    }
+
+    async fn inbox(&self, device_id: &str) -> Result<Vec<InboxItem>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT id, conversation_id, seq, welcome FROM inbox WHERE device_id = $1 ORDER BY id LIMIT 100",
+                &[&device_id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| InboxItem {
+                id: as_u64(r.get(0)),
+                conversation: r.get(1),
+                seq: as_u64(r.get(2)),
+                welcome: B64(r.get(3)),
+            })
+            .collect())
+    }
+
+    async fn ack_inbox(&self, device_id: &str, up_to: u64) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "DELETE FROM inbox WHERE device_id = $1 AND id <= $2",
+            &[&device_id, &as_i64(up_to)],
+        )
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn devices_of(&self, usernames: &[String]) -> Result<Vec<String>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT device_id FROM devices WHERE username = ANY($1)",
+                &[&usernames],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn create_link(
+        &self,
+        link_id: &str,
+        username: &str,
+        bundle: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        match c
+            .execute(
+                "INSERT INTO links (link_id, username, bundle, expires_at) VALUES ($1, $2, $3, $4)",
+                &[&link_id, &username, &bundle, &expires_at],
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::LinkExpired),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn fetch_link(
+        &self,
+        link_id: &str,
+        now: i64,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT username, bundle FROM links WHERE link_id = $1 AND NOT used AND expires_at > $2",
+                &[&link_id, &now],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn redeem_link(
+        &self,
+        link_id: &str,
+        now: i64,
+        device: DeviceRecord,
+        kps: KeyPackages,
+    ) -> Result<String, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let row = tx
+            .query_opt(
+                "UPDATE links SET used = TRUE, bundle = ''::bytea
+                 WHERE link_id = $1 AND NOT used AND expires_at > $2 RETURNING username",
+                &[&link_id, &now],
+            )
+            .await
+            .map_err(backend)?;
+        let username: String = row.ok_or(StoreError::LinkExpired)?.get(0);
+        insert_device(&tx, &username, &device, &kps).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(username)
+    }
+}

@@ -1,0 +1,299 @@
+//! One storage contract, every backend: the same suite runs against SQLite and PostgreSQL.
+//!
+//! PostgreSQL comes from `SOTTO_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`);
+//! each run works in a schema of its own and drops it afterwards. Without a reachable server the
+//! PostgreSQL half is skipped with a message, except under CI (`CI` set), where it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use sotto_server::store::postgres::PostgresStore;
+use sotto_server::store::{DeviceRecord, KeyPackages, NewCommit, Store, StoreError};
+use sotto_server::SqliteStore;
+
+fn device(id: &str) -> DeviceRecord {
+    DeviceRecord {
+        device_id: id.into(),
+        certificate: vec![1, 2, 3],
+        token_hash: [7; 32],
+        created_at: 1,
+    }
+}
+
+fn kps(tag: u8, n: u8) -> KeyPackages {
+    KeyPackages {
+        one_time: (0..n).map(|i| vec![tag, i]).collect(),
+        last_resort: Some(vec![tag, 255]),
+    }
+}
+
+fn commit(epoch: u64, sender: &str, welcome_to: &[&str]) -> NewCommit {
+    NewCommit {
+        epoch,
+        sender_device: sender.into(),
+        commit: vec![9, epoch as u8],
+        welcome: (!welcome_to.is_empty()).then(|| {
+            (
+                vec![5, 5],
+                welcome_to.iter().map(|s| s.to_string()).collect(),
+            )
+        }),
+        group_info: Some(vec![4]),
+    }
+}
+
+async fn conformance(s: Arc<dyn Store>) {
+    // Accounts and devices.
+    s.create_account("alice", &[1; 32], device("a1"), kps(1, 2))
+        .await
+        .unwrap();
+    s.create_account("bob", &[2; 32], device("b1"), kps(2, 2))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_account("alice", &[3; 32], device("a9"), kps(3, 1))
+            .await,
+        Err(StoreError::UsernameTaken)
+    ));
+    // A device id clash leaves no account behind (all or nothing).
+    assert!(matches!(
+        s.create_account("carol", &[3; 32], device("a1"), kps(3, 1))
+            .await,
+        Err(StoreError::DeviceExists)
+    ));
+    assert!(s.account("carol").await.unwrap().is_none());
+    assert_eq!(
+        s.device_auth("a1").await.unwrap().unwrap().username,
+        "alice"
+    );
+    assert!(s.device_auth("zz").await.unwrap().is_none());
+    let acc = s.account("alice").await.unwrap().unwrap();
+    assert_eq!((acc.identity_key, acc.devices.len()), (vec![1; 32], 1));
+
+    // Key packages: one-time ones once each, oldest first; then the last-resort one, again and again.
+    assert_eq!(s.key_package_count("b1").await.unwrap(), 2);
+    let c1 = s.claim_key_packages("bob", &[], "a1").await.unwrap();
+    let c2 = s.claim_key_packages("bob", &[], "a1").await.unwrap();
+    let c3 = s.claim_key_packages("bob", &[], "a1").await.unwrap();
+    let c4 = s.claim_key_packages("bob", &[], "a1").await.unwrap();
+    assert_eq!(
+        [&c1[0].1, &c2[0].1, &c3[0].1, &c4[0].1],
+        [&vec![2, 0], &vec![2, 1], &vec![2, 255], &vec![2, 255]]
+    );
+    assert_eq!(s.key_package_count("b1").await.unwrap(), 0);
+    assert!(
+        s.claim_key_packages("bob", &[], "b1")
+            .await
+            .unwrap()
+            .is_empty(),
+        "the caller is excluded"
+    );
+    s.add_key_packages(
+        "b1",
+        KeyPackages {
+            one_time: vec![vec![2, 7]],
+            last_resort: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.claim_key_packages("bob", &["b1".into()], "a1")
+            .await
+            .unwrap()[0]
+            .1,
+        vec![2, 7]
+    );
+    assert!(s
+        .claim_key_packages("bob", &["nope".into()], "a1")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // One DM per pair, whoever asks, however often.
+    let dm = s.get_or_create_dm("bob", "alice", "c0ffee").await.unwrap();
+    let again = s.get_or_create_dm("alice", "bob", "other").await.unwrap();
+    assert_eq!(dm, again);
+    assert_eq!((dm.id.as_str(), dm.epoch, dm.last_seq), ("c0ffee", 0, 0));
+    assert_eq!(dm.members, ["alice", "bob"]);
+    assert_eq!(s.conversations_of("alice").await.unwrap(), vec![dm.clone()]);
+    let mut devs = s.devices_of(&dm.members).await.unwrap();
+    devs.sort();
+    assert_eq!(devs, ["a1", "b1"]);
+
+    // The commit rule: first commit for an epoch wins; the bundle's welcome lands with it.
+    let acc = s
+        .append_commit("c0ffee", commit(0, "a1", &["b1"]))
+        .await
+        .unwrap();
+    assert_eq!((acc.seq, acc.epoch), (1, 1));
+    assert!(matches!(
+        s.append_commit("c0ffee", commit(0, "b1", &["a1"])).await,
+        Err(StoreError::StaleEpoch { current: 1 })
+    ));
+    assert!(matches!(
+        s.append_commit("nope", commit(0, "b1", &[])).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let inbox = s.inbox("b1").await.unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(
+        (inbox[0].conversation.as_str(), inbox[0].seq),
+        ("c0ffee", 1)
+    );
+    assert!(
+        s.inbox("a1").await.unwrap().is_empty(),
+        "the refused bundle's welcome was not stored"
+    );
+    s.ack_inbox("b1", inbox[0].id).await.unwrap();
+    assert!(s.inbox("b1").await.unwrap().is_empty());
+
+    // Messages: current epoch only, sequence numbers follow on.
+    assert!(matches!(
+        s.append_message("c0ffee", 0, "a1", b"x").await,
+        Err(StoreError::StaleEpoch { current: 1 })
+    ));
+    for i in 0..3u8 {
+        let a = s.append_message("c0ffee", 1, "b1", &[i]).await.unwrap();
+        assert_eq!((a.seq, a.epoch), (2 + u64::from(i), 1));
+    }
+    let log = s.log_after("c0ffee", 1, 2).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(log[0].data.0, vec![0]);
+    assert_eq!(s.conversation("c0ffee").await.unwrap().unwrap().last_seq, 4);
+
+    // Concurrency: one winner per epoch, gap-free sequence numbers.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.append_commit("c0ffee", commit(1, &format!("d{i}"), &[]))
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StoreError::StaleEpoch { current: 2 }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    let mut tasks = Vec::new();
+    for i in 0..40u8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.append_message("c0ffee", 2, "a1", &[i]).await.unwrap().seq
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (6..46).collect::<Vec<u64>>());
+    let dms: Vec<_> = {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.get_or_create_dm("alice", "carl", &format!("race{i}"))
+                    .await
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(c) => out.push(c.id),
+                // "carl" has no account: the member row's foreign key refuses the conversation.
+                Err(StoreError::Backend(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        out
+    };
+    assert!(dms.is_empty() || dms.windows(2).all(|w| w[0] == w[1]));
+
+    // Links: one-time, expiring, redeemed atomically with the device's registration.
+    s.create_link("L1", "alice", b"sealed", 100).await.unwrap();
+    assert!(matches!(
+        s.create_link("L1", "alice", b"again", 100).await,
+        Err(StoreError::LinkExpired)
+    ));
+    assert_eq!(
+        s.fetch_link("L1", 50).await.unwrap(),
+        Some(("alice".into(), b"sealed".to_vec()))
+    );
+    assert_eq!(s.fetch_link("L1", 100).await.unwrap(), None, "expired");
+    assert!(matches!(
+        s.redeem_link("L1", 50, device("a1"), kps(1, 1)).await,
+        Err(StoreError::DeviceExists)
+    ));
+    assert!(
+        s.fetch_link("L1", 50).await.unwrap().is_some(),
+        "a failed redemption leaves the link usable"
+    );
+    assert_eq!(
+        s.redeem_link("L1", 50, device("a2"), kps(1, 1))
+            .await
+            .unwrap(),
+        "alice"
+    );
+    assert!(matches!(
+        s.redeem_link("L1", 50, device("a3"), kps(1, 1)).await,
+        Err(StoreError::LinkExpired)
+    ));
+    assert_eq!(s.fetch_link("L1", 50).await.unwrap(), None);
+    assert_eq!(s.account("alice").await.unwrap().unwrap().devices.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_backend_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(Arc::new(SqliteStore::open(dir.path()).unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_conforms() {
+    let Some((store, schema, url)) = postgres_store().await else {
+        return;
+    };
+    conformance(Arc::new(store)).await;
+    drop_schema(&url, &schema).await;
+}
+
+pub async fn postgres_store() -> Option<(PostgresStore, String, String)> {
+    let url = std::env::var("SOTTO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("sotto_test_{}_{}", std::process::id(), rand_suffix());
+    match PostgresStore::connect(&url, Some(&schema)).await {
+        Ok(s) => Some((s, schema, url)),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: PostgreSQL not reachable at {url} ({e}); set SOTTO_TEST_DATABASE_URL or start it (see .ci/run)");
+            None
+        }
+        Err(e) => panic!("PostgreSQL required under CI at {url}: {e}"),
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish()
+}
+
+pub async fn drop_schema(url: &str, schema: &str) {
+    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        tokio::spawn(conn);
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await;
+    }
+}
