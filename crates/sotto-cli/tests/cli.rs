@@ -30,13 +30,18 @@ struct Sottod {
 
 impl Sottod {
     fn start(data: &Path, log: &Path, listen: &str) -> Self {
+        Self::start_with(&["--data-dir", data.to_str().unwrap()], log, listen)
+    }
+
+    fn start_with(args: &[&str], log: &Path, listen: &str) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let mut child = Command::new(sottod_bin())
-            .args(["--data-dir", data.to_str().unwrap(), "--listen", listen])
+            .args(args)
+            .args(["--listen", listen])
             .env("SOTTO_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -296,4 +301,123 @@ fn listen_prints_messages_as_they_arrive() {
     );
     listener.kill().unwrap();
     listener.wait().unwrap();
+}
+
+/// PostgreSQL and NATS on their CI addresses, or a skip message (a failure under CI).
+fn services() -> Option<(String, String)> {
+    let pg = std::env::var("SOTTO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let reachable = |addr: &str| {
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok()
+    };
+    let (pg_ok, nats_ok) = (reachable("127.0.0.1:5432"), reachable("127.0.0.1:4222"));
+    if pg_ok && nats_ok {
+        return Some((pg, "nats://127.0.0.1:4222".into()));
+    }
+    let why = format!("PostgreSQL reachable: {pg_ok}, NATS reachable: {nats_ok}");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "multi-node test needs PostgreSQL and NATS under CI ({why})"
+    );
+    eprintln!("SKIPPED: multi-node test needs PostgreSQL on 127.0.0.1:5432 and NATS on 127.0.0.1:4222 ({why})");
+    None
+}
+
+fn with_schema(pg: &str, schema: &str, create: bool) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let sql = if create {
+            format!("CREATE SCHEMA {schema}")
+        } else {
+            format!("DROP SCHEMA IF EXISTS {schema} CASCADE")
+        };
+        client.batch_execute(&sql).await.unwrap();
+    });
+}
+
+#[test]
+fn two_sottod_nodes_one_killed_mid_sends_clients_finish_through_the_other() {
+    let Some((pg, nats)) = services() else { return };
+    let schema = format!("sotto_cli_{}", std::process::id());
+    with_schema(&pg, &schema, true);
+    let db = format!("{pg}?options=-c%20search_path%3D{schema}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let args = ["--database", db.as_str(), "--bus", nats.as_str()];
+    let node_a = Sottod::start_with(&args, &d.join("a.log"), "127.0.0.1:0");
+    let node_b = Sottod::start_with(&args, &d.join("b.log"), "127.0.0.1:0");
+    let (alice, bob) = (d.join("alice"), d.join("bob"));
+    ok(&alice, &["register", "alice", "--server", &node_a.url]);
+    ok(&bob, &["register", "bob", "--server", &node_b.url]);
+
+    // Alice sends through node A while node A is killed; whatever fails, she resends through B.
+    let (a_url, b_url, alice2) = (node_a.url.clone(), node_b.url.clone(), alice.clone());
+    let (progress, acks) = std::sync::mpsc::channel::<()>();
+    let sender = std::thread::spawn(move || {
+        let mut acknowledged = Vec::new();
+        let mut switched = false;
+        let mut server = a_url;
+        for i in 0..12 {
+            let text = format!("msg {i}");
+            loop {
+                let o = sotto(&alice2, &["--server", &server, "send", "bob", &text]);
+                if o.ok {
+                    acknowledged.push(o.stdout.trim().trim_start_matches("sent ").to_owned());
+                    let _ = progress.send(());
+                    break;
+                }
+                assert!(
+                    o.stderr.contains("unreachable") || o.stderr.contains("refused"),
+                    "{}",
+                    o.stderr
+                );
+                server = b_url.clone();
+                switched = true;
+            }
+            if !switched {
+                // Leave the main thread time to kill node A while sends are still coming.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        (acknowledged, switched)
+    });
+    for _ in 0..4 {
+        acks.recv_timeout(Duration::from_secs(60)).unwrap();
+    }
+    node_a.kill9();
+    let (acknowledged, switched) = sender.join().unwrap();
+    assert_eq!(acknowledged.len(), 12);
+    assert!(
+        switched,
+        "node A died mid-sends and alice carried on through node B"
+    );
+
+    let got = json_lines(&ok(&bob, &["sync", "--json"]));
+    let ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    for id in &acknowledged {
+        assert_eq!(
+            ids.iter().filter(|x| *x == id).count(),
+            1,
+            "acknowledged message {id} delivered exactly once"
+        );
+    }
+    let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    let mut expected: Vec<String> = (0..12).map(|i| format!("msg {i}")).collect();
+    expected.dedup();
+    let mut seen: Vec<&str> = texts.clone();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        expected.iter().map(String::as_str).collect::<Vec<_>>(),
+        "in order"
+    );
+    drop(node_b);
+    with_schema(&pg, &schema, false);
 }

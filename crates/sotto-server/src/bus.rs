@@ -105,3 +105,62 @@ impl Bus for LocalBus {
         self.hub.deliver(&devices, &frame);
     }
 }
+
+/// The subject wake-ups travel on.
+const WAKE_SUBJECT: &str = "sotto.wake";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wake {
+    devices: Vec<String>,
+    frame: ServerFrame,
+}
+
+/// The multi-node bus: wake-ups are published on NATS and every node delivers them to its own hub.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+}
+
+impl NatsBus {
+    /// Connects to NATS at `url` and starts delivering wake-ups to `hub`. Returns once the
+    /// subscription is registered with the server, so no wake-up published after this is missed.
+    pub async fn connect(url: &str, hub: Arc<Hub>) -> Result<Self, String> {
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| format!("connecting to NATS at {url}: {e}"))?;
+        let mut sub = client
+            .subscribe(WAKE_SUBJECT)
+            .await
+            .map_err(|e| format!("subscribing on NATS: {e}"))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| format!("flushing NATS: {e}"))?;
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(msg) = sub.next().await {
+                match serde_json::from_slice::<Wake>(&msg.payload) {
+                    Ok(w) => hub.deliver(&w.devices, &w.frame),
+                    Err(_) => tracing::warn!("ignoring a malformed wake-up on NATS"),
+                }
+            }
+            tracing::error!("NATS subscription ended; live pushes from other nodes stop");
+        });
+        Ok(Self { client })
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, devices: Vec<String>, frame: ServerFrame) {
+        let Ok(payload) = serde_json::to_vec(&Wake { devices, frame }) else {
+            return;
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.publish(WAKE_SUBJECT, payload.into()).await {
+                // The entry is durable; devices find it on their next fetch.
+                tracing::warn!(error = %e, "could not publish a wake-up");
+            }
+        });
+    }
+}

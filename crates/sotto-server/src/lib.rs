@@ -24,12 +24,13 @@ pub mod bus;
 pub mod ds;
 pub mod error;
 pub mod http;
+pub mod migrate;
 pub mod openapi;
 pub mod store;
 pub mod ws;
 
-pub use bus::{Bus, Hub, LocalBus};
-pub use store::{sqlite::SqliteStore, Store};
+pub use bus::{Bus, Hub, LocalBus, NatsBus};
+pub use store::{postgres::PostgresStore, sqlite::SqliteStore, Store};
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -73,21 +74,31 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Single-node state over `store` with the in-process bus. Returns the sender that shuts down
-    /// push connections.
-    pub fn single_node(store: Arc<dyn Store>, config: Config) -> (Self, watch::Sender<bool>) {
-        let hub = Arc::new(Hub::default());
+    /// State over `store`, with wake-ups carried by `bus` to `hub` (this node's connections).
+    /// Returns the sender that shuts down push connections.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        hub: Arc<Hub>,
+        config: Config,
+    ) -> (Self, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(false);
         (
             Self {
                 store,
-                bus: Arc::new(LocalBus::new(hub.clone())),
+                bus,
                 hub,
                 config: Arc::new(config),
                 shutdown: rx,
             },
             tx,
         )
+    }
+
+    /// Single-node state over `store` with the in-process bus.
+    pub fn single_node(store: Arc<dyn Store>, config: Config) -> (Self, watch::Sender<bool>) {
+        let hub = Arc::new(Hub::default());
+        Self::new(store, Arc::new(LocalBus::new(hub.clone())), hub, config)
     }
 }
 

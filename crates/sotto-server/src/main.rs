@@ -5,16 +5,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
-use sotto_server::{AppState, Config, SqliteStore};
+use clap::{Parser, Subcommand};
+use sotto_server::{
+    AppState, Bus, Config, Hub, LocalBus, NatsBus, PostgresStore, SqliteStore, Store,
+};
 
 /// Sotto delivery service: stores and forwards end-to-end-encrypted messages.
 #[derive(Debug, Parser)]
 #[command(name = "sottod", version)]
 struct Args {
-    /// Directory for the embedded database.
+    /// Directory for the embedded database (used when --database is not given).
     #[arg(long, env = "SOTTO_DATA_DIR", default_value = "./sotto-data")]
     data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://USER@HOST:PORT/DB) for a deployment of several nodes.
+    #[arg(long, env = "SOTTO_DATABASE")]
+    database: Option<String>,
+    /// NATS URL (nats://HOST:PORT) carrying wake-ups between nodes; in-process when absent.
+    #[arg(long, env = "SOTTO_BUS")]
+    bus: Option<String>,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "SOTTO_LISTEN", default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
@@ -24,6 +32,21 @@ struct Args {
     /// Lifetime of device link codes in seconds.
     #[arg(long, env = "SOTTO_LINK_TTL", default_value_t = 600)]
     link_ttl_secs: i64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy an embedded deployment (SQLite data dir) into an empty PostgreSQL database.
+    Migrate {
+        /// The embedded deployment's data directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL URL.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 async fn shutdown_signal() {
@@ -45,6 +68,14 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+fn redact(url: &str) -> String {
+    // Never log a password embedded in a URL.
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -56,18 +87,60 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let store = SqliteStore::open(&args.data_dir)
-        .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    if let Some(Command::Migrate { from, to }) = &args.command {
+        let report = sotto_server::migrate::sqlite_to_postgres(from, to, None)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("migration failed; the target was left unchanged")?;
+        for (table, rows) in report.tables {
+            println!("{table}: {rows} rows");
+        }
+        println!("migrated {} into {}", from.display(), redact(to));
+        return Ok(());
+    }
+    let store: Arc<dyn Store> = match &args.database {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Arc::new(
+                PostgresStore::connect(url, None)
+                    .await
+                    .with_context(|| format!("connecting to {}", redact(url)))?,
+            )
+        }
+        Some(url) => anyhow::bail!(
+            "unsupported --database {}: use postgres://USER@HOST:PORT/DB",
+            redact(url)
+        ),
+        None => Arc::new(
+            SqliteStore::open(&args.data_dir)
+                .with_context(|| format!("opening data dir {}", args.data_dir.display()))?,
+        ),
+    };
+    let hub = Arc::new(Hub::default());
+    let bus: Arc<dyn Bus> = match &args.bus {
+        Some(url) => Arc::new(
+            NatsBus::connect(url, hub.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        None => Arc::new(LocalBus::new(hub.clone())),
+    };
     let config = Config {
         max_body_bytes: args.max_body_bytes,
         link_ttl_secs: args.link_ttl_secs,
     };
-    let (state, stop_push) = AppState::single_node(Arc::new(store), config);
+    let (state, stop_push) = AppState::new(store, bus, hub, config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "sottod started");
+    match &args.database {
+        Some(url) => {
+            tracing::info!(%addr, database = %redact(url), bus = ?args.bus, "sottod started")
+        }
+        None => {
+            tracing::info!(%addr, data_dir = %args.data_dir.display(), bus = ?args.bus.as_deref().map(redact), "sottod started")
+        }
+    }
     println!("listening on http://{addr}");
     use std::io::Write;
     std::io::stdout().flush()?;

@@ -23,6 +23,29 @@ impl Server {
     pub async fn start_on(data_dir: &Path, addr: &str) -> Self {
         let store = SqliteStore::open(data_dir).unwrap();
         let (state, stop_push) = AppState::single_node(Arc::new(store), Config::default());
+        Self::serve(state, stop_push, data_dir, addr).await
+    }
+
+    /// A node over PostgreSQL (schema `schema`) with wake-ups over NATS.
+    pub async fn start_node(pg_url: &str, schema: &str, nats: &str, addr: &str) -> Self {
+        let store = sotto_server::PostgresStore::connect(pg_url, Some(schema))
+            .await
+            .unwrap();
+        let hub = Arc::new(sotto_server::Hub::default());
+        let bus = sotto_server::NatsBus::connect(nats, hub.clone())
+            .await
+            .unwrap();
+        let (state, stop_push) =
+            AppState::new(Arc::new(store), Arc::new(bus), hub, Config::default());
+        Self::serve(state, stop_push, Path::new("/nonexistent"), addr).await
+    }
+
+    async fn serve(
+        state: AppState,
+        stop_push: tokio::sync::watch::Sender<bool>,
+        data_dir: &Path,
+        addr: &str,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -85,4 +108,42 @@ pub async fn sync_texts(c: &Client) -> Vec<(String, String)> {
         .into_iter()
         .map(|m| (m.sender, m.text))
         .collect()
+}
+
+/// PostgreSQL and NATS for multi-node tests: `Some((pg_url, nats_url))`, or `None` with a skip
+/// message when they are not running (under CI, `CI` set, they are required).
+pub async fn services() -> Option<(String, String)> {
+    let pg = std::env::var("SOTTO_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let nats =
+        std::env::var("SOTTO_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let pg_ok = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
+        .await
+        .is_ok();
+    let nats_ok = async_nats::connect(&nats).await.is_ok();
+    if pg_ok && nats_ok {
+        return Some((pg, nats));
+    }
+    let why = format!("PostgreSQL at {pg} reachable: {pg_ok}; NATS at {nats} reachable: {nats_ok}");
+    if std::env::var_os("CI").is_some() {
+        panic!("multi-node tests need PostgreSQL and NATS under CI ({why})");
+    }
+    eprintln!("SKIPPED: multi-node test needs PostgreSQL and NATS ({why}); .ci/run starts them");
+    None
+}
+
+pub fn schema_name(tag: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("sotto_{tag}_{:x}", h.finish())
+}
+
+pub async fn drop_schema(pg: &str, schema: &str) {
+    if let Ok((client, conn)) = tokio_postgres::connect(pg, tokio_postgres::NoTls).await {
+        tokio::spawn(conn);
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await;
+    }
 }

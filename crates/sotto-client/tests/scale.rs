@@ -1,0 +1,117 @@
+//! Several sottod nodes over one PostgreSQL and NATS, and migrating an embedded deployment into
+//! PostgreSQL. Needs the services (see `support::services`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::*;
+
+fn s(a: &str, b: &str) -> (String, String) {
+    (a.to_owned(), b.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_state_race_fairly_and_push_across_nodes() {
+    let Some((pg, nats)) = services().await else {
+        return;
+    };
+    let schema = schema_name("nodes");
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start_node(&pg, &schema, &nats, "127.0.0.1:0").await;
+    let b = Server::start_node(&pg, &schema, &nats, "127.0.0.1:0").await;
+    // Alice's devices talk to node A, bob's and alice's second device to node B.
+    let a1 = registered(&dir.path().join("a1"), &a.url, "alice").await;
+    let bob = registered(&dir.path().join("bob"), &b.url, "bob").await;
+    a1.send_dm("bob", "via node A").await.unwrap();
+    assert_eq!(sync_texts(&bob).await, vec![s("alice", "via node A")]);
+
+    // A live push crosses nodes: bob listens on B, alice sends on A.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let local = tokio::task::LocalSet::new();
+    let bob_home = dir.path().join("bob");
+    let b_url = b.url.clone();
+    let listener = local.spawn_local(async move {
+        let bob = client(&bob_home, &b_url);
+        bob.listen(|ev| {
+            if let sotto_client::ListenEvent::Messages(m) = ev {
+                for m in m {
+                    let _ = tx.send(m.text);
+                }
+            }
+        })
+        .await
+    });
+    let got = local
+        .run_until(async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            a1.send_dm("bob", "live across nodes").await.unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv()).await
+        })
+        .await;
+    listener.abort();
+    assert_eq!(got.unwrap().as_deref(), Some("live across nodes"));
+
+    // Two of alice's devices on different nodes race to add her third: exactly one commit wins.
+    let a2 = linked(&a1, &dir.path().join("a2"), &b.url).await;
+    a1.sync().await.unwrap(); // adds a2
+    sync_texts(&a2).await;
+    let a3 = linked(&a1, &dir.path().join("a3"), &a.url).await;
+    let (r1, r2) = tokio::join!(a1.sync(), a2.sync());
+    assert!(r1.unwrap().warnings.is_empty());
+    assert!(r2.unwrap().warnings.is_empty());
+    a1.take_unshown().unwrap();
+    a2.take_unshown().unwrap();
+    sync_texts(&a3).await;
+    a3.send_dm("bob", "third device").await.unwrap();
+    for c in [&a1, &a2, &bob] {
+        let got = sync_texts(c).await;
+        assert_eq!(
+            got.last(),
+            Some(&s("alice", "third device")),
+            "{:?}",
+            c.username()
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+    drop_schema(&pg, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_deployment_migrates_into_postgres_and_carries_on() {
+    let Some((pg, nats)) = services().await else {
+        return;
+    };
+    let schema = schema_name("migrate");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let server = Server::start(&data).await;
+    let (url, addr) = (server.url.clone(), server.addr());
+    let a = registered(&dir.path().join("a"), &url, "alice").await;
+    let b = registered(&dir.path().join("b"), &url, "bob").await;
+    a.send_dm("bob", "before migration").await.unwrap();
+    b.send_dm("alice", "read me later").await.unwrap();
+    assert_eq!(sync_texts(&b).await, vec![s("alice", "before migration")]);
+    server.stop().await;
+
+    let report = sotto_server::migrate::sqlite_to_postgres(&data, &pg, Some(&schema))
+        .await
+        .unwrap();
+    assert!(
+        report.tables.iter().any(|(t, n)| *t == "log" && *n == 3),
+        "{report:?}"
+    );
+    // Migrating twice is refused: the target is no longer empty.
+    assert!(
+        sotto_server::migrate::sqlite_to_postgres(&data, &pg, Some(&schema))
+            .await
+            .is_err()
+    );
+
+    let server = Server::start_node(&pg, &schema, &nats, &addr).await;
+    assert_eq!(sync_texts(&a).await, vec![s("bob", "read me later")]);
+    a.send_dm("bob", "after migration").await.unwrap();
+    assert_eq!(sync_texts(&b).await, vec![s("alice", "after migration")]);
+    server.stop().await;
+    drop_schema(&pg, &schema).await;
+}
