@@ -1,3 +1,11 @@
-//! `sotto-bench`: benchmarks of Sotto end to end. Today: the SDK send + sync round trip over a real
-//! loopback socket (`benches/roundtrip.rs`). The load generator binary (`sotto-bench relay|idle|fanout`)
-//! comes with the performance issue.
+//! `sotto-bench`: load generation against a real `sottod` over its real API.
+//!
+//! ```text
+//! relay   N devices in DM pairs, an open-loop schedule of R messages/s in total; real MLS
+//!         application messages prepared before the timed part; receivers are woken over the
+//!         WebSocket and fetch over HTTP, as the SDK does
+//! ```
+//! Criterion benches live in `benches/` (the SDK send + sync round trip).
+
+pub mod relay;
+pub mod server;

@@ -1,0 +1,131 @@
+//! `sotto-bench`: load generator for a real `sottod`.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sotto_bench::server::Sottod;
+
+/// Drive a real sottod over its real API and WebSocket and measure it.
+#[derive(Debug, Parser)]
+#[command(name = "sotto-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// DM pairs exchanging messages on an open-loop schedule.
+    Relay {
+        /// Devices (half send, half receive; one DM per pair).
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Messages per second in total.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// An already running server (otherwise the benchmark starts its own).
+        #[arg(long)]
+        server: Option<String>,
+        /// When starting servers: PostgreSQL URL (default: embedded SQLite in a temporary dir).
+        #[arg(long)]
+        database: Option<String>,
+        /// When starting servers: NATS URL (needed for --nodes 2).
+        #[arg(long)]
+        bus: Option<String>,
+        /// When starting servers: how many nodes (2: senders on one, receivers on the other).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli {
+        command:
+            Cmd::Relay {
+                devices,
+                rate,
+                duration,
+                server,
+                database,
+                bus,
+                nodes,
+            },
+    } = Cli::parse();
+    let tmp = tempfile::tempdir()?;
+    let mut started = Vec::new();
+    let (send_url, recv_url) = match server {
+        Some(url) => (url.clone(), url),
+        None => {
+            if nodes == 0 || nodes > 2 {
+                anyhow::bail!("--nodes must be 1 or 2");
+            }
+            if nodes == 2 && (database.is_none() || bus.is_none()) {
+                anyhow::bail!("two nodes need --database postgres://... and --bus nats://...");
+            }
+            for _ in 0..nodes {
+                let mut args: Vec<String> = Vec::new();
+                match &database {
+                    Some(db) => args.extend(["--database".into(), db.clone()]),
+                    None => args.extend([
+                        "--data-dir".into(),
+                        tmp.path().join("data").display().to_string(),
+                    ]),
+                }
+                if let Some(b) = &bus {
+                    args.extend(["--bus".into(), b.clone()]);
+                }
+                started.push(Sottod::start(&args)?);
+            }
+            let first = started[0].url.clone();
+            let last = started[started.len() - 1].url.clone();
+            (first, last)
+        }
+    };
+    let pids: Vec<u32> = started.iter().map(Sottod::pid).collect();
+    let r = sotto_bench::relay::run(
+        &send_url,
+        &recv_url,
+        devices,
+        rate,
+        Duration::from_secs(duration),
+        &pids,
+    )
+    .await?;
+    println!(
+        "relay: {} devices, {} msg/s offered for {}s, {} node(s), {}",
+        devices,
+        rate,
+        duration,
+        nodes,
+        if database.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    );
+    println!(
+        "  accepted {}  delivered {}  ({:.0} msg/s)",
+        r.accepted, r.delivered, r.delivered_per_sec
+    );
+    println!(
+        "  latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        r.p50_ms, r.p99_ms, r.max_ms
+    );
+    match r.cpu_us_per_msg {
+        Some(c) => println!("  server CPU {c:.1} us per delivered message"),
+        None => println!("  server CPU unknown (external server)"),
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "delivered_per_sec": r.delivered_per_sec, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+            "max_ms": r.max_ms, "cpu_us_per_msg": r.cpu_us_per_msg,
+            "accepted": r.accepted, "delivered": r.delivered,
+        })
+    );
+    Ok(())
+}

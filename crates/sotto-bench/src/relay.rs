@@ -1,0 +1,387 @@
+//! The relay benchmark: DM pairs, open-loop sends, receivers woken over WebSocket that fetch over
+//! HTTP. Latency is measured from each message's *scheduled* send time to the moment its receiver
+//! has fetched it, on this process's clock, so a slow server cannot hide its queueing delay.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider as _;
+use sotto_api::*;
+use sotto_proto::identity::unhex;
+use sotto_proto::mls::{Conversation, DeviceKeys, Trust, ValidKeyPackage};
+use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, MessageContent, Username};
+use tokio::time::Instant;
+
+/// What the relay run measured.
+#[derive(Debug, Clone)]
+pub struct RelayReport {
+    /// Messages the server accepted.
+    pub accepted: u64,
+    /// Messages fetched by their receiver.
+    pub delivered: u64,
+    /// Delivered messages per second of the run.
+    pub delivered_per_sec: f64,
+    /// Send-to-receive latency percentiles, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Worst, ms.
+    pub max_ms: f64,
+    /// Server CPU per delivered message, us (when the benchmark knows the server processes).
+    pub cpu_us_per_msg: Option<f64>,
+}
+
+struct Pin(Username, IdentityPublicKey);
+impl Trust for Pin {
+    fn pinned_identity(&self, u: &Username) -> Option<IdentityPublicKey> {
+        (u == &self.0).then_some(self.1)
+    }
+}
+
+struct Device {
+    user: Username,
+    identity: AccountIdentity,
+    keys: DeviceKeys,
+    provider: OpenMlsRustCrypto,
+    token: String,
+}
+
+async fn check<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<T> {
+    let status = resp.status();
+    let bytes = resp.bytes().await?;
+    if !status.is_success() {
+        bail!(
+            "server answered {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+async fn register(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<Device> {
+    let user = Username::new(name)?;
+    let identity = AccountIdentity::generate();
+    let keys = DeviceKeys::generate(&identity, &user, DeviceId::random(), 0);
+    let provider = OpenMlsRustCrypto::default();
+    let (one, lr) = keys.key_packages(&provider, 1, true)?;
+    let req = RegisterRequest {
+        username: name.into(),
+        identity_key: B64(identity.public().to_bytes().to_vec()),
+        device: NewDevice {
+            certificate: B64(keys.certificate().to_bytes()),
+            key_packages: one.into_iter().map(B64).collect(),
+            last_resort_key_package: B64(lr.context("no last-resort key package")?),
+        },
+    };
+    let resp: RegisterResponse = check(
+        http.post(format!("{url}/v1/accounts"))
+            .json(&req)
+            .send()
+            .await?,
+    )
+    .await?;
+    Ok(Device {
+        user,
+        identity,
+        keys,
+        provider,
+        token: resp.token,
+    })
+}
+
+/// One DM pair, ready to send: the conversation and messages encrypted in advance.
+struct Pair {
+    conversation: String,
+    sender_token: String,
+    receiver_token: String,
+    payloads: Vec<Vec<u8>>,
+}
+
+async fn setup_pair(
+    http: &reqwest::Client,
+    send_url: &str,
+    recv_url: &str,
+    run: &str,
+    i: usize,
+    messages: usize,
+) -> anyhow::Result<Pair> {
+    let a = register(http, send_url, &format!("s{run}{i}")).await?;
+    let b = register(http, recv_url, &format!("r{run}{i}")).await?;
+    let dm: ConversationInfo = check(
+        http.post(format!("{send_url}/v1/dms"))
+            .bearer_auth(&a.token)
+            .json(&CreateDmRequest {
+                peer: b.user.to_string(),
+            })
+            .send()
+            .await?,
+    )
+    .await?;
+    let claim: ClaimResponse = check(
+        http.post(format!("{send_url}/v1/key-packages/claim"))
+            .bearer_auth(&a.token)
+            .json(&ClaimRequest {
+                username: b.user.to_string(),
+                devices: vec![],
+            })
+            .send()
+            .await?,
+    )
+    .await?;
+    let kp = claim.key_packages.first().context("no key package")?;
+    let kp = ValidKeyPackage::parse(a.provider.crypto(), &kp.key_package.0)?
+        .verify(&Pin(b.user.clone(), b.identity.public()))?;
+    let gid = unhex(&dm.id).context("bad conversation id")?;
+    let mut group = Conversation::create(&a.provider, &a.keys, &gid)?;
+    let bundle = group.add_devices(&a.provider, &a.keys, &[kp])?;
+    let _: Accepted = check(
+        http.post(format!("{send_url}/v1/conversations/{}/commits", dm.id))
+            .bearer_auth(&a.token)
+            .json(&CommitRequest {
+                epoch: bundle.epoch,
+                commit: B64(bundle.commit),
+                welcome: bundle.welcome.map(B64),
+                welcome_devices: bundle.welcome_devices.iter().map(|d| d.to_hex()).collect(),
+                group_info: bundle.group_info.map(B64),
+            })
+            .send()
+            .await?,
+    )
+    .await?;
+    group.merge_pending(&a.provider)?;
+    let text = "x".repeat(100);
+    let payloads = (0..messages)
+        .map(|_| {
+            group.encrypt(
+                &a.provider,
+                &a.keys,
+                &MessageContent::text(text.as_str(), 0, None),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Pair {
+        conversation: dm.id,
+        sender_token: a.token,
+        receiver_token: b.token,
+        payloads,
+    })
+}
+
+type Clock = Arc<Mutex<HashMap<(String, u64), Instant>>>;
+
+/// A receiver: woken over the WebSocket, fetches the log and stamps each entry's arrival.
+async fn receive(
+    http: reqwest::Client,
+    url: String,
+    conversation: String,
+    token: String,
+    arrivals: Clock,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<()> {
+    let ws_url = format!("ws{}/v1/ws", url.strip_prefix("http").unwrap_or(&url));
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let mut cursor = 1; // the setup commit
+    let mut announced = false;
+    while let Some(msg) = ws.next().await {
+        let text = match msg? {
+            tokio_tungstenite::tungstenite::Message::Text(t) => t,
+            tokio_tungstenite::tungstenite::Message::Close(_) => break,
+            _ => continue,
+        };
+        match serde_json::from_str::<ServerFrame>(&text)? {
+            ServerFrame::Ready if !announced => {
+                announced = true;
+                let _ = ready.send(()).await;
+            }
+            ServerFrame::Conversation { id, seq } if id == conversation && seq > cursor => loop {
+                let page: LogPage = check(
+                    http.get(format!(
+                        "{url}/v1/conversations/{conversation}/log?after={cursor}"
+                    ))
+                    .bearer_auth(&token)
+                    .send()
+                    .await?,
+                )
+                .await?;
+                let now = Instant::now();
+                if let Some(last) = page.entries.last() {
+                    cursor = last.seq;
+                }
+                {
+                    let mut a = arrivals.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                    for e in &page.entries {
+                        a.insert((conversation.clone(), e.seq), now);
+                    }
+                }
+                if !page.more {
+                    break;
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Runs the relay benchmark. `send_url` and `recv_url` may name different nodes; `pids` are the
+/// server processes whose CPU time to count (empty: unknown).
+pub async fn run(
+    send_url: &str,
+    recv_url: &str,
+    devices: usize,
+    rate: u64,
+    duration: Duration,
+    pids: &[u32],
+) -> anyhow::Result<RelayReport> {
+    if devices < 2 || rate == 0 {
+        bail!("need at least 2 devices and a positive rate");
+    }
+    let pairs_n = devices / 2;
+    let total = (rate as f64 * duration.as_secs_f64()).ceil() as usize;
+    let per_pair = total.div_ceil(pairs_n);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let run_id = format!("{:x}", std::process::id() % 0xffff);
+    eprintln!("setting up {pairs_n} DM pairs and encrypting {total} messages...");
+    let mut pairs = Vec::with_capacity(pairs_n);
+    for i in 0..pairs_n {
+        pairs.push(setup_pair(&http, send_url, recv_url, &run_id, i, per_pair).await?);
+    }
+
+    let arrivals: Clock = Arc::new(Mutex::new(HashMap::new()));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(pairs_n);
+    let mut receivers = Vec::new();
+    for p in &pairs {
+        receivers.push(tokio::spawn(receive(
+            http.clone(),
+            recv_url.to_owned(),
+            p.conversation.clone(),
+            p.receiver_token.clone(),
+            arrivals.clone(),
+            ready_tx.clone(),
+        )));
+    }
+    for _ in 0..pairs_n {
+        tokio::time::timeout(Duration::from_secs(30), ready_rx.recv())
+            .await
+            .context("receivers did not connect")?;
+    }
+
+    eprintln!(
+        "sending {total} messages at {rate}/s for {:.1}s (open loop)...",
+        duration.as_secs_f64()
+    );
+    let sent: Clock = Arc::new(Mutex::new(HashMap::new()));
+    let cpu = || -> Option<u64> {
+        if pids.is_empty() {
+            return None;
+        }
+        pids.iter().map(|p| super::server::cpu_us(*p)).sum()
+    };
+    let cpu_before = cpu();
+    let start = Instant::now();
+    let mut senders = Vec::with_capacity(total);
+    let mut next = vec![0usize; pairs_n];
+    for i in 0..total {
+        let scheduled = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let k = i % pairs_n;
+        let p = &pairs[k];
+        let Some(payload) = p.payloads.get(next[k]).cloned() else {
+            continue;
+        };
+        next[k] += 1;
+        let (http, url, conv, token, sent) = (
+            http.clone(),
+            send_url.to_owned(),
+            p.conversation.clone(),
+            p.sender_token.clone(),
+            sent.clone(),
+        );
+        senders.push(tokio::spawn(async move {
+            let resp = http
+                .post(format!("{url}/v1/conversations/{conv}/messages"))
+                .bearer_auth(&token)
+                .json(&SendRequest {
+                    message: B64(payload),
+                })
+                .send()
+                .await;
+            if let Ok(resp) = resp {
+                if let Ok(acc) = check::<Accepted>(resp).await {
+                    if let Ok(mut s) = sent.lock() {
+                        s.insert((conv, acc.seq), scheduled);
+                    }
+                }
+            }
+        }));
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    // Let the last deliveries land.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (n_sent, n_arrived) = {
+            let s = sent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let a = arrivals.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            (s.len(), s.keys().filter(|k| a.contains_key(*k)).count())
+        };
+        if n_arrived >= n_sent || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu_after = cpu();
+    for r in receivers {
+        r.abort();
+    }
+
+    let s = sent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let a = arrivals.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut lat: Vec<f64> = Vec::with_capacity(s.len());
+    let mut last = start;
+    for (k, scheduled) in s.iter() {
+        if let Some(arrived) = a.get(k) {
+            lat.push(arrived.saturating_duration_since(*scheduled).as_secs_f64() * 1000.0);
+            last = last.max(*arrived);
+        }
+    }
+    lat.sort_by(|x, y| x.total_cmp(y));
+    let elapsed = last
+        .saturating_duration_since(start)
+        .as_secs_f64()
+        .max(duration.as_secs_f64());
+    let delivered = lat.len() as u64;
+    Ok(RelayReport {
+        accepted: s.len() as u64,
+        delivered,
+        delivered_per_sec: delivered as f64 / elapsed,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: lat.last().copied().unwrap_or(0.0),
+        cpu_us_per_msg: match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if delivered > 0 => {
+                Some((a.saturating_sub(b)) as f64 / delivered as f64)
+            }
+            _ => None,
+        },
+    })
+}

@@ -1,0 +1,29 @@
+//! The load generator itself works: every accepted message reaches its receiver (no time asserted).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sotto_server::{AppState, Config, SqliteStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_delivers_every_accepted_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let (state, stop) = AppState::single_node(Arc::new(store), Config::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(sotto_server::serve(
+        listener,
+        state,
+        stop,
+        std::future::pending(),
+    ));
+    let r = sotto_bench::relay::run(&url, &url, 6, 60, Duration::from_secs(1), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.accepted, 60);
+    assert_eq!(r.delivered, 60);
+    assert!(r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms);
+    assert!(r.cpu_us_per_msg.is_none());
+}
