@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use sotto_api::{Accepted, InboxItem, LogEntry, B64};
 
 use super::*;
@@ -74,10 +74,27 @@ CREATE TABLE links (
 "#];
 
 /// SQLite storage.
+///
+/// Writes go to one writer thread that owns the write connection and applies them in batches: each
+/// operation runs in a savepoint of one shared transaction, the transaction commits once (one fsync
+/// for the whole batch, `synchronous=FULL`), and only then is every operation in it answered. That
+/// is group commit: durability per acknowledged request, at the cost of one fsync per batch instead
+/// of one per request. Reads run on a small pool of read connections (WAL lets them proceed while
+/// the writer writes).
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: std::sync::mpsc::Sender<Job>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// One write operation: runs against the writer's connection inside a savepoint and returns the
+/// function that answers its caller once the batch's commit is known.
+type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(Result<(), String>) + Send> + Send>;
+
+/// The most operations one batch (one transaction, one fsync) takes.
+const MAX_BATCH: usize = 512;
+const READERS: usize = 4;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,50 +114,136 @@ fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let done: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(as_u64(done) as usize) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// The writer thread: batches whatever is queued, commits once, then answers.
+fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the jobs drops their reply channels: each caller gets a storage error and
+            // nothing was changed.
+            tracing::error!(error = %e, "could not start a write batch");
+            drop(batch);
+            continue;
+        }
+        let answers: Vec<_> = batch.into_iter().map(|job| job(&conn)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for answer in answers {
+            answer(committed.clone());
+        }
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) `sotto.db` in `dir` and runs pending migrations.
+    /// Opens (creating if needed) `sotto.db` in `dir`, runs pending migrations and starts the
+    /// writer thread.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
-        let conn = Connection::open(dir.join("sotto.db")).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let path = dir.join("sotto.db");
+        let mut conn = open_connection(&path)?;
+        migrate(&mut conn)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(&path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sotto-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
             .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(backend)?;
-        let mut store = Self {
-            conn: Arc::new(Mutex::new(conn)),
-        };
-        store.migrate()?;
-        Ok(store)
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(readers),
+            next_reader: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        })
     }
 
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().map_err(backend)?;
-        let done: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(backend)?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(as_u64(done) as usize) {
-            let tx = conn.transaction().map_err(backend)?;
-            tx.execute_batch(sql).map_err(backend)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)
-                .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-        }
-        Ok(())
-    }
-
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs a write operation in the next batch; answers once the batch is durable.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |conn: &Connection| {
+            let result = match conn.execute_batch("SAVEPOINT op") {
+                Err(e) => Err(backend(e)),
+                Ok(()) => match f(conn) {
+                    Ok(v) => conn
+                        .execute_batch("RELEASE op")
+                        .map(|()| v)
+                        .map_err(backend),
+                    Err(e) => {
+                        let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                        Err(e)
+                    }
+                },
+            };
+            Box::new(move |committed: Result<(), String>| {
+                let out = match (result, committed) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => Err(StoreError::Backend(e)),
+                };
+                let _ = reply.send(out);
+            })
+        });
+        self.writer
+            .send(job)
+            .map_err(|_| StoreError::Backend("writer thread stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("write batch failed".into()))?
+    }
+
+    /// Runs a read on one of the read connections.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let i = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % readers.len();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(backend)?;
-            f(&mut guard)
+            let guard = readers[i].lock().map_err(backend)?;
+            f(&guard)
         })
         .await
         .map_err(backend)?
@@ -148,7 +251,7 @@ impl SqliteStore {
 }
 
 fn insert_device(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     username: &str,
     device: &DeviceRecord,
     kps: &KeyPackages,
@@ -173,7 +276,7 @@ fn insert_device(
 }
 
 fn insert_key_packages(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     device_id: &str,
     kps: &KeyPackages,
 ) -> Result<(), StoreError> {
@@ -237,11 +340,7 @@ fn load_conversation(
 }
 
 /// Checks the epoch and reserves the next sequence number, inside the caller's transaction.
-fn next_seq(
-    tx: &rusqlite::Transaction<'_>,
-    conversation: &str,
-    epoch: u64,
-) -> Result<u64, StoreError> {
+fn next_seq(tx: &Connection, conversation: &str, epoch: u64) -> Result<u64, StoreError> {
     let (cur_epoch, last_seq): (i64, i64) = tx
         .query_row(
             "SELECT epoch, last_seq FROM conversations WHERE id = ?1",
@@ -260,7 +359,7 @@ fn next_seq(
 }
 
 fn insert_log(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     conversation: &str,
     seq: u64,
     epoch: u64,
@@ -296,10 +395,7 @@ impl Store for SqliteStore {
         kps: KeyPackages,
     ) -> Result<(), StoreError> {
         let (username, identity_key) = (username.to_owned(), identity_key.to_vec());
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+        self.write(move |tx| {
             let n = tx
                 .execute(
                     "INSERT OR IGNORE INTO accounts (username, identity_key, created_at) VALUES (?1, ?2, ?3)",
@@ -309,15 +405,15 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::UsernameTaken);
             }
-            insert_device(&tx, &username, &device, &kps)?;
-            tx.commit().map_err(backend)
+            insert_device(tx, &username, &device, &kps)?;
+            Ok(())
         })
         .await
     }
 
     async fn device_auth(&self, device_id: &str) -> Result<Option<DeviceAuth>, StoreError> {
         let device_id = device_id.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             conn.prepare_cached("SELECT username, token_hash FROM devices WHERE device_id = ?1")
                 .and_then(|mut s| {
                     s.query_row(params![device_id], |r| {
@@ -342,7 +438,7 @@ impl Store for SqliteStore {
 
     async fn account(&self, username: &str) -> Result<Option<AccountRecord>, StoreError> {
         let username = username.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let identity_key: Option<Vec<u8>> = conn
                 .query_row(
                     "SELECT identity_key FROM accounts WHERE username = ?1",
@@ -388,19 +484,16 @@ impl Store for SqliteStore {
 
     async fn add_key_packages(&self, device_id: &str, kps: KeyPackages) -> Result<(), StoreError> {
         let device_id = device_id.to_owned();
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            insert_key_packages(&tx, &device_id, &kps)?;
-            tx.commit().map_err(backend)
+        self.write(move |tx| {
+            insert_key_packages(tx, &device_id, &kps)?;
+            Ok(())
         })
         .await
     }
 
     async fn key_package_count(&self, device_id: &str) -> Result<u64, StoreError> {
         let device_id = device_id.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
                 params![device_id],
@@ -419,10 +512,7 @@ impl Store for SqliteStore {
         exclude: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let (username, only, exclude) = (username.to_owned(), only.to_vec(), exclude.to_owned());
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+        self.write(move |tx| {
             let devices: Vec<String> = {
                 let mut stmt = tx
                     .prepare_cached("SELECT device_id FROM devices WHERE username = ?1 ORDER BY created_at, device_id")
@@ -457,7 +547,6 @@ impl Store for SqliteStore {
                 }
                 out.push((d, data));
             }
-            tx.commit().map_err(backend)?;
             Ok(out)
         })
         .await
@@ -473,10 +562,7 @@ impl Store for SqliteStore {
         if x > y {
             std::mem::swap(&mut x, &mut y);
         }
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+        self.write(move |tx| {
             let dm_key = format!("{x}\n{y}");
             let existing: Option<String> = tx
                 .query_row(
@@ -506,8 +592,7 @@ impl Store for SqliteStore {
                     new_id
                 }
             };
-            let rec = load_conversation(&tx, &id)?.ok_or(StoreError::NotFound("conversation"))?;
-            tx.commit().map_err(backend)?;
+            let rec = load_conversation(tx, &id)?.ok_or(StoreError::NotFound("conversation"))?;
             Ok(rec)
         })
         .await
@@ -515,7 +600,7 @@ impl Store for SqliteStore {
 
     async fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
         let id = id.to_owned();
-        self.run(move |conn| load_conversation(conn, &id)).await
+        self.read(move |conn| load_conversation(conn, &id)).await
     }
 
     async fn conversations_of(
@@ -523,7 +608,7 @@ impl Store for SqliteStore {
         username: &str,
     ) -> Result<Vec<ConversationRecord>, StoreError> {
         let username = username.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let ids: Vec<String> = conn
                 .prepare_cached(
                     "SELECT conversation_id FROM conversation_members WHERE username = ?1 ORDER BY conversation_id",
@@ -550,14 +635,11 @@ impl Store for SqliteStore {
         commit: NewCommit,
     ) -> Result<Accepted, StoreError> {
         let conversation = conversation.to_owned();
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let seq = next_seq(&tx, &conversation, commit.epoch)?;
+        self.write(move |tx| {
+            let seq = next_seq(tx, &conversation, commit.epoch)?;
             let new_epoch = commit.epoch + 1;
             insert_log(
-                &tx,
+                tx,
                 &conversation,
                 seq,
                 commit.epoch,
@@ -582,7 +664,6 @@ impl Store for SqliteStore {
                         .map_err(backend)?;
                 }
             }
-            tx.commit().map_err(backend)?;
             Ok(Accepted {
                 seq,
                 epoch: new_epoch,
@@ -603,13 +684,10 @@ impl Store for SqliteStore {
             sender_device.to_owned(),
             data.to_vec(),
         );
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let seq = next_seq(&tx, &conversation, epoch)?;
+        self.write(move |tx| {
+            let seq = next_seq(tx, &conversation, epoch)?;
             insert_log(
-                &tx,
+                tx,
                 &conversation,
                 seq,
                 epoch,
@@ -622,7 +700,6 @@ impl Store for SqliteStore {
                 params![conversation, as_i64(seq)],
             )
             .map_err(backend)?;
-            tx.commit().map_err(backend)?;
             Ok(Accepted { seq, epoch })
         })
         .await
@@ -635,7 +712,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<LogEntry>, StoreError> {
         let conversation = conversation.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT seq, epoch, kind, sender_device, data FROM log
@@ -662,7 +739,7 @@ impl Store for SqliteStore {
 
     async fn inbox(&self, device_id: &str) -> Result<Vec<InboxItem>, StoreError> {
         let device_id = device_id.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, conversation_id, seq, welcome FROM inbox WHERE device_id = ?1 ORDER BY id LIMIT 100",
@@ -687,7 +764,7 @@ impl Store for SqliteStore {
 
     async fn ack_inbox(&self, device_id: &str, up_to: u64) -> Result<(), StoreError> {
         let device_id = device_id.to_owned();
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "DELETE FROM inbox WHERE device_id = ?1 AND id <= ?2",
                 params![device_id, as_i64(up_to)],
@@ -700,7 +777,7 @@ impl Store for SqliteStore {
 
     async fn devices_of(&self, usernames: &[String]) -> Result<Vec<String>, StoreError> {
         let usernames = usernames.to_vec();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT device_id FROM devices WHERE username = ?1")
                 .map_err(backend)?;
@@ -727,7 +804,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let (link_id, username, bundle) =
             (link_id.to_owned(), username.to_owned(), bundle.to_vec());
-        self.run(move |conn| {
+        self.write(move |conn| {
             let n = conn
                 .execute(
                     "INSERT OR IGNORE INTO links (link_id, username, bundle, expires_at) VALUES (?1, ?2, ?3, ?4)",
@@ -749,7 +826,7 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         let link_id = link_id.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT username, bundle FROM links WHERE link_id = ?1 AND used = 0 AND expires_at > ?2",
                 params![link_id, now],
@@ -769,10 +846,7 @@ impl Store for SqliteStore {
         kps: KeyPackages,
     ) -> Result<String, StoreError> {
         let link_id = link_id.to_owned();
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+        self.write(move |tx| {
             let username: Option<String> = tx
                 .query_row(
                     "UPDATE links SET used = 1, bundle = x'' WHERE link_id = ?1 AND used = 0 AND expires_at > ?2
@@ -783,8 +857,7 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             let username = username.ok_or(StoreError::LinkExpired)?;
-            insert_device(&tx, &username, &device, &kps)?;
-            tx.commit().map_err(backend)?;
+            insert_device(tx, &username, &device, &kps)?;
             Ok(username)
         })
         .await
