@@ -220,6 +220,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<String, StoreError>;
 }
 
+/// A database failure as a [`StoreError`] (its text is logged, never sent to clients).
+pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Databases store counters as signed 64-bit integers; they are never negative.
+pub(crate) fn as_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The inverse of [`as_u64`], saturating (no counter gets near 2^63).
+pub(crate) fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn kind_code(kind: EntryKind) -> i64 {
     match kind {
         EntryKind::Commit => 1,
