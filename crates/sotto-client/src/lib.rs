@@ -628,6 +628,7 @@ impl Client {
                 .await?;
         }
         self.reconcile_devices(&mut report).await?;
+        self.resend_pending(&mut report).await?;
         self.replenish_key_packages().await?;
         Ok(report)
     }
@@ -1041,26 +1042,58 @@ impl Client {
         }
         let mut report = self.sync().await?;
         let id = self.ensure_dm(peer, &mut report).await?;
-        let gid = group_id_bytes(&id)?;
         let content = MessageContent::text(text, now_ms(), None);
+        self.post_message(&id, &content, &mut report).await?;
+        Ok((
+            Message {
+                id: content.id.to_hex(),
+                conversation: id,
+                group: None,
+                sender: me.username.to_string(),
+                sender_device: me.device_id.to_hex(),
+                text: text.to_owned(),
+                sent_at: rfc3339_ms(content.sent_at_ms),
+                outgoing: true,
+            },
+            report,
+        ))
+    }
+
+    /// Encrypts `content` for the conversation's current epoch and posts it; on a stale epoch
+    /// catches up and re-encrypts. The message is stored locally (as pending, `seq` unset) before it
+    /// is posted, so one whose outcome is unknown (the server died mid-request) is posted again by
+    /// the next sync with the same message id, and receivers keep exactly one copy.
+    async fn post_message(
+        &self,
+        id: &str,
+        content: &MessageContent,
+        report: &mut SyncReport,
+    ) -> Result<Accepted, ClientError> {
+        let me = self.me()?;
+        let gid = group_id_bytes(id)?;
         let msg_id = content.id.to_hex();
+        let (text, reply_to) = match &content.body {
+            Body::Text { text, reply_to } => (Some(text.as_str()), reply_to.map(|r| r.to_hex())),
+            _ => (None, None),
+        };
         for _ in 0..MAX_ATTEMPTS {
             let bytes = self.with_tx(|conn, p| {
                 let keys = self.keys(conn)?;
-                let mut g = Conversation::load(p, &gid)?
-                    .ok_or_else(|| ClientError::NotYetAdded(peer.to_owned()))?;
-                let bytes = g.encrypt(p, &keys, &content)?;
+                let mut g = Conversation::load(p, &gid)?.ok_or_else(|| {
+                    ClientError::Protocol(format!("not a member of conversation {id}"))
+                })?;
+                let bytes = g.encrypt(p, &keys, content)?;
                 db::insert_message(
                     conn,
                     &db::NewMessage {
-                        conversation: &id,
+                        conversation: id,
                         message_id: &msg_id,
                         seq: None,
                         sender: me.username.as_str(),
                         sender_device: &me.device_id.to_hex(),
                         sent_at_ms: content.sent_at_ms,
-                        text: Some(text),
-                        reply_to: None,
+                        text,
+                        reply_to: reply_to.as_deref(),
                         outgoing: true,
                         shown: true,
                     },
@@ -1078,35 +1111,77 @@ impl Client {
                 .await;
             match res {
                 Ok(acc) => {
-                    {
-                        let conn = self.lock()?;
-                        conn.execute(
-                            "UPDATE sotto_messages SET seq = ?3 WHERE conversation = ?1 AND message_id = ?2",
-                            params![id, msg_id, acc.seq as i64],
-                        )
-                        .map_err(storage_err)?;
-                    }
-                    return Ok((
-                        Message {
-                            id: msg_id,
-                            conversation: id,
-                            group: None,
-                            sender: me.username.to_string(),
-                            sender_device: me.device_id.to_hex(),
-                            text: text.to_owned(),
-                            sent_at: rfc3339_ms(content.sent_at_ms),
-                            outgoing: true,
-                        },
-                        report,
-                    ));
+                    let conn = self.lock()?;
+                    conn.execute(
+                        "UPDATE sotto_messages SET seq = ?3 WHERE conversation = ?1 AND message_id = ?2",
+                        params![id, msg_id, acc.seq as i64],
+                    )
+                    .map_err(storage_err)?;
+                    return Ok(acc);
                 }
-                Err(e) if e.is_stale_epoch() => {
-                    self.sync_conversation(&id, None, &mut report).await?
-                }
+                Err(e) if e.is_stale_epoch() => self.sync_conversation(id, None, report).await?,
                 Err(e) => return Err(e),
             }
         }
         Err(ClientError::TooManyAttempts(MAX_ATTEMPTS))
+    }
+
+    /// Posts again this device's messages whose acknowledgement never arrived.
+    async fn resend_pending(&self, report: &mut SyncReport) -> Result<(), ClientError> {
+        let me = self.me()?;
+        let pending: Vec<(String, MessageContent)> = {
+            let conn = self.lock()?;
+            let mut stmt = conn
+                .prepare(
+                    "SELECT m.conversation, m.message_id, m.sent_at_ms, m.text, m.reply_to
+                     FROM sotto_messages m JOIN sotto_conversations c ON c.id = m.conversation
+                     WHERE m.outgoing = 1 AND m.sender_device = ?1 AND m.seq IS NULL AND c.status = 'ok'
+                     ORDER BY m.local_order",
+                )
+                .map_err(storage_err)?;
+            let rows = stmt
+                .query_map(params![me.device_id.to_hex()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .map_err(storage_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage_err)?;
+            rows.into_iter()
+                .filter_map(|(conv, id, at, text, reply)| {
+                    let id: [u8; 16] = unhex(&id)?.try_into().ok()?;
+                    let reply_to = match reply {
+                        Some(r) => Some(sotto_proto::MessageId(unhex(&r)?.try_into().ok()?)),
+                        None => None,
+                    };
+                    Some((
+                        conv,
+                        MessageContent {
+                            id: sotto_proto::MessageId(id),
+                            sent_at_ms: u64::try_from(at).unwrap_or(0),
+                            body: Body::Text {
+                                text: text?,
+                                reply_to,
+                            },
+                        },
+                    ))
+                })
+                .collect()
+        };
+        for (conv, content) in pending {
+            if let Err(e) = self.post_message(&conv, &content, report).await {
+                report.warnings.push(format!(
+                    "message {} to conversation {conv} not sent yet: {e}",
+                    content.id.to_hex()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Messages received but not yet shown; marks them shown.

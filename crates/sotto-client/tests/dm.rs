@@ -308,3 +308,48 @@ async fn forged_ciphertext_in_the_log_is_reported_and_the_client_stays_usable() 
     assert_eq!(sync_texts(&b).await, vec![s("alice", "still working")]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_send_whose_acknowledgement_was_lost_is_posted_again_and_received_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let a = registered(&dir.path().join("a"), &url, "alice").await;
+    let b = registered(&dir.path().join("b"), &url, "bob").await;
+    a.send_dm("bob", "one").await.unwrap();
+    let (two, _) = a.send_dm("bob", "two").await.unwrap();
+    // The server stored "two", but pretend its answer never reached alice (process killed, network cut).
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("a").join("sotto.db")).unwrap();
+        let n = conn
+            .execute(
+                "UPDATE sotto_messages SET seq = NULL WHERE message_id = ?1",
+                [&two.id],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    // Alice's next sync posts it again (same message id); the server now holds it twice.
+    assert!(a.sync().await.unwrap().warnings.is_empty());
+    let entries: i64 = rusqlite::Connection::open(dir.path().join("server").join("sotto.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM log WHERE kind = 2", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(entries, 3, "one + two, twice");
+    // Bob keeps exactly one copy; so does alice.
+    assert_eq!(
+        sync_texts(&b).await,
+        vec![s("alice", "one"), s("alice", "two")]
+    );
+    let texts: Vec<String> = a
+        .history("bob")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["one", "two"]);
+    // And it is not posted a third time.
+    a.sync().await.unwrap();
+    assert_eq!(sync_texts(&b).await, vec![]);
+    server.stop().await;
+}
