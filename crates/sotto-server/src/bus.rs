@@ -127,7 +127,7 @@ impl NatsBus {
     pub async fn connect(url: &str, hub: Arc<Hub>) -> Result<Self, String> {
         let client = async_nats::connect(url)
             .await
-            .map_err(|e| format!("connecting to NATS at {url}: {e}"))?;
+            .map_err(|e| format!("connecting to NATS: {e}"))?;
         let mut sub = client
             .subscribe(WAKE_SUBJECT)
             .await

@@ -135,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     match &args.database {
         Some(url) => {
-            tracing::info!(%addr, database = %redact(url), bus = ?args.bus, "sottod started")
+            tracing::info!(%addr, database = %redact(url), bus = ?args.bus.as_deref().map(redact), "sottod started")
         }
         None => {
             tracing::info!(%addr, data_dir = %args.data_dir.display(), bus = ?args.bus.as_deref().map(redact), "sottod started")
