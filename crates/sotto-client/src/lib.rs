@@ -635,9 +635,10 @@ impl Client {
 
     async fn process_inbox(&self, report: &mut SyncReport) -> Result<(), ClientError> {
         let inbox: Inbox = self.transport()?.get("/v1/inbox").await?;
-        let Some(last) = inbox.items.last().map(|i| i.id) else {
+        if inbox.items.is_empty() {
             return Ok(());
-        };
+        }
+        let mut handled: Option<u64> = None;
         let list: ConversationList = self.transport()?.get("/v1/conversations").await?;
         for item in &inbox.items {
             let Some(info) = list
@@ -645,6 +646,7 @@ impl Client {
                 .iter()
                 .find(|c| c.id == item.conversation)
             else {
+                handled = Some(item.id); // not a conversation of ours: nothing to join
                 continue;
             };
             self.ensure_pinned(&info.members).await?;
@@ -666,17 +668,30 @@ impl Client {
                 db::set_cursor(conn, &item.conversation, item.seq)?;
                 Ok(())
             });
-            if let Err(e) = res {
-                report.warnings.push(format!(
+            match res {
+                Ok(()) => {}
+                // A local failure may pass: keep this welcome (and the ones after it) for the next
+                // sync instead of acknowledging it away.
+                Err(e @ ClientError::Storage(_)) => {
+                    report.warnings.push(format!(
+                        "could not apply an invitation to conversation {} yet: {e}",
+                        item.conversation
+                    ));
+                    break;
+                }
+                Err(e) => report.warnings.push(format!(
                     "refused an invitation to conversation {}: {e}",
                     item.conversation
-                ));
+                )),
             }
+            handled = Some(item.id);
         }
-        let _: () = self
-            .transport()?
-            .post("/v1/inbox/ack", &InboxAck { up_to: last })
-            .await?;
+        if let Some(up_to) = handled {
+            let _: () = self
+                .transport()?
+                .post("/v1/inbox/ack", &InboxAck { up_to })
+                .await?;
+        }
         Ok(())
     }
 

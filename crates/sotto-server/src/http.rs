@@ -39,7 +39,11 @@ fn rejection(status: StatusCode, text: String) -> ApiError {
         ApiError::new(ErrorCode::PayloadTooLarge, "request body too large")
     } else {
         let mut text = text;
-        text.truncate(200);
+        let mut n = text.len().min(200);
+        while !text.is_char_boundary(n) {
+            n -= 1;
+        }
+        text.truncate(n);
         ApiError::bad_request(text)
     }
 }

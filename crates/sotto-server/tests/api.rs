@@ -179,6 +179,11 @@ async fn every_route_answers_garbage_with_a_4xx_json_error() {
         b"{\"message\":\"AAAA\",\"extra\":1}".to_vec(),
         vec![b'a'; 300 * 1024],
     ];
+    // Unknown field names with a multi-byte character around the error message's 200-byte cut.
+    let mut garbage = garbage;
+    for n in 100..=160 {
+        garbage.push(format!("{{\"{}é\":1}}", "a".repeat(n)).into_bytes());
+    }
     for (method, path) in sotto_server::http::ROUTES {
         let path = path
             .replace("{username}", "alice")

@@ -409,27 +409,35 @@ impl Store for PostgresStore {
             .collect();
         let mut out = Vec::with_capacity(devices.len());
         for d in devices {
-            // A one-time package (locked so two nodes never hand out the same one), else the
-            // last-resort one (kept).
-            let row = tx
+            // A one-time package, locked so two nodes never hand out the same one.
+            let one_time = tx
                 .query_opt(
-                    "SELECT id, data, last_resort FROM key_packages WHERE device_id = $1
-                     ORDER BY last_resort, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    "SELECT id, data FROM key_packages WHERE device_id = $1 AND NOT last_resort
+                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
                     &[&d],
                 )
                 .await
                 .map_err(backend)?;
-            let Some(row) = row else {
-                return Err(StoreError::NoKeyPackage(d));
-            };
-            let (id, data, last_resort): (i64, Vec<u8>, bool) =
-                (row.get(0), row.get(1), row.get(2));
-            if !last_resort {
+            if let Some(row) = one_time {
+                let id: i64 = row.get(0);
                 tx.execute("DELETE FROM key_packages WHERE id = $1", &[&id])
                     .await
                     .map_err(backend)?;
+                out.push((d, row.get(1)));
+                continue;
             }
-            out.push((d, data));
+            // Else the last-resort package: never deleted, so concurrent claims share it unlocked.
+            let last_resort = tx
+                .query_opt(
+                    "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort LIMIT 1",
+                    &[&d],
+                )
+                .await
+                .map_err(backend)?;
+            let Some(row) = last_resort else {
+                return Err(StoreError::NoKeyPackage(d));
+            };
+            out.push((d, row.get(0)));
         }
         tx.commit().await.map_err(backend)?;
         Ok(out)

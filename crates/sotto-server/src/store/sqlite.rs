@@ -146,10 +146,30 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
             drop(batch);
             continue;
         }
-        let answers: Vec<_> = batch.into_iter().map(|job| job(&conn)).collect();
-        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-        if committed.is_err() {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut jobs_left = batch.into_iter();
+        let mut aborted = false;
+        for job in jobs_left.by_ref() {
+            answers.push(job(&conn));
+            // Some errors (disk full, I/O) make SQLite roll back the whole transaction by itself;
+            // running the next job would then commit it on its own. Stop and fail the batch.
+            if conn.is_autocommit() {
+                aborted = true;
+                break;
+            }
+        }
+        // Jobs not run: dropping them answers their callers with a storage error.
+        drop(jobs_left);
+        let committed = if aborted {
+            Err("the write batch was rolled back by the database".to_owned())
+        } else {
+            conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+        };
+        if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
+        }
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "write batch failed; nothing in it was applied");
         }
         for answer in answers {
             answer(committed.clone());
