@@ -68,11 +68,19 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// A URL fit for logs: user info and query string (either may carry a password) replaced by `***`.
 fn redact(url: &str) -> String {
-    // Never log a password embedded in a URL.
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
+    let Some(s) = url.find("://") else {
+        return "***".to_owned();
+    };
+    let (scheme, rest) = (&url[..s], &url[s + 3..]);
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..]),
+        None => rest.to_owned(),
+    };
+    match rest.split_once('?') {
+        Some((before, _)) => format!("{scheme}://{before}?***"),
+        None => format!("{scheme}://{rest}"),
     }
 }
 
@@ -146,4 +154,24 @@ async fn main() -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     sotto_server::serve(listener, state, stop_push, shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_passwords_wherever_a_url_carries_them() {
+        assert_eq!(
+            redact("postgres://u:pw@db:5432/x"),
+            "postgres://***@db:5432/x"
+        );
+        assert_eq!(
+            redact("postgres://db/x?password=pw&sslmode=off"),
+            "postgres://db/x?***"
+        );
+        assert_eq!(redact("nats://tok@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(redact("host=db password=pw"), "***");
+        assert_eq!(redact("postgres://db:5432/x"), "postgres://db:5432/x");
+    }
 }
