@@ -99,8 +99,9 @@ pub struct NewDevice {
     pub certificate: B64,
     /// One-time MLS key packages.
     pub key_packages: Vec<B64>,
-    /// The last-resort key package, handed out when the one-time ones run out.
-    pub last_resort_key_package: B64,
+    /// Last-resort key packages (one per ciphersuite, at least one), handed out when the one-time
+    /// ones of that ciphersuite run out.
+    pub last_resort_key_packages: Vec<B64>,
 }
 
 /// `POST /v1/accounts`: register an account and its first device.
@@ -160,16 +161,20 @@ pub struct AccountInfo {
 pub struct UploadKeyPackages {
     /// One-time key packages.
     pub key_packages: Vec<B64>,
-    /// A replacement last-resort key package.
+    /// Replacement last-resort key packages (at most one per ciphersuite).
     #[serde(default)]
-    pub last_resort_key_package: Option<B64>,
+    pub last_resort_key_packages: Vec<B64>,
 }
 
 /// `GET /v1/key-packages/count`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyPackageCount {
-    /// One-time key packages left for the calling device.
+    /// One-time key packages of the default (post-quantum hybrid) ciphersuite left for the calling
+    /// device.
     pub count: u64,
+    /// One-time key packages of the classic ciphersuite left.
+    #[serde(default)]
+    pub classic_count: u64,
 }
 
 /// `POST /v1/key-packages/claim`.
@@ -182,6 +187,10 @@ pub struct ClaimRequest {
     /// included.
     #[serde(default)]
     pub devices: Vec<String>,
+    /// The MLS ciphersuite (IANA number) of the group the devices are for; the default
+    /// (post-quantum hybrid) suite when absent.
+    #[serde(default)]
+    pub ciphersuite: Option<u16>,
 }
 
 /// One claimed key package.
@@ -213,7 +222,7 @@ pub struct CreateDmRequest {
 pub struct ConversationInfo {
     /// Conversation id (32 hex digits; also the MLS group id).
     pub id: String,
-    /// `dm`.
+    /// `dm` or `group`.
     pub kind: String,
     /// Current MLS epoch (0 until the first commit).
     pub epoch: u64,
@@ -221,7 +230,16 @@ pub struct ConversationInfo {
     pub last_seq: u64,
     /// Member accounts.
     pub members: Vec<String>,
+    /// Accounts that left a group whose devices an admin has not removed from the MLS group yet.
+    #[serde(default)]
+    pub departed: Vec<String>,
 }
+
+/// `POST /v1/groups`: create an empty group conversation (the creator's first commit adds the
+/// members).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {}
 
 /// `GET /v1/conversations`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,15 +256,13 @@ pub struct CommitRequest {
     pub epoch: u64,
     /// The commit (MLS PublicMessage).
     pub commit: B64,
-    /// A welcome for added devices.
+    /// A welcome for the devices the commit adds (the server derives which they are).
     #[serde(default)]
     pub welcome: Option<B64>,
-    /// Device ids the welcome goes to.
+    /// For a conversation's first commit (epoch 0): the creator's signed group info of epoch 0,
+    /// with its ratchet tree, from which the server starts checking the group's commits.
     #[serde(default)]
-    pub welcome_devices: Vec<String>,
-    /// The new epoch's group info.
-    #[serde(default)]
-    pub group_info: Option<B64>,
+    pub initial_group_info: Option<B64>,
 }
 
 /// `POST /v1/conversations/{id}/messages`.

@@ -67,14 +67,14 @@ async fn register(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Resu
     let identity = AccountIdentity::generate();
     let keys = DeviceKeys::generate(&identity, &user, DeviceId::random(), 0);
     let provider = OpenMlsRustCrypto::default();
-    let (one, lr) = keys.key_packages(&provider, 1, true)?;
+    let (one, lr) = keys.key_packages(&provider, sotto_proto::mls::DEFAULT_CIPHERSUITE, 1, true)?;
     let req = RegisterRequest {
         username: name.into(),
         identity_key: B64(identity.public().to_bytes().to_vec()),
         device: NewDevice {
             certificate: B64(keys.certificate().to_bytes()),
             key_packages: one.into_iter().map(B64).collect(),
-            last_resort_key_package: B64(lr.context("no last-resort key package")?),
+            last_resort_key_packages: vec![B64(lr.context("no last-resort key package")?)],
         },
     };
     let resp: RegisterResponse = check(
@@ -127,6 +127,7 @@ async fn setup_pair(
             .json(&ClaimRequest {
                 username: b.user.to_string(),
                 devices: vec![],
+                ciphersuite: None,
             })
             .send()
             .await?,
@@ -136,7 +137,13 @@ async fn setup_pair(
     let kp = ValidKeyPackage::parse(a.provider.crypto(), &kp.key_package.0)?
         .verify(&Pin(b.user.clone(), b.identity.public()))?;
     let gid = unhex(&dm.id).context("bad conversation id")?;
-    let mut group = Conversation::create(&a.provider, &a.keys, &gid)?;
+    let mut group = Conversation::create(
+        &a.provider,
+        &a.keys,
+        &gid,
+        sotto_proto::mls::DEFAULT_CIPHERSUITE,
+        None,
+    )?;
     let bundle = group.add_devices(&a.provider, &a.keys, &[kp])?;
     let _: Accepted = check(
         http.post(format!("{send_url}/v1/conversations/{}/commits", dm.id))
@@ -145,8 +152,7 @@ async fn setup_pair(
                 epoch: bundle.epoch,
                 commit: B64(bundle.commit),
                 welcome: bundle.welcome.map(B64),
-                welcome_devices: bundle.welcome_devices.iter().map(|d| d.to_hex()).collect(),
-                group_info: bundle.group_info.map(B64),
+                initial_group_info: bundle.initial_group_info.map(B64),
             })
             .send()
             .await?,

@@ -42,12 +42,20 @@ enum Command {
     },
     /// List this account's devices.
     Devices,
-    /// Send a direct message (creates the conversation on first use).
+    /// Send a message: `send USERNAME TEXT` (a DM, created on first use) or
+    /// `send --group GROUP TEXT`.
     Send {
-        /// Recipient username.
-        username: String,
-        /// Message text.
-        text: String,
+        /// Send to this group (id, or its name if unique) instead of a user.
+        #[arg(long)]
+        group: Option<String>,
+        /// USERNAME TEXT, or TEXT with --group.
+        #[arg(required = true, num_args = 1..=2, value_names = ["USERNAME", "TEXT"])]
+        args: Vec<String>,
+    },
+    /// Groups: create, change membership and metadata, list.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
     },
     /// Fetch and apply everything pending; print new messages.
     Sync {
@@ -60,6 +68,63 @@ enum Command {
         /// One JSON object per message.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Create a group with these members (all their devices); you are its admin. Prints the group
+    /// id as the last line.
+    Create {
+        /// The group's name.
+        name: String,
+        /// Member usernames.
+        usernames: Vec<String>,
+        /// Use the hybrid post-quantum ciphersuite up to this many member devices, classic above.
+        #[arg(long, env = "SOTTO_PQ_GROUP_LIMIT", default_value_t = sotto_client::DEFAULT_PQ_GROUP_LIMIT)]
+        pq_group_limit: usize,
+    },
+    /// Add members (admins only).
+    Add {
+        /// Group id (or unique name).
+        group: String,
+        /// Usernames.
+        #[arg(required = true)]
+        usernames: Vec<String>,
+    },
+    /// Remove members (admins only).
+    Remove {
+        /// Group id (or unique name).
+        group: String,
+        /// Usernames.
+        #[arg(required = true)]
+        usernames: Vec<String>,
+    },
+    /// Leave a group.
+    Leave {
+        /// Group id (or unique name).
+        group: String,
+    },
+    /// Rename a group (admins only).
+    Rename {
+        /// Group id (or unique name).
+        group: String,
+        /// The new name.
+        name: String,
+    },
+    /// Make a member an admin (admins only).
+    Admin {
+        /// Group id (or unique name).
+        group: String,
+        /// The member to make an admin.
+        username: String,
+    },
+    /// One line per group: id, name, member count (tab-separated).
+    List,
+    /// A group's name, admins, members and their devices.
+    Info {
+        /// Group id (or unique name).
+        group: String,
     },
 }
 
@@ -80,6 +145,8 @@ fn print_messages(msgs: &[Message], json: bool) {
     for m in msgs {
         let line = if json {
             serde_json::to_string(m).unwrap_or_default()
+        } else if let Some(g) = &m.group {
+            format!("[{}] {} (group {}): {}", m.sent_at, m.sender, g, m.text)
         } else {
             format!("[{}] {}: {}", m.sent_at, m.sender, m.text)
         };
@@ -131,11 +198,25 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 );
             }
         }
-        Command::Send { username, text } => {
-            let (msg, report) = client.send_dm(&username, &text).await?;
+        Command::Send { group, args } => {
+            let (msg, report) = match (group, args.as_slice()) {
+                (Some(g), [text]) => client.send_group(&g, text).await?,
+                (None, [username, text]) => client.send_dm(username, text).await?,
+                (Some(_), _) => {
+                    return Err(ClientError::Invalid(
+                        "usage: sotto send --group GROUP TEXT".into(),
+                    ))
+                }
+                (None, _) => {
+                    return Err(ClientError::Invalid(
+                        "usage: sotto send USERNAME TEXT".into(),
+                    ))
+                }
+            };
             warn(&report.warnings);
             println!("sent {}", msg.id);
         }
+        Command::Group { command } => group(&client, command).await?,
         Command::Sync { json } => {
             let report = client.sync().await?;
             warn(&report.warnings);
@@ -151,6 +232,69 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             tokio::select! {
                 r = listen => r?,
                 _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn group(client: &Client, command: GroupCommand) -> Result<(), ClientError> {
+    match command {
+        GroupCommand::Create {
+            name,
+            usernames,
+            pq_group_limit,
+        } => {
+            let (id, report) = client
+                .create_group(&name, &usernames, pq_group_limit)
+                .await?;
+            warn(&report.warnings);
+            eprintln!("created group {name}");
+            println!("{id}");
+        }
+        GroupCommand::Add { group, usernames } => {
+            warn(&client.group_add(&group, &usernames).await?.warnings);
+            println!("added {}", usernames.join(", "));
+        }
+        GroupCommand::Remove { group, usernames } => {
+            warn(&client.group_remove(&group, &usernames).await?.warnings);
+            println!("removed {}", usernames.join(", "));
+        }
+        GroupCommand::Leave { group } => {
+            client.group_leave(&group).await?;
+            println!("left {group}");
+        }
+        GroupCommand::Rename { group, name } => {
+            warn(&client.group_rename(&group, &name).await?.warnings);
+            println!("renamed to {name}");
+        }
+        GroupCommand::Admin { group, username } => {
+            warn(&client.group_make_admin(&group, &username).await?.warnings);
+            println!("{username} is now an admin");
+        }
+        GroupCommand::List => {
+            warn(&client.sync().await?.warnings);
+            for g in client.groups()? {
+                println!("{}\t{}\t{}", g.id, g.name, g.members.len());
+            }
+        }
+        GroupCommand::Info { group } => {
+            warn(&client.sync().await?.warnings);
+            let g = client.group_info(&group)?;
+            println!("id: {}", g.id);
+            println!("name: {}", g.name);
+            println!("admins: {}", g.admins.join(", "));
+            println!(
+                "encryption: MLS, {}",
+                if g.post_quantum {
+                    "hybrid post-quantum (ML-KEM-768 + X25519)"
+                } else {
+                    "classic (X25519)"
+                }
+            );
+            println!("members:");
+            for (user, devices) in &g.members {
+                println!("  {user}: {}", devices.join(", "));
             }
         }
     }

@@ -421,3 +421,60 @@ fn two_sottod_nodes_one_killed_mid_sends_clients_finish_through_the_other() {
     drop(node_b);
     with_schema(&pg, &schema, false);
 }
+
+#[test]
+fn group_commands_follow_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Sottod::start(&d.join("server"), &d.join("sottod.log"), "127.0.0.1:0");
+    let url = server.url.clone();
+    let (a, b, c, e) = (d.join("a"), d.join("b"), d.join("c"), d.join("e"));
+    for (home, user) in [(&a, "alice"), (&b, "bob"), (&c, "carol"), (&e, "erin")] {
+        ok(home, &["--server", &url, "register", user]);
+    }
+    let created = ok(&a, &["group", "create", "Book club", "bob", "carol"]);
+    let gid = created.lines().last().unwrap().trim().to_owned();
+    assert_eq!(gid.len(), 32, "the group id is the last line: {created:?}");
+    ok(&a, &["send", "--group", &gid, "first chapter tonight"]);
+    let got = json_lines(&ok(&b, &["sync", "--json"]));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["group"], gid.as_str());
+    assert_eq!(got[0]["text"], "first chapter tonight");
+    let list = ok(&c, &["group", "list"]);
+    let line: Vec<&str> = list.lines().next().unwrap().split('\t').collect();
+    assert_eq!(line, [gid.as_str(), "Book club", "3"]);
+    // Non-admins are refused with one clear line; unknown users and groups too.
+    fails(&b, &["group", "add", &gid, "erin"], "not an admin");
+    fails(&b, &["group", "rename", &gid, "Bob's club"], "not an admin");
+    fails(&a, &["group", "add", &gid, "nobody"], "unknown user nobody");
+    fails(&a, &["group", "info", "no-such-group"], "no group");
+    fails(&a, &["group", "leave", &gid], "last admin");
+    let o = sotto(&b, &["send", "--group", &gid]);
+    assert!(!o.ok && o.stderr.contains("required"), "{}", o.stderr);
+    // Admin changes.
+    ok(&a, &["group", "add", &gid, "erin"]);
+    ok(&a, &["group", "admin", &gid, "bob"]);
+    ok(&b, &["group", "rename", &gid, "Book club 2"]);
+    ok(&b, &["group", "remove", &gid, "carol"]);
+    let info = ok(&e, &["group", "info", &gid]);
+    assert!(info.contains("name: Book club 2"), "{info}");
+    assert!(info.contains("admins: alice, bob"), "{info}");
+    for who in ["alice:", "bob:", "erin:"] {
+        assert!(info.contains(who), "{info}");
+    }
+    assert!(!info.contains("carol"), "{info}");
+    assert!(ok(&c, &["group", "list"]).trim().is_empty());
+    // Leaving: erin goes; an admin's next sync removes her devices.
+    ok(&e, &["group", "leave", &gid]);
+    ok(&a, &["sync"]);
+    let list = ok(&a, &["group", "list"]);
+    assert!(list.trim_end().ends_with("\t2"), "{list}");
+    ok(&b, &["send", "--group", &gid, "see you"]);
+    let got = json_lines(&ok(&a, &["sync", "--json"]));
+    assert_eq!(got.last().unwrap()["text"], "see you");
+    // Those who left or were removed get nothing sent afterwards.
+    for home in [&e, &c] {
+        let got = json_lines(&ok(home, &["sync", "--json"]));
+        assert!(got.iter().all(|m| m["text"] != "see you"), "{got:?}");
+    }
+}

@@ -169,6 +169,8 @@ impl Trust for Pins<'_> {
 #[derive(Debug, Clone)]
 pub(crate) struct LocalConversation {
     pub(crate) id: String,
+    pub(crate) kind: String,
+    pub(crate) peer: Option<String>,
     pub(crate) cursor: u64,
     pub(crate) status: String,
     pub(crate) status_detail: String,
@@ -179,7 +181,7 @@ pub(crate) fn conversation(
     id: &str,
 ) -> Result<Option<LocalConversation>, ClientError> {
     conn.query_row(
-        "SELECT id, cursor, status, status_detail FROM sotto_conversations WHERE id = ?1",
+        "SELECT id, cursor, status, status_detail, kind, peer FROM sotto_conversations WHERE id = ?1",
         params![id],
         |r| {
             Ok(LocalConversation {
@@ -187,6 +189,8 @@ pub(crate) fn conversation(
                 cursor: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
                 status: r.get(2)?,
                 status_detail: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                kind: r.get(4)?,
+                peer: r.get(5)?,
             })
         },
     )

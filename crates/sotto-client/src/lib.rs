@@ -22,9 +22,11 @@ use futures_util::StreamExt;
 use openmls_rust_crypto::RustCrypto;
 use rusqlite::{params, Connection, TransactionBehavior};
 use sotto_api::*;
+use sotto_proto::group::{GroupMetadata, Kind};
 use sotto_proto::identity::unhex;
 use sotto_proto::mls::{
-    Conversation, DeviceKeys, Incoming, MlsError, PendingJoin, Trust, ValidKeyPackage,
+    Changes, Conversation, DeviceKeys, Incoming, MlsError, PendingJoin, Trust, ValidKeyPackage,
+    CLASSIC_CIPHERSUITE, DEFAULT_CIPHERSUITE,
 };
 use sotto_proto::{
     AccountBundle, AccountIdentity, Body, DeviceCertificate, DeviceId, IdentityPublicKey, LinkCode,
@@ -42,8 +44,20 @@ use transport::Transport;
 const KEY_PACKAGE_TARGET: usize = 50;
 /// Replenish below this many.
 const KEY_PACKAGE_LOW: u64 = 10;
-/// How often a change is retried after losing the commit race.
-const MAX_ATTEMPTS: usize = 8;
+/// How often a change is retried after losing the commit race (with `n` members committing at
+/// once, the last one may lose `n - 1` times).
+const MAX_ATTEMPTS: usize = 32;
+
+/// After losing a commit race: wait a little, growing and jittered, so that racing devices spread
+/// out instead of colliding again.
+async fn backoff_after_lost_race(attempt: usize) {
+    let cap_ms = 10 * (attempt as u64 + 1).min(20);
+    let ms = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+/// Groups of up to this many devices (counting every member device at creation) use the hybrid
+/// post-quantum ciphersuite; larger ones the classic one. See DESIGN.md for the measurements.
+pub const DEFAULT_PQ_GROUP_LIMIT: usize = 100;
 
 /// Errors of the SDK. `Display` is one clear line, without secrets or message text.
 #[derive(Debug, Error)]
@@ -105,6 +119,11 @@ pub enum ClientError {
     /// The local store failed.
     #[error("local storage error: {0}")]
     Storage(String),
+    /// A commit adds a device of an account whose identity key is not pinned yet (internal: the
+    /// sync engine fetches it and applies the entry again).
+    #[doc(hidden)]
+    #[error("identity keys of {0:?} are not known yet")]
+    PinNeeded(Vec<String>),
     /// Gave up after repeatedly losing commit races.
     #[error("gave up after {0} attempts: the conversation keeps changing")]
     TooManyAttempts(usize),
@@ -141,6 +160,58 @@ pub struct Message {
     pub sent_at: String,
     /// Whether this device's account sent it.
     pub outgoing: bool,
+}
+
+/// A group as this device knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupLine {
+    /// Group id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Admin accounts.
+    pub admins: Vec<String>,
+    /// Member accounts and their device ids, sorted.
+    pub members: Vec<(String, Vec<String>)>,
+    /// Whether the group uses the hybrid post-quantum ciphersuite.
+    pub post_quantum: bool,
+    /// Current MLS epoch.
+    pub epoch: u64,
+}
+
+/// One planned group commit.
+#[derive(Debug, Default)]
+struct Plan {
+    add_users: Vec<String>,
+    add_only: Vec<String>,
+    remove: Vec<u32>,
+    metadata: Option<GroupMetadata>,
+    self_update: bool,
+}
+
+/// Removing every device of `users`, and dropping any of them from the admins.
+fn removal_plan(g: &Conversation, users: &[Username]) -> Option<Plan> {
+    let remove: Vec<u32> = g
+        .members()
+        .into_iter()
+        .filter(|m| users.contains(&m.cert.username))
+        .map(|m| m.leaf_index)
+        .collect();
+    if remove.is_empty() {
+        return None;
+    }
+    let metadata = g.metadata().and_then(|m| {
+        let mut out = m.clone();
+        for u in users {
+            out = out.with_admin(u, false);
+        }
+        (out != m).then_some(out)
+    });
+    Some(Plan {
+        remove,
+        metadata,
+        ..Plan::default()
+    })
 }
 
 /// One device of the account, as listed by [`Client::devices`].
@@ -318,13 +389,22 @@ impl Client {
     ) -> Result<(DeviceKeys, NewDevice), ClientError> {
         self.with_tx(|_, p| {
             let keys = DeviceKeys::generate(identity, username, DeviceId::random(), now_secs());
-            let (one, lr) = keys.key_packages(p, KEY_PACKAGE_TARGET, true)?;
-            let lr =
-                lr.ok_or_else(|| ClientError::Protocol("no last-resort key package".into()))?;
+            let mut one_time = Vec::new();
+            let mut last_resort = Vec::new();
+            for (suite, n) in [
+                (DEFAULT_CIPHERSUITE, KEY_PACKAGE_TARGET),
+                (CLASSIC_CIPHERSUITE, KEY_PACKAGE_TARGET),
+            ] {
+                let (one, lr) = keys.key_packages(p, suite, n, true)?;
+                let lr =
+                    lr.ok_or_else(|| ClientError::Protocol("no last-resort key package".into()))?;
+                one_time.extend(one.into_iter().map(B64));
+                last_resort.push(B64(lr));
+            }
             let device = NewDevice {
                 certificate: B64(keys.certificate().to_bytes()),
-                key_packages: one.into_iter().map(B64).collect(),
-                last_resort_key_package: B64(lr),
+                key_packages: one_time,
+                last_resort_key_packages: last_resort,
             };
             Ok((keys, device))
         })
@@ -481,6 +561,18 @@ impl Client {
         Ok((acc, key))
     }
 
+    /// Pins the keys of accounts that still exist (an account that is gone stays unpinned, and
+    /// whatever needs it is refused).
+    async fn pin_if_known(&self, usernames: &[String]) -> Result<(), ClientError> {
+        for u in usernames {
+            match self.fetch_account(u).await {
+                Ok(_) | Err(ClientError::UnknownUser(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn ensure_pinned(&self, usernames: &[String]) -> Result<(), ClientError> {
         for u in usernames {
             let user = Username::new(u).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -527,6 +619,7 @@ impl Client {
         &self,
         username: &str,
         only: &[String],
+        suite: u16,
         report: &mut SyncReport,
     ) -> Result<Vec<sotto_proto::mls::TrustedKeyPackage>, ClientError> {
         self.ensure_pinned(&[username.to_owned()]).await?;
@@ -537,6 +630,7 @@ impl Client {
                 &ClaimRequest {
                     username: username.to_owned(),
                     devices: only.to_vec(),
+                    ciphersuite: Some(suite),
                 },
             )
             .await?;
@@ -546,6 +640,7 @@ impl Client {
             let checked = ValidKeyPackage::parse(&self.crypto, &c.key_package.0).and_then(|kp| {
                 if kp.certificate().username.as_str() != username
                     || kp.certificate().device_id.to_hex() != c.device_id
+                    || u16::from(kp.ciphersuite()) != suite
                 {
                     return Err(MlsError::Rejected(
                         "key package is for another device".into(),
@@ -563,7 +658,10 @@ impl Client {
         Ok(out)
     }
 
-    /// Posts a commit bundle; on success merges it, on a lost race drops it (and reports the race).
+    /// Posts a commit bundle; on success merges it. On a definite refusal (4xx, including a lost
+    /// race) drops it. When the outcome is unknown (transport error, 5xx) the commit stays pending:
+    /// the next sync merges it if the server has it in the log, or drops it once the log shows the
+    /// epoch never moved (see [`Client::resolve_pending`]).
     async fn post_commit(
         &self,
         conversation: &str,
@@ -574,8 +672,7 @@ impl Client {
             epoch: bundle.epoch,
             commit: B64(bundle.commit),
             welcome: bundle.welcome.map(B64),
-            welcome_devices: bundle.welcome_devices.iter().map(|d| d.to_hex()).collect(),
-            group_info: bundle.group_info.map(B64),
+            initial_group_info: bundle.initial_group_info.map(B64),
         };
         let res: Result<Accepted, ClientError> = self
             .transport()?
@@ -583,19 +680,19 @@ impl Client {
             .await;
         match res {
             Ok(acc) => {
-                self.with_tx(|_, p| {
+                self.with_tx(|conn, p| {
                     let mut g = Conversation::load(p, &gid)?
                         .ok_or_else(|| ClientError::Storage("group vanished".into()))?;
                     if g.has_pending_commit() {
                         g.merge_pending(p)?;
                     }
+                    db::set_status(conn, conversation, "ok", "")?;
                     Ok(())
                 })?;
                 Ok(acc)
             }
             Err(e) => {
-                // Refused (or unknown outcome: a later sync merges it if the server has it).
-                if e.is_stale_epoch() || matches!(e, ClientError::Api { .. }) {
+                if matches!(e, ClientError::Api { status, .. } if status < 500) {
                     self.with_tx(|_, p| {
                         if let Some(mut g) = Conversation::load(p, &gid)? {
                             g.clear_pending(p)?;
@@ -606,6 +703,26 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// Settles a commit of ours whose outcome was unknown, once the log has been applied up to the
+    /// server's `server_epoch`: if the epoch never moved, the commit did not land; a group that
+    /// never got past epoch 0 is dropped (it will be made again).
+    fn resolve_pending(&self, id: &str, server_epoch: u64) -> Result<(), ClientError> {
+        let gid = group_id_bytes(id)?;
+        self.with_tx(|_, p| {
+            let Some(mut g) = Conversation::load(p, &gid)? else {
+                return Ok(());
+            };
+            if g.has_pending_commit() && g.epoch() == server_epoch {
+                if g.epoch() == 0 {
+                    g.delete(p)?;
+                } else {
+                    g.clear_pending(p)?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Fetches and applies everything pending: welcomes, commits and messages, then adds this
@@ -626,6 +743,16 @@ impl Client {
         for c in &list.conversations {
             self.sync_conversation(&c.id, Some(c.last_seq), &mut report)
                 .await?;
+            self.resolve_pending(&c.id, c.epoch)?;
+        }
+        self.forget_lost_conversations(&list)?;
+        for c in list.conversations.iter().filter(|c| !c.departed.is_empty()) {
+            if let Err(e) = self.remove_departed(c, &mut report).await {
+                report.warnings.push(format!(
+                    "could not remove the members who left group {}: {e}",
+                    c.id
+                ));
+            }
         }
         self.reconcile_devices(&mut report).await?;
         self.resend_pending(&mut report).await?;
@@ -652,22 +779,52 @@ impl Client {
             self.ensure_pinned(&info.members).await?;
             let gid = group_id_bytes(&item.conversation)?;
             let peer = self.me()?.username.as_str();
-            let dm_peer = info.members.iter().find(|m| m.as_str() != peer).cloned();
-            let res = self.with_tx(|conn, p| {
-                if Conversation::load(p, &gid)?.is_some() {
-                    return Ok(());
+            let dm_peer = if info.kind == "dm" {
+                info.members.iter().find(|m| m.as_str() != peer).cloned()
+            } else {
+                None
+            };
+            let join_with = |pinned_retry: bool| {
+                self.with_tx(|conn, p| {
+                    if Conversation::load(p, &gid)?.is_some() {
+                        return Ok(());
+                    }
+                    let join = PendingJoin::stage(p, &item.welcome.0)?;
+                    if join.group_id() != gid.as_slice() {
+                        return Err(ClientError::Protocol(
+                            "welcome is for another conversation".into(),
+                        ));
+                    }
+                    // Members who left since the welcome was made are not in the server's member
+                    // list: fetch and pin their keys first (then verify as usual).
+                    let unknown: Vec<String> = join
+                        .accounts()
+                        .into_iter()
+                        .filter(|u| Pins(conn).pinned_identity(u).is_none())
+                        .map(|u| u.to_string())
+                        .collect();
+                    if !unknown.is_empty() && !pinned_retry {
+                        return Err(ClientError::PinNeeded(unknown));
+                    }
+                    join.accept(p, &Pins(conn))?;
+                    db::upsert_conversation(
+                        conn,
+                        &item.conversation,
+                        &info.kind,
+                        dm_peer.as_deref(),
+                    )?;
+                    db::set_status(conn, &item.conversation, "ok", "")?;
+                    db::set_cursor(conn, &item.conversation, item.seq)?;
+                    Ok(())
+                })
+            };
+            let res = match join_with(false) {
+                Err(ClientError::PinNeeded(users)) => {
+                    self.pin_if_known(&users).await?;
+                    join_with(true)
                 }
-                let join = PendingJoin::stage(p, &item.welcome.0)?;
-                if join.group_id() != gid.as_slice() {
-                    return Err(ClientError::Protocol(
-                        "welcome is for another conversation".into(),
-                    ));
-                }
-                join.accept(p, &Pins(conn))?;
-                db::upsert_conversation(conn, &item.conversation, &info.kind, dm_peer.as_deref())?;
-                db::set_cursor(conn, &item.conversation, item.seq)?;
-                Ok(())
-            });
+                other => other,
+            };
             match res {
                 Ok(()) => {}
                 // A local failure may pass: keep this welcome (and the ones after it) for the next
@@ -734,7 +891,16 @@ impl Client {
             }
             let mut stop = false;
             for entry in &page.entries {
-                if !self.apply_entry(id, &gid, entry, report)? {
+                let applied = match self.apply_entry(id, &gid, entry, report, false) {
+                    Err(ClientError::PinNeeded(users)) => {
+                        // A commit adds accounts we never saw (they may have left since): pin
+                        // their keys, then verify the commit against them.
+                        self.pin_if_known(&users).await?;
+                        self.apply_entry(id, &gid, entry, report, true)?
+                    }
+                    other => other?,
+                };
+                if !applied {
                     stop = true;
                     break;
                 }
@@ -752,6 +918,7 @@ impl Client {
         gid: &[u8],
         entry: &LogEntry,
         report: &mut SyncReport,
+        pinned_retry: bool,
     ) -> Result<bool, ClientError> {
         let me = self.me()?;
         let mine = entry.sender_device == me.device_id.to_hex();
@@ -762,7 +929,17 @@ impl Client {
             if entry.seq <= local.cursor {
                 return Ok(()); // another process of this device got here first
             }
+            if entry.seq > local.cursor + 1 {
+                warning = Some(format!(
+                    "conversation {id}: {} entries expired on the server before this device fetched them",
+                    entry.seq - local.cursor - 1
+                ));
+            }
             let mut g = Conversation::load(p, gid)?.ok_or_else(|| ClientError::Storage("group vanished".into()))?;
+            let kind = match local.peer.as_deref().map(Username::new) {
+                Some(Ok(peer)) if local.kind == "dm" => g.kind(&me.username, Some(&peer))?,
+                _ => g.kind(&me.username, None).unwrap_or(Kind::Group),
+            };
             match entry.kind {
                 EntryKind::Commit if entry.epoch < g.epoch() => {} // already applied (ours, merged on acceptance)
                 EntryKind::Commit if mine => {
@@ -776,10 +953,23 @@ impl Client {
                         g.clear_pending(p)?; // we lost the race for this epoch
                     }
                     match g.process(p, &entry.data.0) {
-                        Ok(Incoming::Commit(pending)) => match g.merge_verified(p, pending, &Pins(conn)) {
-                            Ok(()) => {}
+                        Ok(Incoming::Commit(pending)) => match g.merge_verified(p, pending, &Pins(conn), &kind) {
+                            Ok(()) => {
+                                if !g.is_active() {
+                                    db::set_status(conn, id, "removed", "this device was removed from the conversation")?;
+                                }
+                            }
+                            Err(MlsError::UnknownAccount(u)) if !pinned_retry => {
+                                return Err(ClientError::PinNeeded(vec![u.to_string()]));
+                            }
                             Err(e @ (MlsError::Certificate { .. } | MlsError::UnknownAccount(_))) => {
                                 let detail = format!("a commit tried to add a device that failed verification ({e})");
+                                db::set_status(conn, id, "refused", &detail)?;
+                                refused = Some(detail);
+                                return Ok(());
+                            }
+                            Err(e @ MlsError::Policy(_)) => {
+                                let detail = format!("the server delivered a commit that breaks the group's rules ({e})");
                                 db::set_status(conn, id, "refused", &detail)?;
                                 refused = Some(detail);
                                 return Ok(());
@@ -882,7 +1072,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let me = self.me()?;
         let gid = group_id_bytes(id)?;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let missing: Vec<String> = {
                 let conn = self.lock()?;
                 let Some(g) = Conversation::load(&Provider::new(&self.crypto, &conn), &gid)? else {
@@ -905,7 +1095,10 @@ impl Client {
             if missing.is_empty() {
                 return Ok(());
             }
-            let kps = self.claim(me.username.as_str(), &missing, report).await?;
+            let suite = self.suite_of(&gid)?;
+            let kps = self
+                .claim(me.username.as_str(), &missing, suite, report)
+                .await?;
             if kps.is_empty() {
                 return Ok(());
             }
@@ -917,7 +1110,10 @@ impl Client {
             })?;
             match self.post_commit(id, keys_bundle).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_stale_epoch() => self.sync_conversation(id, None, report).await?,
+                Err(e) if e.is_stale_epoch() => {
+                    backoff_after_lost_race(attempt).await;
+                    self.sync_conversation(id, None, report).await?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -926,12 +1122,23 @@ impl Client {
 
     async fn replenish_key_packages(&self) -> Result<(), ClientError> {
         let count: KeyPackageCount = self.transport()?.get("/v1/key-packages/count").await?;
-        if count.count >= KEY_PACKAGE_LOW {
+        let mut suites = Vec::new();
+        if count.count < KEY_PACKAGE_LOW {
+            suites.push(DEFAULT_CIPHERSUITE);
+        }
+        if count.classic_count < KEY_PACKAGE_LOW {
+            suites.push(CLASSIC_CIPHERSUITE);
+        }
+        if suites.is_empty() {
             return Ok(());
         }
         let kps = self.with_tx(|conn, p| {
             let keys = self.keys(conn)?;
-            Ok(keys.key_packages(p, KEY_PACKAGE_TARGET, false)?.0)
+            let mut out = Vec::new();
+            for s in &suites {
+                out.extend(keys.key_packages(p, *s, KEY_PACKAGE_TARGET, false)?.0);
+            }
+            Ok(out)
         })?;
         let _: KeyPackageCount = self
             .transport()?
@@ -939,11 +1146,19 @@ impl Client {
                 "/v1/key-packages",
                 &UploadKeyPackages {
                     key_packages: kps.into_iter().map(B64).collect(),
-                    last_resort_key_package: None,
+                    last_resort_key_packages: Vec::new(),
                 },
             )
             .await?;
         Ok(())
+    }
+
+    /// The ciphersuite (IANA number) of a local group.
+    fn suite_of(&self, gid: &[u8]) -> Result<u16, ClientError> {
+        let conn = self.lock()?;
+        let g = Conversation::load(&Provider::new(&self.crypto, &conn), gid)?
+            .ok_or_else(|| ClientError::Protocol("not a member of this conversation".into()))?;
+        Ok(u16::from(g.ciphersuite()))
     }
 
     /// Makes sure the DM with `peer` exists and this device is in its MLS group; returns its id.
@@ -990,7 +1205,18 @@ impl Client {
                 }
             }
             if has_group {
-                return Ok(info.id);
+                let pending = {
+                    let conn = self.lock()?;
+                    Conversation::load(&Provider::new(&self.crypto, &conn), &gid)?
+                        .is_some_and(|g| g.has_pending_commit())
+                };
+                if !pending {
+                    return Ok(info.id);
+                }
+                // A commit of ours whose outcome was unknown: settle it, then look again.
+                self.sync_conversation(&info.id, None, report).await?;
+                self.resolve_pending(&info.id, info.epoch)?;
+                continue;
             }
             if info.epoch > 0 {
                 self.process_inbox(report).await?;
@@ -1005,16 +1231,17 @@ impl Client {
             }
             // Nobody has set the conversation up yet: create the group with every device of both
             // accounts. If someone beats us to it, our commit is refused and their welcome arrives.
-            let mut kps = self.claim(peer, &[], report).await?;
+            let pq = u16::from(DEFAULT_CIPHERSUITE);
+            let mut kps = self.claim(peer, &[], pq, report).await?;
             if kps.is_empty() {
                 return Err(ClientError::Protocol(format!(
                     "none of {peer}'s devices could be verified"
                 )));
             }
-            kps.extend(self.claim(me.username.as_str(), &[], report).await?);
+            kps.extend(self.claim(me.username.as_str(), &[], pq, report).await?);
             let bundle = self.with_tx(|conn, p| {
                 let keys = self.keys(conn)?;
-                let mut g = Conversation::create(p, &keys, &gid)?;
+                let mut g = Conversation::create(p, &keys, &gid, DEFAULT_CIPHERSUITE, None)?;
                 Ok(g.add_devices(p, &keys, &kps)?)
             })?;
             match self.post_commit(&info.id, bundle).await {
@@ -1028,7 +1255,7 @@ impl Client {
                     })?;
                     self.process_inbox(report).await?;
                 }
-                Err(e) => {
+                Err(e @ ClientError::Api { status, .. }) if status < 500 => {
                     self.with_tx(|_, p| {
                         if let Some(g) = Conversation::load(p, &gid)? {
                             g.delete(p)?;
@@ -1037,9 +1264,510 @@ impl Client {
                     })?;
                     return Err(e);
                 }
+                // Unknown outcome: the next sync settles it (resolve_pending).
+                Err(e) => return Err(e),
             }
         }
         Err(ClientError::TooManyAttempts(MAX_ATTEMPTS))
+    }
+
+    /// Marks conversations the server no longer lists for this account (removed, or left) and drops
+    /// their MLS state: nothing sent there afterwards can be read by this device anyway.
+    fn forget_lost_conversations(&self, list: &ConversationList) -> Result<(), ClientError> {
+        let listed: std::collections::HashSet<&str> =
+            list.conversations.iter().map(|c| c.id.as_str()).collect();
+        let local: Vec<(String, String)> = {
+            let conn = self.lock()?;
+            let mut stmt = conn
+                .prepare("SELECT id, status FROM sotto_conversations WHERE kind = 'group'")
+                .map_err(storage_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(storage_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage_err)?;
+            rows
+        };
+        for (id, status) in local {
+            if listed.contains(id.as_str()) || status == "left" {
+                continue;
+            }
+            let gid = group_id_bytes(&id)?;
+            self.with_tx(|conn, p| {
+                if let Some(g) = Conversation::load(p, &gid)? {
+                    g.delete(p)?;
+                }
+                if status != "removed" {
+                    db::set_status(
+                        conn,
+                        &id,
+                        "removed",
+                        "you are no longer a member of this group",
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// As an admin, removes the devices of accounts that left a group.
+    async fn remove_departed(
+        &self,
+        info: &ConversationInfo,
+        report: &mut SyncReport,
+    ) -> Result<(), ClientError> {
+        let me = self.me()?;
+        let gid = group_id_bytes(&info.id)?;
+        let admin = {
+            let conn = self.lock()?;
+            Conversation::load(&Provider::new(&self.crypto, &conn), &gid)?
+                .and_then(|g| g.metadata())
+                .is_some_and(|m| m.is_admin(&me.username))
+        };
+        if !admin {
+            return Ok(());
+        }
+        let departed: Vec<Username> = info
+            .departed
+            .iter()
+            .filter_map(|u| Username::new(u).ok())
+            .collect();
+        self.change_group(&info.id, report, |g| Ok(removal_plan(g, &departed)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Makes one commit to a group, planned by `plan` from the group's current state, retrying
+    /// after catching up when another commit wins the epoch. `Ok(None)`: nothing to do.
+    async fn change_group(
+        &self,
+        id: &str,
+        report: &mut SyncReport,
+        mut plan: impl FnMut(&Conversation) -> Result<Option<Plan>, ClientError>,
+    ) -> Result<Option<Accepted>, ClientError> {
+        let gid = group_id_bytes(id)?;
+        for attempt in 0..MAX_ATTEMPTS {
+            let (todo, suite) = {
+                let conn = self.lock()?;
+                let g = Conversation::load(&Provider::new(&self.crypto, &conn), &gid)?.ok_or_else(
+                    || ClientError::Invalid(format!("you are not a member of group {id}")),
+                )?;
+                if !g.is_active() {
+                    return Err(ClientError::Invalid(format!(
+                        "you are not a member of group {id}"
+                    )));
+                }
+                (plan(&g)?, u16::from(g.ciphersuite()))
+            };
+            let Some(todo) = todo else { return Ok(None) };
+            let mut kps = Vec::new();
+            for u in &todo.add_users {
+                let got = self.claim(u, &todo.add_only, suite, report).await?;
+                if got.is_empty() {
+                    return Err(ClientError::Protocol(format!(
+                        "none of {u}'s devices could be verified"
+                    )));
+                }
+                kps.extend(got);
+            }
+            let bundle = self.with_tx(|conn, p| {
+                let keys = self.keys(conn)?;
+                let mut g = Conversation::load(p, &gid)?
+                    .ok_or_else(|| ClientError::Storage("group vanished".into()))?;
+                Ok(g.commit(
+                    p,
+                    &keys,
+                    Changes {
+                        add: &kps,
+                        remove: todo.remove.clone(),
+                        metadata: todo.metadata.as_ref(),
+                        self_update: todo.self_update,
+                    },
+                )?)
+            })?;
+            match self.post_commit(id, bundle).await {
+                Ok(acc) => return Ok(Some(acc)),
+                Err(e) if e.is_stale_epoch() => {
+                    backoff_after_lost_race(attempt).await;
+                    self.sync_conversation(id, None, report).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::TooManyAttempts(MAX_ATTEMPTS))
+    }
+
+    /// Finds a group by id (or by its exact name, if exactly one group has it).
+    fn resolve_group(&self, group: &str) -> Result<String, ClientError> {
+        let groups = self.groups()?;
+        if let Some(g) = groups.iter().find(|g| g.id == group) {
+            return Ok(g.id.clone());
+        }
+        let named: Vec<&GroupLine> = groups.iter().filter(|g| g.name == group).collect();
+        match named.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] => Err(ClientError::Invalid(format!(
+                "no group {group} on this device (run `sotto sync`?)"
+            ))),
+            _ => Err(ClientError::Invalid(format!(
+                "several groups are named {group}: use the group id"
+            ))),
+        }
+    }
+
+    /// Creates a group named `name` with the given accounts (all their devices) and this account's
+    /// devices; this account is its admin. Returns the group id. The ciphersuite is the hybrid
+    /// post-quantum one up to the post-quantum group limit (in devices), the classic one above.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[String],
+        pq_limit: usize,
+    ) -> Result<(String, SyncReport), ClientError> {
+        let me = self.me()?;
+        let meta = GroupMetadata::new(name, me.username.clone()).map_err(|_| {
+            ClientError::Invalid(format!(
+                "invalid group name: 1 to {} bytes, no control characters",
+                sotto_proto::group::MAX_NAME_BYTES
+            ))
+        })?;
+        let mut users: Vec<String> = Vec::new();
+        for m in members {
+            let u = Username::new(m).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            if u != me.username && !users.contains(&m.to_string()) {
+                users.push(u.to_string());
+            }
+        }
+        let mut report = self.sync().await?;
+        let mut devices = 0usize;
+        for u in users
+            .iter()
+            .chain(std::iter::once(&me.username.to_string()))
+        {
+            let (acc, _) = self.fetch_account(u).await?;
+            devices += acc.devices.len();
+        }
+        let suite = if devices <= pq_limit {
+            DEFAULT_CIPHERSUITE
+        } else {
+            CLASSIC_CIPHERSUITE
+        };
+        let info: ConversationInfo = self
+            .transport()?
+            .post("/v1/groups", &CreateGroupRequest::default())
+            .await?;
+        let gid = group_id_bytes(&info.id)?;
+        let mut kps = Vec::new();
+        for u in &users {
+            let got = self.claim(u, &[], u16::from(suite), &mut report).await?;
+            if got.is_empty() {
+                return Err(ClientError::Protocol(format!(
+                    "none of {u}'s devices could be verified"
+                )));
+            }
+            kps.extend(got);
+        }
+        kps.extend(
+            self.claim(me.username.as_str(), &[], u16::from(suite), &mut report)
+                .await?,
+        );
+        let bundle = self.with_tx(|conn, p| {
+            let keys = self.keys(conn)?;
+            let mut g = Conversation::create(p, &keys, &gid, suite, Some(&meta))?;
+            db::upsert_conversation(conn, &info.id, "group", None)?;
+            Ok(g.add_devices(p, &keys, &kps)?)
+        })?;
+        match self.post_commit(&info.id, bundle).await {
+            Ok(_) => Ok((info.id, report)),
+            Err(e) => {
+                self.with_tx(|conn, p| {
+                    if let Some(g) = Conversation::load(p, &gid)? {
+                        g.delete(p)?;
+                    }
+                    db::set_status(conn, &info.id, "removed", "the group could not be set up")?;
+                    Ok(())
+                })?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds accounts (all their devices) to a group. Needs an admin; the server and every member
+    /// refuse it otherwise.
+    pub async fn group_add(
+        &self,
+        group: &str,
+        users: &[String],
+    ) -> Result<SyncReport, ClientError> {
+        let mut report = self.sync().await?;
+        let id = self.resolve_group(group)?;
+        let mut wanted = Vec::new();
+        for u in users {
+            let user = Username::new(u).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            self.ensure_pinned(&[user.to_string()]).await?;
+            wanted.push(user);
+        }
+        self.change_group(&id, &mut report, |g| {
+            let present: Vec<Username> = g.members().into_iter().map(|m| m.cert.username).collect();
+            let add: Vec<String> = wanted
+                .iter()
+                .filter(|u| !present.contains(u))
+                .map(|u| u.to_string())
+                .collect();
+            Ok((!add.is_empty()).then(|| Plan {
+                add_users: add,
+                ..Plan::default()
+            }))
+        })
+        .await?;
+        Ok(report)
+    }
+
+    /// Removes accounts (all their devices) from a group; an admin removed is dropped from the
+    /// admins in the same commit.
+    pub async fn group_remove(
+        &self,
+        group: &str,
+        users: &[String],
+    ) -> Result<SyncReport, ClientError> {
+        let mut report = self.sync().await?;
+        let id = self.resolve_group(group)?;
+        let me = self.me()?;
+        let mut gone = Vec::new();
+        for u in users {
+            let user = Username::new(u).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            if user == me.username {
+                return Err(ClientError::Invalid(
+                    "to remove yourself, use `sotto group leave`".into(),
+                ));
+            }
+            gone.push(user);
+        }
+        let missing: Vec<String> = {
+            let conn = self.lock()?;
+            let g = Conversation::load(&Provider::new(&self.crypto, &conn), &group_id_bytes(&id)?)?
+                .ok_or_else(|| {
+                    ClientError::Invalid(format!("you are not a member of group {id}"))
+                })?;
+            let present: Vec<Username> = g.members().into_iter().map(|m| m.cert.username).collect();
+            gone.iter()
+                .filter(|u| !present.contains(u))
+                .map(|u| u.to_string())
+                .collect()
+        };
+        if !missing.is_empty() {
+            return Err(ClientError::Invalid(format!(
+                "not a member of the group: {}",
+                missing.join(", ")
+            )));
+        }
+        self.change_group(&id, &mut report, |g| Ok(removal_plan(g, &gone)))
+            .await?;
+        Ok(report)
+    }
+
+    /// Leaves a group: this account stops being a member at once (on every device); an admin's
+    /// device removes its devices from the MLS group on its next sync.
+    pub async fn group_leave(&self, group: &str) -> Result<(), ClientError> {
+        self.sync().await?;
+        let id = self.resolve_group(group)?;
+        let _: () = self
+            .transport()?
+            .post(
+                &format!("/v1/conversations/{id}/leave"),
+                &serde_json::json!({}),
+            )
+            .await?;
+        let gid = group_id_bytes(&id)?;
+        self.with_tx(|conn, p| {
+            if let Some(g) = Conversation::load(p, &gid)? {
+                g.delete(p)?;
+            }
+            db::set_status(conn, &id, "left", "you left this group")
+        })
+    }
+
+    /// Renames a group (admins only).
+    pub async fn group_rename(&self, group: &str, name: &str) -> Result<SyncReport, ClientError> {
+        let mut report = self.sync().await?;
+        let id = self.resolve_group(group)?;
+        self.change_group(&id, &mut report, |g| {
+            let m = g
+                .metadata()
+                .ok_or_else(|| ClientError::Invalid("not a group".into()))?;
+            let renamed = m.renamed(name).map_err(|_| {
+                ClientError::Invalid(format!(
+                    "invalid group name: 1 to {} bytes, no control characters",
+                    sotto_proto::group::MAX_NAME_BYTES
+                ))
+            })?;
+            Ok((renamed != m).then(|| Plan {
+                metadata: Some(renamed),
+                ..Plan::default()
+            }))
+        })
+        .await?;
+        Ok(report)
+    }
+
+    /// Makes a member an admin (admins only).
+    pub async fn group_make_admin(
+        &self,
+        group: &str,
+        user: &str,
+    ) -> Result<SyncReport, ClientError> {
+        let mut report = self.sync().await?;
+        let id = self.resolve_group(group)?;
+        let user = Username::new(user).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.change_group(&id, &mut report, |g| {
+            let m = g
+                .metadata()
+                .ok_or_else(|| ClientError::Invalid("not a group".into()))?;
+            if !g.members().iter().any(|d| d.cert.username == user) {
+                return Err(ClientError::Invalid(format!(
+                    "{user} is not a member of the group"
+                )));
+            }
+            Ok((!m.is_admin(&user)).then(|| Plan {
+                metadata: Some(m.with_admin(&user, true)),
+                ..Plan::default()
+            }))
+        })
+        .await?;
+        Ok(report)
+    }
+
+    /// Refreshes this device's keys in a group (a self-update commit): whatever an attacker may
+    /// have learned of its earlier keys stops opening later messages.
+    pub async fn group_update_keys(&self, group: &str) -> Result<SyncReport, ClientError> {
+        let mut report = SyncReport::default();
+        let id = self.resolve_group(group)?;
+        self.change_group(&id, &mut report, |_| {
+            Ok(Some(Plan {
+                self_update: true,
+                ..Plan::default()
+            }))
+        })
+        .await?;
+        Ok(report)
+    }
+
+    /// The groups this device is in, as it knows them (run [`Client::sync`] first to be current).
+    pub fn groups(&self) -> Result<Vec<GroupLine>, ClientError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare("SELECT id FROM sotto_conversations WHERE kind = 'group' AND status = 'ok' ORDER BY id")
+            .map_err(storage_err)?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(storage_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage_err)?;
+        let provider = Provider::new(&self.crypto, &conn);
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(g) = Conversation::load(&provider, &group_id_bytes(&id)?)? else {
+                continue;
+            };
+            let Some(meta) = g.metadata() else { continue };
+            let mut members: Vec<(String, Vec<String>)> = Vec::new();
+            for m in g.members() {
+                let u = m.cert.username.to_string();
+                let d = m.cert.device_id.to_hex();
+                match members.iter_mut().find(|(x, _)| *x == u) {
+                    Some((_, devs)) => devs.push(d),
+                    None => members.push((u, vec![d])),
+                }
+            }
+            members.sort();
+            out.push(GroupLine {
+                id,
+                name: meta.name.clone(),
+                admins: meta.admins.iter().map(|a| a.to_string()).collect(),
+                members,
+                post_quantum: g.ciphersuite() == DEFAULT_CIPHERSUITE,
+                epoch: g.epoch(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// One group, by id or unique name.
+    pub fn group_info(&self, group: &str) -> Result<GroupLine, ClientError> {
+        let id = self.resolve_group(group)?;
+        self.groups()?
+            .into_iter()
+            .find(|g| g.id == id)
+            .ok_or_else(|| ClientError::Invalid(format!("no group {group}")))
+    }
+
+    /// Sends a message to a group.
+    pub async fn send_group(
+        &self,
+        group: &str,
+        text: &str,
+    ) -> Result<(Message, SyncReport), ClientError> {
+        let me = self.me()?;
+        if text.len() > sotto_proto::content::MAX_TEXT_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "message too long: at most {} bytes",
+                sotto_proto::content::MAX_TEXT_BYTES
+            )));
+        }
+        let mut report = self.sync().await?;
+        let id = self.resolve_group(group)?;
+        let content = MessageContent::text(text, now_ms(), None);
+        self.post_message(&id, &content, &mut report).await?;
+        Ok((
+            Message {
+                id: content.id.to_hex(),
+                conversation: id.clone(),
+                group: Some(id),
+                sender: me.username.to_string(),
+                sender_device: me.device_id.to_hex(),
+                text: text.to_owned(),
+                sent_at: rfc3339_ms(content.sent_at_ms),
+                outgoing: true,
+            },
+            report,
+        ))
+    }
+
+    /// Every message of a group, oldest first.
+    pub fn group_history(&self, group: &str) -> Result<Vec<Message>, ClientError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT m.message_id, m.conversation, m.sender, m.sender_device, m.text, m.sent_at_ms, m.outgoing
+                 FROM sotto_messages m WHERE m.conversation = ?1
+                 ORDER BY COALESCE(m.seq, 9223372036854775807), m.local_order",
+            )
+            .map_err(storage_err)?;
+        let rows = stmt
+            .query_map(params![group], |r| {
+                let conversation: String = r.get(1)?;
+                Ok(Message {
+                    id: r.get(0)?,
+                    group: Some(conversation.clone()),
+                    conversation,
+                    sender: r.get(2)?,
+                    sender_device: r.get(3)?,
+                    text: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    sent_at: rfc3339_ms(u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0)),
+                    outgoing: r.get::<_, i64>(6)? != 0,
+                })
+            })
+            .map_err(storage_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage_err)?;
+        Ok(rows)
+    }
+
+    /// A local conversation's status (`ok`, `refused`, `removed`, `left`) and its detail.
+    pub fn conversation_status(&self, id: &str) -> Result<Option<(String, String)>, ClientError> {
+        let conn = self.lock()?;
+        Ok(db::conversation(&conn, id)?.map(|c| (c.status, c.status_detail)))
     }
 
     /// Sends a DM to `peer`, creating the conversation on first use. Returns the sent message.
@@ -1091,7 +1819,7 @@ impl Client {
             Body::Text { text, reply_to } => (Some(text.as_str()), reply_to.map(|r| r.to_hex())),
             _ => (None, None),
         };
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let bytes = self.with_tx(|conn, p| {
                 let keys = self.keys(conn)?;
                 let mut g = Conversation::load(p, &gid)?.ok_or_else(|| {
@@ -1134,7 +1862,10 @@ impl Client {
                     .map_err(storage_err)?;
                     return Ok(acc);
                 }
-                Err(e) if e.is_stale_epoch() => self.sync_conversation(id, None, report).await?,
+                Err(e) if e.is_stale_epoch() => {
+                    backoff_after_lost_race(attempt).await;
+                    self.sync_conversation(id, None, report).await?
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -205,7 +205,9 @@ async fn device_slipped_in_by_the_server_is_refused_and_reported() {
         DeviceId::random(),
         1,
     );
-    let (kps, lr) = fake.key_packages(&p, 1, true).unwrap();
+    let (kps, lr) = fake
+        .key_packages(&p, sotto_proto::mls::DEFAULT_CIPHERSUITE, 1, true)
+        .unwrap();
     let db = rusqlite::Connection::open(data.join("sotto.db")).unwrap();
     let dev = fake.certificate().device_id.to_hex();
     db.execute(

@@ -31,7 +31,10 @@ fn dev(id: &AccountIdentity, user: &str) -> Dev {
 }
 
 fn kp(d: &Dev, pins: &Pins) -> TrustedKeyPackage {
-    let (one, _) = d.keys.key_packages(&d.p, 1, false).unwrap();
+    let (one, _) = d
+        .keys
+        .key_packages(&d.p, sotto_proto::mls::DEFAULT_CIPHERSUITE, 1, false)
+        .unwrap();
     ValidKeyPackage::parse(d.p.crypto(), &one[0])
         .unwrap()
         .verify(pins)
@@ -52,7 +55,14 @@ fn bench(c: &mut Criterion) {
     // Encrypt + decrypt of a 100-byte DM between two established devices.
     let (pins, a, others) = setup();
     let b = &others[2];
-    let mut ga = Conversation::create(&a.p, &a.keys, b"bench-dm").unwrap();
+    let mut ga = Conversation::create(
+        &a.p,
+        &a.keys,
+        b"bench-dm",
+        sotto_proto::mls::DEFAULT_CIPHERSUITE,
+        None,
+    )
+    .unwrap();
     let bundle = ga.add_devices(&a.p, &a.keys, &[kp(b, &pins)]).unwrap();
     ga.merge_pending(&a.p).unwrap();
     let mut gb = PendingJoin::stage(&b.p, bundle.welcome.as_ref().unwrap())
@@ -84,7 +94,14 @@ fn bench(c: &mut Criterion) {
                 (pins, a, others, kps)
             },
             |(pins, a, others, kps)| {
-                let mut g = Conversation::create(&a.p, &a.keys, b"bench-create").unwrap();
+                let mut g = Conversation::create(
+                    &a.p,
+                    &a.keys,
+                    b"bench-create",
+                    sotto_proto::mls::DEFAULT_CIPHERSUITE,
+                    None,
+                )
+                .unwrap();
                 let bundle = g.add_devices(&a.p, &a.keys, &kps).unwrap();
                 g.merge_pending(&a.p).unwrap();
                 for d in &others {
@@ -105,7 +122,14 @@ fn bench(c: &mut Criterion) {
                 (a, kps)
             },
             |(a, kps)| {
-                let mut g = Conversation::create(&a.p, &a.keys, b"bench-create").unwrap();
+                let mut g = Conversation::create(
+                    &a.p,
+                    &a.keys,
+                    b"bench-create",
+                    sotto_proto::mls::DEFAULT_CIPHERSUITE,
+                    None,
+                )
+                .unwrap();
                 g.add_devices(&a.p, &a.keys, &kps).unwrap();
                 g.merge_pending(&a.p).unwrap();
             },

@@ -74,6 +74,11 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
 
+    /// Whether every byte was read.
+    pub fn rest_is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// The bytes not read yet.
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)

@@ -8,6 +8,7 @@
 //! identity   account identity keys (Ed25519), device ids, usernames, device certificates
 //! content    the versioned, padded plaintext of a message (what MLS encrypts)
 //! link       one-time device-link codes and the encrypted account bundle they unlock
+//! group      group metadata (name, admins) and the membership policy
 //! mls        the MLS conversation wrapper over openmls (hybrid post-quantum ciphersuite)
 //! codec      the small binary codec every wire type above uses
 //! ```
@@ -18,6 +19,7 @@
 
 pub mod codec;
 pub mod content;
+pub mod group;
 pub mod identity;
 pub mod link;
 pub mod mls;

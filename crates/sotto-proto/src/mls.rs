@@ -16,6 +16,7 @@ use openmls::prelude::*;
 use thiserror::Error;
 
 use crate::content::MessageContent;
+use crate::group::{check_change, Change, GroupMetadata, Kind, Leaf, METADATA_EXTENSION_TYPE};
 use crate::identity::{
     AccountIdentity, DeviceCertificate, DeviceId, IdentityError, IdentityPublicKey, Username,
 };
@@ -55,6 +56,10 @@ pub enum MlsError {
         /// Why.
         source: IdentityError,
     },
+    /// The commit breaks the group's rules (a non-admin changing membership, the last admin
+    /// removed, ...).
+    #[error("commit refused: {0}")]
+    Policy(String),
     /// A leaf belongs to an account whose identity key the caller has not pinned yet.
     #[error("identity key of account {0} is not known yet")]
     UnknownAccount(Username),
@@ -102,11 +107,118 @@ pub fn verify_leaf(
     Ok(cert)
 }
 
-/// Leaf capabilities: every Sotto leaf can carry the last-resort key-package extension.
+/// Leaf capabilities: every Sotto leaf can carry the last-resort key-package extension and
+/// understands the group-metadata extension, for both of Sotto's ciphersuites.
 fn capabilities() -> Capabilities {
     Capabilities::builder()
-        .extensions(vec![ExtensionType::LastResort])
+        .ciphersuites(vec![DEFAULT_CIPHERSUITE, CLASSIC_CIPHERSUITE])
+        .extensions(vec![
+            ExtensionType::LastResort,
+            ExtensionType::Unknown(METADATA_EXTENSION_TYPE),
+        ])
         .build()
+}
+
+/// Whether `suite` is one Sotto uses.
+pub fn is_supported_suite(suite: Ciphersuite) -> bool {
+    suite == DEFAULT_CIPHERSUITE || suite == CLASSIC_CIPHERSUITE
+}
+
+/// A ciphersuite from its IANA number, if Sotto uses it.
+pub fn suite_from_u16(v: u16) -> Option<Ciphersuite> {
+    Ciphersuite::try_from(v)
+        .ok()
+        .filter(|s| is_supported_suite(*s))
+}
+
+/// The group-context extensions of a Sotto group: members must understand the metadata extension,
+/// and groups (not DMs) carry their metadata.
+fn group_extensions(
+    metadata: Option<&GroupMetadata>,
+) -> Result<Extensions<GroupContext>, MlsError> {
+    let mut v = vec![Extension::RequiredCapabilities(
+        RequiredCapabilitiesExtension::new(
+            &[ExtensionType::Unknown(METADATA_EXTENSION_TYPE)],
+            &[],
+            &[CredentialType::Basic],
+        ),
+    )];
+    if let Some(m) = metadata {
+        v.push(Extension::Unknown(
+            METADATA_EXTENSION_TYPE,
+            UnknownExtension(m.encode()),
+        ));
+    }
+    Extensions::from_vec(v).map_err(internal)
+}
+
+/// The metadata carried by a set of group-context extensions (`None`: no metadata, a DM).
+fn metadata_of(ext: &Extensions<GroupContext>) -> Option<Result<GroupMetadata, crate::CodecError>> {
+    ext.unknown(METADATA_EXTENSION_TYPE)
+        .map(|u| GroupMetadata::decode(&u.0))
+}
+
+fn leaves_of(members: impl Iterator<Item = Member>) -> Vec<Leaf> {
+    members
+        .filter_map(|m| {
+            certificate_of(&m.credential).ok().map(|c| Leaf {
+                index: m.index.u32(),
+                account: c.username,
+            })
+        })
+        .collect()
+}
+
+/// Runs the group policy on a staged commit from `sender_leaf`.
+fn check_staged(
+    kind: &Kind,
+    leaves_before: &[Leaf],
+    extensions_before: &Extensions<GroupContext>,
+    sender_leaf: Option<u32>,
+    staged: &StagedCommit,
+) -> Result<Option<GroupMetadata>, MlsError> {
+    let sender = sender_leaf
+        .and_then(|i| leaves_before.iter().find(|l| l.index == i))
+        .map(|l| &l.account)
+        .ok_or_else(|| MlsError::Policy("the committer is not a member".into()))?;
+    let metadata_before = match metadata_of(extensions_before) {
+        None => None,
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => return Err(MlsError::Policy(format!("group metadata unreadable: {e}"))),
+    };
+    let mut change = Change {
+        sender,
+        added: Vec::new(),
+        removed: Vec::new(),
+        new_metadata: None,
+        foreign_proposals: false,
+    };
+    for q in staged.queued_proposals() {
+        match q.proposal() {
+            Proposal::Add(add) => {
+                let cert = certificate_of(add.key_package().leaf_node().credential()).map_err(
+                    |source| MlsError::Certificate {
+                        who: "unknown".into(),
+                        source,
+                    },
+                )?;
+                change.added.push(cert.username);
+            }
+            Proposal::Remove(r) => change.removed.push(r.removed().u32()),
+            Proposal::Update(_) => {}
+            Proposal::GroupContextExtensions(gce) => {
+                change.new_metadata = Some(match metadata_of(gce.extensions()) {
+                    Some(m) => m,
+                    None => Err(crate::CodecError::Invalid("group metadata missing")),
+                });
+                if metadata_before.is_none() {
+                    change.foreign_proposals = true;
+                }
+            }
+            _ => change.foreign_proposals = true,
+        }
+    }
+    check_change(kind, leaves_before, metadata_before.as_ref(), &change).map_err(MlsError::Policy)
 }
 
 fn join_config() -> MlsGroupJoinConfig {
@@ -210,6 +322,7 @@ impl DeviceKeys {
     pub fn key_packages<P: OpenMlsProvider>(
         &self,
         provider: &P,
+        suite: Ciphersuite,
         n: usize,
         last_resort: bool,
     ) -> Result<SerializedKeyPackages, MlsError> {
@@ -219,12 +332,7 @@ impl DeviceKeys {
                 b = b.mark_as_last_resort();
             }
             let bundle = b
-                .build(
-                    DEFAULT_CIPHERSUITE,
-                    provider,
-                    &self.signer,
-                    self.credential(),
-                )
+                .build(suite, provider, &self.signer, self.credential())
                 .map_err(|e| internal(format!("{e:?}")))?;
             bundle
                 .key_package()
@@ -264,7 +372,7 @@ impl ValidKeyPackage {
         let key_package = kp_in
             .validate(crypto, ProtocolVersion::Mls10)
             .map_err(|e| MlsError::Rejected(format!("key package: {e}")))?;
-        if key_package.ciphersuite() != DEFAULT_CIPHERSUITE {
+        if !is_supported_suite(key_package.ciphersuite()) {
             return Err(MlsError::Rejected(
                 "key package has an unsupported ciphersuite".into(),
             ));
@@ -291,6 +399,11 @@ impl ValidKeyPackage {
     /// The certificate the key package carries.
     pub fn certificate(&self) -> &DeviceCertificate {
         &self.cert
+    }
+
+    /// Its ciphersuite.
+    pub fn ciphersuite(&self) -> Ciphersuite {
+        self.key_package.ciphersuite()
     }
 
     /// Whether this is a last-resort key package.
@@ -328,8 +441,22 @@ pub struct CommitBundle {
     pub welcome: Option<Vec<u8>>,
     /// The devices the welcome is for.
     pub welcome_devices: Vec<DeviceId>,
-    /// The group info of the new epoch.
-    pub group_info: Option<Vec<u8>>,
+    /// For a group's first commit: the signed group info of epoch 0, from which the server starts
+    /// tracking the group.
+    pub initial_group_info: Option<Vec<u8>>,
+}
+
+/// What one commit changes; see [`Conversation::commit`].
+#[derive(Debug, Default)]
+pub struct Changes<'a> {
+    /// Devices to add.
+    pub add: &'a [TrustedKeyPackage],
+    /// Leaves to remove.
+    pub remove: Vec<u32>,
+    /// New group metadata.
+    pub metadata: Option<&'a GroupMetadata>,
+    /// Whether to refresh our own leaf's keys (post-compromise security).
+    pub self_update: bool,
 }
 
 /// A member of a conversation: one device.
@@ -363,6 +490,7 @@ pub enum Incoming {
 #[derive(Debug)]
 pub struct PendingCommit {
     staged: Box<StagedCommit>,
+    sender_leaf: Option<u32>,
     /// Who sent the commit.
     pub sender: Option<DeviceCertificate>,
 }
@@ -459,6 +587,15 @@ impl PendingJoin {
         for m in self.staged.members() {
             verify_leaf(&m.credential, &m.signature_key, trust)?;
         }
+        let ctx = self.staged.group_context();
+        if !is_supported_suite(ctx.ciphersuite()) {
+            return Err(MlsError::Rejected(
+                "welcome uses an unsupported ciphersuite".into(),
+            ));
+        }
+        if let Some(Err(e)) = metadata_of(ctx.extensions()) {
+            return Err(MlsError::Policy(format!("group metadata unreadable: {e}")));
+        }
         let group = self
             .staged
             .into_group(provider)
@@ -474,18 +611,25 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    /// Creates a new group with only this device in it, using `group_id` (the conversation id).
+    /// Creates a new group with only this device in it, using `group_id` (the conversation id), the
+    /// given ciphersuite, and for a group (not a DM) its metadata.
     pub fn create<P: OpenMlsProvider>(
         provider: &P,
         keys: &DeviceKeys,
         group_id: &[u8],
+        suite: Ciphersuite,
+        metadata: Option<&GroupMetadata>,
     ) -> Result<Self, MlsError> {
+        if !is_supported_suite(suite) {
+            return Err(internal("unsupported ciphersuite"));
+        }
         let config = MlsGroupCreateConfig::builder()
-            .ciphersuite(DEFAULT_CIPHERSUITE)
+            .ciphersuite(suite)
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
             .max_past_epochs(MAX_PAST_EPOCHS)
             .capabilities(capabilities())
+            .with_group_context_extensions(group_extensions(metadata)?)
             .build();
         let group = MlsGroup::new_with_group_id(
             provider,
@@ -496,6 +640,25 @@ impl Conversation {
         )
         .map_err(|e| internal(format!("{e:?}")))?;
         Ok(Self { group })
+    }
+
+    /// The group's metadata (`None` for a DM).
+    pub fn metadata(&self) -> Option<GroupMetadata> {
+        metadata_of(self.group.extensions()).and_then(Result::ok)
+    }
+
+    /// The kind of conversation for the policy: a group if it carries metadata, else a DM between
+    /// `me` and `peer`.
+    pub fn kind(&self, me: &Username, peer: Option<&Username>) -> Result<Kind, MlsError> {
+        match (metadata_of(self.group.extensions()), peer) {
+            (Some(_), _) => Ok(Kind::Group),
+            (None, Some(p)) => {
+                let mut pair = [me.clone(), p.clone()];
+                pair.sort();
+                Ok(Kind::Dm(pair))
+            }
+            (None, None) => Err(MlsError::Policy("a DM without a known peer".into())),
+        }
     }
 
     /// Loads a group from storage.
@@ -550,62 +713,101 @@ impl Conversation {
         self.group.pending_commit().is_some()
     }
 
-    /// Adds devices (whose key packages were verified against pinned keys) in one commit. The commit
-    /// stays pending until [`Conversation::merge_pending`] (server accepted) or
-    /// [`Conversation::clear_pending`] (server refused).
+    /// Makes one commit with the given changes. The commit stays pending until
+    /// [`Conversation::merge_pending`] (server accepted) or [`Conversation::clear_pending`] (server
+    /// refused). The first commit of a group also carries the signed epoch-0 group info.
+    pub fn commit<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        keys: &DeviceKeys,
+        changes: Changes<'_>,
+    ) -> Result<CommitBundle, MlsError> {
+        let epoch = self.epoch();
+        let initial_group_info = if epoch == 0 {
+            Some(
+                self.group
+                    .export_group_info(provider.crypto(), &keys.signer, true)
+                    .map_err(internal)?
+                    .tls_serialize_detached()
+                    .map_err(internal)?,
+            )
+        } else {
+            None
+        };
+        let kps: Vec<KeyPackage> = changes
+            .add
+            .iter()
+            .map(|k| k.0.key_package.clone())
+            .collect();
+        let mut builder = self
+            .group
+            .commit_builder()
+            .consume_proposal_store(false)
+            .force_self_update(changes.self_update)
+            .propose_adds(kps)
+            .propose_removals(changes.remove.iter().map(|i| LeafNodeIndex::new(*i)));
+        if let Some(m) = changes.metadata {
+            builder = builder
+                .propose_group_context_extensions(group_extensions(Some(m))?)
+                .map_err(|e| internal(format!("{e:?}")))?;
+        }
+        let bundle = builder
+            .load_psks(provider.storage())
+            .map_err(|e| internal(format!("{e:?}")))?
+            .create_group_info(false)
+            .build(provider.rand(), provider.crypto(), &keys.signer, |_| true)
+            .map_err(|e| internal(format!("{e:?}")))?
+            .stage_commit(provider)
+            .map_err(|e| internal(format!("{e:?}")))?;
+        let (commit, welcome, _) = bundle.into_messages();
+        Ok(CommitBundle {
+            epoch,
+            commit: commit.tls_serialize_detached().map_err(internal)?,
+            welcome: welcome
+                .map(|w| w.tls_serialize_detached())
+                .transpose()
+                .map_err(internal)?,
+            welcome_devices: changes
+                .add
+                .iter()
+                .map(|k| k.certificate().device_id)
+                .collect(),
+            initial_group_info,
+        })
+    }
+
+    /// Adds devices (whose key packages were verified against pinned keys) in one commit.
     pub fn add_devices<P: OpenMlsProvider>(
         &mut self,
         provider: &P,
         keys: &DeviceKeys,
         key_packages: &[TrustedKeyPackage],
     ) -> Result<CommitBundle, MlsError> {
-        let epoch = self.epoch();
-        let kps: Vec<KeyPackage> = key_packages
-            .iter()
-            .map(|k| k.0.key_package.clone())
-            .collect();
-        let (commit, welcome, group_info) = self
-            .group
-            .add_members(provider, &keys.signer, &kps)
-            .map_err(|e| internal(format!("{e:?}")))?;
-        Ok(CommitBundle {
-            epoch,
-            commit: commit.tls_serialize_detached().map_err(internal)?,
-            welcome: Some(welcome.tls_serialize_detached().map_err(internal)?),
-            welcome_devices: key_packages
-                .iter()
-                .map(|k| k.certificate().device_id)
-                .collect(),
-            group_info: group_info
-                .map(|gi| gi.tls_serialize_detached())
-                .transpose()
-                .map_err(internal)?,
-        })
+        self.commit(
+            provider,
+            keys,
+            Changes {
+                add: key_packages,
+                ..Changes::default()
+            },
+        )
     }
 
-    /// Removes devices by leaf index in one commit (pending, like [`Conversation::add_devices`]).
+    /// Removes devices by leaf index in one commit.
     pub fn remove_leaves<P: OpenMlsProvider>(
         &mut self,
         provider: &P,
         keys: &DeviceKeys,
         leaves: &[u32],
     ) -> Result<CommitBundle, MlsError> {
-        let epoch = self.epoch();
-        let idx: Vec<LeafNodeIndex> = leaves.iter().map(|i| LeafNodeIndex::new(*i)).collect();
-        let (commit, _welcome, group_info) = self
-            .group
-            .remove_members(provider, &keys.signer, &idx)
-            .map_err(|e| internal(format!("{e:?}")))?;
-        Ok(CommitBundle {
-            epoch,
-            commit: commit.tls_serialize_detached().map_err(internal)?,
-            welcome: None,
-            welcome_devices: vec![],
-            group_info: group_info
-                .map(|gi| gi.tls_serialize_detached())
-                .transpose()
-                .map_err(internal)?,
-        })
+        self.commit(
+            provider,
+            keys,
+            Changes {
+                remove: leaves.to_vec(),
+                ..Changes::default()
+            },
+        )
     }
 
     /// Applies our pending commit (the server accepted it).
@@ -648,19 +850,13 @@ impl Conversation {
         provider: &P,
         bytes: &[u8],
     ) -> Result<Incoming, MlsError> {
-        if bytes.len() > MAX_MLS_MESSAGE {
-            return Err(MlsError::Malformed("message too large".into()));
-        }
-        let msg = MlsMessageIn::tls_deserialize_exact(bytes)
-            .map_err(|e| MlsError::Malformed(format!("{e}")))?;
-        let protocol = msg
-            .try_into_protocol_message()
-            .map_err(|e| MlsError::Malformed(format!("{e}")))?;
+        let protocol = protocol_message(bytes)?;
         let processed = self
             .group
             .process_message(provider, protocol)
             .map_err(|e| MlsError::Rejected(format!("{e}")))?;
         let sender = certificate_of(processed.credential()).ok();
+        let sender_leaf = member_index(processed.sender());
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let sender = sender.ok_or_else(|| {
@@ -671,7 +867,11 @@ impl Conversation {
                 Ok(Incoming::Message { sender, content })
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
-                Ok(Incoming::Commit(PendingCommit { staged, sender }))
+                Ok(Incoming::Commit(PendingCommit {
+                    staged,
+                    sender_leaf,
+                    sender,
+                }))
             }
             ProcessedMessageContent::OwnPendingCommit => Ok(Incoming::OwnCommit),
             ProcessedMessageContent::OwnPrivateMessage => Ok(Incoming::OwnMessage),
@@ -681,14 +881,23 @@ impl Conversation {
         }
     }
 
-    /// Verifies every leaf a staged commit adds or changes against pinned identity keys, then merges
-    /// it. On any failure nothing is merged.
+    /// Checks a staged commit against the group's rules (see [`crate::group::check_change`]),
+    /// verifies every leaf it adds or changes against pinned identity keys, then merges it. On any
+    /// failure nothing is merged.
     pub fn merge_verified<P: OpenMlsProvider>(
         &mut self,
         provider: &P,
         pending: PendingCommit,
         trust: &impl Trust,
+        kind: &Kind,
     ) -> Result<(), MlsError> {
+        check_staged(
+            kind,
+            &leaves_of(self.group.members()),
+            self.group.extensions(),
+            pending.sender_leaf,
+            &pending.staged,
+        )?;
         for (cred, key) in pending.new_leaves() {
             verify_leaf(&cred, &key, trust)?;
         }
@@ -746,5 +955,255 @@ pub fn check_welcome(bytes: &[u8]) -> Result<(), MlsError> {
     match msg.extract() {
         MlsMessageBodyIn::Welcome(_) => Ok(()),
         _ => Err(MlsError::Malformed("not a welcome".into())),
+    }
+}
+
+/// Parses a serialized MLS message into a protocol message (commit, proposal or application).
+fn protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, MlsError> {
+    if bytes.len() > MAX_MLS_MESSAGE {
+        return Err(MlsError::Malformed("message too large".into()));
+    }
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| MlsError::Malformed(format!("{e}")))?
+        .try_into_protocol_message()
+        .map_err(|e| MlsError::Malformed(format!("{e}")))
+}
+
+/// The leaf index of a member sender.
+fn member_index(sender: &Sender) -> Option<u32> {
+    match sender {
+        Sender::Member(i) => Some(i.u32()),
+        _ => None,
+    }
+}
+
+/// A leaf's device certificate, which must certify the leaf's own signature key.
+fn leaf_certificate(leaf: &LeafNode) -> Result<DeviceCertificate, MlsError> {
+    let cert = certificate_of(leaf.credential()).map_err(|source| MlsError::Certificate {
+        who: "unknown".into(),
+        source,
+    })?;
+    if cert.mls_signature_key != leaf.signature_key().as_slice() {
+        return Err(MlsError::Certificate {
+            who: format!("{}/{}", cert.username, cert.device_id),
+            source: IdentityError::SignatureKeyMismatch,
+        });
+    }
+    Ok(cert)
+}
+
+/// What an accepted commit did, as the server derives it from the group's public state.
+#[derive(Debug, Clone)]
+pub struct CommitEffect {
+    /// The committing device.
+    pub sender: DeviceCertificate,
+    /// Devices added (their welcome must go to exactly these).
+    pub added: Vec<DeviceCertificate>,
+    /// Devices removed.
+    pub removed: Vec<DeviceCertificate>,
+    /// Every member device after the commit.
+    pub members: Vec<DeviceCertificate>,
+}
+
+/// The delivery service's view of a group: openmls' `PublicGroup`, built from the creator's signed
+/// epoch-0 group info and advanced by every accepted commit. It holds no secret; it lets the server
+/// check each commit (signature, framing, tree changes, the group policy) and derive who the members
+/// are, instead of believing what a client claims.
+pub struct ServerGroup {
+    group: PublicGroup,
+    storage: openmls_memory_storage::MemoryStorage,
+}
+
+impl std::fmt::Debug for ServerGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerGroup")
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerGroup {
+    /// Starts tracking a group from its creator's signed epoch-0 group info (with ratchet tree).
+    /// Checks: epoch 0, the given group id, a Sotto ciphersuite, exactly one member, and for a group
+    /// metadata naming that member's account as the only admin (`want_metadata`).
+    pub fn start(
+        crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
+        group_info: &[u8],
+        group_id: &[u8],
+        want_metadata: bool,
+    ) -> Result<Self, MlsError> {
+        if group_info.len() > MAX_MLS_MESSAGE {
+            return Err(MlsError::Malformed("group info too large".into()));
+        }
+        let msg = MlsMessageIn::tls_deserialize_exact(group_info)
+            .map_err(|e| MlsError::Malformed(format!("group info: {e}")))?;
+        let MlsMessageBodyIn::GroupInfo(vgi) = msg.extract() else {
+            return Err(MlsError::Malformed("not a group info".into()));
+        };
+        if vgi.epoch().as_u64() != 0 || vgi.group_id().as_slice() != group_id {
+            return Err(MlsError::Rejected(
+                "initial group info must be of epoch 0 of this conversation".into(),
+            ));
+        }
+        if !is_supported_suite(vgi.ciphersuite()) {
+            return Err(MlsError::Rejected("unsupported ciphersuite".into()));
+        }
+        let tree = vgi
+            .extensions()
+            .ratchet_tree()
+            .ok_or_else(|| MlsError::Malformed("group info without ratchet tree".into()))?
+            .ratchet_tree()
+            .clone();
+        let storage = openmls_memory_storage::MemoryStorage::default();
+        let (group, _) =
+            PublicGroup::from_external(crypto, &storage, tree, vgi, ProposalStore::new())
+                .map_err(|e| MlsError::Rejected(format!("group info: {e}")))?;
+        let out = Self { group, storage };
+        let members = out.members();
+        let [creator] = members.as_slice() else {
+            return Err(MlsError::Rejected(
+                "a new group must hold only its creator's device".into(),
+            ));
+        };
+        match (
+            metadata_of(out.group.group_context().extensions()),
+            want_metadata,
+        ) {
+            (None, false) => {}
+            (Some(Ok(m)), true) if m.admins == [creator.username.clone()] => {}
+            (Some(Ok(_)), true) => {
+                return Err(MlsError::Policy(
+                    "a new group's only admin must be its creator".into(),
+                ))
+            }
+            (Some(Err(e)), _) => {
+                return Err(MlsError::Policy(format!("group metadata unreadable: {e}")))
+            }
+            (None, true) => return Err(MlsError::Policy("a group needs metadata".into())),
+            (Some(_), false) => return Err(MlsError::Policy("a DM has no group metadata".into())),
+        }
+        Ok(out)
+    }
+
+    /// Restores a group from [`ServerGroup::snapshot`] bytes.
+    pub fn load(snapshot: &[u8], group_id: &[u8]) -> Result<Self, MlsError> {
+        let mut r = crate::codec::Reader::new(snapshot);
+        let n = r.u32().map_err(internal)?;
+        let mut values = std::collections::HashMap::new();
+        for _ in 0..n {
+            let k = r.bytes(usize::MAX).map_err(internal)?.to_vec();
+            let v = r.bytes(usize::MAX).map_err(internal)?.to_vec();
+            values.insert(k, v);
+        }
+        r.finish().map_err(internal)?;
+        let storage = openmls_memory_storage::MemoryStorage {
+            values: std::sync::RwLock::new(values),
+        };
+        let group = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
+            .map_err(|e| internal(format!("{e:?}")))?
+            .ok_or_else(|| internal("group state missing from snapshot"))?;
+        Ok(Self { group, storage })
+    }
+
+    /// The group's public state as bytes, to store.
+    pub fn snapshot(&self) -> Result<Vec<u8>, MlsError> {
+        let values = self
+            .storage
+            .values
+            .read()
+            .map_err(|_| internal("storage lock poisoned"))?;
+        let mut entries: Vec<_> = values.iter().collect();
+        entries.sort();
+        let mut out = Vec::new();
+        out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        for (k, v) in entries {
+            crate::codec::put_bytes(&mut out, k);
+            crate::codec::put_bytes(&mut out, v);
+        }
+        Ok(out)
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.group.group_context().epoch().as_u64()
+    }
+
+    /// The ciphersuite.
+    pub fn ciphersuite(&self) -> Ciphersuite {
+        self.group.ciphersuite()
+    }
+
+    /// The metadata in force (`None` for a DM).
+    pub fn metadata(&self) -> Option<GroupMetadata> {
+        metadata_of(self.group.group_context().extensions()).and_then(Result::ok)
+    }
+
+    /// Every member device's certificate.
+    pub fn members(&self) -> Vec<DeviceCertificate> {
+        self.group
+            .members()
+            .filter_map(|m| certificate_of(&m.credential).ok())
+            .collect()
+    }
+
+    /// Validates a commit for the current epoch (framing, signature, tree changes, the policy for
+    /// `kind`) and applies it. On error nothing changed.
+    pub fn process_commit(
+        &mut self,
+        crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
+        bytes: &[u8],
+        kind: &Kind,
+    ) -> Result<CommitEffect, MlsError> {
+        let protocol = protocol_message(bytes)?;
+        let processed = self
+            .group
+            .process_message(crypto, protocol)
+            .map_err(|e| MlsError::Rejected(format!("{e}")))?;
+        let sender_leaf = member_index(processed.sender());
+        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            return Err(MlsError::Malformed("expected a commit".into()));
+        };
+        let leaves_before: Vec<(u32, Credential)> = self
+            .group
+            .members()
+            .map(|m| (m.index.u32(), m.credential))
+            .collect();
+        check_staged(
+            kind,
+            &leaves_of(self.group.members()),
+            self.group.group_context().extensions(),
+            sender_leaf,
+            &staged,
+        )?;
+        let mut added = Vec::new();
+        for add in staged.add_proposals() {
+            let leaf = add.add_proposal().key_package().leaf_node();
+            added.push(leaf_certificate(leaf)?);
+        }
+        let removed_idx: Vec<u32> = staged
+            .remove_proposals()
+            .map(|r| r.remove_proposal().removed().u32())
+            .collect();
+        let removed = leaves_before
+            .iter()
+            .filter(|(i, _)| removed_idx.contains(i))
+            .filter_map(|(_, c)| certificate_of(c).ok())
+            .collect();
+        if let Some(leaf) = staged.update_path_leaf_node() {
+            leaf_certificate(leaf)?;
+        }
+        self.group
+            .merge_commit(&self.storage, *staged)
+            .map_err(|e| internal(format!("{e:?}")))?;
+        let sender = sender_leaf
+            .and_then(|i| leaves_before.iter().find(|(l, _)| *l == i))
+            .and_then(|(_, c)| certificate_of(c).ok())
+            .ok_or_else(|| MlsError::Policy("the committer is not a member".into()))?;
+        Ok(CommitEffect {
+            sender,
+            added,
+            removed,
+            members: self.members(),
+        })
     }
 }

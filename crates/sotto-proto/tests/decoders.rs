@@ -60,8 +60,8 @@ proptest! {
         let p = OpenMlsRustCrypto::default();
         let id = AccountIdentity::generate();
         let keys = DeviceKeys::generate(&id, &Username::new("alice").unwrap(), DeviceId::random(), 1);
-        let (kps, _) = keys.key_packages(&p, 1, false).unwrap();
-        let mut g = Conversation::create(&p, &keys, b"g").unwrap();
+        let (kps, _) = keys.key_packages(&p, sotto_proto::mls::DEFAULT_CIPHERSUITE, 1, false).unwrap();
+        let mut g = Conversation::create(&p, &keys, b"g", sotto_proto::mls::DEFAULT_CIPHERSUITE, None).unwrap();
         for input in [junk.clone(), mutate(kps[0].clone(), &flips, cut)] {
             let _ = Envelope::parse(&input);
             let _ = check_welcome(&input);

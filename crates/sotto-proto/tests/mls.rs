@@ -29,7 +29,10 @@ fn device(id: &AccountIdentity, user: &str) -> Dev {
 }
 
 fn kp(d: &Dev, pins: &Pins) -> sotto_proto::mls::TrustedKeyPackage {
-    let (one, _) = d.keys.key_packages(&d.p, 1, false).unwrap();
+    let (one, _) = d
+        .keys
+        .key_packages(&d.p, sotto_proto::mls::DEFAULT_CIPHERSUITE, 1, false)
+        .unwrap();
     ValidKeyPackage::parse(d.p.crypto(), &one[0])
         .unwrap()
         .verify(pins)
@@ -51,7 +54,14 @@ fn dm_between_two_accounts_round_trips() {
     let b1 = device(&bob_id, "bob");
     let b2 = device(&bob_id, "bob");
 
-    let mut ga = Conversation::create(&a.p, &a.keys, b"conv-1").unwrap();
+    let mut ga = Conversation::create(
+        &a.p,
+        &a.keys,
+        b"conv-1",
+        sotto_proto::mls::DEFAULT_CIPHERSUITE,
+        None,
+    )
+    .unwrap();
     let bundle = ga
         .add_devices(&a.p, &a.keys, &[kp(&b1, &pins), kp(&b2, &pins)])
         .unwrap();
@@ -124,7 +134,10 @@ fn leaf_with_forged_certificate_is_refused() {
     let fake = device(&mallory_id, "bob");
 
     // Alice refuses the forged key package outright.
-    let (one, _) = fake.keys.key_packages(&fake.p, 1, false).unwrap();
+    let (one, _) = fake
+        .keys
+        .key_packages(&fake.p, sotto_proto::mls::DEFAULT_CIPHERSUITE, 1, false)
+        .unwrap();
     let valid = ValidKeyPackage::parse(fake.p.crypto(), &one[0]).unwrap();
     assert!(matches!(
         valid.clone().verify(&pins),
@@ -132,7 +145,14 @@ fn leaf_with_forged_certificate_is_refused() {
     ));
 
     // Someone who skips the check (Mallory's own group) adds it; bob refuses the commit.
-    let mut ga = Conversation::create(&a.p, &a.keys, b"conv-2").unwrap();
+    let mut ga = Conversation::create(
+        &a.p,
+        &a.keys,
+        b"conv-2",
+        sotto_proto::mls::DEFAULT_CIPHERSUITE,
+        None,
+    )
+    .unwrap();
     let bundle = ga.add_devices(&a.p, &a.keys, &[kp(&b, &pins)]).unwrap();
     ga.merge_pending(&a.p).unwrap();
     let mut gb = PendingJoin::stage(&b.p, bundle.welcome.as_ref().unwrap())
@@ -149,7 +169,15 @@ fn leaf_with_forged_certificate_is_refused() {
     };
     let epoch = gb.epoch();
     assert!(matches!(
-        gb.merge_verified(&b.p, pending, &pins),
+        gb.merge_verified(
+            &b.p,
+            pending,
+            &pins,
+            &sotto_proto::group::Kind::Dm([
+                Username::new("alice").unwrap(),
+                Username::new("bob").unwrap()
+            ])
+        ),
         Err(MlsError::Certificate { .. })
     ));
     assert_eq!(gb.epoch(), epoch, "nothing merged");

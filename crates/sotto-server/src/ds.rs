@@ -6,13 +6,17 @@ use openmls_rust_crypto::RustCrypto;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sotto_api::*;
+use sotto_proto::group::Kind;
 use sotto_proto::identity::hex;
-use sotto_proto::mls::{check_welcome, Envelope, ValidKeyPackage};
+use sotto_proto::mls::{
+    check_welcome, Envelope, MlsError, ServerGroup, ValidKeyPackage, CLASSIC_CIPHERSUITE,
+    DEFAULT_CIPHERSUITE,
+};
 use sotto_proto::{DeviceCertificate, DeviceId, IdentityPublicKey, Username};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::store::{DeviceRecord, KeyPackages, NewCommit};
+use crate::store::{DeviceRecord, KeyPackages, NewCommit, StoreError};
 use crate::AppState;
 
 /// The most one-time key packages one upload may carry.
@@ -119,10 +123,15 @@ fn validate_device(
             "at most {MAX_KEY_PACKAGES_PER_UPLOAD} key packages per upload"
         )));
     }
+    if device.last_resort_key_packages.is_empty() {
+        return Err(ApiError::bad_request(
+            "a device needs a last-resort key package",
+        ));
+    }
     let kps = validate_key_packages(
         &cert,
         &device.key_packages,
-        Some(&device.last_resort_key_package),
+        &device.last_resort_key_packages,
     )?;
     Ok((cert, kps))
 }
@@ -130,10 +139,10 @@ fn validate_device(
 fn validate_key_packages(
     cert: &DeviceCertificate,
     one_time: &[B64],
-    last_resort: Option<&B64>,
+    last_resort: &[B64],
 ) -> Result<KeyPackages, ApiError> {
     let crypto = RustCrypto::default();
-    let check = |b: &B64, want_last_resort: bool| -> Result<Vec<u8>, ApiError> {
+    let check = |b: &B64, want_last_resort: bool| -> Result<(u16, Vec<u8>), ApiError> {
         let kp = ValidKeyPackage::parse(&crypto, &b.0)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         if kp.certificate() != cert {
@@ -143,19 +152,31 @@ fn validate_key_packages(
         }
         if kp.is_last_resort() != want_last_resort {
             return Err(ApiError::bad_request(if want_last_resort {
-                "last_resort_key_package is not marked last-resort"
+                "a last-resort key package is not marked last-resort"
             } else {
                 "a one-time key package is marked last-resort"
             }));
         }
-        Ok(b.0.clone())
+        Ok((u16::from(kp.ciphersuite()), b.0.clone()))
     };
+    let last_resort: Vec<(u16, Vec<u8>)> = last_resort
+        .iter()
+        .map(|b| check(b, true))
+        .collect::<Result<_, _>>()?;
+    let mut suites: Vec<u16> = last_resort.iter().map(|(s, _)| *s).collect();
+    suites.sort_unstable();
+    suites.dedup();
+    if suites.len() != last_resort.len() {
+        return Err(ApiError::bad_request(
+            "at most one last-resort key package per ciphersuite",
+        ));
+    }
     Ok(KeyPackages {
         one_time: one_time
             .iter()
             .map(|b| check(b, false))
             .collect::<Result<_, _>>()?,
-        last_resort: last_resort.map(|b| check(b, true)).transpose()?,
+        last_resort,
     })
 }
 
@@ -230,11 +251,12 @@ pub async fn upload_key_packages(
         )));
     }
     let cert = caller_cert(state, caller).await?;
-    let kps = validate_key_packages(
-        &cert,
-        &req.key_packages,
-        req.last_resort_key_package.as_ref(),
-    )?;
+    if req.last_resort_key_packages.len() > 2 {
+        return Err(ApiError::bad_request(
+            "at most one last-resort key package per ciphersuite",
+        ));
+    }
+    let kps = validate_key_packages(&cert, &req.key_packages, &req.last_resort_key_packages)?;
     state.store.add_key_packages(&caller.device_id, kps).await?;
     key_package_count(state, caller).await
 }
@@ -245,7 +267,14 @@ pub async fn key_package_count(
     caller: &Caller,
 ) -> Result<KeyPackageCount, ApiError> {
     Ok(KeyPackageCount {
-        count: state.store.key_package_count(&caller.device_id).await?,
+        count: state
+            .store
+            .key_package_count(&caller.device_id, u16::from(DEFAULT_CIPHERSUITE))
+            .await?,
+        classic_count: state
+            .store
+            .key_package_count(&caller.device_id, u16::from(CLASSIC_CIPHERSUITE))
+            .await?,
     })
 }
 
@@ -260,12 +289,17 @@ pub async fn claim(
         d.parse::<DeviceId>()
             .map_err(|_| ApiError::bad_request("invalid device id"))?;
     }
+    let suite = match req.ciphersuite {
+        None => u16::from(DEFAULT_CIPHERSUITE),
+        Some(s) if sotto_proto::mls::suite_from_u16(s).is_some() => s,
+        Some(_) => return Err(ApiError::bad_request("unsupported ciphersuite")),
+    };
     if state.store.account(username.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("no account named {username}")));
     }
     let claimed = state
         .store
-        .claim_key_packages(username.as_str(), &req.devices, &caller.device_id)
+        .claim_key_packages(username.as_str(), &req.devices, &caller.device_id, suite)
         .await?;
     tracing::info!(user = %username, count = claimed.len(), "key packages claimed");
     Ok(ClaimResponse {
@@ -286,7 +320,18 @@ fn info(c: crate::store::ConversationRecord) -> ConversationInfo {
         epoch: c.epoch,
         last_seq: c.last_seq,
         members: c.members,
+        departed: c.departed,
     }
+}
+
+/// Creates an empty group owned by the caller; its first commit (by the caller) adds the members.
+pub async fn create_group(state: &AppState, caller: &Caller) -> Result<ConversationInfo, ApiError> {
+    let c = state
+        .store
+        .create_group(&caller.username, &random_id())
+        .await?;
+    tracing::info!(conversation = %c.id, "group created");
+    Ok(info(c))
 }
 
 /// Gets or creates the DM with `peer` (exactly one per pair of accounts).
@@ -357,7 +402,7 @@ fn check_envelope(conv_id: &str, bytes: &[u8], want_commit: bool) -> Result<Enve
 }
 
 async fn wake_members(state: &AppState, c: &crate::store::ConversationRecord, seq: u64) {
-    match state.store.devices_of(&c.members).await {
+    match state.store.wake_list(&c.id).await {
         Ok(devices) => state.bus.publish(
             devices,
             ServerFrame::Conversation {
@@ -370,7 +415,28 @@ async fn wake_members(state: &AppState, c: &crate::store::ConversationRecord, se
     }
 }
 
-/// Applies a commit bundle (first commit for an epoch wins).
+fn mls_refusal(e: MlsError) -> ApiError {
+    match e {
+        MlsError::Policy(m) => ApiError::new(ErrorCode::Forbidden, format!("commit refused: {m}")),
+        MlsError::Internal(_) => ApiError::new(ErrorCode::Internal, "could not process the commit"),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+/// The policy kind of a conversation.
+fn kind_of(c: &crate::store::ConversationRecord) -> Result<Kind, ApiError> {
+    if c.kind == "group" {
+        return Ok(Kind::Group);
+    }
+    match c.members.as_slice() {
+        [a, b] => Ok(Kind::Dm([parse_username(a)?, parse_username(b)?])),
+        _ => Err(ApiError::new(ErrorCode::Internal, "DM without two members")),
+    }
+}
+
+/// Applies a commit bundle. The server checks the commit against the group's public MLS state
+/// (signature, framing, tree changes, the admin rules), derives who was added and who the members
+/// are from it, and appends it only if it is the first commit for the current epoch.
 pub async fn commit(
     state: &AppState,
     caller: &Caller,
@@ -382,28 +448,89 @@ pub async fn commit(
     if env.epoch != req.epoch {
         return Err(ApiError::bad_request("epoch does not match the commit"));
     }
-    let welcome = match (&req.welcome, req.welcome_devices.is_empty()) {
+    if req.epoch != c.epoch {
+        return Err(StoreError::StaleEpoch { current: c.epoch }.into());
+    }
+    let crypto = RustCrypto::default();
+    let gid = sotto_proto::identity::unhex(&c.id)
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "conversation id unreadable"))?;
+    let caller_cert = caller_cert(state, caller).await?;
+    let mut group = match state.store.group_state(&c.id).await? {
+        Some((epoch, _)) if epoch != req.epoch => {
+            return Err(StoreError::StaleEpoch { current: epoch }.into())
+        }
+        Some((_, snapshot)) => ServerGroup::load(&snapshot, &gid).map_err(|e| {
+            tracing::error!(conversation = %c.id, error = %e, "stored group state unreadable");
+            ApiError::new(ErrorCode::Internal, "group state unreadable")
+        })?,
+        None => {
+            let gi = req.initial_group_info.as_ref().ok_or_else(|| {
+                ApiError::bad_request("the first commit of a conversation needs initial_group_info")
+            })?;
+            let g =
+                ServerGroup::start(&crypto, &gi.0, &gid, c.kind == "group").map_err(mls_refusal)?;
+            if g.members().first() != Some(&caller_cert) {
+                return Err(ApiError::bad_request(
+                    "the initial group must hold exactly the calling device",
+                ));
+            }
+            g
+        }
+    };
+    let kind = kind_of(&c)?;
+    let effect = group
+        .process_commit(&crypto, &req.commit.0, &kind)
+        .map_err(mls_refusal)?;
+    if effect.sender != caller_cert {
+        return Err(ApiError::bad_request(
+            "the commit was made by another device than the caller",
+        ));
+    }
+    // Every added device must be registered, with exactly the certificate the server holds (which
+    // the account's identity key signed).
+    let mut accounts: std::collections::HashMap<String, crate::store::AccountRecord> =
+        std::collections::HashMap::new();
+    for cert in &effect.added {
+        let user = cert.username.as_str().to_owned();
+        if !accounts.contains_key(&user) {
+            let acc = state.store.account(&user).await?.ok_or_else(|| {
+                ApiError::bad_request(format!("commit adds a device of unknown account {user}"))
+            })?;
+            accounts.insert(user.clone(), acc);
+        }
+        let registered = accounts[&user]
+            .devices
+            .iter()
+            .any(|d| d.device_id == cert.device_id.to_hex() && d.certificate == cert.to_bytes());
+        if !registered {
+            return Err(ApiError::bad_request(format!(
+                "commit adds device {} of {user}, which is not registered with that certificate",
+                cert.device_id
+            )));
+        }
+    }
+    let welcomed: Vec<String> = effect.added.iter().map(|c| c.device_id.to_hex()).collect();
+    let welcome = match (&req.welcome, welcomed.is_empty()) {
         (None, true) => None,
         (Some(w), false) => {
             check_welcome(&w.0).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let members = state.store.devices_of(&c.members).await?;
-            let mut devices = req.welcome_devices.clone();
-            devices.sort();
-            devices.dedup();
-            if devices.iter().any(|d| !members.contains(d)) {
-                return Err(ApiError::bad_request(
-                    "welcome addressed to a device outside the conversation's accounts",
-                ));
-            }
-            Some((w.0.clone(), devices))
+            Some((w.0.clone(), welcomed.clone()))
         }
-        _ => {
+        (None, false) => {
             return Err(ApiError::bad_request(
-                "welcome and welcome_devices go together",
+                "a commit that adds devices needs a welcome",
             ))
         }
+        (Some(_), true) => return Err(ApiError::bad_request("a welcome without added devices")),
     };
-    let welcomed: Vec<String> = welcome.as_ref().map(|w| w.1.clone()).unwrap_or_default();
+    let snapshot = group
+        .snapshot()
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "could not save group state"))?;
+    let members = effect
+        .members
+        .iter()
+        .map(|m| (m.device_id.to_hex(), m.username.as_str().to_owned()))
+        .collect();
     let accepted = state
         .store
         .append_commit(
@@ -413,16 +540,59 @@ pub async fn commit(
                 sender_device: caller.device_id.clone(),
                 commit: req.commit.0,
                 welcome,
-                group_info: req.group_info.map(|g| g.0),
+                state: snapshot,
+                members,
             },
         )
         .await?;
-    tracing::info!(conversation = %c.id, seq = accepted.seq, epoch = accepted.epoch, welcomed = welcomed.len(), "commit accepted");
+    tracing::info!(conversation = %c.id, seq = accepted.seq, epoch = accepted.epoch, added = welcomed.len(), removed = effect.removed.len(), "commit accepted");
     if !welcomed.is_empty() {
         state.bus.publish(welcomed, ServerFrame::Inbox);
     }
+    // Devices just removed learn it on their next sync; everyone still in is woken.
+    let removed: Vec<String> = effect
+        .removed
+        .iter()
+        .map(|c| c.device_id.to_hex())
+        .collect();
+    if !removed.is_empty() {
+        state.bus.publish(removed, ServerFrame::Devices);
+    }
     wake_members(state, &c, accepted.seq).await;
     Ok(accepted)
+}
+
+/// The caller leaves a group. It stops being a member at once; an admin's device removes its
+/// devices from the MLS group on its next sync. The last admin cannot leave while others remain.
+pub async fn leave(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    let c = member_conversation(state, caller, id).await?;
+    if c.kind != "group" {
+        return Err(ApiError::bad_request("only groups can be left"));
+    }
+    if let Some((_, snapshot)) = state.store.group_state(&c.id).await? {
+        let gid = sotto_proto::identity::unhex(&c.id)
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "conversation id unreadable"))?;
+        let group = ServerGroup::load(&snapshot, &gid)
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "group state unreadable"))?;
+        if let Some(meta) = group.metadata() {
+            let me = parse_username(&caller.username)?;
+            let others_admin = meta
+                .admins
+                .iter()
+                .any(|a| a != &me && c.members.iter().any(|m| m == a.as_str()));
+            let others = c.members.iter().any(|m| m != &caller.username);
+            if meta.is_admin(&me) && !others_admin && others {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "you are the group's last admin: make another member an admin first",
+                ));
+            }
+        }
+    }
+    state.store.leave(&c.id, &caller.username).await?;
+    tracing::info!(conversation = %c.id, "member left");
+    wake_members(state, &c, c.last_seq).await;
+    Ok(())
 }
 
 /// Appends an application message sent in the current epoch.
@@ -452,6 +622,7 @@ pub async fn log(
     limit: Option<u32>,
 ) -> Result<LogPage, ApiError> {
     let c = member_conversation(state, caller, id).await?;
+    state.cursors.note(&c.id, &caller.device_id, after);
     let limit = limit.unwrap_or(MAX_LOG_PAGE).clamp(1, MAX_LOG_PAGE);
     let entries = state.store.log_after(&c.id, after, limit).await?;
     let more = entries.last().map(|e| e.seq < c.last_seq).unwrap_or(false);

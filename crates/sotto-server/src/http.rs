@@ -138,6 +138,23 @@ async fn create_dm(
     Ok(Json(ds::create_dm(&s, &c, req).await?))
 }
 
+async fn create_group(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiJson(_req): ApiJson<CreateGroupRequest>,
+) -> Result<(StatusCode, Json<ConversationInfo>), ApiError> {
+    Ok((StatusCode::CREATED, Json(ds::create_group(&s, &c).await?)))
+}
+
+async fn leave(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    ds::leave(&s, &c, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn conversations(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<ConversationList> {
     Ok(Json(ds::conversations(&s, &c).await?))
 }
@@ -257,7 +274,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/key-packages/count"),
     ("post", "/v1/key-packages/claim"),
     ("post", "/v1/dms"),
+    ("post", "/v1/groups"),
     ("get", "/v1/conversations"),
+    ("post", "/v1/conversations/{id}/leave"),
     ("post", "/v1/conversations/{id}/commits"),
     ("post", "/v1/conversations/{id}/messages"),
     ("get", "/v1/conversations/{id}/log"),
@@ -280,7 +299,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/key-packages/count", get(kp_count))
         .route("/v1/key-packages/claim", post(claim))
         .route("/v1/dms", post(create_dm))
+        .route("/v1/groups", post(create_group))
         .route("/v1/conversations", get(conversations))
+        .route("/v1/conversations/{id}/leave", post(leave))
         .route("/v1/conversations/{id}/commits", post(commit))
         .route("/v1/conversations/{id}/messages", post(send))
         .route("/v1/conversations/{id}/log", get(log))

@@ -3,7 +3,7 @@
 //! ```text
 //! http     thin axum handlers: authenticate, parse, call ds
 //! ds       the delivery-service rules (commit rule, membership, key packages, links), no HTTP
-//! store    the Store trait and its SQLite backend (PostgreSQL is planned)
+//! store    the Store trait and its SQLite and PostgreSQL backends
 //! bus      wake-ups: the local Hub of WebSocket connections and the Bus that reaches it
 //! ws       the push channel
 //! openapi  the OpenAPI document of the HTTP API
@@ -39,14 +39,86 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a device link code stays valid, in seconds.
     pub link_ttl_secs: i64,
+    /// Log entries and welcomes older than this (seconds) are dropped even if a device has not
+    /// fetched them yet.
+    pub retention_secs: i64,
+    /// How often read positions are saved and the log pruned, in seconds.
+    pub prune_interval_secs: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            max_body_bytes: 2 * 1024 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
             link_ttl_secs: 600,
+            retention_secs: 30 * 24 * 3600,
+            prune_interval_secs: 60,
         }
+    }
+}
+
+/// Read positions reported by log fetches (a device asking for entries after `n` has applied
+/// everything up to `n`), kept in memory and saved in batches: they only decide when entries can
+/// be dropped, so losing the last few seconds of them in a crash only delays pruning.
+#[derive(Debug, Default)]
+pub struct Cursors(std::sync::Mutex<std::collections::HashMap<(String, String), u64>>);
+
+impl Cursors {
+    /// Notes that `device` has read `conversation` up to `seq`.
+    pub fn note(&self, conversation: &str, device: &str, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        if let Ok(mut m) = self.0.lock() {
+            let e = m
+                .entry((conversation.to_owned(), device.to_owned()))
+                .or_insert(0);
+            *e = (*e).max(seq);
+        }
+    }
+
+    fn take(&self) -> Vec<(String, String, u64)> {
+        match self.0.lock() {
+            Ok(mut m) => m.drain().map(|((c, d), s)| (c, d, s)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Saves read positions and prunes the log: every few seconds, and once more at shutdown.
+async fn maintenance(state: AppState) {
+    let mut shutdown = state.shutdown.clone();
+    let mut flush = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut prune = tokio::time::interval(std::time::Duration::from_secs(
+        state.config.prune_interval_secs.max(1),
+    ));
+    loop {
+        tokio::select! {
+            _ = flush.tick() => save_cursors(&state).await,
+            _ = prune.tick() => {
+                save_cursors(&state).await;
+                let cutoff = time::OffsetDateTime::now_utc().unix_timestamp() - state.config.retention_secs;
+                match state.store.prune(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(entries = n, "pruned the log"),
+                    Err(e) => tracing::warn!(error = %e, "pruning failed"),
+                }
+            }
+            _ = shutdown.changed() => {
+                save_cursors(&state).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn save_cursors(state: &AppState) {
+    let batch = state.cursors.take();
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.save_cursors(batch).await {
+        tracing::warn!(error = %e, "could not save read positions");
     }
 }
 
@@ -63,6 +135,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Flips to `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Read positions waiting to be saved.
+    pub cursors: Arc<Cursors>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -90,6 +164,7 @@ impl AppState {
                 hub,
                 config: Arc::new(config),
                 shutdown: rx,
+                cursors: Arc::new(Cursors::default()),
             },
             tx,
         )
@@ -125,11 +200,15 @@ pub async fn serve(
     stop_push: watch::Sender<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let upkeep = tokio::spawn(maintenance(state.clone()));
     let router = app(state);
-    axum::serve(listener, router)
+    let out = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_push.send(true);
         })
-        .await
+        .await;
+    // The final save of read positions runs when the shutdown signal flips; bounded wait.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), upkeep).await;
+    out
 }

@@ -27,8 +27,15 @@ struct Args {
     #[arg(long, env = "SOTTO_LISTEN", default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
     /// Largest request body in bytes.
-    #[arg(long, env = "SOTTO_MAX_BODY", default_value_t = 2 * 1024 * 1024)]
+    #[arg(long, env = "SOTTO_MAX_BODY", default_value_t = 16 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Days a log entry or welcome is kept for a device that has not fetched it (entries every
+    /// member device has fetched go sooner).
+    #[arg(long, env = "SOTTO_RETENTION_DAYS", default_value_t = 30)]
+    retention_days: i64,
+    /// Seconds between prunings of the log.
+    #[arg(long, env = "SOTTO_PRUNE_INTERVAL", default_value_t = 60)]
+    prune_interval_secs: u64,
     /// Lifetime of device link codes in seconds.
     #[arg(long, env = "SOTTO_LINK_TTL", default_value_t = 600)]
     link_ttl_secs: i64,
@@ -135,6 +142,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         max_body_bytes: args.max_body_bytes,
         link_ttl_secs: args.link_ttl_secs,
+        retention_secs: args.retention_days.saturating_mul(24 * 3600),
+        prune_interval_secs: args.prune_interval_secs,
     };
     let (state, stop_push) = AppState::new(store, bus, hub, config);
     let listener = tokio::net::TcpListener::bind(args.listen)

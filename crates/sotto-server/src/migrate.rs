@@ -20,9 +20,11 @@ enum Val {
     Text(String),
     Bytes(Vec<u8>),
     Int(i64),
+    Int32(i32),
     Small(i16),
     Bool(bool),
     Null,
+    NullInt,
 }
 
 impl Val {
@@ -31,9 +33,11 @@ impl Val {
             Val::Text(v) => v,
             Val::Bytes(v) => v,
             Val::Int(v) => v,
+            Val::Int32(v) => v,
             Val::Small(v) => v,
             Val::Bool(v) => v,
             Val::Null => &None::<Vec<u8>>,
+            Val::NullInt => &None::<i64>,
         }
     }
 }
@@ -44,6 +48,8 @@ enum Col {
     Bytes,
     OptBytes,
     Int,
+    OptInt,
+    Int32,
     Small,
     Bool,
 }
@@ -73,6 +79,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
         &[
             ("id", Col::Int),
             ("device_id", Col::Text),
+            ("suite", Col::Int32),
             ("data", Col::Bytes),
             ("last_resort", Col::Bool),
         ],
@@ -87,11 +94,34 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("last_seq", Col::Int),
             ("group_info", Col::OptBytes),
             ("created_at", Col::Int),
+            ("state", Col::OptBytes),
         ],
     ),
     (
         "conversation_members",
         &[("conversation_id", Col::Text), ("username", Col::Text)],
+    ),
+    (
+        "conversation_devices",
+        &[
+            ("conversation_id", Col::Text),
+            ("device_id", Col::Text),
+            ("username", Col::Text),
+            ("acked_seq", Col::Int),
+        ],
+    ),
+    (
+        "departed",
+        &[("conversation_id", Col::Text), ("username", Col::Text)],
+    ),
+    (
+        "welcomes",
+        &[
+            ("id", Col::Int),
+            ("conversation_id", Col::Text),
+            ("data", Col::Bytes),
+            ("created_at", Col::Int),
+        ],
     ),
     (
         "log",
@@ -102,6 +132,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("kind", Col::Small),
             ("sender_device", Col::Text),
             ("data", Col::Bytes),
+            ("created_at", Col::Int),
         ],
     ),
     (
@@ -112,6 +143,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("conversation_id", Col::Text),
             ("seq", Col::Int),
             ("welcome", Col::Bytes),
+            ("welcome_id", Col::OptInt),
         ],
     ),
     (
@@ -141,6 +173,11 @@ fn read_row(row: &rusqlite::Row<'_>, cols: &[(&str, Col)]) -> rusqlite::Result<V
                     None => Val::Null,
                 },
                 Col::Int => Val::Int(row.get(i)?),
+                Col::OptInt => match row.get::<_, Option<i64>>(i)? {
+                    Some(v) => Val::Int(v),
+                    None => Val::NullInt,
+                },
+                Col::Int32 => Val::Int32(i32::try_from(row.get::<_, i64>(i)?).unwrap_or(i32::MAX)),
                 Col::Small => Val::Small(i16::try_from(row.get::<_, i64>(i)?).unwrap_or(i16::MAX)),
                 Col::Bool => Val::Bool(row.get::<_, i64>(i)? != 0),
             })
@@ -217,7 +254,7 @@ pub async fn sqlite_to_postgres(
         report.tables.push((table, rows.len() as u64));
     }
     // Continue the copied id sequences after the highest copied id.
-    for table in ["key_packages", "inbox"] {
+    for table in ["key_packages", "inbox", "welcomes"] {
         tx.batch_execute(&format!(
             "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
         ))

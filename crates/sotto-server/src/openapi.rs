@@ -80,6 +80,22 @@ const OPS: &[Op] = &[
         Some(("200", "ConversationInfo")),
     ),
     op(
+        "post",
+        "/v1/groups",
+        "Create an empty group owned by the caller (its first commit adds the members)",
+        true,
+        Some("CreateGroupRequest"),
+        Some(("201", "ConversationInfo")),
+    ),
+    op(
+        "post",
+        "/v1/conversations/{id}/leave",
+        "Leave a group (an admin's device then removes the caller's devices from the MLS group)",
+        true,
+        None,
+        None,
+    ),
+    op(
         "get",
         "/v1/conversations",
         "The calling account's conversations",
@@ -172,8 +188,8 @@ fn schemas() -> Value {
     let s = json!({"type": "string"});
     let u = json!({"type": "integer", "format": "int64", "minimum": 0});
     let new_device = obj(
-        &["certificate", "key_packages", "last_resort_key_package"],
-        json!({"certificate": b64, "key_packages": {"type": "array", "items": b64}, "last_resort_key_package": b64}),
+        &["certificate", "key_packages", "last_resort_key_packages"],
+        json!({"certificate": b64, "key_packages": {"type": "array", "items": b64}, "last_resort_key_packages": {"type": "array", "items": b64}}),
     );
     json!({
         "Error": obj(&["code", "message"], json!({"code": {"type": "string", "enum": ["bad_request","unauthorized","forbidden","not_found","username_taken","stale_epoch","conflict","payload_too_large","link_expired","no_key_package","rate_limited","method_not_allowed","internal"]}, "message": s, "current_epoch": u})),
@@ -181,14 +197,15 @@ fn schemas() -> Value {
         "RegisterRequest": obj(&["username", "identity_key", "device"], json!({"username": s, "identity_key": b64, "device": {"$ref": "#/components/schemas/NewDevice"}})),
         "RegisterResponse": obj(&["device_id", "token"], json!({"device_id": s, "token": s})),
         "AccountInfo": obj(&["username", "identity_key", "devices"], json!({"username": s, "identity_key": b64, "devices": {"type": "array", "items": obj(&["device_id", "certificate", "created_at"], json!({"device_id": s, "certificate": b64, "created_at": s}))}})),
-        "UploadKeyPackages": obj(&["key_packages"], json!({"key_packages": {"type": "array", "items": b64}, "last_resort_key_package": b64})),
-        "KeyPackageCount": obj(&["count"], json!({"count": u})),
-        "ClaimRequest": obj(&["username"], json!({"username": s, "devices": {"type": "array", "items": s}})),
+        "UploadKeyPackages": obj(&["key_packages"], json!({"key_packages": {"type": "array", "items": b64}, "last_resort_key_packages": {"type": "array", "items": b64}})),
+        "KeyPackageCount": obj(&["count"], json!({"count": u, "classic_count": u})),
+        "ClaimRequest": obj(&["username"], json!({"username": s, "devices": {"type": "array", "items": s}, "ciphersuite": u})),
         "ClaimResponse": obj(&["key_packages"], json!({"key_packages": {"type": "array", "items": obj(&["device_id", "key_package"], json!({"device_id": s, "key_package": b64}))}})),
         "CreateDmRequest": obj(&["peer"], json!({"peer": s})),
-        "ConversationInfo": obj(&["id", "kind", "epoch", "last_seq", "members"], json!({"id": s, "kind": s, "epoch": u, "last_seq": u, "members": {"type": "array", "items": s}})),
+        "CreateGroupRequest": obj(&[], json!({})),
+        "ConversationInfo": obj(&["id", "kind", "epoch", "last_seq", "members"], json!({"id": s, "kind": s, "epoch": u, "last_seq": u, "members": {"type": "array", "items": s}, "departed": {"type": "array", "items": s}})),
         "ConversationList": obj(&["conversations"], json!({"conversations": {"type": "array", "items": {"$ref": "#/components/schemas/ConversationInfo"}}})),
-        "CommitRequest": obj(&["epoch", "commit"], json!({"epoch": u, "commit": b64, "welcome": b64, "welcome_devices": {"type": "array", "items": s}, "group_info": b64})),
+        "CommitRequest": obj(&["epoch", "commit"], json!({"epoch": u, "commit": b64, "welcome": b64, "initial_group_info": b64})),
         "SendRequest": obj(&["message"], json!({"message": b64})),
         "Accepted": obj(&["seq", "epoch"], json!({"seq": u, "epoch": u})),
         "LogPage": obj(&["entries", "more"], json!({"more": {"type": "boolean"}, "entries": {"type": "array", "items": obj(&["seq", "epoch", "kind", "sender_device", "data"], json!({"seq": u, "epoch": u, "kind": {"type": "string", "enum": ["commit", "message"]}, "sender_device": s, "data": b64}))}})),

@@ -114,11 +114,13 @@ fn new_device(identity: AccountIdentity, user: &str, n_kps: usize) -> (Dev, NewD
     let p = OpenMlsRustCrypto::default();
     let user = Username::new(user).unwrap();
     let keys = DeviceKeys::generate(&identity, &user, DeviceId::random(), 1);
-    let (one, lr) = keys.key_packages(&p, n_kps, true).unwrap();
+    let (one, lr) = keys
+        .key_packages(&p, sotto_proto::mls::DEFAULT_CIPHERSUITE, n_kps, true)
+        .unwrap();
     let nd = NewDevice {
         certificate: B64(keys.certificate().to_bytes()),
         key_packages: one.into_iter().map(B64).collect(),
-        last_resort_key_package: B64(lr.unwrap()),
+        last_resort_key_packages: vec![B64(lr.unwrap())],
     };
     (
         Dev {
@@ -331,7 +333,7 @@ async fn registration_refuses_bad_accounts_and_devices_without_side_effects() {
     let mut mixed = nd.clone();
     mixed.key_packages = other.key_packages.clone();
     let mut swapped = nd.clone();
-    swapped.key_packages = vec![nd.last_resort_key_package.clone()];
+    swapped.key_packages = nd.last_resort_key_packages.clone();
     let mut junk = nd.clone();
     junk.key_packages = vec![B64(vec![0; 64])];
     for d in [mixed, swapped, junk] {
@@ -478,16 +480,40 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         .unwrap()
         .verify(&pins)
         .unwrap();
-    let mut g = Conversation::create(&alice.p, &alice.keys, &gid).unwrap();
+    let mut g = Conversation::create(
+        &alice.p,
+        &alice.keys,
+        &gid,
+        sotto_proto::mls::DEFAULT_CIPHERSUITE,
+        None,
+    )
+    .unwrap();
     let bundle = g.add_devices(&alice.p, &alice.keys, &[kp]).unwrap();
-    let commit_body = |epoch: u64, welcome_devices: Vec<String>| {
-        json!({
-            "epoch": epoch, "commit": B64(bundle.commit.clone()), "welcome": B64(bundle.welcome.clone().unwrap()),
-            "welcome_devices": welcome_devices, "group_info": bundle.group_info.clone().map(B64),
-        })
+    // An epoch-0 group info of another group (same creator), to be refused.
+    let foreign_gi = Conversation::create(
+        &alice.p,
+        &alice.keys,
+        b"another-group-id",
+        sotto_proto::mls::DEFAULT_CIPHERSUITE,
+        None,
+    )
+    .unwrap()
+    .add_devices(&alice.p, &alice.keys, &[])
+    .unwrap()
+    .initial_group_info
+    .unwrap();
+    let commit_body = |epoch: u64, welcome: bool, gi: Option<Vec<u8>>| {
+        let mut v = json!({"epoch": epoch, "commit": B64(bundle.commit.clone())});
+        if welcome {
+            v["welcome"] = json!(B64(bundle.welcome.clone().unwrap()));
+        }
+        if let Some(gi) = gi {
+            v["initial_group_info"] = json!(B64(gi));
+        }
+        v
     };
-    let bob_dev = bob.keys.certificate().device_id.to_hex();
-    let eve_dev = eve.keys.certificate().device_id.to_hex();
+    let gi = bundle.initial_group_info.clone();
+    let good = || commit_body(0, true, gi.clone());
     let commits = format!("/v1/conversations/{id}/commits");
     let messages = format!("/v1/conversations/{id}/messages");
     // Unknown conversation and non-member look the same.
@@ -495,7 +521,7 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         Method::POST,
         "/v1/conversations/ffffffffffffffffffffffffffffffff/commits",
         Some(&alice.token),
-        Some(serde_json::to_vec(&commit_body(0, vec![bob_dev.clone()])).unwrap()),
+        Some(serde_json::to_vec(&good()).unwrap()),
         StatusCode::NOT_FOUND,
         "not_found",
     )
@@ -504,7 +530,7 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         Method::POST,
         &commits,
         Some(&eve.token),
-        Some(serde_json::to_vec(&commit_body(0, vec![bob_dev.clone()])).unwrap()),
+        Some(serde_json::to_vec(&good()).unwrap()),
         StatusCode::NOT_FOUND,
         "not_found",
     )
@@ -518,12 +544,14 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         "not_found",
     )
     .await;
-    // Welcome to a device outside the conversation; welcome without devices; epoch mismatch; garbage.
+    // No initial group info, another group's, no welcome for the added device, epoch mismatch,
+    // garbage: all refused, nothing stored.
     for body in [
-        commit_body(0, vec![eve_dev.clone()]),
-        commit_body(0, vec![]),
-        commit_body(1, vec![bob_dev.clone()]),
-        json!({"epoch": 0, "commit": B64(vec![1, 2, 3])}),
+        commit_body(0, true, None),
+        commit_body(0, true, Some(foreign_gi.clone())),
+        commit_body(0, false, gi.clone()),
+        commit_body(1, true, gi.clone()),
+        json!({"epoch": 0, "commit": B64(vec![1, 2, 3]), "initial_group_info": B64(gi.clone().unwrap())}),
     ] {
         t.expect_err(
             Method::POST,
@@ -539,12 +567,7 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
     assert_eq!(table_count(&t, "inbox"), 0);
     // The real commit is accepted; the same commit again is stale (first commit wins).
     let (s, v) = t
-        .json(
-            Method::POST,
-            &commits,
-            Some(&alice.token),
-            commit_body(0, vec![bob_dev.clone()]),
-        )
+        .json(Method::POST, &commits, Some(&alice.token), good())
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!((v["seq"].as_u64(), v["epoch"].as_u64()), (Some(1), Some(1)));
@@ -553,7 +576,7 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
             Method::POST,
             &commits,
             Some(&bob.token),
-            Some(serde_json::to_vec(&commit_body(0, vec![bob_dev.clone()])).unwrap()),
+            Some(serde_json::to_vec(&good()).unwrap()),
             StatusCode::CONFLICT,
             "stale_epoch",
         )
@@ -589,7 +612,14 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // A message whose MLS group is another conversation is refused.
-    let mut other = Conversation::create(&alice.p, &alice.keys, b"another-group-id").unwrap();
+    let mut other = Conversation::create(
+        &alice.p,
+        &alice.keys,
+        b"another-group-id-2",
+        sotto_proto::mls::DEFAULT_CIPHERSUITE,
+        None,
+    )
+    .unwrap();
     let ct2 = other
         .encrypt(&alice.p, &alice.keys, &MessageContent::text("x", 0, None))
         .unwrap();

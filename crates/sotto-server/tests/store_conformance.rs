@@ -20,10 +20,14 @@ fn device(id: &str) -> DeviceRecord {
     }
 }
 
+/// The default (post-quantum hybrid) and classic ciphersuites' IANA numbers.
+const PQ: u16 = 0x004F;
+const CLASSIC: u16 = 0x0001;
+
 fn kps(tag: u8, n: u8) -> KeyPackages {
     KeyPackages {
-        one_time: (0..n).map(|i| vec![tag, i]).collect(),
-        last_resort: Some(vec![tag, 255]),
+        one_time: (0..n).map(|i| (PQ, vec![tag, i])).collect(),
+        last_resort: vec![(PQ, vec![tag, 255])],
     }
 }
 
@@ -38,7 +42,8 @@ fn commit(epoch: u64, sender: &str, welcome_to: &[&str]) -> NewCommit {
                 welcome_to.iter().map(|s| s.to_string()).collect(),
             )
         }),
-        group_info: Some(vec![4]),
+        state: vec![4, epoch as u8],
+        members: vec![("a1".into(), "alice".into()), ("b1".into(), "bob".into())],
     }
 }
 
@@ -71,18 +76,18 @@ async fn conformance(s: Arc<dyn Store>) {
     assert_eq!((acc.identity_key, acc.devices.len()), (vec![1; 32], 1));
 
     // Key packages: one-time ones once each, oldest first; then the last-resort one, again and again.
-    assert_eq!(s.key_package_count("b1").await.unwrap(), 2);
-    let c1 = s.claim_key_packages("bob", &[], "a1").await.unwrap();
-    let c2 = s.claim_key_packages("bob", &[], "a1").await.unwrap();
-    let c3 = s.claim_key_packages("bob", &[], "a1").await.unwrap();
-    let c4 = s.claim_key_packages("bob", &[], "a1").await.unwrap();
+    assert_eq!(s.key_package_count("b1", PQ).await.unwrap(), 2);
+    let c1 = s.claim_key_packages("bob", &[], "a1", PQ).await.unwrap();
+    let c2 = s.claim_key_packages("bob", &[], "a1", PQ).await.unwrap();
+    let c3 = s.claim_key_packages("bob", &[], "a1", PQ).await.unwrap();
+    let c4 = s.claim_key_packages("bob", &[], "a1", PQ).await.unwrap();
     assert_eq!(
         [&c1[0].1, &c2[0].1, &c3[0].1, &c4[0].1],
         [&vec![2, 0], &vec![2, 1], &vec![2, 255], &vec![2, 255]]
     );
-    assert_eq!(s.key_package_count("b1").await.unwrap(), 0);
+    assert_eq!(s.key_package_count("b1", PQ).await.unwrap(), 0);
     assert!(
-        s.claim_key_packages("bob", &[], "b1")
+        s.claim_key_packages("bob", &[], "b1", PQ)
             .await
             .unwrap()
             .is_empty(),
@@ -91,21 +96,33 @@ async fn conformance(s: Arc<dyn Store>) {
     s.add_key_packages(
         "b1",
         KeyPackages {
-            one_time: vec![vec![2, 7]],
-            last_resort: None,
+            one_time: vec![(PQ, vec![2, 7]), (CLASSIC, vec![2, 8])],
+            last_resort: vec![(CLASSIC, vec![2, 254])],
         },
     )
     .await
     .unwrap();
+    assert_eq!(s.key_package_count("b1", CLASSIC).await.unwrap(), 1);
+    // Ciphersuites never mix: a classic claim gets the classic packages, then its last resort.
+    let c = s
+        .claim_key_packages("bob", &[], "a1", CLASSIC)
+        .await
+        .unwrap();
+    assert_eq!(c[0].1, vec![2, 8]);
+    let c = s
+        .claim_key_packages("bob", &[], "a1", CLASSIC)
+        .await
+        .unwrap();
+    assert_eq!(c[0].1, vec![2, 254]);
     assert_eq!(
-        s.claim_key_packages("bob", &["b1".into()], "a1")
+        s.claim_key_packages("bob", &["b1".into()], "a1", PQ)
             .await
             .unwrap()[0]
             .1,
         vec![2, 7]
     );
     assert!(s
-        .claim_key_packages("bob", &["nope".into()], "a1")
+        .claim_key_packages("bob", &["nope".into()], "a1", PQ)
         .await
         .unwrap()
         .is_empty());
@@ -246,6 +263,105 @@ async fn conformance(s: Arc<dyn Store>) {
     ));
     assert_eq!(s.fetch_link("L1", 50).await.unwrap(), None);
     assert_eq!(s.account("alice").await.unwrap().unwrap().devices.len(), 2);
+
+    groups(&*s).await;
+}
+
+/// Groups: membership derived from commits, departures, one stored welcome for many devices,
+/// read positions and pruning.
+async fn groups(s: &dyn Store) {
+    s.create_account("carol", &[4; 32], device("c1"), kps(4, 1))
+        .await
+        .unwrap();
+    let g = s.create_group("alice", "9a0b").await.unwrap();
+    assert_eq!(
+        (g.kind.as_str(), g.members.clone()),
+        ("group", vec!["alice".to_owned()])
+    );
+    assert!(s.group_state("9a0b").await.unwrap().is_none());
+    let members = vec![
+        ("a1".to_owned(), "alice".to_owned()),
+        ("b1".to_owned(), "bob".to_owned()),
+        ("c1".to_owned(), "carol".to_owned()),
+    ];
+    let first = NewCommit {
+        epoch: 0,
+        sender_device: "a1".into(),
+        commit: vec![1],
+        welcome: Some((vec![7; 64], vec!["b1".into(), "c1".into()])),
+        state: vec![42],
+        members: members.clone(),
+    };
+    let acc = s.append_commit("9a0b", first).await.unwrap();
+    assert_eq!((acc.seq, acc.epoch), (1, 1));
+    assert_eq!(s.group_state("9a0b").await.unwrap(), Some((1, vec![42])));
+    let g = s.conversation("9a0b").await.unwrap().unwrap();
+    assert_eq!(g.members, ["alice", "bob", "carol"]);
+    // One welcome, delivered to both devices.
+    let (wb, wc) = (s.inbox("b1").await.unwrap(), s.inbox("c1").await.unwrap());
+    assert_eq!((wb.len(), wc.len()), (1, 1));
+    assert_eq!(wb[0].welcome.0, vec![7; 64]);
+    assert_eq!(wc[0].welcome.0, vec![7; 64]);
+    let mut wake = s.wake_list("9a0b").await.unwrap();
+    wake.sort();
+    assert_eq!(wake, ["a1", "b1", "c1"]);
+    for i in 0..4u8 {
+        s.append_message("9a0b", 1, "a1", &[i]).await.unwrap();
+    }
+    // carol leaves: no longer a member or woken, but recorded until her devices are removed.
+    s.leave("9a0b", "carol").await.unwrap();
+    assert!(matches!(
+        s.leave("9a0b", "carol").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let g = s.conversation("9a0b").await.unwrap().unwrap();
+    assert_eq!(
+        (g.members.clone(), g.departed.clone()),
+        (
+            vec!["alice".to_owned(), "bob".to_owned()],
+            vec!["carol".to_owned()]
+        )
+    );
+    assert!(!s
+        .wake_list("9a0b")
+        .await
+        .unwrap()
+        .contains(&"c1".to_owned()));
+    // Read positions decide pruning: entries every current device has read go.
+    s.save_cursors(vec![
+        ("9a0b".into(), "a1".into(), 5),
+        ("9a0b".into(), "b1".into(), 3),
+        ("9a0b".into(), "c1".into(), 3),
+    ])
+    .await
+    .unwrap();
+    s.save_cursors(vec![("9a0b".into(), "b1".into(), 2)])
+        .await
+        .unwrap(); // never backwards
+    s.ack_inbox("b1", wb[0].id).await.unwrap();
+    s.ack_inbox("c1", wc[0].id).await.unwrap();
+    assert!(s.prune(0).await.unwrap() >= 3);
+    let log = s.log_after("9a0b", 0, 100).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    // The admin's commit removes carol's device: she is forgotten, the log floor moves.
+    let second = NewCommit {
+        epoch: 1,
+        sender_device: "a1".into(),
+        commit: vec![2],
+        welcome: None,
+        state: vec![43],
+        members: members[..2].to_vec(),
+    };
+    let acc = s.append_commit("9a0b", second).await.unwrap();
+    assert_eq!(acc.seq, 6);
+    let g = s.conversation("9a0b").await.unwrap().unwrap();
+    assert!(g.departed.is_empty());
+    assert_eq!(g.members, ["alice", "bob"]);
+    // Retention: everything older than the cut-off goes, read or not.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    s.prune(now + 10).await.unwrap();
+    assert!(s.log_after("9a0b", 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.conversation("9a0b").await.unwrap().unwrap().last_seq, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,13 +52,13 @@ pub struct DeviceRecord {
     pub created_at: i64,
 }
 
-/// Key packages uploaded with a device.
+/// Key packages uploaded with a device, each with its ciphersuite (IANA number).
 #[derive(Debug, Clone, Default)]
 pub struct KeyPackages {
     /// One-time packages.
-    pub one_time: Vec<Vec<u8>>,
-    /// A last-resort package (replaces the previous one).
-    pub last_resort: Option<Vec<u8>>,
+    pub one_time: Vec<(u16, Vec<u8>)>,
+    /// Last-resort packages, at most one per ciphersuite (each replaces the previous one).
+    pub last_resort: Vec<(u16, Vec<u8>)>,
 }
 
 /// An account as stored.
@@ -77,14 +77,16 @@ pub struct AccountRecord {
 pub struct ConversationRecord {
     /// Id (hex).
     pub id: String,
-    /// `dm`.
+    /// `dm` or `group`.
     pub kind: String,
     /// Current epoch.
     pub epoch: u64,
     /// Last sequence number.
     pub last_seq: u64,
-    /// Member usernames, sorted.
+    /// Member usernames, sorted (for a group: derived from its MLS tree, minus departed accounts).
     pub members: Vec<String>,
+    /// Accounts that left a group and whose devices are still in its MLS tree.
+    pub departed: Vec<String>,
 }
 
 /// A commit bundle to append atomically.
@@ -98,8 +100,10 @@ pub struct NewCommit {
     pub commit: Vec<u8>,
     /// Welcome and the devices it goes to.
     pub welcome: Option<(Vec<u8>, Vec<String>)>,
-    /// New group info.
-    pub group_info: Option<Vec<u8>>,
+    /// The group's public state after the commit (see `sotto_proto::mls::ServerGroup`).
+    pub state: Vec<u8>,
+    /// Every member device after the commit: (device id, username).
+    pub members: Vec<(String, String)>,
 }
 
 /// Authentication data of a device.
@@ -132,18 +136,45 @@ pub trait Store: Send + Sync + 'static {
     /// Adds key packages for a device.
     async fn add_key_packages(&self, device_id: &str, kps: KeyPackages) -> Result<(), StoreError>;
 
-    /// Counts a device's one-time key packages.
-    async fn key_package_count(&self, device_id: &str) -> Result<u64, StoreError>;
+    /// Counts a device's one-time key packages of a ciphersuite.
+    async fn key_package_count(&self, device_id: &str, suite: u16) -> Result<u64, StoreError>;
 
-    /// Claims one key package for each device of `username` (only `only` if not empty), never for
-    /// `exclude`. One-time packages are deleted as they are handed out; the last-resort package is
-    /// used when none is left. All or nothing.
+    /// Claims one key package of `suite` for each device of `username` (only `only` if not empty),
+    /// never for `exclude`. One-time packages are deleted as they are handed out; the last-resort
+    /// package is used when none is left. All or nothing.
     async fn claim_key_packages(
         &self,
         username: &str,
         only: &[String],
         exclude: &str,
+        suite: u16,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Creates an empty group conversation with `creator` as its only member account.
+    async fn create_group(
+        &self,
+        creator: &str,
+        new_id: &str,
+    ) -> Result<ConversationRecord, StoreError>;
+
+    /// The group's public MLS state and the epoch it is at (`None` before the first commit).
+    async fn group_state(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// Records that `username` left the group: it stops being a member at once (no more reads,
+    /// sends or wake-ups); its devices stay in the MLS tree until an admin commits their removal.
+    async fn leave(&self, id: &str, username: &str) -> Result<(), StoreError>;
+
+    /// The member devices of a conversation to wake (accounts that left excluded); before the
+    /// first commit, the devices of its member accounts.
+    async fn wake_list(&self, id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Records how far devices have read conversations: (conversation, device, seq). Only moves
+    /// forward.
+    async fn save_cursors(&self, cursors: Vec<(String, String, u64)>) -> Result<(), StoreError>;
+
+    /// Drops log entries every member device has read, and entries (and welcomes) created before
+    /// `older_than` (unix seconds). Returns how many log entries went.
+    async fn prune(&self, older_than: i64) -> Result<u64, StoreError>;
 
     /// Returns the DM conversation between `a` and `b`, creating it with `new_id` if there is none.
     async fn get_or_create_dm(

@@ -13,7 +13,8 @@ use tokio_postgres::NoTls;
 
 use super::*;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     username TEXT PRIMARY KEY,
     identity_key BYTEA NOT NULL,
@@ -73,7 +74,38 @@ CREATE TABLE links (
     expires_at BIGINT NOT NULL,
     used BOOLEAN NOT NULL DEFAULT FALSE
 );
-"#];
+"#,
+    r#"
+ALTER TABLE key_packages ADD COLUMN suite INTEGER NOT NULL DEFAULT 79;
+DROP INDEX key_packages_by_device;
+CREATE INDEX key_packages_by_device ON key_packages(device_id, suite, last_resort, id);
+ALTER TABLE conversations ADD COLUMN state BYTEA;
+CREATE TABLE conversation_devices (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    device_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    acked_seq BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (conversation_id, device_id)
+);
+CREATE TABLE departed (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    username TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, username)
+);
+CREATE TABLE welcomes (
+    id BIGSERIAL PRIMARY KEY,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    data BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+ALTER TABLE inbox ADD COLUMN welcome_id BIGINT REFERENCES welcomes(id);
+ALTER TABLE log ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0;
+"#,
+];
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
 
 /// PostgreSQL storage.
 #[derive(Clone)]
@@ -192,25 +224,100 @@ async fn insert_key_packages(
 ) -> Result<(), StoreError> {
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO key_packages (device_id, data, last_resort) VALUES ($1, $2, $3)",
+            "INSERT INTO key_packages (device_id, suite, data, last_resort) VALUES ($1, $2, $3, $4)",
         )
         .await
         .map_err(backend)?;
-    for kp in &kps.one_time {
-        tx.execute(&stmt, &[&device_id, kp, &false])
+    for (suite, kp) in &kps.one_time {
+        tx.execute(&stmt, &[&device_id, &i32::from(*suite), kp, &false])
             .await
             .map_err(backend)?;
     }
-    if let Some(lr) = &kps.last_resort {
+    for (suite, lr) in &kps.last_resort {
         tx.execute(
-            "DELETE FROM key_packages WHERE device_id = $1 AND last_resort",
-            &[&device_id],
+            "DELETE FROM key_packages WHERE device_id = $1 AND suite = $2 AND last_resort",
+            &[&device_id, &i32::from(*suite)],
         )
         .await
         .map_err(backend)?;
-        tx.execute(&stmt, &[&device_id, lr, &true])
+        tx.execute(&stmt, &[&device_id, &i32::from(*suite), lr, &true])
             .await
             .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// See the SQLite backend's `apply_members`: the same rules, inside the commit's transaction.
+async fn apply_members(
+    tx: &deadpool_postgres::Transaction<'_>,
+    conversation: &str,
+    kind: &str,
+    seq: i64,
+    commit: &NewCommit,
+) -> Result<(), StoreError> {
+    let keep: Vec<String> = commit.members.iter().map(|(d, _)| d.clone()).collect();
+    tx.execute(
+        "DELETE FROM conversation_devices WHERE conversation_id = $1 AND NOT (device_id = ANY($2))",
+        &[&conversation, &keep],
+    )
+    .await
+    .map_err(backend)?;
+    let ins = tx
+        .prepare_cached(
+            "INSERT INTO conversation_devices (conversation_id, device_id, username, acked_seq)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .await
+        .map_err(backend)?;
+    for (d, u) in &commit.members {
+        tx.execute(&ins, &[&conversation, d, u, &(seq - 1)])
+            .await
+            .map_err(backend)?;
+    }
+    if kind != "group" {
+        return Ok(());
+    }
+    let added: Vec<String> = match &commit.welcome {
+        Some((_, devs)) => commit
+            .members
+            .iter()
+            .filter(|(d, _)| devs.contains(d))
+            .map(|(_, u)| u.clone())
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut accounts: Vec<String> = commit.members.iter().map(|(_, u)| u.clone()).collect();
+    accounts.sort();
+    accounts.dedup();
+    tx.execute(
+        "DELETE FROM departed WHERE conversation_id = $1 AND (username = ANY($2) OR NOT (username = ANY($3)))",
+        &[&conversation, &added, &accounts],
+    )
+    .await
+    .map_err(backend)?;
+    let departed: Vec<String> = tx
+        .query(
+            "SELECT username FROM departed WHERE conversation_id = $1",
+            &[&conversation],
+        )
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.execute(
+        "DELETE FROM conversation_members WHERE conversation_id = $1",
+        &[&conversation],
+    )
+    .await
+    .map_err(backend)?;
+    for a in accounts.iter().filter(|a| !departed.contains(a)) {
+        tx.execute(
+            "INSERT INTO conversation_members (conversation_id, username) VALUES ($1, $2)",
+            &[&conversation, a],
+        )
+        .await
+        .map_err(backend)?;
     }
     Ok(())
 }
@@ -239,12 +346,23 @@ async fn load_conversation(
         .into_iter()
         .map(|r| r.get::<_, String>(0))
         .collect();
+    let departed = c
+        .query(
+            "SELECT username FROM departed WHERE conversation_id = $1 ORDER BY username",
+            &[&id],
+        )
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
     Ok(Some(ConversationRecord {
         id: id.to_owned(),
         kind: row.get(0),
         epoch: as_u64(row.get(1)),
         last_seq: as_u64(row.get(2)),
         members,
+        departed,
     }))
 }
 
@@ -272,8 +390,8 @@ async fn insert_log(
     data: &[u8],
 ) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&conversation, &seq, &as_i64(epoch), &(kind_code(kind) as i16), &sender, &data],
+        "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[&conversation, &seq, &as_i64(epoch), &(kind_code(kind) as i16), &sender, &data, &now()],
     )
     .await
     .map_err(backend)?;
@@ -376,12 +494,12 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn key_package_count(&self, device_id: &str) -> Result<u64, StoreError> {
+    async fn key_package_count(&self, device_id: &str, suite: u16) -> Result<u64, StoreError> {
         let c = self.client().await?;
         let row = c
             .query_one(
-                "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND NOT last_resort",
-                &[&device_id],
+                "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND suite = $2 AND NOT last_resort",
+                &[&device_id, &i32::from(suite)],
             )
             .await
             .map_err(backend)?;
@@ -393,7 +511,9 @@ impl Store for PostgresStore {
         username: &str,
         only: &[String],
         exclude: &str,
+        suite: u16,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let suite = i32::from(suite);
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
         let devices: Vec<String> = tx
@@ -412,9 +532,9 @@ impl Store for PostgresStore {
             // A one-time package, locked so two nodes never hand out the same one.
             let one_time = tx
                 .query_opt(
-                    "SELECT id, data FROM key_packages WHERE device_id = $1 AND NOT last_resort
+                    "SELECT id, data FROM key_packages WHERE device_id = $1 AND suite = $2 AND NOT last_resort
                      ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    &[&d],
+                    &[&d, &suite],
                 )
                 .await
                 .map_err(backend)?;
@@ -429,8 +549,8 @@ impl Store for PostgresStore {
             // Else the last-resort package: never deleted, so concurrent claims share it unlocked.
             let last_resort = tx
                 .query_opt(
-                    "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort LIMIT 1",
-                    &[&d],
+                    "SELECT data FROM key_packages WHERE device_id = $1 AND suite = $2 AND last_resort LIMIT 1",
+                    &[&d, &suite],
                 )
                 .await
                 .map_err(backend)?;
@@ -523,17 +643,16 @@ impl Store for PostgresStore {
         // The commit rule: only the first commit for the current epoch matches.
         let row = tx
             .query_opt(
-                "UPDATE conversations SET epoch = epoch + 1, last_seq = last_seq + 1,
-                        group_info = COALESCE($3, group_info)
-                 WHERE id = $1 AND epoch = $2 RETURNING last_seq, epoch",
-                &[&conversation, &as_i64(commit.epoch), &commit.group_info],
+                "UPDATE conversations SET epoch = epoch + 1, last_seq = last_seq + 1, state = $3
+                 WHERE id = $1 AND epoch = $2 RETURNING last_seq, epoch, kind",
+                &[&conversation, &as_i64(commit.epoch), &commit.state],
             )
             .await
             .map_err(backend)?;
         let Some(row) = row else {
             return Err(stale_or_missing(&tx, conversation).await);
         };
-        let (seq, epoch): (i64, i64) = (row.get(0), row.get(1));
+        let (seq, epoch, kind): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
         insert_log(
             &tx,
             conversation,
@@ -544,11 +663,21 @@ impl Store for PostgresStore {
             &commit.commit,
         )
         .await?;
+        apply_members(&tx, conversation, &kind, seq, &commit).await?;
         if let Some((welcome, devices)) = &commit.welcome {
+            let welcome_id: i64 = tx
+                .query_one(
+                    "INSERT INTO welcomes (conversation_id, data, created_at) VALUES ($1, $2, $3) RETURNING id",
+                    &[&conversation, welcome, &now()],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+            let empty: &[u8] = &[];
             for d in devices {
                 tx.execute(
-                    "INSERT INTO inbox (device_id, conversation_id, seq, welcome) VALUES ($1, $2, $3, $4)",
-                    &[d, &conversation, &seq, welcome],
+                    "INSERT INTO inbox (device_id, conversation_id, seq, welcome, welcome_id) VALUES ($1, $2, $3, $4, $5)",
+                    &[d, &conversation, &seq, &empty, &welcome_id],
                 )
                 .await
                 .map_err(backend)?;
@@ -629,7 +758,9 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT id, conversation_id, seq, welcome FROM inbox WHERE device_id = $1 ORDER BY id LIMIT 100",
+                "SELECT i.id, i.conversation_id, i.seq, COALESCE(w.data, i.welcome)
+                 FROM inbox i LEFT JOIN welcomes w ON w.id = i.welcome_id
+                 WHERE i.device_id = $1 ORDER BY i.id LIMIT 100",
                 &[&device_id],
             )
             .await
@@ -666,6 +797,172 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn create_group(
+        &self,
+        creator: &str,
+        new_id: &str,
+    ) -> Result<ConversationRecord, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        tx.execute(
+            "INSERT INTO conversations (id, kind, epoch, last_seq, created_at) VALUES ($1, 'group', 0, 0, $2)",
+            &[&new_id, &now()],
+        )
+        .await
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO conversation_members (conversation_id, username) VALUES ($1, $2)",
+            &[&new_id, &creator],
+        )
+        .await
+        .map_err(backend)?;
+        let rec = load_conversation(&tx, new_id)
+            .await?
+            .ok_or(StoreError::NotFound("conversation"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(rec)
+    }
+
+    async fn group_state(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT epoch, state FROM conversations WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.and_then(|r| {
+            let state: Option<Vec<u8>> = r.get(1);
+            state.map(|s| (as_u64(r.get(0)), s))
+        }))
+    }
+
+    async fn leave(&self, id: &str, username: &str) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        // Lock the conversation against a concurrent commit changing its members.
+        tx.query_opt(
+            "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound("conversation"))?;
+        let n = tx
+            .execute(
+                "DELETE FROM conversation_members WHERE conversation_id = $1 AND username = $2",
+                &[&id, &username],
+            )
+            .await
+            .map_err(backend)?;
+        if n == 0 {
+            return Err(StoreError::NotFound("conversation"));
+        }
+        tx.execute(
+            "INSERT INTO departed (conversation_id, username)
+             SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM conversation_devices WHERE conversation_id = $1 AND username = $2)
+             ON CONFLICT DO NOTHING",
+            &[&id, &username],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn wake_list(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let c = self.client().await?;
+        let mut out: Vec<String> = c
+            .query(
+                "SELECT d.device_id FROM conversation_devices d
+                 JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+                 WHERE d.conversation_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        if out.is_empty() {
+            out = c
+                .query(
+                    "SELECT v.device_id FROM devices v JOIN conversation_members m ON m.username = v.username
+                     WHERE m.conversation_id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(backend)?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+        }
+        Ok(out)
+    }
+
+    async fn save_cursors(&self, cursors: Vec<(String, String, u64)>) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE conversation_devices SET acked_seq = $3
+                 WHERE conversation_id = $1 AND device_id = $2 AND acked_seq < $3",
+            )
+            .await
+            .map_err(backend)?;
+        for (conv, dev, seq) in &cursors {
+            tx.execute(&stmt, &[conv, dev, &as_i64(*seq)])
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn prune(&self, older_than: i64) -> Result<u64, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let floors = tx
+            .query(
+                "SELECT conversation_id, MIN(acked_seq) FROM conversation_devices GROUP BY conversation_id",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        let mut gone = 0u64;
+        for r in floors {
+            let (conv, floor): (String, i64) = (r.get(0), r.get(1));
+            gone += tx
+                .execute(
+                    "DELETE FROM log WHERE conversation_id = $1 AND seq <= $2",
+                    &[&conv, &floor],
+                )
+                .await
+                .map_err(backend)?;
+        }
+        gone += tx
+            .execute(
+                "DELETE FROM log WHERE created_at > 0 AND created_at < $1",
+                &[&older_than],
+            )
+            .await
+            .map_err(backend)?;
+        tx.execute(
+            "DELETE FROM inbox WHERE welcome_id IN (SELECT id FROM welcomes WHERE created_at < $1)",
+            &[&older_than],
+        )
+        .await
+        .map_err(backend)?;
+        tx.execute(
+            "DELETE FROM welcomes WHERE created_at < $1
+             OR NOT EXISTS (SELECT 1 FROM inbox i WHERE i.welcome_id = welcomes.id)",
+            &[&older_than],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(gone)
     }
 
     async fn create_link(

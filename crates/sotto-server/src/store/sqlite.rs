@@ -11,7 +11,8 @@ use sotto_api::{Accepted, InboxItem, LogEntry, B64};
 use super::*;
 
 /// Versioned migrations; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     username TEXT PRIMARY KEY,
     identity_key BLOB NOT NULL,
@@ -71,7 +72,34 @@ CREATE TABLE links (
     expires_at INTEGER NOT NULL,
     used INTEGER NOT NULL DEFAULT 0
 );
-"#];
+"#,
+    r#"
+ALTER TABLE key_packages ADD COLUMN suite INTEGER NOT NULL DEFAULT 79;
+DROP INDEX key_packages_by_device;
+CREATE INDEX key_packages_by_device ON key_packages(device_id, suite, last_resort, id);
+ALTER TABLE conversations ADD COLUMN state BLOB;
+CREATE TABLE conversation_devices (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    device_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    acked_seq INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conversation_id, device_id)
+);
+CREATE TABLE departed (
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    username TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, username)
+);
+CREATE TABLE welcomes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    data BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+ALTER TABLE inbox ADD COLUMN welcome_id INTEGER REFERENCES welcomes(id);
+ALTER TABLE log ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 /// SQLite storage.
 ///
@@ -290,21 +318,27 @@ fn insert_key_packages(
 ) -> Result<(), StoreError> {
     let mut stmt = tx
         .prepare_cached(
-            "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, ?3)",
+            "INSERT INTO key_packages (device_id, suite, data, last_resort) VALUES (?1, ?2, ?3, ?4)",
         )
         .map_err(backend)?;
-    for kp in &kps.one_time {
-        stmt.execute(params![device_id, kp, 0]).map_err(backend)?;
+    for (suite, kp) in &kps.one_time {
+        stmt.execute(params![device_id, suite, kp, 0])
+            .map_err(backend)?;
     }
-    if let Some(lr) = &kps.last_resort {
+    for (suite, lr) in &kps.last_resort {
         tx.execute(
-            "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
-            params![device_id],
+            "DELETE FROM key_packages WHERE device_id = ?1 AND suite = ?2 AND last_resort = 1",
+            params![device_id, suite],
         )
         .map_err(backend)?;
-        stmt.execute(params![device_id, lr, 1]).map_err(backend)?;
+        stmt.execute(params![device_id, suite, lr, 1])
+            .map_err(backend)?;
     }
     Ok(())
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 fn load_conversation(
@@ -338,13 +372,117 @@ fn load_conversation(
         .map_err(backend)?
         .collect::<Result<Vec<String>, _>>()
         .map_err(backend)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT username FROM departed WHERE conversation_id = ?1 ORDER BY username",
+        )
+        .map_err(backend)?;
+    let departed = stmt
+        .query_map(params![id], |r| r.get(0))
+        .map_err(backend)?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(backend)?;
     Ok(Some(ConversationRecord {
         id: id.to_owned(),
         kind,
         epoch: as_u64(epoch),
         last_seq: as_u64(last_seq),
         members,
+        departed,
     }))
+}
+
+/// Replaces a conversation's member devices with those after a commit: devices that stay keep
+/// their read position, new ones start just before the commit (welcomed devices start after it;
+/// the creator of a group still reads its own first commit). For a group the
+/// member accounts follow the tree, minus accounts that left; a departed account whose devices are
+/// all gone is forgotten, and one an admin adds again is back.
+fn apply_members(
+    tx: &Connection,
+    conversation: &str,
+    kind: &str,
+    seq: u64,
+    commit: &NewCommit,
+) -> Result<(), StoreError> {
+    let keep: std::collections::HashSet<&str> =
+        commit.members.iter().map(|(d, _)| d.as_str()).collect();
+    let existing: Vec<String> = tx
+        .prepare_cached("SELECT device_id FROM conversation_devices WHERE conversation_id = ?1")
+        .and_then(|mut s| {
+            s.query_map(params![conversation], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(backend)?;
+    for d in existing.iter().filter(|d| !keep.contains(d.as_str())) {
+        tx.execute(
+            "DELETE FROM conversation_devices WHERE conversation_id = ?1 AND device_id = ?2",
+            params![conversation, d],
+        )
+        .map_err(backend)?;
+    }
+    let mut ins = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO conversation_devices (conversation_id, device_id, username, acked_seq)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(backend)?;
+    for (d, u) in &commit.members {
+        ins.execute(params![conversation, d, u, as_i64(seq.saturating_sub(1))])
+            .map_err(backend)?;
+    }
+    if kind == "group" {
+        let added: std::collections::HashSet<&str> = commit
+            .welcome
+            .as_ref()
+            .map(|(_, devs)| {
+                commit
+                    .members
+                    .iter()
+                    .filter(|(d, _)| devs.contains(d))
+                    .map(|(_, u)| u.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let accounts: std::collections::BTreeSet<&str> =
+            commit.members.iter().map(|(_, u)| u.as_str()).collect();
+        for a in &added {
+            tx.execute(
+                "DELETE FROM departed WHERE conversation_id = ?1 AND username = ?2",
+                params![conversation, a],
+            )
+            .map_err(backend)?;
+        }
+        let departed: Vec<String> = tx
+            .prepare_cached("SELECT username FROM departed WHERE conversation_id = ?1")
+            .and_then(|mut s| {
+                s.query_map(params![conversation], |r| r.get(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)?;
+        for d in departed.iter().filter(|d| !accounts.contains(d.as_str())) {
+            tx.execute(
+                "DELETE FROM departed WHERE conversation_id = ?1 AND username = ?2",
+                params![conversation, d],
+            )
+            .map_err(backend)?;
+        }
+        tx.execute(
+            "DELETE FROM conversation_members WHERE conversation_id = ?1",
+            params![conversation],
+        )
+        .map_err(backend)?;
+        for a in accounts {
+            if departed.iter().any(|d| d == a) && !added.contains(a) {
+                continue;
+            }
+            tx.execute(
+                "INSERT INTO conversation_members (conversation_id, username) VALUES (?1, ?2)",
+                params![conversation, a],
+            )
+            .map_err(backend)?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks the epoch and reserves the next sequence number, inside the caller's transaction.
@@ -376,8 +514,8 @@ fn insert_log(
     data: &[u8],
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -386,7 +524,8 @@ fn insert_log(
             as_i64(epoch),
             kind_code(kind),
             sender,
-            data
+            data,
+            now()
         ])
     })
     .map_err(backend)?;
@@ -499,12 +638,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn key_package_count(&self, device_id: &str) -> Result<u64, StoreError> {
+    async fn key_package_count(&self, device_id: &str, suite: u16) -> Result<u64, StoreError> {
         let device_id = device_id.to_owned();
         self.read(move |conn| {
             conn.query_row(
-                "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
-                params![device_id],
+                "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND suite = ?2 AND last_resort = 0",
+                params![device_id, suite],
                 |r| r.get::<_, i64>(0),
             )
             .map(as_u64)
@@ -518,6 +657,7 @@ impl Store for SqliteStore {
         username: &str,
         only: &[String],
         exclude: &str,
+        suite: u16,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let (username, only, exclude) = (username.to_owned(), only.to_vec(), exclude.to_owned());
         self.write(move |tx| {
@@ -539,9 +679,9 @@ impl Store for SqliteStore {
                 // A one-time package first (oldest), else the last-resort one (kept).
                 let row: Option<(i64, Vec<u8>, i64)> = tx
                     .query_row(
-                        "SELECT id, data, last_resort FROM key_packages WHERE device_id = ?1
+                        "SELECT id, data, last_resort FROM key_packages WHERE device_id = ?1 AND suite = ?2
                          ORDER BY last_resort, id LIMIT 1",
-                        params![d],
+                        params![d, suite],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()
@@ -656,19 +796,33 @@ impl Store for SqliteStore {
                 &commit.commit,
             )?;
             tx.execute(
-                "UPDATE conversations SET epoch = ?2, last_seq = ?3, group_info = COALESCE(?4, group_info)
-                 WHERE id = ?1",
-                params![conversation, as_i64(new_epoch), as_i64(seq), commit.group_info],
+                "UPDATE conversations SET epoch = ?2, last_seq = ?3, state = ?4 WHERE id = ?1",
+                params![conversation, as_i64(new_epoch), as_i64(seq), commit.state],
             )
             .map_err(backend)?;
+            let kind: String = tx
+                .query_row(
+                    "SELECT kind FROM conversations WHERE id = ?1",
+                    params![conversation],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            apply_members(tx, &conversation, &kind, seq, &commit)?;
             if let Some((welcome, devices)) = &commit.welcome {
+                tx.execute(
+                    "INSERT INTO welcomes (conversation_id, data, created_at) VALUES (?1, ?2, ?3)",
+                    params![conversation, welcome, now()],
+                )
+                .map_err(backend)?;
+                let welcome_id = tx.last_insert_rowid();
                 let mut stmt = tx
                     .prepare_cached(
-                        "INSERT INTO inbox (device_id, conversation_id, seq, welcome) VALUES (?1, ?2, ?3, ?4)",
+                        "INSERT INTO inbox (device_id, conversation_id, seq, welcome, welcome_id)
+                         VALUES (?1, ?2, ?3, x'', ?4)",
                     )
                     .map_err(backend)?;
                 for d in devices {
-                    stmt.execute(params![d, conversation, as_i64(seq), welcome])
+                    stmt.execute(params![d, conversation, as_i64(seq), welcome_id])
                         .map_err(backend)?;
                 }
             }
@@ -750,7 +904,9 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, conversation_id, seq, welcome FROM inbox WHERE device_id = ?1 ORDER BY id LIMIT 100",
+                    "SELECT i.id, i.conversation_id, i.seq, COALESCE(w.data, i.welcome)
+                     FROM inbox i LEFT JOIN welcomes w ON w.id = i.welcome_id
+                     WHERE i.device_id = ?1 ORDER BY i.id LIMIT 100",
                 )
                 .map_err(backend)?;
             let rows = stmt
@@ -799,6 +955,164 @@ impl Store for SqliteStore {
                 out.extend(ids);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn create_group(
+        &self,
+        creator: &str,
+        new_id: &str,
+    ) -> Result<ConversationRecord, StoreError> {
+        let (creator, id) = (creator.to_owned(), new_id.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO conversations (id, kind, epoch, last_seq, created_at) VALUES (?1, 'group', 0, 0, ?2)",
+                params![id, now()],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO conversation_members (conversation_id, username) VALUES (?1, ?2)",
+                params![id, creator],
+            )
+            .map_err(backend)?;
+            load_conversation(tx, &id)?.ok_or(StoreError::NotFound("conversation"))
+        })
+        .await
+    }
+
+    async fn group_state(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let row: Option<(i64, Option<Vec<u8>>)> = conn
+                .query_row(
+                    "SELECT epoch, state FROM conversations WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok(row.and_then(|(e, s)| s.map(|s| (as_u64(e), s))))
+        })
+        .await
+    }
+
+    async fn leave(&self, id: &str, username: &str) -> Result<(), StoreError> {
+        let (id, username) = (id.to_owned(), username.to_owned());
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM conversation_members WHERE conversation_id = ?1 AND username = ?2",
+                    params![id, username],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound("conversation"));
+            }
+            let still_in_tree: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM conversation_devices WHERE conversation_id = ?1 AND username = ?2",
+                    params![id, username],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if still_in_tree > 0 {
+                tx.execute(
+                    "INSERT OR IGNORE INTO departed (conversation_id, username) VALUES (?1, ?2)",
+                    params![id, username],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn wake_list(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT d.device_id FROM conversation_devices d
+                     JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+                     WHERE d.conversation_id = ?1",
+                )
+                .map_err(backend)?;
+            let mut out = stmt
+                .query_map(params![id], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            if out.is_empty() {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT v.device_id FROM devices v JOIN conversation_members m ON m.username = v.username
+                         WHERE m.conversation_id = ?1",
+                    )
+                    .map_err(backend)?;
+                out = stmt
+                    .query_map(params![id], |r| r.get::<_, String>(0))
+                    .map_err(backend)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(backend)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn save_cursors(&self, cursors: Vec<(String, String, u64)>) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE conversation_devices SET acked_seq = ?3
+                     WHERE conversation_id = ?1 AND device_id = ?2 AND acked_seq < ?3",
+                )
+                .map_err(backend)?;
+            for (c, d, seq) in &cursors {
+                stmt.execute(params![c, d, as_i64(*seq)]).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune(&self, older_than: i64) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let floors: Vec<(String, i64)> = tx
+                .prepare_cached(
+                    "SELECT conversation_id, MIN(acked_seq) FROM conversation_devices GROUP BY conversation_id",
+                )
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(backend)?;
+            let mut gone = 0usize;
+            let mut del = tx
+                .prepare_cached("DELETE FROM log WHERE conversation_id = ?1 AND seq <= ?2")
+                .map_err(backend)?;
+            for (c, floor) in &floors {
+                gone += del.execute(params![c, floor]).map_err(backend)?;
+            }
+            gone += tx
+                .execute(
+                    "DELETE FROM log WHERE created_at > 0 AND created_at < ?1",
+                    params![older_than],
+                )
+                .map_err(backend)?;
+            tx.execute(
+                "DELETE FROM inbox WHERE welcome_id IN (SELECT id FROM welcomes WHERE created_at < ?1)",
+                params![older_than],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "DELETE FROM welcomes WHERE created_at < ?1
+                 OR NOT EXISTS (SELECT 1 FROM inbox i WHERE i.welcome_id = welcomes.id)",
+                params![older_than],
+            )
+            .map_err(backend)?;
+            Ok(gone as u64)
         })
         .await
     }

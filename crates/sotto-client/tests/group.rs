@@ -1,0 +1,346 @@
+//! Groups end to end: a real sottod on a real socket, real clients, real MLS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+
+use sotto_api::ErrorCode;
+use sotto_client::{Client, ClientError};
+use support::*;
+
+fn pair(a: &str, b: &str) -> (String, String) {
+    (a.to_owned(), b.to_owned())
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The device's bearer token, read from its local store (tests only: to call the API as it).
+fn token_of(home: &std::path::Path) -> String {
+    let db = rusqlite::Connection::open(home.join("sotto.db")).unwrap();
+    let v: Vec<u8> = db
+        .query_row(
+            "SELECT value FROM sotto_config WHERE key = 'token'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    String::from_utf8(v).unwrap()
+}
+
+fn is_forbidden(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Api {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_users_with_one_or_two_devices_get_every_message_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let mut devices: Vec<(String, Client)> = Vec::new();
+    for i in 0..20 {
+        let user = format!("user{i:02}");
+        let c = registered(&dir.path().join(format!("{user}-1")), &url, &user).await;
+        if i % 3 == 0 {
+            let c2 = linked(&c, &dir.path().join(format!("{user}-2")), &url).await;
+            devices.push((user.clone(), c2));
+        }
+        devices.push((user, c));
+    }
+    let total_devices = devices.len();
+    assert!(total_devices > 20);
+    let creator = devices.iter().position(|(u, _)| u == "user00").unwrap();
+    let others: Vec<String> = (1..20).map(|i| format!("user{i:02}")).collect();
+    let (gid, report) = devices[creator]
+        .1
+        .create_group("twenty", &others, 100)
+        .await
+        .unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    // Three members send (one of them from a second device).
+    let mut sent: Vec<(String, String)> = Vec::new(); // (sender device, message id)
+    for who in ["user05", "user09", "user00"] {
+        let idx = devices.iter().position(|(u, _)| u == who).unwrap();
+        let (m, _) = devices[idx]
+            .1
+            .send_group(&gid, &format!("hello from {who}"))
+            .await
+            .unwrap();
+        assert_eq!(m.group.as_deref(), Some(gid.as_str()));
+        sent.push((m.sender_device.clone(), m.id.clone()));
+    }
+    for (user, c) in &devices {
+        let report = c.sync().await.unwrap();
+        assert!(report.warnings.is_empty(), "{user}: {:?}", report.warnings);
+        let got = c.take_unshown().unwrap();
+        let mut ids: Vec<&str> = got.iter().map(|m| m.id.as_str()).collect();
+        ids.sort();
+        let me = c.device_id().unwrap();
+        let mut want: Vec<&str> = sent
+            .iter()
+            .filter(|(dev, _)| *dev != me)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        want.sort();
+        assert_eq!(ids, want, "{user} device {me}");
+        assert!(got.iter().all(|m| m.group.as_deref() == Some(gid.as_str())));
+        // Nothing more on the next sync.
+        c.sync().await.unwrap();
+        assert!(c.take_unshown().unwrap().is_empty());
+        let info = c.group_info(&gid).unwrap();
+        assert_eq!(info.name, "twenty");
+        assert_eq!(info.members.len(), 20);
+        assert_eq!(
+            info.members.iter().map(|(_, d)| d.len()).sum::<usize>(),
+            total_devices
+        );
+        assert_eq!(info.admins, ["user00"]);
+        assert!(
+            info.post_quantum,
+            "{total_devices} devices is under the PQ limit"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_member_loses_access_and_new_member_sees_only_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let alice = registered(&dir.path().join("a"), &url, "alice").await;
+    let bob = registered(&dir.path().join("b"), &url, "bob").await;
+    let carol_home = dir.path().join("c");
+    let carol = registered(&carol_home, &url, "carol").await;
+    let dave = registered(&dir.path().join("d"), &url, "dave").await;
+    let (gid, _) = alice
+        .create_group("team", &names(&["bob", "carol"]), 100)
+        .await
+        .unwrap();
+    alice.send_group(&gid, "before").await.unwrap();
+    assert_eq!(sync_texts(&carol).await, vec![pair("alice", "before")]);
+    sync_texts(&bob).await;
+
+    alice.group_remove(&gid, &names(&["carol"])).await.unwrap();
+    alice.group_add(&gid, &names(&["dave"])).await.unwrap();
+    alice.send_group(&gid, "after").await.unwrap();
+    assert_eq!(sync_texts(&bob).await, vec![pair("alice", "after")]);
+    assert_eq!(sync_texts(&dave).await, vec![pair("alice", "after")]);
+    // dave's history starts at his joining.
+    let texts: Vec<String> = dave
+        .group_history(&gid)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["after"]);
+    // carol gets nothing more, knows she was removed, and the server refuses her the log.
+    assert!(sync_texts(&carol).await.is_empty());
+    assert!(carol.groups().unwrap().is_empty());
+    assert_eq!(
+        carol.conversation_status(&gid).unwrap().unwrap().0,
+        "removed"
+    );
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/v1/conversations/{gid}/log?after=0"))
+        .bearer_auth(token_of(&carol_home))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(matches!(
+        carol.send_group(&gid, "still here?").await,
+        Err(ClientError::Invalid(_))
+    ));
+    let info = bob.group_info(&gid).unwrap();
+    let members: Vec<&str> = info.members.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(members, ["alice", "bob", "dave"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_changes_are_refused_and_admins_can_delegate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let alice = registered(&dir.path().join("a"), &url, "alice").await;
+    let bob = registered(&dir.path().join("b"), &url, "bob").await;
+    let carol = registered(&dir.path().join("c"), &url, "carol").await;
+    registered(&dir.path().join("d"), &url, "dave").await;
+    let (gid, _) = alice
+        .create_group("team", &names(&["bob", "carol"]), 100)
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    let epoch = bob.group_info(&gid).unwrap().epoch;
+    // bob is not an admin: the server refuses each change, and nothing moves anywhere.
+    let e = bob.group_add(&gid, &names(&["dave"])).await.unwrap_err();
+    assert!(is_forbidden(&e), "{e}");
+    assert!(e.to_string().contains("not an admin"), "{e}");
+    assert!(is_forbidden(
+        &bob.group_remove(&gid, &names(&["carol"]))
+            .await
+            .unwrap_err()
+    ));
+    assert!(is_forbidden(
+        &bob.group_rename(&gid, "bob's now").await.unwrap_err()
+    ));
+    assert!(is_forbidden(
+        &bob.group_make_admin(&gid, "carol").await.unwrap_err()
+    ));
+    for c in [&alice, &bob, &carol] {
+        let r = c.sync().await.unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let info = c.group_info(&gid).unwrap();
+        assert_eq!((info.epoch, info.name.as_str()), (epoch, "team"));
+        assert_eq!(info.members.len(), 3);
+    }
+    // Unknown users, non-members and the last admin leaving get clear refusals.
+    assert!(matches!(
+        alice.group_add(&gid, &names(&["nobody"])).await,
+        Err(ClientError::UnknownUser(_))
+    ));
+    assert!(matches!(
+        alice.group_make_admin(&gid, "dave").await,
+        Err(ClientError::Invalid(_))
+    ));
+    let e = alice.group_leave(&gid).await.unwrap_err();
+    assert!(e.to_string().contains("last admin"), "{e}");
+    // alice makes bob an admin; bob can now rename, and everyone agrees.
+    alice.group_make_admin(&gid, "bob").await.unwrap();
+    bob.group_rename(&gid, "renamed by bob").await.unwrap();
+    for c in [&alice, &bob, &carol] {
+        c.sync().await.unwrap();
+        let info = c.group_info(&gid).unwrap();
+        assert_eq!(info.name, "renamed by bob");
+        assert_eq!(info.admins, ["alice", "bob"]);
+    }
+    // Now alice may leave: she stops being a member at once, and bob (admin) removes her devices.
+    alice.group_leave(&gid).await.unwrap();
+    assert!(alice.groups().unwrap().is_empty());
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    let info = carol.group_info(&gid).unwrap();
+    let members: Vec<&str> = info.members.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(members, ["bob", "carol"]);
+    assert_eq!(info.admins, ["bob"]);
+    bob.send_group(&gid, "alice is gone").await.unwrap();
+    assert_eq!(sync_texts(&carol).await, vec![pair("bob", "alice is gone")]);
+    assert!(sync_texts(&alice).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_members_committing_at_once_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(
+            registered(
+                &dir.path().join(format!("m{i}")),
+                &url,
+                &format!("member{i}"),
+            )
+            .await,
+        );
+    }
+    let others: Vec<String> = (1..10).map(|i| format!("member{i}")).collect();
+    let (gid, _) = clients[0].create_group("busy", &others, 100).await.unwrap();
+    for c in &clients {
+        c.sync().await.unwrap();
+    }
+    let start = clients[0].group_info(&gid).unwrap().epoch;
+    // Every member refreshes its keys at the same moment: one commit wins each epoch, the others
+    // catch up and redo theirs.
+    let results =
+        futures_util::future::join_all(clients.iter().map(|c| c.group_update_keys(&gid))).await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let mut epochs = HashMap::new();
+    for c in &clients {
+        let r = c.sync().await.unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        epochs.insert(
+            c.username().unwrap().to_owned(),
+            c.group_info(&gid).unwrap().epoch,
+        );
+    }
+    assert!(
+        epochs.values().all(|e| *e == start + 10),
+        "every commit landed once and everyone is at the same epoch: {epochs:?}"
+    );
+    clients[7].send_group(&gid, "still in sync").await.unwrap();
+    for (i, c) in clients.iter().enumerate() {
+        if i != 7 {
+            assert_eq!(sync_texts(c).await, vec![pair("member7", "still in sync")]);
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_member_catches_up_across_several_commits_and_new_devices_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let alice = registered(&dir.path().join("a"), &url, "alice").await;
+    let bob = registered(&dir.path().join("b"), &url, "bob").await;
+    let carol = registered(&dir.path().join("c"), &url, "carol").await;
+    let dave = registered(&dir.path().join("d"), &url, "dave").await;
+    let (gid, _) = alice
+        .create_group("plans", &names(&["bob", "carol"]), 100)
+        .await
+        .unwrap();
+    carol.sync().await.unwrap();
+    // carol goes offline; the group changes several times with messages in between.
+    alice.send_group(&gid, "one").await.unwrap();
+    alice.group_rename(&gid, "plans v2").await.unwrap();
+    alice.send_group(&gid, "two").await.unwrap();
+    alice.group_add(&gid, &names(&["dave"])).await.unwrap();
+    dave.send_group(&gid, "three").await.unwrap();
+    alice.group_make_admin(&gid, "bob").await.unwrap();
+    bob.group_remove(&gid, &names(&["dave"])).await.unwrap();
+    bob.send_group(&gid, "four").await.unwrap();
+    // bob links a new device: his first device adds it to the group (no admin needed for one's own
+    // devices), and it receives what follows.
+    let bob2 = linked(&bob, &dir.path().join("b2"), &url).await;
+    let r = bob.sync().await.unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    bob2.sync().await.unwrap();
+    alice.send_group(&gid, "five").await.unwrap();
+
+    assert_eq!(
+        sync_texts(&carol).await,
+        vec![
+            pair("alice", "one"),
+            pair("alice", "two"),
+            pair("dave", "three"),
+            pair("bob", "four"),
+            pair("alice", "five"),
+        ]
+    );
+    let info = carol.group_info(&gid).unwrap();
+    assert_eq!(info.name, "plans v2");
+    assert_eq!(info.admins, ["alice", "bob"]);
+    let members: Vec<(&str, usize)> = info
+        .members
+        .iter()
+        .map(|(u, d)| (u.as_str(), d.len()))
+        .collect();
+    assert_eq!(members, [("alice", 1), ("bob", 2), ("carol", 1)]);
+    assert_eq!(sync_texts(&bob2).await, vec![pair("alice", "five")]);
+    dave.sync().await.unwrap();
+    assert!(dave.groups().unwrap().is_empty());
+    server.stop().await;
+}
