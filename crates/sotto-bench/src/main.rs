@@ -39,22 +39,95 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         nodes: usize,
     },
+    /// One group of N member devices, each on its own WebSocket: the time until the last device
+    /// has each message.
+    Fanout {
+        /// Member devices (one account each, the sender included).
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Messages to send, one after another.
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// An already running server (otherwise the benchmark starts its own, SQLite).
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli {
-        command:
-            Cmd::Relay {
-                devices,
-                rate,
-                duration,
-                server,
-                database,
-                bus,
-                nodes,
-            },
-    } = Cli::parse();
+    match Cli::parse().command {
+        Cmd::Relay {
+            devices,
+            rate,
+            duration,
+            server,
+            database,
+            bus,
+            nodes,
+        } => relay(devices, rate, duration, server, database, bus, nodes).await,
+        Cmd::Fanout {
+            members,
+            messages,
+            server,
+        } => fanout(members, messages, server).await,
+    }
+}
+
+async fn fanout(members: usize, messages: usize, server: Option<String>) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let started = match &server {
+        Some(_) => None,
+        None => Some(Sottod::start(&[
+            "--data-dir".into(),
+            tmp.path().join("data").display().to_string(),
+        ])?),
+    };
+    let url = match (&server, &started) {
+        (Some(u), _) => u.clone(),
+        (None, Some(s)) => s.url.clone(),
+        (None, None) => anyhow::bail!("no server"),
+    };
+    let pids: Vec<u32> = started.iter().map(Sottod::pid).collect();
+    let r = sotto_bench::fanout::run(&url, members, messages, &pids).await?;
+    println!(
+        "fanout: {} member devices, {} messages, classic suite, {}",
+        r.members,
+        r.messages,
+        if server.is_some() {
+            "external server"
+        } else {
+            "SQLite"
+        }
+    );
+    println!("  group created in {:.0} ms", r.create_ms);
+    println!(
+        "  last device has the message after p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        r.p50_ms, r.p99_ms, r.max_ms
+    );
+    if let Some(c) = r.cpu_us_per_delivery {
+        println!("  server CPU {c:.1} us per delivered copy");
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "last_device_ms": r.p99_ms, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "max_ms": r.max_ms,
+            "members": r.members, "messages": r.messages, "create_ms": r.create_ms,
+            "cpu_us_per_delivery": r.cpu_us_per_delivery,
+        })
+    );
+    Ok(())
+}
+
+async fn relay(
+    devices: usize,
+    rate: u64,
+    duration: u64,
+    server: Option<String>,
+    database: Option<String>,
+    bus: Option<String>,
+    nodes: usize,
+) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut started = Vec::new();
     let (send_url, recv_url) = match server {

@@ -42,15 +42,17 @@ impl Trust for Pin {
     }
 }
 
-struct Device {
-    user: Username,
-    identity: AccountIdentity,
-    keys: DeviceKeys,
-    provider: OpenMlsRustCrypto,
-    token: String,
+pub(crate) struct Device {
+    pub(crate) user: Username,
+    pub(crate) identity: AccountIdentity,
+    pub(crate) keys: DeviceKeys,
+    pub(crate) provider: OpenMlsRustCrypto,
+    pub(crate) token: String,
 }
 
-async fn check<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<T> {
+pub(crate) async fn check<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+) -> anyhow::Result<T> {
     let status = resp.status();
     let bytes = resp.bytes().await?;
     if !status.is_success() {
@@ -63,11 +65,21 @@ async fn check<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> anyho
 }
 
 async fn register(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<Device> {
+    register_with(http, url, name, sotto_proto::mls::DEFAULT_CIPHERSUITE).await
+}
+
+/// Registers an account with one device holding one key package (and a last-resort one) of `suite`.
+pub(crate) async fn register_with(
+    http: &reqwest::Client,
+    url: &str,
+    name: &str,
+    suite: openmls_traits::types::Ciphersuite,
+) -> anyhow::Result<Device> {
     let user = Username::new(name)?;
     let identity = AccountIdentity::generate();
     let keys = DeviceKeys::generate(&identity, &user, DeviceId::random(), 0);
     let provider = OpenMlsRustCrypto::default();
-    let (one, lr) = keys.key_packages(&provider, sotto_proto::mls::DEFAULT_CIPHERSUITE, 1, true)?;
+    let (one, lr) = keys.key_packages(&provider, suite, 1, true)?;
     let req = RegisterRequest {
         username: name.into(),
         identity_key: B64(identity.public().to_bytes().to_vec()),
@@ -237,7 +249,7 @@ async fn receive(
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -115,3 +115,93 @@ async fn an_embedded_deployment_migrates_into_postgres_and_carries_on() {
     server.stop().await;
     drop_schema(&pg, &schema).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_and_commits_cross_nodes() {
+    let Some((pg, nats)) = services().await else {
+        return;
+    };
+    let schema = schema_name("groups");
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start_node(&pg, &schema, &nats, "127.0.0.1:0").await;
+    let b = Server::start_node(&pg, &schema, &nats, "127.0.0.1:0").await;
+    // Members spread over both nodes.
+    let alice = registered(&dir.path().join("alice"), &a.url, "alice").await;
+    let bob = registered(&dir.path().join("bob"), &b.url, "bob").await;
+    let carol = registered(&dir.path().join("carol"), &a.url, "carol").await;
+    let dave = registered(&dir.path().join("dave"), &b.url, "dave").await;
+    let (gid, _) = alice
+        .create_group("across", &["bob".into(), "carol".into()], 100)
+        .await
+        .unwrap();
+    alice.send_group(&gid, "from node A").await.unwrap();
+    assert_eq!(sync_texts(&bob).await, vec![s("alice", "from node A")]);
+    bob.send_group(&gid, "from node B").await.unwrap();
+    assert_eq!(
+        sync_texts(&carol).await,
+        vec![s("alice", "from node A"), s("bob", "from node B")]
+    );
+
+    // A live group message accepted by node A reaches bob listening on node B.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let local = tokio::task::LocalSet::new();
+    let bob_home = dir.path().join("bob");
+    let b_url = b.url.clone();
+    let listener = local.spawn_local(async move {
+        let bob = client(&bob_home, &b_url);
+        bob.listen(|ev| {
+            if let sotto_client::ListenEvent::Messages(m) = ev {
+                for m in m {
+                    let _ = tx.send((m.group, m.text));
+                }
+            }
+        })
+        .await
+    });
+    let got = local
+        .run_until(async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            carol.send_group(&gid, "live to B").await.unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv()).await
+        })
+        .await;
+    listener.abort();
+    assert_eq!(
+        got.unwrap(),
+        Some((Some(gid.clone()), "live to B".to_owned()))
+    );
+
+    // Admin changes through node A, a second admin's through node B; concurrent commits from
+    // members on both nodes converge.
+    alice.group_make_admin(&gid, "bob").await.unwrap();
+    bob.group_add(&gid, &["dave".into()]).await.unwrap();
+    let before = alice.group_info(&gid).unwrap().epoch;
+    let (r1, r2, r3) = tokio::join!(
+        alice.group_update_keys(&gid),
+        bob.group_update_keys(&gid),
+        carol.group_update_keys(&gid)
+    );
+    r1.unwrap();
+    r2.unwrap();
+    r3.unwrap();
+    for c in [&alice, &bob, &carol, &dave] {
+        let r = c.sync().await.unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let info = c.group_info(&gid).unwrap();
+        assert_eq!(info.members.len(), 4);
+        assert!(info.epoch >= before + 3, "{} vs {before}", info.epoch);
+    }
+    let e: Vec<u64> = [&alice, &bob, &carol, &dave]
+        .iter()
+        .map(|c| c.group_info(&gid).unwrap().epoch)
+        .collect();
+    assert!(e.windows(2).all(|w| w[0] == w[1]), "{e:?}");
+    dave.send_group(&gid, "joined via B").await.unwrap();
+    for c in [&alice, &bob, &carol] {
+        let got = sync_texts(c).await;
+        assert_eq!(got.last(), Some(&s("dave", "joined via B")));
+    }
+    a.stop().await;
+    b.stop().await;
+    drop_schema(&pg, &schema).await;
+}

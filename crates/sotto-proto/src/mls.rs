@@ -35,7 +35,7 @@ pub const CLASSIC_CIPHERSUITE: Ciphersuite =
 const MAX_PAST_EPOCHS: usize = 8;
 
 /// Largest serialized MLS message we accept.
-pub const MAX_MLS_MESSAGE: usize = 1 << 20;
+pub const MAX_MLS_MESSAGE: usize = 8 << 20;
 
 /// What went wrong in MLS processing. `Malformed`/`Rejected` are the peer's (or server's) fault;
 /// `Internal` is ours.

@@ -51,19 +51,31 @@ fn hash_secret(secret: &[u8]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
-/// Checks a bearer token `DEVICE_ID:SECRET`, comparing hashes in constant time.
+/// Checks a bearer token `DEVICE_ID:SECRET`, comparing hashes in constant time (against a recently
+/// verified hash when there is one, else the database's).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     let (device_id, secret) = token.split_once(':').ok_or_else(ApiError::unauthorized)?;
     device_id
         .parse::<DeviceId>()
         .map_err(|_| ApiError::unauthorized())?;
+    let presented = hash_secret(secret.as_bytes());
+    if let Some((hash, username)) = state.auth_cache.get(device_id) {
+        if bool::from(presented.ct_eq(&hash)) {
+            return Ok(Caller {
+                username,
+                device_id: device_id.to_owned(),
+            });
+        }
+    }
     let auth = state
         .store
         .device_auth(device_id)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
-    let presented = hash_secret(secret.as_bytes());
     if bool::from(presented.ct_eq(&auth.token_hash)) {
+        state
+            .auth_cache
+            .put(device_id, auth.token_hash, &auth.username);
         Ok(Caller {
             username: auth.username,
             device_id: device_id.to_owned(),
@@ -401,12 +413,26 @@ fn check_envelope(conv_id: &str, bytes: &[u8], want_commit: bool) -> Result<Enve
     Ok(env)
 }
 
-async fn wake_members(state: &AppState, c: &crate::store::ConversationRecord, seq: u64) {
-    match state.store.wake_list(&c.id).await {
+/// The conversation's head, if the caller's account is a member (one point lookup: the hot paths
+/// never load a group's whole member list). A non-member gets the same 404 as a missing one.
+async fn member_head(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<crate::store::ConversationHead, ApiError> {
+    state
+        .store
+        .membership(id, &caller.username)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such conversation"))
+}
+
+async fn wake_members(state: &AppState, id: &str, seq: u64) {
+    match state.store.wake_list(id).await {
         Ok(devices) => state.bus.publish(
             devices,
             ServerFrame::Conversation {
-                id: c.id.clone(),
+                id: id.to_owned(),
                 seq,
             },
         ),
@@ -558,7 +584,7 @@ pub async fn commit(
     if !removed.is_empty() {
         state.bus.publish(removed, ServerFrame::Devices);
     }
-    wake_members(state, &c, accepted.seq).await;
+    wake_members(state, &c.id, accepted.seq).await;
     Ok(accepted)
 }
 
@@ -591,7 +617,7 @@ pub async fn leave(state: &AppState, caller: &Caller, id: &str) -> Result<(), Ap
     }
     state.store.leave(&c.id, &caller.username).await?;
     tracing::info!(conversation = %c.id, "member left");
-    wake_members(state, &c, c.last_seq).await;
+    wake_members(state, &c.id, c.last_seq).await;
     Ok(())
 }
 
@@ -602,14 +628,14 @@ pub async fn send(
     id: &str,
     req: SendRequest,
 ) -> Result<Accepted, ApiError> {
-    let c = member_conversation(state, caller, id).await?;
-    let env = check_envelope(&c.id, &req.message.0, false)?;
+    member_head(state, caller, id).await?;
+    let env = check_envelope(id, &req.message.0, false)?;
     let accepted = state
         .store
-        .append_message(&c.id, env.epoch, &caller.device_id, &req.message.0)
+        .append_message(id, env.epoch, &caller.device_id, &req.message.0)
         .await?;
-    tracing::info!(conversation = %c.id, seq = accepted.seq, bytes = req.message.0.len(), "message accepted");
-    wake_members(state, &c, accepted.seq).await;
+    tracing::info!(conversation = %id, seq = accepted.seq, bytes = req.message.0.len(), "message accepted");
+    wake_members(state, id, accepted.seq).await;
     Ok(accepted)
 }
 
@@ -621,10 +647,13 @@ pub async fn log(
     after: u64,
     limit: Option<u32>,
 ) -> Result<LogPage, ApiError> {
-    let c = member_conversation(state, caller, id).await?;
-    state.cursors.note(&c.id, &caller.device_id, after);
     let limit = limit.unwrap_or(MAX_LOG_PAGE).clamp(1, MAX_LOG_PAGE);
-    let entries = state.store.log_after(&c.id, after, limit).await?;
+    let (c, entries) = state
+        .store
+        .member_log(id, &caller.username, after, limit)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such conversation"))?;
+    state.cursors.note(id, &caller.device_id, after);
     let more = entries.last().map(|e| e.seq < c.last_seq).unwrap_or(false);
     Ok(LogPage { entries, more })
 }

@@ -57,6 +57,42 @@ impl Default for Config {
     }
 }
 
+/// Recently verified device tokens (device id → token hash and account), so that a busy device does
+/// not cost a database read per request. Entries live [`AuthCache::TTL`]: a device removed from the
+/// database (on any node) stops being accepted within that time.
+#[derive(Debug, Default)]
+pub struct AuthCache(std::sync::Mutex<std::collections::HashMap<String, VerifiedToken>>);
+
+/// A device's token hash, its account, and when it was verified against the database.
+type VerifiedToken = ([u8; 32], String, std::time::Instant);
+
+impl AuthCache {
+    /// How long a verified token is trusted without asking the database again.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    const MAX: usize = 200_000;
+
+    /// The cached (token hash, username) of a device, if fresh.
+    pub fn get(&self, device_id: &str) -> Option<([u8; 32], String)> {
+        let m = self.0.lock().ok()?;
+        m.get(device_id)
+            .filter(|(_, _, at)| at.elapsed() < Self::TTL)
+            .map(|(h, u, _)| (*h, u.clone()))
+    }
+
+    /// Remembers a device's verified token hash.
+    pub fn put(&self, device_id: &str, hash: [u8; 32], username: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+            m.insert(
+                device_id.to_owned(),
+                (hash, username.to_owned(), std::time::Instant::now()),
+            );
+        }
+    }
+}
+
 /// Read positions reported by log fetches (a device asking for entries after `n` has applied
 /// everything up to `n`), kept in memory and saved in batches: they only decide when entries can
 /// be dropped, so losing the last few seconds of them in a crash only delays pruning.
@@ -137,6 +173,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Read positions waiting to be saved.
     pub cursors: Arc<Cursors>,
+    /// Recently verified tokens.
+    pub auth_cache: Arc<AuthCache>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -165,6 +203,7 @@ impl AppState {
                 config: Arc::new(config),
                 shutdown: rx,
                 cursors: Arc::new(Cursors::default()),
+                auth_cache: Arc::new(AuthCache::default()),
             },
             tx,
         )

@@ -89,6 +89,15 @@ pub struct ConversationRecord {
     pub departed: Vec<String>,
 }
 
+/// What the hot paths (send, fetch) need of a conversation, read with one point lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationHead {
+    /// Current epoch.
+    pub epoch: u64,
+    /// Last sequence number.
+    pub last_seq: u64,
+}
+
 /// A commit bundle to append atomically.
 #[derive(Debug, Clone)]
 pub struct NewCommit {
@@ -187,6 +196,14 @@ pub trait Store: Send + Sync + 'static {
     /// A conversation.
     async fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError>;
 
+    /// The conversation's head if `username` is a member of it (`None`: no such conversation, or
+    /// not a member).
+    async fn membership(
+        &self,
+        id: &str,
+        username: &str,
+    ) -> Result<Option<ConversationHead>, StoreError>;
+
     /// The conversations `username` is a member of.
     async fn conversations_of(&self, username: &str)
         -> Result<Vec<ConversationRecord>, StoreError>;
@@ -207,6 +224,16 @@ pub trait Store: Send + Sync + 'static {
         sender_device: &str,
         data: &[u8],
     ) -> Result<Accepted, StoreError>;
+
+    /// For a member `username`: the conversation's head and its log entries with `seq > after`, at
+    /// most `limit`, read together (`None`: no such conversation, or not a member).
+    async fn member_log(
+        &self,
+        conversation: &str,
+        username: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Option<(ConversationHead, Vec<LogEntry>)>, StoreError>;
 
     /// Log entries with `seq > after`, at most `limit`.
     async fn log_after(

@@ -609,6 +609,30 @@ impl Store for PostgresStore {
         load_conversation(&c, id).await
     }
 
+    async fn membership(
+        &self,
+        id: &str,
+        username: &str,
+    ) -> Result<Option<ConversationHead>, StoreError> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT c.epoch, c.last_seq FROM conversation_members m
+                 JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.conversation_id = $1 AND m.username = $2",
+            )
+            .await
+            .map_err(backend)?;
+        let row = c
+            .query_opt(&stmt, &[&id, &username])
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|r| ConversationHead {
+            epoch: as_u64(r.get(0)),
+            last_seq: as_u64(r.get(1)),
+        }))
+    }
+
     async fn conversations_of(
         &self,
         username: &str,
@@ -725,6 +749,22 @@ impl Store for PostgresStore {
             seq: as_u64(seq),
             epoch,
         })
+    }
+
+    async fn member_log(
+        &self,
+        conversation: &str,
+        username: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Option<(ConversationHead, Vec<LogEntry>)>, StoreError> {
+        let Some(head) = self.membership(conversation, username).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            head,
+            self.log_after(conversation, after, limit).await?,
+        )))
     }
 
     async fn log_after(

@@ -485,6 +485,56 @@ fn apply_members(
     Ok(())
 }
 
+fn membership_of(
+    conn: &Connection,
+    id: &str,
+    username: &str,
+) -> Result<Option<ConversationHead>, StoreError> {
+    conn.prepare_cached(
+        "SELECT c.epoch, c.last_seq FROM conversation_members m
+         JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.conversation_id = ?1 AND m.username = ?2",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![id, username], |r| {
+            Ok(ConversationHead {
+                epoch: as_u64(r.get(0)?),
+                last_seq: as_u64(r.get(1)?),
+            })
+        })
+        .optional()
+    })
+    .map_err(backend)
+}
+
+fn read_log(
+    conn: &Connection,
+    conversation: &str,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, epoch, kind, sender_device, data FROM log
+             WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![conversation, as_i64(after), limit], |r| {
+            Ok(LogEntry {
+                seq: as_u64(r.get(0)?),
+                epoch: as_u64(r.get(1)?),
+                kind: kind_from_code(r.get(2)?),
+                sender_device: r.get(3)?,
+                data: B64(r.get(4)?),
+            })
+        })
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    Ok(rows)
+}
+
 /// Checks the epoch and reserves the next sequence number, inside the caller's transaction.
 fn next_seq(tx: &Connection, conversation: &str, epoch: u64) -> Result<u64, StoreError> {
     let (cur_epoch, last_seq): (i64, i64) = tx
@@ -751,6 +801,16 @@ impl Store for SqliteStore {
         self.read(move |conn| load_conversation(conn, &id)).await
     }
 
+    async fn membership(
+        &self,
+        id: &str,
+        username: &str,
+    ) -> Result<Option<ConversationHead>, StoreError> {
+        let (id, username) = (id.to_owned(), username.to_owned());
+        self.read(move |conn| membership_of(conn, &id, &username))
+            .await
+    }
+
     async fn conversations_of(
         &self,
         username: &str,
@@ -867,6 +927,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn member_log(
+        &self,
+        conversation: &str,
+        username: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Option<(ConversationHead, Vec<LogEntry>)>, StoreError> {
+        let (conversation, username) = (conversation.to_owned(), username.to_owned());
+        self.read(move |conn| {
+            let Some(head) = membership_of(conn, &conversation, &username)? else {
+                return Ok(None);
+            };
+            Ok(Some((head, read_log(conn, &conversation, after, limit)?)))
+        })
+        .await
+    }
+
     async fn log_after(
         &self,
         conversation: &str,
@@ -874,29 +951,8 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<LogEntry>, StoreError> {
         let conversation = conversation.to_owned();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT seq, epoch, kind, sender_device, data FROM log
-                     WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![conversation, as_i64(after), limit], |r| {
-                    Ok(LogEntry {
-                        seq: as_u64(r.get(0)?),
-                        epoch: as_u64(r.get(1)?),
-                        kind: kind_from_code(r.get(2)?),
-                        sender_device: r.get(3)?,
-                        data: B64(r.get(4)?),
-                    })
-                })
-                .map_err(backend)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?;
-            Ok(rows)
-        })
-        .await
+        self.read(move |conn| read_log(conn, &conversation, after, limit))
+            .await
     }
 
     async fn inbox(&self, device_id: &str) -> Result<Vec<InboxItem>, StoreError> {
