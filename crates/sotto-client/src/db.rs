@@ -146,6 +146,12 @@ pub(crate) fn set_config(conn: &Connection, key: &str, value: &[u8]) -> Result<(
     .map_err(storage_err)
 }
 
+pub(crate) fn delete_config(conn: &Connection, key: &str) -> Result<(), ClientError> {
+    conn.execute("DELETE FROM sotto_config WHERE key = ?1", params![key])
+        .map(|_| ())
+        .map_err(storage_err)
+}
+
 /// The pinned identity keys, read from the local store.
 pub(crate) struct Pins<'a>(pub(crate) &'a Connection);
 

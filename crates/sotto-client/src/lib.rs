@@ -48,6 +48,14 @@ const KEY_PACKAGE_LOW: u64 = 10;
 /// once, the last one may lose `n - 1` times).
 const MAX_ATTEMPTS: usize = 32;
 
+/// How long a commit posted by another process of this device may still be awaiting its answer
+/// (longer than the HTTP request timeout).
+const IN_FLIGHT_GRACE_SECS: u64 = 35;
+
+fn in_flight_key(conversation: &str) -> String {
+    format!("commit_in_flight:{conversation}")
+}
+
 /// After losing a commit race: wait a little, growing and jittered, so that racing devices spread
 /// out instead of colliding again.
 async fn backoff_after_lost_race(attempt: usize) {
@@ -674,6 +682,10 @@ impl Client {
             welcome: bundle.welcome.map(B64),
             initial_group_info: bundle.initial_group_info.map(B64),
         };
+        // Marks the commit as in flight, so that another process on this device (say `listen`
+        // while `send` runs) does not settle it as lost while this one still awaits the answer.
+        let in_flight = in_flight_key(conversation);
+        self.with_tx(|conn, _| db::set_config(conn, &in_flight, &now_secs().to_be_bytes()))?;
         let res: Result<Accepted, ClientError> = self
             .transport()?
             .post(&format!("/v1/conversations/{conversation}/commits"), &req)
@@ -686,6 +698,7 @@ impl Client {
                     if g.has_pending_commit() {
                         g.merge_pending(p)?;
                     }
+                    db::delete_config(conn, &in_flight)?;
                     db::set_status(conn, conversation, "ok", "")?;
                     Ok(())
                 })?;
@@ -693,11 +706,11 @@ impl Client {
             }
             Err(e) => {
                 if matches!(e, ClientError::Api { status, .. } if status < 500) {
-                    self.with_tx(|_, p| {
+                    self.with_tx(|conn, p| {
                         if let Some(mut g) = Conversation::load(p, &gid)? {
                             g.clear_pending(p)?;
                         }
-                        Ok(())
+                        db::delete_config(conn, &in_flight)
                     })?;
                 }
                 Err(e)
@@ -710,18 +723,26 @@ impl Client {
     /// never got past epoch 0 is dropped (it will be made again).
     fn resolve_pending(&self, id: &str, server_epoch: u64) -> Result<(), ClientError> {
         let gid = group_id_bytes(id)?;
-        self.with_tx(|_, p| {
+        let in_flight = in_flight_key(id);
+        self.with_tx(|conn, p| {
             let Some(mut g) = Conversation::load(p, &gid)? else {
                 return Ok(());
             };
-            if g.has_pending_commit() && g.epoch() == server_epoch {
-                if g.epoch() == 0 {
-                    g.delete(p)?;
-                } else {
-                    g.clear_pending(p)?;
-                }
+            if !g.has_pending_commit() || g.epoch() != server_epoch {
+                return Ok(());
             }
-            Ok(())
+            let posted_at = db::get_config(conn, &in_flight)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(u64::from_be_bytes);
+            if posted_at.is_some_and(|t| now_secs().saturating_sub(t) < IN_FLIGHT_GRACE_SECS) {
+                return Ok(()); // another process may still be waiting for the answer
+            }
+            if g.epoch() == 0 {
+                g.delete(p)?;
+            } else {
+                g.clear_pending(p)?;
+            }
+            db::delete_config(conn, &in_flight)
         })
     }
 
@@ -924,6 +945,7 @@ impl Client {
         let mine = entry.sender_device == me.device_id.to_hex();
         let mut refused: Option<String> = None;
         let mut warning: Option<String> = None;
+        let mut lost_setup = false;
         self.with_tx(|conn, p| {
             let Some(local) = db::conversation(conn, id)? else { return Ok(()) };
             if entry.seq <= local.cursor {
@@ -942,12 +964,27 @@ impl Client {
             };
             match entry.kind {
                 EntryKind::Commit if entry.epoch < g.epoch() => {} // already applied (ours, merged on acceptance)
-                EntryKind::Commit if mine => {
+                EntryKind::Commit if !mine && g.epoch() == 0 && g.has_pending_commit() => {
+                    // Our own setup of this conversation never landed and another device's did:
+                    // drop ours; that device's welcome brings us in.
+                    g.delete(p)?;
+                    lost_setup = true;
+                    return Ok(());
+                }
+                EntryKind::Commit if mine && entry.epoch == g.epoch() => {
                     // Our commit, accepted while we were not looking (crash between post and merge).
-                    if g.has_pending_commit() && entry.epoch == g.epoch() {
+                    if g.has_pending_commit() {
                         g.merge_pending(p)?;
+                        db::delete_config(conn, &in_flight_key(id))?;
+                    } else {
+                        // Its secrets are gone: this device cannot follow the group any more.
+                        let detail = "this device's own commit was accepted after it had been dropped locally; the device must be added to the conversation again".to_owned();
+                        db::set_status(conn, id, "broken", &detail)?;
+                        refused = Some(detail);
+                        return Ok(());
                     }
                 }
+                EntryKind::Commit if mine => {}
                 EntryKind::Commit => {
                     if g.has_pending_commit() {
                         g.clear_pending(p)?; // we lost the race for this epoch
@@ -1012,6 +1049,9 @@ impl Client {
         })?;
         if let Some(w) = warning {
             report.warnings.push(w);
+        }
+        if lost_setup {
+            return Ok(false);
         }
         if let Some(detail) = refused {
             report

@@ -344,3 +344,38 @@ async fn an_offline_member_catches_up_across_several_commits_and_new_devices_joi
     assert!(dave.groups().unwrap().is_empty());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_was_lost_is_merged_by_the_next_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let alice_home = dir.path().join("a");
+    let alice = registered(&alice_home, &url, "alice").await;
+    let bob = registered(&dir.path().join("b"), &url, "bob").await;
+    let (gid, _) = alice
+        .create_group("flaky", &names(&["bob"]), 100)
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    let epoch = alice.group_info(&gid).unwrap().epoch;
+    // The same device, through a proxy that loses the server's answer: the commit lands on the
+    // server, the device only sees a failed request.
+    let proxy = AnswerDropper::start(&url).await;
+    let via_proxy = client(&alice_home, &proxy.url);
+    proxy
+        .drop_answers
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = via_proxy.group_update_keys(&gid).await.unwrap_err();
+    assert!(matches!(e, ClientError::Api { status: 502, .. }), "{e:?}");
+    drop(via_proxy);
+    // The next sync finds its own commit in the log and merges the pending commit it kept.
+    let r = alice.sync().await.unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(alice.group_info(&gid).unwrap().epoch, epoch + 1);
+    assert_eq!(alice.conversation_status(&gid).unwrap().unwrap().0, "ok");
+    alice.send_group(&gid, "still here").await.unwrap();
+    assert_eq!(sync_texts(&bob).await, vec![pair("alice", "still here")]);
+    assert_eq!(bob.group_info(&gid).unwrap().epoch, epoch + 1);
+    server.stop().await;
+}

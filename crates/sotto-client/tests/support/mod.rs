@@ -147,3 +147,67 @@ pub async fn drop_schema(pg: &str, schema: &str) {
             .await;
     }
 }
+
+/// A TCP proxy in front of a server that, while `drop_answers` is set, forwards requests but
+/// replaces the server's answer with `502 Bad Gateway` and closes: the request took effect, the
+/// client only learns that something failed (what a load balancer says when it loses a backend
+/// mid-answer).
+pub struct AnswerDropper {
+    pub url: String,
+    pub drop_answers: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnswerDropper {
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target = target.trim_start_matches("http://").to_owned();
+        let drop_answers = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = drop_answers.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (target, flag) = (target.clone(), flag.clone());
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                            let _ = cw
+                                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .await;
+                            break; // the real answer is lost
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        Self {
+            url,
+            drop_answers,
+            task,
+        }
+    }
+}
+
+impl Drop for AnswerDropper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
