@@ -327,6 +327,10 @@ pub struct InboxItem {
     pub seq: u64,
     /// The MLS welcome.
     pub welcome: B64,
+    /// The group's ratchet tree at the epoch the welcome opens (welcomes do not carry it; the
+    /// joining client checks it against the welcome's signed tree hash).
+    #[serde(default)]
+    pub ratchet_tree: Option<B64>,
 }
 
 /// `GET /v1/inbox`.

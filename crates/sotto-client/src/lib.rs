@@ -810,7 +810,11 @@ impl Client {
                     if Conversation::load(p, &gid)?.is_some() {
                         return Ok(());
                     }
-                    let join = PendingJoin::stage(p, &item.welcome.0)?;
+                    let join = PendingJoin::stage(
+                        p,
+                        &item.welcome.0,
+                        item.ratchet_tree.as_ref().map(|t| t.0.as_slice()),
+                    )?;
                     if join.group_id() != gid.as_slice() {
                         return Err(ClientError::Protocol(
                             "welcome is for another conversation".into(),

@@ -117,10 +117,12 @@ fn bench(c: &mut Criterion) {
                 .process_commit(&crypto, &bundle.commit, &Kind::Group)
                 .unwrap();
             let t = Instant::now();
-            let mut other = PendingJoin::stage(&joiner.p, bundle.welcome.as_ref().unwrap())
-                .unwrap()
-                .accept(&joiner.p, &trust)
-                .unwrap();
+            let tree = server.ratchet_tree().unwrap();
+            let mut other =
+                PendingJoin::stage(&joiner.p, bundle.welcome.as_ref().unwrap(), Some(&tree))
+                    .unwrap()
+                    .accept(&joiner.p, &trust)
+                    .unwrap();
             let join_time = t.elapsed();
             let snapshot_len = server.snapshot().unwrap().len();
 

@@ -65,10 +65,14 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let bundle = ga.add_devices(&a.p, &a.keys, &[kp(b, &pins)]).unwrap();
     ga.merge_pending(&a.p).unwrap();
-    let mut gb = PendingJoin::stage(&b.p, bundle.welcome.as_ref().unwrap())
-        .unwrap()
-        .accept(&b.p, &pins)
-        .unwrap();
+    let mut gb = PendingJoin::stage(
+        &b.p,
+        bundle.welcome.as_ref().unwrap(),
+        Some(&ga.ratchet_tree().unwrap()),
+    )
+    .unwrap()
+    .accept(&b.p, &pins)
+    .unwrap();
     let text = "x".repeat(100);
     c.bench_function("dm_100B_encrypt_decrypt", |bench| {
         bench.iter(|| {
@@ -104,8 +108,9 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
                 let bundle = g.add_devices(&a.p, &a.keys, &kps).unwrap();
                 g.merge_pending(&a.p).unwrap();
+                let tree = g.ratchet_tree().unwrap();
                 for d in &others {
-                    PendingJoin::stage(&d.p, bundle.welcome.as_ref().unwrap())
+                    PendingJoin::stage(&d.p, bundle.welcome.as_ref().unwrap(), Some(&tree))
                         .unwrap()
                         .accept(&d.p, &pins)
                         .unwrap();

@@ -224,7 +224,7 @@ fn check_staged(
 fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .use_ratchet_tree_extension(true)
+        .use_ratchet_tree_extension(false)
         .max_past_epochs(MAX_PAST_EPOCHS)
         .build()
 }
@@ -546,8 +546,15 @@ impl std::fmt::Debug for PendingJoin {
 }
 
 impl PendingJoin {
-    /// Decrypts a serialized welcome with our stored key packages.
-    pub fn stage<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Self, MlsError> {
+    /// Decrypts a serialized welcome with our stored key packages. Welcomes do not carry the
+    /// ratchet tree (it would make each welcome's HPKE context, hashed once per new member, as large
+    /// as the tree): the joiner gets it from the server, and openmls checks it against the tree hash
+    /// in the welcome's signed group info, so a wrong tree is refused.
+    pub fn stage<P: OpenMlsProvider>(
+        provider: &P,
+        welcome: &[u8],
+        ratchet_tree: Option<&[u8]>,
+    ) -> Result<Self, MlsError> {
         if welcome.len() > MAX_MLS_MESSAGE {
             return Err(MlsError::Malformed("welcome too large".into()));
         }
@@ -556,7 +563,16 @@ impl PendingJoin {
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
             return Err(MlsError::Malformed("not a welcome".into()));
         };
-        let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+        let tree = ratchet_tree
+            .map(|t| {
+                if t.len() > MAX_MLS_MESSAGE {
+                    return Err(MlsError::Malformed("ratchet tree too large".into()));
+                }
+                RatchetTreeIn::tls_deserialize_exact(t)
+                    .map_err(|e| MlsError::Malformed(format!("ratchet tree: {e}")))
+            })
+            .transpose()?;
+        let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, tree)
             .map_err(|e| MlsError::Rejected(format!("welcome: {e}")))?;
         Ok(Self { staged })
     }
@@ -626,7 +642,7 @@ impl Conversation {
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(suite)
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .use_ratchet_tree_extension(true)
+            .use_ratchet_tree_extension(false)
             .max_past_epochs(MAX_PAST_EPOCHS)
             .capabilities(capabilities())
             .with_group_context_extensions(group_extensions(metadata)?)
@@ -645,6 +661,15 @@ impl Conversation {
     /// The group's metadata (`None` for a DM).
     pub fn metadata(&self) -> Option<GroupMetadata> {
         metadata_of(self.group.extensions()).and_then(Result::ok)
+    }
+
+    /// The current ratchet tree, serialized (what a device joining at this epoch needs besides its
+    /// welcome).
+    pub fn ratchet_tree(&self) -> Result<Vec<u8>, MlsError> {
+        self.group
+            .export_ratchet_tree()
+            .tls_serialize_detached()
+            .map_err(internal)
     }
 
     /// The kind of conversation for the policy: a group if it carries metadata, else a DM between
@@ -1136,6 +1161,14 @@ impl ServerGroup {
     /// The metadata in force (`None` for a DM).
     pub fn metadata(&self) -> Option<GroupMetadata> {
         metadata_of(self.group.group_context().extensions()).and_then(Result::ok)
+    }
+
+    /// The current ratchet tree, serialized: handed to the devices a commit adds, with their welcome.
+    pub fn ratchet_tree(&self) -> Result<Vec<u8>, MlsError> {
+        self.group
+            .export_ratchet_tree()
+            .tls_serialize_detached()
+            .map_err(internal)
     }
 
     /// Every member device's certificate.

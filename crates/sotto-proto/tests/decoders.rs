@@ -66,7 +66,8 @@ proptest! {
             let _ = Envelope::parse(&input);
             let _ = check_welcome(&input);
             let _ = ValidKeyPackage::parse(p.crypto(), &input);
-            let _ = PendingJoin::stage(&p, &input);
+            let _ = PendingJoin::stage(&p, &input, None);
+            let _ = PendingJoin::stage(&p, &input, Some(&input));
             let _ = g.process(&p, &input);
         }
         prop_assert_eq!(g.epoch(), 0);

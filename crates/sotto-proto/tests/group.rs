@@ -92,11 +92,12 @@ fn world(names: &[&'static str]) -> World {
         .unwrap();
     assert_eq!(effect.added.len(), 2);
     g.merge_pending(&creator.p).unwrap();
+    let tree = server.ratchet_tree().unwrap();
     creator.g = Some(g);
     for n in &names[1..3] {
         let d = devs.get_mut(n).unwrap();
         d.g = Some(
-            PendingJoin::stage(&d.p, bundle.welcome.as_ref().unwrap())
+            PendingJoin::stage(&d.p, bundle.welcome.as_ref().unwrap(), Some(&tree))
                 .unwrap()
                 .accept(&d.p, &pins)
                 .unwrap(),
@@ -273,9 +274,10 @@ fn removed_member_cannot_read_later_messages_and_new_member_cannot_read_earlier_
             (vec![kp(&devs["dave"], pins)], vec![carol_leaf], None)
         })
         .unwrap();
+    let tree = w.server.ratchet_tree().unwrap();
     let dave = w.devs.get_mut("dave").unwrap();
     dave.g = Some(
-        PendingJoin::stage(&dave.p, bundle.welcome.as_ref().unwrap())
+        PendingJoin::stage(&dave.p, bundle.welcome.as_ref().unwrap(), Some(&tree))
             .unwrap()
             .accept(&dave.p, &w.pins)
             .unwrap(),

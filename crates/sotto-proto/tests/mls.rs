@@ -73,11 +73,12 @@ fn dm_between_two_accounts_round_trips() {
     assert_eq!(env.epoch, 0);
 
     let welcome = bundle.welcome.unwrap();
-    let mut gb1 = PendingJoin::stage(&b1.p, &welcome)
+    let tree = ga.ratchet_tree().unwrap();
+    let mut gb1 = PendingJoin::stage(&b1.p, &welcome, Some(&tree))
         .unwrap()
         .accept(&b1.p, &pins)
         .unwrap();
-    let mut gb2 = PendingJoin::stage(&b2.p, &welcome)
+    let mut gb2 = PendingJoin::stage(&b2.p, &welcome, Some(&tree))
         .unwrap()
         .accept(&b2.p, &pins)
         .unwrap();
@@ -155,10 +156,14 @@ fn leaf_with_forged_certificate_is_refused() {
     .unwrap();
     let bundle = ga.add_devices(&a.p, &a.keys, &[kp(&b, &pins)]).unwrap();
     ga.merge_pending(&a.p).unwrap();
-    let mut gb = PendingJoin::stage(&b.p, bundle.welcome.as_ref().unwrap())
-        .unwrap()
-        .accept(&b.p, &pins)
-        .unwrap();
+    let mut gb = PendingJoin::stage(
+        &b.p,
+        bundle.welcome.as_ref().unwrap(),
+        Some(&ga.ratchet_tree().unwrap()),
+    )
+    .unwrap()
+    .accept(&b.p, &pins)
+    .unwrap();
     let mut lax = Pins::default();
     lax.0
         .insert(Username::new("bob").unwrap(), mallory_id.public());

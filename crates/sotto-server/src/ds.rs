@@ -552,6 +552,14 @@ pub async fn commit(
     let snapshot = group
         .snapshot()
         .map_err(|_| ApiError::new(ErrorCode::Internal, "could not save group state"))?;
+    let ratchet_tree = match &welcome {
+        Some(_) => Some(
+            group
+                .ratchet_tree()
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "could not export the tree"))?,
+        ),
+        None => None,
+    };
     let members = effect
         .members
         .iter()
@@ -566,6 +574,7 @@ pub async fn commit(
                 sender_device: caller.device_id.clone(),
                 commit: req.commit.0,
                 welcome,
+                ratchet_tree,
                 state: snapshot,
                 members,
             },

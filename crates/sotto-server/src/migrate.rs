@@ -121,6 +121,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("conversation_id", Col::Text),
             ("data", Col::Bytes),
             ("created_at", Col::Int),
+            ("ratchet_tree", Col::OptBytes),
         ],
     ),
     (

@@ -42,6 +42,7 @@ fn commit(epoch: u64, sender: &str, welcome_to: &[&str]) -> NewCommit {
                 welcome_to.iter().map(|s| s.to_string()).collect(),
             )
         }),
+        ratchet_tree: None,
         state: vec![4, epoch as u8],
         members: vec![("a1".into(), "alice".into()), ("b1".into(), "bob".into())],
     }
@@ -289,6 +290,7 @@ async fn groups(s: &dyn Store) {
         sender_device: "a1".into(),
         commit: vec![1],
         welcome: Some((vec![7; 64], vec!["b1".into(), "c1".into()])),
+        ratchet_tree: Some(vec![8; 32]),
         state: vec![42],
         members: members.clone(),
     };
@@ -302,6 +304,7 @@ async fn groups(s: &dyn Store) {
     assert_eq!((wb.len(), wc.len()), (1, 1));
     assert_eq!(wb[0].welcome.0, vec![7; 64]);
     assert_eq!(wc[0].welcome.0, vec![7; 64]);
+    assert_eq!(wc[0].ratchet_tree.as_ref().unwrap().0, vec![8; 32]);
     let mut wake = s.wake_list("9a0b").await.unwrap();
     wake.sort();
     assert_eq!(wake, ["a1", "b1", "c1"]);
@@ -349,6 +352,7 @@ async fn groups(s: &dyn Store) {
         sender_device: "a1".into(),
         commit: vec![2],
         welcome: None,
+        ratchet_tree: None,
         state: vec![43],
         members: members[..2].to_vec(),
     };

@@ -109,6 +109,8 @@ pub struct NewCommit {
     pub commit: Vec<u8>,
     /// Welcome and the devices it goes to.
     pub welcome: Option<(Vec<u8>, Vec<String>)>,
+    /// The ratchet tree after the commit, stored with the welcome for the devices it adds.
+    pub ratchet_tree: Option<Vec<u8>>,
     /// The group's public state after the commit (see `sotto_proto::mls::ServerGroup`).
     pub state: Vec<u8>,
     /// Every member device after the commit: (device id, username).

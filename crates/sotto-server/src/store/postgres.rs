@@ -101,6 +101,9 @@ CREATE TABLE welcomes (
 ALTER TABLE inbox ADD COLUMN welcome_id BIGINT REFERENCES welcomes(id);
 ALTER TABLE log ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0;
 "#,
+    r#"
+ALTER TABLE welcomes ADD COLUMN ratchet_tree BYTEA;
+"#,
 ];
 
 fn now() -> i64 {
@@ -691,8 +694,8 @@ impl Store for PostgresStore {
         if let Some((welcome, devices)) = &commit.welcome {
             let welcome_id: i64 = tx
                 .query_one(
-                    "INSERT INTO welcomes (conversation_id, data, created_at) VALUES ($1, $2, $3) RETURNING id",
-                    &[&conversation, welcome, &now()],
+                    "INSERT INTO welcomes (conversation_id, data, created_at, ratchet_tree) VALUES ($1, $2, $3, $4) RETURNING id",
+                    &[&conversation, welcome, &now(), &commit.ratchet_tree],
                 )
                 .await
                 .map_err(backend)?
@@ -798,7 +801,7 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT i.id, i.conversation_id, i.seq, COALESCE(w.data, i.welcome)
+                "SELECT i.id, i.conversation_id, i.seq, COALESCE(w.data, i.welcome), w.ratchet_tree
                  FROM inbox i LEFT JOIN welcomes w ON w.id = i.welcome_id
                  WHERE i.device_id = $1 ORDER BY i.id LIMIT 100",
                 &[&device_id],
@@ -812,6 +815,7 @@ impl Store for PostgresStore {
                 conversation: r.get(1),
                 seq: as_u64(r.get(2)),
                 welcome: B64(r.get(3)),
+                ratchet_tree: r.get::<_, Option<Vec<u8>>>(4).map(B64),
             })
             .collect())
     }

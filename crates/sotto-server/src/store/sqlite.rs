@@ -99,6 +99,9 @@ CREATE TABLE welcomes (
 ALTER TABLE inbox ADD COLUMN welcome_id INTEGER REFERENCES welcomes(id);
 ALTER TABLE log ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+ALTER TABLE welcomes ADD COLUMN ratchet_tree BLOB;
+"#,
 ];
 
 /// SQLite storage.
@@ -870,8 +873,8 @@ impl Store for SqliteStore {
             apply_members(tx, &conversation, &kind, seq, &commit)?;
             if let Some((welcome, devices)) = &commit.welcome {
                 tx.execute(
-                    "INSERT INTO welcomes (conversation_id, data, created_at) VALUES (?1, ?2, ?3)",
-                    params![conversation, welcome, now()],
+                    "INSERT INTO welcomes (conversation_id, data, created_at, ratchet_tree) VALUES (?1, ?2, ?3, ?4)",
+                    params![conversation, welcome, now(), commit.ratchet_tree],
                 )
                 .map_err(backend)?;
                 let welcome_id = tx.last_insert_rowid();
@@ -960,7 +963,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT i.id, i.conversation_id, i.seq, COALESCE(w.data, i.welcome)
+                    "SELECT i.id, i.conversation_id, i.seq, COALESCE(w.data, i.welcome), w.ratchet_tree
                      FROM inbox i LEFT JOIN welcomes w ON w.id = i.welcome_id
                      WHERE i.device_id = ?1 ORDER BY i.id LIMIT 100",
                 )
@@ -972,6 +975,7 @@ impl Store for SqliteStore {
                         conversation: r.get(1)?,
                         seq: as_u64(r.get(2)?),
                         welcome: B64(r.get(3)?),
+                        ratchet_tree: r.get::<_, Option<Vec<u8>>>(4)?.map(B64),
                     })
                 })
                 .map_err(backend)?
