@@ -589,6 +589,42 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
     );
     g.merge_pending(&alice.p).unwrap();
 
+    // A device of bob's account that the server never registered (a client with bob's identity key
+    // could certify one): its certificate verifies for members, but the server refuses to let a
+    // commit add it, and nothing is stored.
+    let (ghost, _) = new_device(bob.identity_clone(), "bob", 1);
+    let (gkp, _) = ghost
+        .keys
+        .key_packages(&ghost.p, sotto_proto::mls::DEFAULT_CIPHERSUITE, 1, false)
+        .unwrap();
+    let gkp = ValidKeyPackage::parse(ghost.p.crypto(), &gkp[0])
+        .unwrap()
+        .verify(&pins)
+        .unwrap();
+    let sneaky = g.add_devices(&alice.p, &alice.keys, &[gkp]).unwrap();
+    let v = t
+        .expect_err(
+            Method::POST,
+            &commits,
+            Some(&alice.token),
+            Some(
+                serde_json::to_vec(&json!({
+                    "epoch": 1, "commit": B64(sneaky.commit.clone()),
+                    "welcome": B64(sneaky.welcome.clone().unwrap()),
+                }))
+                .unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+    assert!(
+        v["message"].as_str().unwrap().contains("not registered"),
+        "{v}"
+    );
+    g.clear_pending(&alice.p).unwrap();
+    assert_eq!(table_count(&t, "log"), 1);
+
     // Messages: a commit is not a message; a message for a past epoch is stale; a real one works.
     t.expect_err(
         Method::POST,
