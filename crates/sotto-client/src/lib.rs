@@ -132,6 +132,10 @@ pub enum ClientError {
     #[doc(hidden)]
     #[error("identity keys of {0:?} are not known yet")]
     PinNeeded(Vec<String>),
+    /// A welcome older than this device's state of the group (internal: skipped).
+    #[doc(hidden)]
+    #[error("welcome older than this device's state")]
+    StaleWelcome,
     /// Gave up after repeatedly losing commit races.
     #[error("gave up after {0} attempts: the conversation keeps changing")]
     TooManyAttempts(usize),
@@ -766,7 +770,7 @@ impl Client {
                 .await?;
             self.resolve_pending(&c.id, c.epoch)?;
         }
-        self.forget_lost_conversations(&list)?;
+        self.forget_lost_conversations(&list).await?;
         for c in list.conversations.iter().filter(|c| !c.departed.is_empty()) {
             if let Err(e) = self.remove_departed(c, &mut report).await {
                 report.warnings.push(format!(
@@ -807,14 +811,29 @@ impl Client {
             };
             let join_with = |pinned_retry: bool| {
                 self.with_tx(|conn, p| {
-                    if Conversation::load(p, &gid)?.is_some() {
-                        return Ok(());
+                    // Local state for this group may be stale: this device was removed and added
+                    // again while away, or its own setup of the conversation lost to the one this
+                    // welcome comes from. openmls will not stage a welcome over an existing group,
+                    // so drop it first; if the welcome turns out to be older than that state, the
+                    // transaction rolls back and the group is kept.
+                    let mut kept: Option<(u64, bool)> = None;
+                    if let Some(g) = Conversation::load(p, &gid)? {
+                        let own_setup_lost = g.epoch() == 0 && g.has_pending_commit();
+                        if g.is_active() && !own_setup_lost {
+                            kept = Some((g.epoch(), true));
+                        }
+                        g.delete(p)?;
                     }
                     let join = PendingJoin::stage(
                         p,
                         &item.welcome.0,
                         item.ratchet_tree.as_ref().map(|t| t.0.as_slice()),
                     )?;
+                    if let Some((epoch, true)) = kept {
+                        if join.epoch() <= epoch {
+                            return Err(ClientError::StaleWelcome);
+                        }
+                    }
                     if join.group_id() != gid.as_slice() {
                         return Err(ClientError::Protocol(
                             "welcome is for another conversation".into(),
@@ -851,7 +870,7 @@ impl Client {
                 other => other,
             };
             match res {
-                Ok(()) => {}
+                Ok(()) | Err(ClientError::StaleWelcome) => {}
                 // A local failure may pass: keep this welcome (and the ones after it) for the next
                 // sync instead of acknowledging it away.
                 Err(e @ ClientError::Storage(_)) => {
@@ -1017,8 +1036,19 @@ impl Client {
                             }
                             Err(e) => return Err(e.into()),
                         },
-                        Ok(_) => warning = Some(format!("conversation {id}: entry {} is not a commit", entry.seq)),
-                        Err(e) => warning = Some(format!("conversation {id}: refused entry {}: {e}", entry.seq)),
+                        // The server checked this commit against the group's public state: if
+                        // this device cannot apply it, its own state has diverged (an expired
+                        // entry, a lost commit). Going on would skip an epoch silently.
+                        other => {
+                            let why = match other {
+                                Ok(_) => "not a commit".to_owned(),
+                                Err(e) => e.to_string(),
+                            };
+                            let detail = format!("this device cannot apply commit {} ({why}); it must be added to the conversation again", entry.seq);
+                            db::set_status(conn, id, "broken", &detail)?;
+                            refused = Some(detail);
+                            return Ok(());
+                        }
                     }
                 }
                 EntryKind::Message if mine => {}
@@ -1317,7 +1347,7 @@ impl Client {
 
     /// Marks conversations the server no longer lists for this account (removed, or left) and drops
     /// their MLS state: nothing sent there afterwards can be read by this device anyway.
-    fn forget_lost_conversations(&self, list: &ConversationList) -> Result<(), ClientError> {
+    async fn forget_lost_conversations(&self, list: &ConversationList) -> Result<(), ClientError> {
         let listed: std::collections::HashSet<&str> =
             list.conversations.iter().map(|c| c.id.as_str()).collect();
         let local: Vec<(String, String)> = {
@@ -1332,8 +1362,18 @@ impl Client {
                 .map_err(storage_err)?;
             rows
         };
-        for (id, status) in local {
-            if listed.contains(id.as_str()) || status == "left" {
+        let candidates: Vec<(String, String)> = local
+            .into_iter()
+            .filter(|(id, status)| !listed.contains(id.as_str()) && status != "left")
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // Ask again: another process of this device may have created or joined a group since
+        // `list` was fetched.
+        let fresh: ConversationList = self.transport()?.get("/v1/conversations").await?;
+        for (id, status) in candidates {
+            if fresh.conversations.iter().any(|c| c.id == id) {
                 continue;
             }
             let gid = group_id_bytes(&id)?;

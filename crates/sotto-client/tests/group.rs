@@ -379,3 +379,36 @@ async fn a_commit_whose_answer_was_lost_is_merged_by_the_next_sync() {
     assert_eq!(bob.group_info(&gid).unwrap().epoch, epoch + 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_and_added_back_while_away_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let alice = registered(&dir.path().join("a"), &url, "alice").await;
+    let bob = registered(&dir.path().join("b"), &url, "bob").await;
+    registered(&dir.path().join("c"), &url, "carol").await;
+    let (gid, _) = alice
+        .create_group("again", &names(&["bob", "carol"]), 100)
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    // While bob's device is away it is removed, then added back.
+    alice.group_remove(&gid, &names(&["bob"])).await.unwrap();
+    alice
+        .send_group(&gid, "bob cannot read this")
+        .await
+        .unwrap();
+    alice.group_add(&gid, &names(&["bob"])).await.unwrap();
+    alice.send_group(&gid, "welcome back").await.unwrap();
+    // Its next sync takes the new welcome over its stale state and carries on.
+    assert_eq!(sync_texts(&bob).await, vec![pair("alice", "welcome back")]);
+    assert_eq!(bob.conversation_status(&gid).unwrap().unwrap().0, "ok");
+    assert_eq!(bob.group_info(&gid).unwrap().members.len(), 3);
+    bob.send_group(&gid, "glad to be back").await.unwrap();
+    assert_eq!(
+        sync_texts(&alice).await,
+        vec![pair("bob", "glad to be back")]
+    );
+    server.stop().await;
+}

@@ -169,6 +169,34 @@ fn leaves_of(members: impl Iterator<Item = Member>) -> Vec<Leaf> {
         .collect()
 }
 
+/// A device keeps its identity: a leaf a commit updates (the committer's own, through the update
+/// path, or another's, through an Update proposal) must carry exactly the credential (device
+/// certificate) it had. Otherwise a member could turn its leaf into another device, or another
+/// account, with any certificate it can make.
+fn check_leaf_identity(
+    before: &[(u32, Credential)],
+    sender_leaf: Option<u32>,
+    staged: &StagedCommit,
+) -> Result<(), MlsError> {
+    let old = |i: Option<u32>| {
+        i.and_then(|i| before.iter().find(|(l, _)| *l == i))
+            .map(|(_, c)| c)
+    };
+    let refuse = || MlsError::Policy("a device cannot change its certificate in an update".into());
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        if old(sender_leaf) != Some(leaf.credential()) {
+            return Err(refuse());
+        }
+    }
+    for upd in staged.update_proposals() {
+        let from = member_index(upd.sender());
+        if old(from) != Some(upd.update_proposal().leaf_node().credential()) {
+            return Err(refuse());
+        }
+    }
+    Ok(())
+}
+
 /// Runs the group policy on a staged commit from `sender_leaf`.
 fn check_staged(
     kind: &Kind,
@@ -577,6 +605,11 @@ impl PendingJoin {
         Ok(Self { staged })
     }
 
+    /// The epoch the welcome opens.
+    pub fn epoch(&self) -> u64 {
+        self.staged.group_context().epoch().as_u64()
+    }
+
     /// The group id (the conversation id) the welcome is for.
     pub fn group_id(&self) -> &[u8] {
         self.staged.group_context().group_id().as_slice()
@@ -923,6 +956,12 @@ impl Conversation {
             pending.sender_leaf,
             &pending.staged,
         )?;
+        let before: Vec<(u32, Credential)> = self
+            .group
+            .members()
+            .map(|m| (m.index.u32(), m.credential))
+            .collect();
+        check_leaf_identity(&before, pending.sender_leaf, &pending.staged)?;
         for (cred, key) in pending.new_leaves() {
             verify_leaf(&cred, &key, trust)?;
         }
@@ -1208,6 +1247,7 @@ impl ServerGroup {
             sender_leaf,
             &staged,
         )?;
+        check_leaf_identity(&leaves_before, sender_leaf, &staged)?;
         let mut added = Vec::new();
         for add in staged.add_proposals() {
             let leaf = add.add_proposal().key_package().leaf_node();

@@ -292,3 +292,62 @@ fn removed_member_cannot_read_later_messages_and_new_member_cannot_read_earlier_
     // dave cannot read what was sent before he joined.
     assert!(w.read("dave", &before).is_err());
 }
+
+/// Signs with a raw Ed25519 key (what a modified client would do).
+struct RawSigner(ed25519_dalek::SigningKey);
+impl openmls_traits::signatures::Signer for RawSigner {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, openmls_traits::signatures::SignerError> {
+        use ed25519_dalek::Signer as _;
+        Ok(self.0.sign(payload).to_bytes().to_vec())
+    }
+    fn signature_scheme(&self) -> openmls_traits::types::SignatureScheme {
+        openmls_traits::types::SignatureScheme::ED25519
+    }
+}
+
+#[test]
+fn a_member_cannot_swap_its_certificate_in_an_update() {
+    use openmls::prelude::tls_codec::Serialize as _;
+    use openmls::prelude::*;
+    let mut w = world(&["alice", "bob", "carol", "dave"]);
+    // bob's client, modified: it refreshes its leaf with a certificate claiming to be another
+    // account (made with a key of its own), keeping its signature key so it can still sign.
+    let bob = w.devs.get_mut("bob").unwrap();
+    let cert = bob.keys.certificate().clone();
+    let mallory = AccountIdentity::generate();
+    let forged = mallory.certify_device(&u("dave"), cert.device_id, &cert.mls_signature_key, 1);
+    let signer = RawSigner(
+        ed25519_dalek::SigningKey::try_from(bob.keys.dangerous_signing_seed().as_slice()).unwrap(),
+    );
+    let mut raw = MlsGroup::load(bob.p.storage(), &GroupId::from_slice(GID))
+        .unwrap()
+        .unwrap();
+    let params = LeafNodeParameters::builder()
+        .with_credential_with_key(CredentialWithKey {
+            credential: BasicCredential::new(forged.to_bytes()).into(),
+            signature_key: cert.mls_signature_key.clone().into(),
+        })
+        .build();
+    let bundle = raw.self_update(&bob.p, &signer, params).unwrap();
+    let commit = bundle.commit().tls_serialize_detached().unwrap();
+    // The server refuses it, and so does every member; nobody's epoch moves.
+    let crypto = openmls_rust_crypto::RustCrypto::default();
+    let epoch = w.server.epoch();
+    assert!(matches!(
+        w.server.process_commit(&crypto, &commit, &Kind::Group),
+        Err(MlsError::Policy(_))
+    ));
+    assert_eq!(w.server.epoch(), epoch);
+    for n in ["alice", "carol"] {
+        let d = w.devs.get_mut(n).unwrap();
+        let g = d.g.as_mut().unwrap();
+        let Incoming::Commit(pending) = g.process(&d.p, &commit).unwrap() else {
+            panic!("not a commit")
+        };
+        assert!(matches!(
+            g.merge_verified(&d.p, pending, &w.pins, &Kind::Group),
+            Err(MlsError::Policy(_))
+        ));
+        assert_eq!(g.epoch(), epoch);
+    }
+}

@@ -604,27 +604,20 @@ pub async fn leave(state: &AppState, caller: &Caller, id: &str) -> Result<(), Ap
     if c.kind != "group" {
         return Err(ApiError::bad_request("only groups can be left"));
     }
-    if let Some((_, snapshot)) = state.store.group_state(&c.id).await? {
-        let gid = sotto_proto::identity::unhex(&c.id)
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "conversation id unreadable"))?;
-        let group = ServerGroup::load(&snapshot, &gid)
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "group state unreadable"))?;
-        if let Some(meta) = group.metadata() {
-            let me = parse_username(&caller.username)?;
-            let others_admin = meta
-                .admins
-                .iter()
-                .any(|a| a != &me && c.members.iter().any(|m| m == a.as_str()));
-            let others = c.members.iter().any(|m| m != &caller.username);
-            if meta.is_admin(&me) && !others_admin && others {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    "you are the group's last admin: make another member an admin first",
-                ));
-            }
+    let admins: Vec<String> = match state.store.group_state(&c.id).await? {
+        Some((_, snapshot)) => {
+            let gid = sotto_proto::identity::unhex(&c.id)
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "conversation id unreadable"))?;
+            let group = ServerGroup::load(&snapshot, &gid)
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "group state unreadable"))?;
+            group
+                .metadata()
+                .map(|m| m.admins.iter().map(|a| a.as_str().to_owned()).collect())
+                .unwrap_or_default()
         }
-    }
-    state.store.leave(&c.id, &caller.username).await?;
+        None => Vec::new(),
+    };
+    state.store.leave(&c.id, &caller.username, &admins).await?;
     tracing::info!(conversation = %c.id, "member left");
     wake_members(state, &c.id, c.last_seq).await;
     Ok(())

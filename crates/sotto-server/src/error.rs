@@ -74,6 +74,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::UsernameTaken => Self::new(ErrorCode::UsernameTaken, "username is taken"),
             StoreError::DeviceExists => Self::new(ErrorCode::Conflict, "device already registered"),
+            StoreError::LastAdmin => Self::new(
+                ErrorCode::Conflict,
+                "you are the group's last admin: make another member an admin first",
+            ),
             StoreError::StaleEpoch { current } => Self {
                 code: ErrorCode::StaleEpoch,
                 message: format!("stale epoch: the conversation is at epoch {current}"),

@@ -312,9 +312,16 @@ async fn groups(s: &dyn Store) {
         s.append_message("9a0b", 1, "a1", &[i]).await.unwrap();
     }
     // carol leaves: no longer a member or woken, but recorded until her devices are removed.
-    s.leave("9a0b", "carol").await.unwrap();
+    // alice, the only admin, cannot leave while others remain; nothing changes.
+    let admins = vec!["alice".to_owned()];
     assert!(matches!(
-        s.leave("9a0b", "carol").await,
+        s.leave("9a0b", "alice", &admins).await,
+        Err(StoreError::LastAdmin)
+    ));
+    assert!(s.membership("9a0b", "alice").await.unwrap().is_some());
+    s.leave("9a0b", "carol", &admins).await.unwrap();
+    assert!(matches!(
+        s.leave("9a0b", "carol", &admins).await,
         Err(StoreError::NotFound(_))
     ));
     let g = s.conversation("9a0b").await.unwrap().unwrap();

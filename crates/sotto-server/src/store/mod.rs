@@ -31,6 +31,9 @@ pub enum StoreError {
     /// The link expired or was used.
     #[error("link expired or used")]
     LinkExpired,
+    /// The account is a group's last admin and others remain.
+    #[error("last admin")]
+    LastAdmin,
     /// A device of the account has no key package.
     #[error("device {0} has no key package left")]
     NoKeyPackage(String),
@@ -173,7 +176,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records that `username` left the group: it stops being a member at once (no more reads,
     /// sends or wake-ups); its devices stay in the MLS tree until an admin commits their removal.
-    async fn leave(&self, id: &str, username: &str) -> Result<(), StoreError>;
+    /// Refused with `LastAdmin` if `username` is in `admins` and, other members remaining, none of
+    /// them is in `admins` (checked in the same transaction, so two admins leaving at once cannot
+    /// both go).
+    async fn leave(&self, id: &str, username: &str, admins: &[String]) -> Result<(), StoreError>;
 
     /// The member devices of a conversation to wake (accounts that left excluded); before the
     /// first commit, the devices of its member accounts.

@@ -884,7 +884,7 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn leave(&self, id: &str, username: &str) -> Result<(), StoreError> {
+    async fn leave(&self, id: &str, username: &str, admins: &[String]) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
         // Lock the conversation against a concurrent commit changing its members.
@@ -904,6 +904,21 @@ impl Store for PostgresStore {
             .map_err(backend)?;
         if n == 0 {
             return Err(StoreError::NotFound("conversation"));
+        }
+        if admins.iter().any(|a| a == username) {
+            let remaining: Vec<String> = tx
+                .query(
+                    "SELECT username FROM conversation_members WHERE conversation_id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(backend)?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !remaining.is_empty() && !remaining.iter().any(|m| admins.contains(m)) {
+                return Err(StoreError::LastAdmin);
+            }
         }
         tx.execute(
             "INSERT INTO departed (conversation_id, username)

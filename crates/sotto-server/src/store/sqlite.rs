@@ -1057,8 +1057,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn leave(&self, id: &str, username: &str) -> Result<(), StoreError> {
-        let (id, username) = (id.to_owned(), username.to_owned());
+    async fn leave(&self, id: &str, username: &str, admins: &[String]) -> Result<(), StoreError> {
+        let (id, username, admins) = (id.to_owned(), username.to_owned(), admins.to_vec());
         self.write(move |tx| {
             let n = tx
                 .execute(
@@ -1068,6 +1068,20 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound("conversation"));
+            }
+            if admins.contains(&username) {
+                let remaining: Vec<String> = tx
+                    .prepare_cached(
+                        "SELECT username FROM conversation_members WHERE conversation_id = ?1",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![id], |r| r.get(0))?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(backend)?;
+                if !remaining.is_empty() && !remaining.iter().any(|m| admins.contains(m)) {
+                    return Err(StoreError::LastAdmin);
+                }
             }
             let still_in_tree: i64 = tx
                 .query_row(
