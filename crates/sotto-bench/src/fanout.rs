@@ -16,7 +16,7 @@ use sotto_proto::mls::{Conversation, Trust, ValidKeyPackage, CLASSIC_CIPHERSUITE
 use sotto_proto::{IdentityPublicKey, MessageContent, Username};
 use tokio::time::Instant;
 
-use crate::relay::{check, percentile, register_with, Device};
+use crate::relay::{check, percentile, post_commit, register_with, Device};
 
 /// What the fan-out run measured.
 #[derive(Debug, Clone)]
@@ -157,19 +157,7 @@ pub async fn run(
     let mut group =
         Conversation::create(&creator.provider, &creator.keys, &gid, suite, Some(&meta))?;
     let bundle = group.add_devices(&creator.provider, &creator.keys, &kps)?;
-    let _: Accepted = check(
-        http.post(format!("{url}/v1/conversations/{}/commits", info.id))
-            .bearer_auth(&creator.token)
-            .json(&CommitRequest {
-                epoch: bundle.epoch,
-                commit: B64(bundle.commit),
-                welcome: bundle.welcome.map(B64),
-                initial_group_info: bundle.initial_group_info.map(B64),
-            })
-            .send()
-            .await?,
-    )
-    .await?;
+    post_commit(&http, url, &creator.token, &info.id, bundle).await?;
     group.merge_pending(&creator.provider)?;
     let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
     eprintln!("group of {members} created in {create_ms:.0} ms (key-package claims included); connecting...");

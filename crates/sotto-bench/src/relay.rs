@@ -105,6 +105,29 @@ pub(crate) async fn register_with(
     })
 }
 
+/// Posts a commit bundle as `token`'s device; fails unless the server accepts it.
+pub(crate) async fn post_commit(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    conversation: &str,
+    bundle: sotto_proto::mls::CommitBundle,
+) -> anyhow::Result<Accepted> {
+    check(
+        http.post(format!("{url}/v1/conversations/{conversation}/commits"))
+            .bearer_auth(token)
+            .json(&CommitRequest {
+                epoch: bundle.epoch,
+                commit: B64(bundle.commit),
+                welcome: bundle.welcome.map(B64),
+                initial_group_info: bundle.initial_group_info.map(B64),
+            })
+            .send()
+            .await?,
+    )
+    .await
+}
+
 /// One DM pair, ready to send: the conversation and messages encrypted in advance.
 struct Pair {
     conversation: String,
@@ -157,19 +180,7 @@ async fn setup_pair(
         None,
     )?;
     let bundle = group.add_devices(&a.provider, &a.keys, &[kp])?;
-    let _: Accepted = check(
-        http.post(format!("{send_url}/v1/conversations/{}/commits", dm.id))
-            .bearer_auth(&a.token)
-            .json(&CommitRequest {
-                epoch: bundle.epoch,
-                commit: B64(bundle.commit),
-                welcome: bundle.welcome.map(B64),
-                initial_group_info: bundle.initial_group_info.map(B64),
-            })
-            .send()
-            .await?,
-    )
-    .await?;
+    post_commit(http, send_url, &a.token, &dm.id, bundle).await?;
     group.merge_pending(&a.provider)?;
     let text = "x".repeat(100);
     let payloads = (0..messages)

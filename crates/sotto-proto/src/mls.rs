@@ -405,17 +405,7 @@ impl ValidKeyPackage {
                 "key package has an unsupported ciphersuite".into(),
             ));
         }
-        let leaf = key_package.leaf_node();
-        let cert = certificate_of(leaf.credential()).map_err(|source| MlsError::Certificate {
-            who: "unknown".into(),
-            source,
-        })?;
-        if cert.mls_signature_key != leaf.signature_key().as_slice() {
-            return Err(MlsError::Certificate {
-                who: format!("{}/{}", cert.username, cert.device_id),
-                source: IdentityError::SignatureKeyMismatch,
-            });
-        }
+        let cert = leaf_certificate(key_package.leaf_node())?;
         cert.verify_self_signed()
             .map_err(|source| MlsError::Certificate {
                 who: format!("{}/{}", cert.username, cert.device_id),
