@@ -201,6 +201,34 @@ struct Plan {
     self_update: bool,
 }
 
+/// A group's line, from its local MLS state (`None` if this device holds none, or it is a DM).
+fn group_line(provider: &Provider<'_>, id: String) -> Result<Option<GroupLine>, ClientError> {
+    let Some(g) = Conversation::load(provider, &group_id_bytes(&id)?)? else {
+        return Ok(None);
+    };
+    let Some(meta) = g.metadata() else {
+        return Ok(None);
+    };
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for m in g.members() {
+        let u = m.cert.username.to_string();
+        let d = m.cert.device_id.to_hex();
+        match members.iter_mut().find(|(x, _)| *x == u) {
+            Some((_, devs)) => devs.push(d),
+            None => members.push((u, vec![d])),
+        }
+    }
+    members.sort();
+    Ok(Some(GroupLine {
+        id,
+        name: meta.name.clone(),
+        admins: meta.admins.iter().map(|a| a.to_string()).collect(),
+        members,
+        post_quantum: g.ciphersuite() == DEFAULT_CIPHERSUITE,
+        epoch: g.epoch(),
+    }))
+}
+
 /// Removing every device of `users`, and dropping any of them from the admins.
 fn removal_plan(g: &Conversation, users: &[Username]) -> Option<Plan> {
     let remove: Vec<u32> = g
@@ -1484,10 +1512,14 @@ impl Client {
 
     /// Finds a group by id (or by its exact name, if exactly one group has it).
     fn resolve_group(&self, group: &str) -> Result<String, ClientError> {
-        let groups = self.groups()?;
-        if let Some(g) = groups.iter().find(|g| g.id == group) {
-            return Ok(g.id.clone());
+        let by_id = {
+            let conn = self.lock()?;
+            db::conversation(&conn, group)?.is_some_and(|c| c.kind == "group" && c.status == "ok")
+        };
+        if by_id {
+            return Ok(group.to_owned());
         }
+        let groups = self.groups()?;
         let named: Vec<&GroupLine> = groups.iter().filter(|g| g.name == group).collect();
         match named.as_slice() {
             [one] => Ok(one.id.clone()),
@@ -1751,28 +1783,7 @@ impl Client {
         let provider = Provider::new(&self.crypto, &conn);
         let mut out = Vec::new();
         for id in ids {
-            let Some(g) = Conversation::load(&provider, &group_id_bytes(&id)?)? else {
-                continue;
-            };
-            let Some(meta) = g.metadata() else { continue };
-            let mut members: Vec<(String, Vec<String>)> = Vec::new();
-            for m in g.members() {
-                let u = m.cert.username.to_string();
-                let d = m.cert.device_id.to_hex();
-                match members.iter_mut().find(|(x, _)| *x == u) {
-                    Some((_, devs)) => devs.push(d),
-                    None => members.push((u, vec![d])),
-                }
-            }
-            members.sort();
-            out.push(GroupLine {
-                id,
-                name: meta.name.clone(),
-                admins: meta.admins.iter().map(|a| a.to_string()).collect(),
-                members,
-                post_quantum: g.ciphersuite() == DEFAULT_CIPHERSUITE,
-                epoch: g.epoch(),
-            });
+            out.extend(group_line(&provider, id)?);
         }
         Ok(out)
     }
@@ -1780,9 +1791,8 @@ impl Client {
     /// One group, by id or unique name.
     pub fn group_info(&self, group: &str) -> Result<GroupLine, ClientError> {
         let id = self.resolve_group(group)?;
-        self.groups()?
-            .into_iter()
-            .find(|g| g.id == id)
+        let conn = self.lock()?;
+        group_line(&Provider::new(&self.crypto, &conn), id)?
             .ok_or_else(|| ClientError::Invalid(format!("no group {group}")))
     }
 
