@@ -75,6 +75,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The route exists but not with this method.
     MethodNotAllowed,
+    /// The server's storage is full; nothing was changed (HTTP 507).
+    StorageFull,
     /// A server-side failure; nothing was changed.
     Internal,
 }

@@ -19,6 +19,14 @@ struct Cli {
     /// Server URL, e.g. http://127.0.0.1:7420 (stored at register/link; overrides it otherwise).
     #[arg(long, global = true, env = "SOTTO_SERVER")]
     server: Option<String>,
+    /// PEM file of the private certificate authority that signed the server's certificate (trusted
+    /// instead of the system's roots; remembered at register/link).
+    #[arg(long, global = true, env = "SOTTO_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Allow plain http:// to a server other than this machine: messages stay end-to-end
+    /// encrypted, but the device token and who talks to whom would cross the network in the clear.
+    #[arg(long, global = true, env = "SOTTO_INSECURE")]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,6 +140,12 @@ enum GroupCommand {
 enum DeviceCommand {
     /// Create a one-time link code (valid 10 minutes) for a new device; printed as the last line.
     Add,
+    /// Revoke a device of this account (lost or stolen): the server stops serving it at once and
+    /// this device removes it from every conversation, so it can read nothing sent afterwards.
+    Revoke {
+        /// The device id, as `sotto devices` lists it.
+        device: String,
+    },
 }
 
 fn default_home() -> PathBuf {
@@ -163,7 +177,11 @@ fn warn(lines: &[String]) {
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
     let home = cli.home.unwrap_or_else(default_home);
-    let mut client = Client::open(&home, cli.server.as_deref())?;
+    let options = sotto_client::ConnectOptions {
+        ca_cert: cli.ca_cert,
+        insecure: cli.insecure,
+    };
+    let mut client = Client::open_with(&home, cli.server.as_deref(), &options)?;
     match cli.command {
         Command::Register { username } => {
             client.register(&username).await?;
@@ -171,6 +189,18 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 "registered {username}, device {}",
                 client.device_id().unwrap_or_default()
             );
+        }
+        Command::Device {
+            command: DeviceCommand::Revoke { device },
+        } => {
+            let this = client.device_id().unwrap_or_default() == device.trim().to_ascii_lowercase();
+            let report = client.revoke_device(&device).await?;
+            warn(&report.warnings);
+            if this {
+                println!("revoked this device ({device}); its data directory can be deleted");
+            } else {
+                println!("revoked device {device} and removed it from your conversations");
+            }
         }
         Command::Device {
             command: DeviceCommand::Add,

@@ -38,7 +38,7 @@ mod db;
 mod transport;
 
 use db::{storage_err, Pins, Provider};
-use transport::Transport;
+use transport::{TlsSettings, Transport};
 
 /// How many one-time key packages a device keeps on the server.
 const KEY_PACKAGE_TARGET: usize = 50;
@@ -299,7 +299,19 @@ pub struct Client {
     conn: Mutex<Connection>,
     crypto: RustCrypto,
     transport: Option<Transport>,
+    tls: TlsSettings,
     me: Option<Me>,
+}
+
+/// How a client reaches its server.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// A PEM file of the private certificate authority that signed the server's certificate (trusted
+    /// instead of the system's roots). Stored at register/link, so later runs need not repeat it.
+    pub ca_cert: Option<PathBuf>,
+    /// Allow plain `http://` to a host other than this machine (the device token and metadata would
+    /// cross the network unencrypted). Never stored.
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -342,7 +354,29 @@ fn group_id_bytes(conversation: &str) -> Result<Vec<u8>, ClientError> {
 impl Client {
     /// Opens the device at `home`. `server` overrides the stored server URL for this session.
     pub fn open(home: &Path, server: Option<&str>) -> Result<Self, ClientError> {
+        Self::open_with(home, server, &ConnectOptions::default())
+    }
+
+    /// [`Client::open`] with transport options (a private CA, plain HTTP to a remote host).
+    pub fn open_with(
+        home: &Path,
+        server: Option<&str>,
+        options: &ConnectOptions,
+    ) -> Result<Self, ClientError> {
         let conn = db::open(home)?;
+        let ca_pem = match &options.ca_cert {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ClientError::Invalid(format!(
+                    "reading the CA certificate {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => db::get_config(&conn, "ca_cert")?,
+        };
+        let tls = TlsSettings {
+            ca_pem,
+            insecure: options.insecure,
+        };
         let stored_server = db::get_config_str(&conn, "server")?;
         let token = db::get_config_str(&conn, "token")?;
         let me = match (
@@ -360,7 +394,7 @@ impl Client {
             _ => None,
         };
         let transport = match server.map(str::to_owned).or(stored_server) {
-            Some(s) => Some(Transport::new(&s, token)?),
+            Some(s) => Some(Transport::new(&s, token, &tls)?),
             None => None,
         };
         Ok(Self {
@@ -368,6 +402,7 @@ impl Client {
             conn: Mutex::new(conn),
             crypto: RustCrypto::default(),
             transport,
+            tls,
             me,
         })
     }
@@ -468,6 +503,9 @@ impl Client {
             db::set_config(conn, "username", cert.username.as_str().as_bytes())?;
             db::set_config(conn, "certificate", &cert.to_bytes())?;
             db::set_config(conn, "token", token.as_bytes())?;
+            if let Some(ca) = &self.tls.ca_pem {
+                db::set_config(conn, "ca_cert", ca)?;
+            }
             db::set_config(conn, "identity_secret", identity.dangerous_secret_bytes().as_ref())?;
             conn.execute(
                 "INSERT OR REPLACE INTO sotto_pins (username, identity_key, pinned_at) VALUES (?1, ?2, ?3)",
@@ -476,7 +514,7 @@ impl Client {
             .map_err(storage_err)?;
             Ok(())
         })?;
-        self.transport = Some(Transport::new(server, Some(token.to_owned()))?);
+        self.transport = Some(Transport::new(server, Some(token.to_owned()), &self.tls)?);
         self.me = Some(Me {
             username: cert.username.clone(),
             device_id: cert.device_id,
@@ -650,6 +688,37 @@ impl Client {
                 }
             })
             .collect())
+    }
+
+    /// Revokes a device of this account (another one, or this one). The server stops accepting it at
+    /// once and it stops being served any conversation; unless it is this device, the conversations'
+    /// MLS groups then drop it (this device commits its removal now; the account's other devices
+    /// would on their next sync), so it cannot decrypt anything sent afterwards.
+    pub async fn revoke_device(&self, device_id: &str) -> Result<SyncReport, ClientError> {
+        let me = self.me()?;
+        let id = device_id.trim().to_ascii_lowercase();
+        if id.parse::<DeviceId>().is_err() {
+            return Err(ClientError::Invalid(format!(
+                "not a device id: {device_id} (see `sotto devices`)"
+            )));
+        }
+        let () = self
+            .transport()?
+            .delete(&format!("/v1/devices/{id}"))
+            .await
+            .map_err(|e| match e {
+                ClientError::Api {
+                    code: ErrorCode::NotFound,
+                    ..
+                } => ClientError::Invalid(format!(
+                    "your account has no device {id} (see `sotto devices`)"
+                )),
+                other => other,
+            })?;
+        if id == me.device_id.to_hex() {
+            return Ok(SyncReport::default());
+        }
+        self.sync().await
     }
 
     /// Claims key packages for `username`'s devices (`only` these, if not empty) and keeps those whose
@@ -1157,6 +1226,11 @@ impl Client {
             rows
         };
         for id in ids {
+            if let Err(e) = self.remove_revoked_devices(&id, &mine, report).await {
+                report.warnings.push(format!(
+                    "could not remove your revoked devices from conversation {id}: {e}"
+                ));
+            }
             if let Err(e) = self.add_missing_devices(&id, &mine, report).await {
                 report.warnings.push(format!(
                     "could not add your new devices to conversation {id}: {e}"
@@ -1164,6 +1238,45 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Removes from a conversation's MLS group every device of this account that the account no
+    /// longer lists (revoked), so that it cannot decrypt what is sent from now on.
+    async fn remove_revoked_devices(
+        &self,
+        id: &str,
+        mine: &[String],
+        report: &mut SyncReport,
+    ) -> Result<(), ClientError> {
+        let me = self.me()?;
+        let this = me.device_id.to_hex();
+        let stale = |g: &Conversation| -> Vec<u32> {
+            g.members()
+                .into_iter()
+                .filter(|m| m.cert.username == me.username)
+                .filter(|m| {
+                    let d = m.cert.device_id.to_hex();
+                    d != this && !mine.contains(&d)
+                })
+                .map(|m| m.leaf_index)
+                .collect()
+        };
+        {
+            let conn = self.lock()?;
+            match Conversation::load(&Provider::new(&self.crypto, &conn), &group_id_bytes(id)?)? {
+                Some(g) if g.is_active() && !stale(&g).is_empty() => {}
+                _ => return Ok(()),
+            }
+        }
+        self.change_group(id, report, |g| {
+            let remove = stale(g);
+            Ok((!remove.is_empty()).then(|| Plan {
+                remove,
+                ..Plan::default()
+            }))
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn add_missing_devices(
@@ -2109,7 +2222,14 @@ impl Client {
                 .parse()
                 .map_err(|_| ClientError::Invalid("token is not a valid header".into()))?;
             request.headers_mut().insert("authorization", header);
-            match tokio_tungstenite::connect_async(request).await {
+            match tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                None,
+                true,
+                transport.ws_connector(),
+            )
+            .await
+            {
                 Ok((mut ws, _)) => {
                     backoff = std::time::Duration::from_millis(200);
                     on_event(ListenEvent::Connected);

@@ -7,12 +7,101 @@ use sotto_api::{ErrorBody, ErrorCode};
 
 use crate::ClientError;
 
+/// Transport security settings: which certificate authorities to trust and whether plain HTTP to a
+/// host other than this machine is allowed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsSettings {
+    /// PEM certificates of a private CA to trust instead of the system's roots.
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    /// Allow `http://` to hosts other than loopback.
+    pub(crate) insecure: bool,
+}
+
+/// Refuses `http://` to anything but loopback unless `insecure`: messages stay end-to-end
+/// encrypted, but the device token and metadata (who talks to whom, when) would cross the network
+/// in the clear.
+fn check_scheme(base: &str, insecure: bool) -> Result<reqwest::Url, ClientError> {
+    let url = reqwest::Url::parse(base)
+        .map_err(|e| ClientError::Invalid(format!("bad server URL {base}: {e}")))?;
+    let host = url.host_str().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare == "localhost"
+        || bare.ends_with(".localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback || insecure => Ok(url),
+        "http" => Err(ClientError::Invalid(format!(
+            "refusing plain http:// to {}: your device token and who you talk to would cross the \
+             network unencrypted; use https:// (or --insecure if you must)",
+            url.host_str().unwrap_or("?")
+        ))),
+        _ => Err(ClientError::Invalid(format!(
+            "server URL must start with https:// (or http:// for this machine): {base}"
+        ))),
+    }
+}
+
+/// The rustls client configuration: the private CA's certificates if given, else the system's
+/// trust store; ring's algorithms; TLS 1.2 and 1.3.
+fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| {
+                    ClientError::Invalid(format!("the CA certificate file is not valid PEM: {e}"))
+                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientError::Invalid(format!("unusable CA certificate: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(ClientError::Invalid(
+                    "the CA certificate file holds no certificate".into(),
+                ));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(ClientError::Invalid(
+                    "no trusted certificate authorities found on this system; pass --ca-cert"
+                        .into(),
+                ));
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Invalid(format!("TLS configuration: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn trust_nothing() -> Result<rustls::ClientConfig, ClientError> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Invalid(format!("TLS configuration: {e}")))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 /// A connection to one server, optionally authenticated as a device.
 #[derive(Clone)]
 pub(crate) struct Transport {
     pub(crate) base: String,
     http: reqwest::Client,
     token: Option<String>,
+    /// For `https://`: the TLS configuration, shared with the WebSocket.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -23,20 +112,55 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-impl Transport {
-    pub(crate) fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let base = base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::Invalid(format!(
-                "server URL must start with http:// or https://: {base}"
-            )));
+/// The certificate error inside a request error, if that is what failed (rustls reports it as
+/// "invalid peer certificate: ..." somewhere down the chain of sources).
+fn certificate_problem(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if let Some(at) = text.find("invalid peer certificate") {
+            return Some(text[at..].to_owned());
         }
-        let http = reqwest::Client::builder()
+        source = err.source();
+    }
+    None
+}
+
+impl Transport {
+    pub(crate) fn new(
+        base: &str,
+        token: Option<String>,
+        settings: &TlsSettings,
+    ) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let url = check_scheme(&base, settings.insecure)?;
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(30))
+            .timeout(std::time::Duration::from_secs(30));
+        let tls = if url.scheme() == "https" {
+            let config = tls_config(settings.ca_pem.as_deref())?;
+            builder = builder.tls_backend_preconfigured(config.clone());
+            Some(std::sync::Arc::new(config))
+        } else {
+            // Plain HTTP to this machine: reqwest still wants a TLS backend; give it one that
+            // trusts nothing (and skip loading the system's roots).
+            builder = builder.tls_backend_preconfigured(trust_nothing()?);
+            None
+        };
+        let http = builder
             .build()
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        Ok(Self { base, http, token })
+        Ok(Self {
+            base,
+            http,
+            token,
+            tls,
+        })
+    }
+
+    /// The TLS connector for the WebSocket (`None` for plain `ws://`).
+    pub(crate) fn ws_connector(&self) -> Option<tokio_tungstenite::Connector> {
+        self.tls.clone().map(tokio_tungstenite::Connector::Rustls)
     }
 
     pub(crate) fn token(&self) -> Option<&str> {
@@ -44,6 +168,11 @@ impl Transport {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> ClientError {
+        if let Some(cert) = certificate_problem(&e) {
+            return ClientError::Protocol(format!(
+                "could not verify the server's TLS certificate ({cert}); for a private CA pass --ca-cert"
+            ));
+        }
         if e.is_connect() || e.is_timeout() {
             ClientError::Unreachable {
                 server: self.base.clone(),
@@ -106,6 +235,15 @@ impl Transport {
         let resp = self
             .auth(self.http.post(format!("{}{path}", self.base)))
             .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.finish(resp).await
+    }
+
+    pub(crate) async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self
+            .auth(self.http.delete(format!("{}{path}", self.base)))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

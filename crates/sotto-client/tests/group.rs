@@ -412,3 +412,126 @@ async fn a_member_removed_and_added_back_while_away_rejoins() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_loses_access_at_once_and_is_removed_from_every_conversation() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let a1 = registered(&dir.path().join("a1"), &url, "alice").await;
+    let a2 = linked(&a1, &dir.path().join("a2"), &url).await;
+    let bob = registered(&dir.path().join("bob"), &url, "bob").await;
+    let (gid, _) = a1
+        .create_group("team", &names(&["bob"]), 100)
+        .await
+        .unwrap();
+    bob.send_dm("alice", "dm before").await.unwrap();
+    bob.send_group(&gid, "group before").await.unwrap();
+    for c in [&a1, &a2] {
+        let mut got = sync_texts(c).await;
+        got.sort();
+        assert_eq!(
+            got,
+            [pair("bob", "dm before"), pair("bob", "group before")],
+            "{:?}",
+            c.device_id()
+        );
+    }
+    let a2_id = a2.device_id().unwrap();
+    let a2_token = token_of(&dir.path().join("a2"));
+
+    // a2 holds a push connection when it is revoked.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("{}/v1/ws", url.replacen("http", "ws", 1)),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {a2_token}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert!(ws.next().await.unwrap().unwrap().is_text()); // ready
+
+    let report = a1.revoke_device(&a2_id).await.unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    // At once: the token is refused and the push connection is closed.
+    assert!(matches!(
+        a2.sync().await,
+        Err(ClientError::Api {
+            code: ErrorCode::Unauthorized,
+            ..
+        })
+    ));
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the revoked device's connection stayed open"
+    );
+    // The account lists one device, and a1 committed a2's removal from the group's MLS tree.
+    let devices = a1.devices().await.unwrap();
+    assert_eq!(devices.len(), 1);
+    bob.sync().await.unwrap();
+    let info = bob.group_info(&gid).unwrap();
+    let alice_devices = info.members.iter().find(|(u, _)| u == "alice").unwrap();
+    assert_eq!(alice_devices.1, [a1.device_id().unwrap()]);
+    // Later messages reach alice's remaining device; a2 cannot fetch anything.
+    bob.send_dm("alice", "dm after").await.unwrap();
+    bob.send_group(&gid, "group after").await.unwrap();
+    let mut got = sync_texts(&a1).await;
+    got.sort();
+    assert_eq!(got, [pair("bob", "dm after"), pair("bob", "group after")]);
+    let http = reqwest::Client::new();
+    for path in [
+        format!("/v1/conversations/{gid}/log"),
+        "/v1/inbox".to_owned(),
+        "/v1/conversations".to_owned(),
+    ] {
+        let resp = http
+            .get(format!("{url}{path}"))
+            .bearer_auth(&a2_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+    }
+    // Syncing again does not add it back; the last device cannot be revoked; unknown ids are
+    // refused with a clear message.
+    sync_texts(&a1).await;
+    let info = a1.group_info(&gid).unwrap();
+    assert_eq!(
+        info.members
+            .iter()
+            .find(|(u, _)| u == "alice")
+            .unwrap()
+            .1
+            .len(),
+        1
+    );
+    let e = bob
+        .revoke_device(&bob.device_id().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Api {
+                code: ErrorCode::Conflict,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = a1.revoke_device(&a2_id).await.unwrap_err();
+    assert!(e.to_string().contains("no device"), "{e}");
+    let e = a1.revoke_device("not-a-device").await.unwrap_err();
+    assert!(e.to_string().contains("not a device id"), "{e}");
+    server.stop().await;
+}

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sotto_api::ServerFrame;
 use tokio::sync::mpsc;
@@ -17,11 +18,68 @@ pub const CONNECTION_QUEUE: usize = 64;
 /// One registered connection: its id and its queue.
 type Connection = (u64, mpsc::Sender<ServerFrame>);
 
+/// Recently verified device tokens (device id → token hash and account), so that a busy device does
+/// not cost a database read per request. Entries live [`AuthCache::TTL`]. A revoked device is
+/// forgotten at once on every node (the bus carries revocations) and kept out for a TTL, so a
+/// verification that raced the revocation cannot put it back.
+#[derive(Debug, Default)]
+pub struct AuthCache(Mutex<HashMap<String, CachedToken>>);
+
+#[derive(Debug)]
+enum CachedToken {
+    /// Token hash, account, verified at.
+    Verified([u8; 32], String, Instant),
+    /// Revoked at.
+    Revoked(Instant),
+}
+
+impl AuthCache {
+    /// How long a verified token is trusted without asking the database again.
+    pub const TTL: Duration = Duration::from_secs(30);
+    const MAX: usize = 200_000;
+
+    /// The cached (token hash, username) of a device, if fresh.
+    pub fn get(&self, device_id: &str) -> Option<([u8; 32], String)> {
+        let m = self.0.lock().ok()?;
+        match m.get(device_id)? {
+            CachedToken::Verified(h, u, at) if at.elapsed() < Self::TTL => Some((*h, u.clone())),
+            _ => None,
+        }
+    }
+
+    /// Remembers a device's verified token hash (unless it was revoked within the TTL).
+    pub fn put(&self, device_id: &str, hash: [u8; 32], username: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(CachedToken::Revoked(at)) = m.get(device_id) {
+                if at.elapsed() < Self::TTL {
+                    return;
+                }
+            }
+            if m.len() >= Self::MAX {
+                m.retain(|_, t| matches!(t, CachedToken::Revoked(at) if at.elapsed() < Self::TTL));
+            }
+            m.insert(
+                device_id.to_owned(),
+                CachedToken::Verified(hash, username.to_owned(), Instant::now()),
+            );
+        }
+    }
+
+    /// Forgets a revoked device's token.
+    pub fn revoke(&self, device_id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(device_id.to_owned(), CachedToken::Revoked(Instant::now()));
+        }
+    }
+}
+
 /// The local registry of connected devices.
 #[derive(Default, Debug)]
 pub struct Hub {
     conns: Mutex<HashMap<String, Vec<Connection>>>,
     next: std::sync::atomic::AtomicU64,
+    /// Recently verified device tokens.
+    pub tokens: AuthCache,
 }
 
 /// A connection's registration; dropping it unregisters.
@@ -75,6 +133,15 @@ impl Hub {
         }
     }
 
+    /// A device was revoked: forget its token and close its connections on this node (dropping
+    /// their queues ends them).
+    pub fn revoke(&self, device: &str) {
+        self.tokens.revoke(device);
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.remove(device);
+        }
+    }
+
     /// Number of connected devices (for metrics and tests).
     pub fn connected(&self) -> usize {
         self.conns.lock().map(|c| c.len()).unwrap_or(0)
@@ -85,6 +152,9 @@ impl Hub {
 pub trait Bus: Send + Sync + 'static {
     /// Wakes `devices` with `frame`, wherever they are connected.
     fn publish(&self, devices: Vec<String>, frame: ServerFrame);
+
+    /// Tells every node that `device` was revoked (see [`Hub::revoke`]).
+    fn revoke(&self, device: String);
 }
 
 /// The single-node bus.
@@ -104,10 +174,16 @@ impl Bus for LocalBus {
     fn publish(&self, devices: Vec<String>, frame: ServerFrame) {
         self.hub.deliver(&devices, &frame);
     }
+
+    fn revoke(&self, device: String) {
+        self.hub.revoke(&device);
+    }
 }
 
 /// The subject wake-ups travel on.
 const WAKE_SUBJECT: &str = "sotto.wake";
+/// The subject revocations travel on (payload: the device id).
+const REVOKE_SUBJECT: &str = "sotto.revoke";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Wake {
@@ -132,10 +208,25 @@ impl NatsBus {
             .subscribe(WAKE_SUBJECT)
             .await
             .map_err(|e| format!("subscribing on NATS: {e}"))?;
+        let mut revocations = client
+            .subscribe(REVOKE_SUBJECT)
+            .await
+            .map_err(|e| format!("subscribing on NATS: {e}"))?;
         client
             .flush()
             .await
             .map_err(|e| format!("flushing NATS: {e}"))?;
+        let revoked_hub = hub.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(msg) = revocations.next().await {
+                match std::str::from_utf8(&msg.payload) {
+                    Ok(device) => revoked_hub.revoke(device),
+                    Err(_) => tracing::warn!("ignoring a malformed revocation on NATS"),
+                }
+            }
+            tracing::error!("NATS revocation subscription ended");
+        });
         tokio::spawn(async move {
             use futures_util::StreamExt;
             while let Some(msg) = sub.next().await {
@@ -160,6 +251,17 @@ impl Bus for NatsBus {
             if let Err(e) = client.publish(WAKE_SUBJECT, payload.into()).await {
                 // The entry is durable; devices find it on their next fetch.
                 tracing::warn!(error = %e, "could not publish a wake-up");
+            }
+        });
+    }
+
+    fn revoke(&self, device: String) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            // The database already refuses the device; this only shortens the other nodes'
+            // token caches (at most AuthCache::TTL) and closes its connections there.
+            if let Err(e) = client.publish(REVOKE_SUBJECT, device.into()).await {
+                tracing::warn!(error = %e, "could not publish a revocation");
             }
         });
     }

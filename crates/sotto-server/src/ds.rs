@@ -59,7 +59,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiEr
         .parse::<DeviceId>()
         .map_err(|_| ApiError::unauthorized())?;
     let presented = hash_secret(secret.as_bytes());
-    if let Some((hash, username)) = state.auth_cache.get(device_id) {
+    if let Some((hash, username)) = state.hub.tokens.get(device_id) {
         if bool::from(presented.ct_eq(&hash)) {
             return Ok(Caller {
                 username,
@@ -74,7 +74,8 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiEr
         .ok_or_else(ApiError::unauthorized)?;
     if bool::from(presented.ct_eq(&auth.token_hash)) {
         state
-            .auth_cache
+            .hub
+            .tokens
             .put(device_id, auth.token_hash, &auth.username);
         Ok(Caller {
             username: auth.username,
@@ -290,6 +291,27 @@ pub async fn key_package_count(
     })
 }
 
+/// Revokes one of the caller's account's devices (possibly the caller itself): at once its token
+/// stops working on every node, its push connections close, its key packages and pending welcomes
+/// go, and it stops being a member device of every conversation. The account's other devices then
+/// remove it from the MLS groups on their next sync.
+pub async fn revoke_device(
+    state: &AppState,
+    caller: &Caller,
+    device_id: &str,
+) -> Result<(), ApiError> {
+    device_id
+        .parse::<DeviceId>()
+        .map_err(|_| ApiError::not_found("device not found"))?;
+    state
+        .store
+        .revoke_device(&caller.username, device_id)
+        .await?;
+    state.hub.revoke(device_id);
+    state.bus.revoke(device_id.to_owned());
+    tracing::info!(device = %device_id, "device revoked");
+    Ok(())
+}
 /// Claims one key package per device of an account.
 pub async fn claim(
     state: &AppState,
@@ -422,7 +444,7 @@ async fn member_head(
 ) -> Result<crate::store::ConversationHead, ApiError> {
     state
         .store
-        .membership(id, &caller.username)
+        .membership(id, &caller.username, &caller.device_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such conversation"))
 }
@@ -652,7 +674,7 @@ pub async fn log(
     let limit = limit.unwrap_or(MAX_LOG_PAGE).clamp(1, MAX_LOG_PAGE);
     let (c, entries) = state
         .store
-        .member_log(id, &caller.username, after, limit)
+        .member_log(id, &caller.username, &caller.device_id, after, limit)
         .await?
         .ok_or_else(|| ApiError::not_found("no such conversation"))?;
     state.cursors.note(id, &caller.device_id, after);

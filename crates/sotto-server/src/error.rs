@@ -64,6 +64,7 @@ impl ApiError {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -74,6 +75,14 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::UsernameTaken => Self::new(ErrorCode::UsernameTaken, "username is taken"),
             StoreError::DeviceExists => Self::new(ErrorCode::Conflict, "device already registered"),
+            StoreError::LastDevice => Self::new(
+                ErrorCode::Conflict,
+                "this is the account's only device: link another device before revoking it",
+            ),
+            StoreError::Full => Self::new(
+                ErrorCode::StorageFull,
+                "the server's storage is full; nothing was changed, try again later",
+            ),
             StoreError::LastAdmin => Self::new(
                 ErrorCode::Conflict,
                 "you are the group's last admin: make another member an admin first",

@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -116,6 +116,15 @@ async fn upload_kps(
     ApiJson(req): ApiJson<UploadKeyPackages>,
 ) -> ApiResult<KeyPackageCount> {
     Ok(Json(ds::upload_key_packages(&s, &c, req).await?))
+}
+
+async fn revoke_device(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiPath(device_id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    ds::revoke_device(&s, &c, &device_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn kp_count(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<KeyPackageCount> {
@@ -271,6 +280,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/accounts"),
     ("get", "/v1/accounts/{username}"),
     ("post", "/v1/key-packages"),
+    ("delete", "/v1/devices/{device_id}"),
     ("get", "/v1/key-packages/count"),
     ("post", "/v1/key-packages/claim"),
     ("post", "/v1/dms"),
@@ -296,6 +306,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/accounts", post(register))
         .route("/v1/accounts/{username}", get(account))
         .route("/v1/key-packages", post(upload_kps))
+        .route("/v1/devices/{device_id}", delete(revoke_device))
         .route("/v1/key-packages/count", get(kp_count))
         .route("/v1/key-packages/claim", post(claim))
         .route("/v1/dms", post(create_dm))

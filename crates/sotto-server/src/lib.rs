@@ -15,7 +15,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::extract::connect_info::Connected;
 use axum::extract::DefaultBodyLimit;
+use axum::serve::{IncomingStream, Listener};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,9 +29,10 @@ pub mod http;
 pub mod migrate;
 pub mod openapi;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
-pub use bus::{Bus, Hub, LocalBus, NatsBus};
+pub use bus::{AuthCache, Bus, Hub, LocalBus, NatsBus};
 pub use store::{postgres::PostgresStore, sqlite::SqliteStore, Store};
 
 /// Tunables.
@@ -53,42 +56,6 @@ impl Default for Config {
             link_ttl_secs: 600,
             retention_secs: 30 * 24 * 3600,
             prune_interval_secs: 60,
-        }
-    }
-}
-
-/// Recently verified device tokens (device id → token hash and account), so that a busy device does
-/// not cost a database read per request. Entries live [`AuthCache::TTL`]: a device removed from the
-/// database (on any node) stops being accepted within that time.
-#[derive(Debug, Default)]
-pub struct AuthCache(std::sync::Mutex<std::collections::HashMap<String, VerifiedToken>>);
-
-/// A device's token hash, its account, and when it was verified against the database.
-type VerifiedToken = ([u8; 32], String, std::time::Instant);
-
-impl AuthCache {
-    /// How long a verified token is trusted without asking the database again.
-    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
-    const MAX: usize = 200_000;
-
-    /// The cached (token hash, username) of a device, if fresh.
-    pub fn get(&self, device_id: &str) -> Option<([u8; 32], String)> {
-        let m = self.0.lock().ok()?;
-        m.get(device_id)
-            .filter(|(_, _, at)| at.elapsed() < Self::TTL)
-            .map(|(h, u, _)| (*h, u.clone()))
-    }
-
-    /// Remembers a device's verified token hash.
-    pub fn put(&self, device_id: &str, hash: [u8; 32], username: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= Self::MAX {
-                m.clear();
-            }
-            m.insert(
-                device_id.to_owned(),
-                (hash, username.to_owned(), std::time::Instant::now()),
-            );
         }
     }
 }
@@ -173,8 +140,6 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Read positions waiting to be saved.
     pub cursors: Arc<Cursors>,
-    /// Recently verified tokens.
-    pub auth_cache: Arc<AuthCache>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -203,7 +168,6 @@ impl AppState {
                 config: Arc::new(config),
                 shutdown: rx,
                 cursors: Arc::new(Cursors::default()),
-                auth_cache: Arc::new(AuthCache::default()),
             },
             tx,
         )
@@ -231,16 +195,37 @@ pub fn app(state: AppState) -> Router {
         ))
 }
 
-/// Serves `state` on `listener` until `shutdown` completes, then closes push connections and waits
-/// for in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
+/// The remote address of a connection (for per-IP limits), available to handlers as
+/// `ConnectInfo<Peer>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(s: IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, tls::TlsListener>> for Peer {
+    fn connect_info(s: IncomingStream<'_, tls::TlsListener>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}
+
+/// Serves `state` on `listener` (plain TCP, or [`tls::TlsListener`]) until `shutdown` completes,
+/// then closes push connections and waits for in-flight requests.
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     stop_push: watch::Sender<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: Listener<Addr = std::net::SocketAddr>,
+    Peer: for<'a> Connected<IncomingStream<'a, L>>,
+{
     let upkeep = tokio::spawn(maintenance(state.clone()));
-    let router = app(state);
+    let router = app(state).into_make_service_with_connect_info::<Peer>();
     let out = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -36,6 +36,12 @@ struct Args {
     /// Seconds between prunings of the log.
     #[arg(long, env = "SOTTO_PRUNE_INTERVAL", default_value_t = 60)]
     prune_interval_secs: u64,
+    /// Serve HTTPS and WSS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "SOTTO_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "SOTTO_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Lifetime of device link codes in seconds.
     #[arg(long, env = "SOTTO_LINK_TTL", default_value_t = 600)]
     link_ttl_secs: i64,
@@ -113,6 +119,12 @@ async fn main() -> anyhow::Result<()> {
         println!("migrated {} into {}", from.display(), redact(to));
         return Ok(());
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(sotto_server::tls::server_config(cert, key).map_err(|e| anyhow::anyhow!(e))?)
+        }
+        _ => None,
+    };
     let store: Arc<dyn Store> = match &args.database {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Arc::new(
@@ -158,10 +170,20 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(%addr, data_dir = %args.data_dir.display(), bus = ?args.bus.as_deref().map(redact), "sottod started")
         }
     }
-    println!("listening on http://{addr}");
     use std::io::Write;
-    std::io::stdout().flush()?;
-    sotto_server::serve(listener, state, stop_push, shutdown_signal()).await?;
+    match tls {
+        Some(config) => {
+            println!("listening on https://{addr}");
+            std::io::stdout().flush()?;
+            let listener = sotto_server::tls::TlsListener::new(listener, config)?;
+            sotto_server::serve(listener, state, stop_push, shutdown_signal()).await?;
+        }
+        None => {
+            println!("listening on http://{addr}");
+            std::io::stdout().flush()?;
+            sotto_server::serve(listener, state, stop_push, shutdown_signal()).await?;
+        }
+    }
     Ok(())
 }
 

@@ -75,6 +75,14 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
         ],
     ),
     (
+        "revoked_devices",
+        &[
+            ("device_id", Col::Text),
+            ("username", Col::Text),
+            ("revoked_at", Col::Int),
+        ],
+    ),
+    (
         "key_packages",
         &[
             ("id", Col::Int),

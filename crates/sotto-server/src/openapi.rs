@@ -56,6 +56,14 @@ const OPS: &[Op] = &[
         Some(("200", "KeyPackageCount")),
     ),
     op(
+        "delete",
+        "/v1/devices/{device_id}",
+        "Revoke a device of the caller's account: its token stops working at once, it stops being a member device of every conversation (the account's other devices remove it from the MLS groups), and the account's last device cannot be revoked",
+        true,
+        None,
+        None,
+    ),
+    op(
         "get",
         "/v1/key-packages/count",
         "Count the calling device's one-time key packages",

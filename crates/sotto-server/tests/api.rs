@@ -154,6 +154,38 @@ async fn register(t: &T, user: &str, n_kps: usize) -> Dev {
     dev
 }
 
+/// Registers another device of `owner`'s account through a one-time link.
+async fn link_device(t: &T, owner: &Dev) -> Dev {
+    let (mut dev, nd) = new_device(owner.identity_clone(), owner.user.as_str(), 1);
+    let link_id = hex_id(32);
+    let (s, v) = t
+        .json(
+            Method::POST,
+            "/v1/links",
+            Some(&owner.token),
+            json!({"link_id": link_id, "bundle": B64(vec![1; 16])}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .json(
+            Method::POST,
+            "/v1/links/redeem",
+            None,
+            json!({"link_id": link_id, "device": nd}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    dev.token = v["token"].as_str().unwrap().to_owned();
+    dev
+}
+
+fn hex_id(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
 struct Pins(Vec<(Username, IdentityPublicKey)>);
 impl Trust for Pins {
     fn pinned_identity(&self, u: &Username) -> Option<IdentityPublicKey> {
@@ -186,24 +218,48 @@ async fn every_route_answers_garbage_with_a_4xx_json_error() {
     for n in 100..=160 {
         garbage.push(format!("{{\"{}é\":1}}", "a".repeat(n)).into_bytes());
     }
-    for (method, path) in sotto_server::http::ROUTES {
-        let path = path
-            .replace("{username}", "alice")
-            .replace("{id}", "00000000000000000000000000000000");
-        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        for token in [None, Some("garbage"), Some(alice.token.as_str())] {
-            for body in &garbage {
-                let (s, v) = t.call(m.clone(), &path, token, Some(body.clone())).await;
-                assert!(!s.is_server_error(), "{method} {path}: {s} {v}");
-                if s.is_client_error() {
-                    assert!(
-                        v["code"].is_string() && v["message"].is_string(),
-                        "{method} {path}: {s} {v}"
-                    );
+    // Every operation of the served OpenAPI document, with garbage bodies and path parameters.
+    let (_, doc) = t.call(Method::GET, "/openapi.json", None, None).await;
+    let mut operations = 0;
+    for (template, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            operations += 1;
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let params = [
+                "00000000000000000000000000000000",
+                "alice",
+                "%2e%2e%2f%2e%2e",
+                "%C3%A9%00%FF",
+                &"f".repeat(5000),
+            ];
+            let n = if template.contains('{') {
+                params.len()
+            } else {
+                1
+            };
+            for param in &params[..n] {
+                let path = template
+                    .replace("{username}", param)
+                    .replace("{id}", param)
+                    .replace("{device_id}", param);
+                for token in [None, Some("garbage"), Some(alice.token.as_str())] {
+                    for body in &garbage {
+                        let (s, v) = t.call(m.clone(), &path, token, Some(body.clone())).await;
+                        assert!(!s.is_server_error(), "{method} {path}: {s} {v}");
+                        if s.is_client_error() {
+                            assert!(
+                                v["code"].is_string() && v["message"].is_string(),
+                                "{method} {path}: {s} {v}"
+                            );
+                        }
+                    }
                 }
             }
         }
     }
+    assert_eq!(operations, sotto_server::http::ROUTES.len());
+    // Nothing was half-applied: alice still has exactly her one device.
+    assert_eq!(table_count(&t, "devices"), 1);
     // The body limit (configured to 256 KiB here) answers 413 payload_too_large.
     let big = serde_json::to_vec(&json!({"message": B64(vec![0; 300 * 1024])})).unwrap();
     t.expect_err(
@@ -257,7 +313,8 @@ async fn authentication_is_required_and_checked() {
         }
         let path = path
             .replace("{username}", "alice")
-            .replace("{id}", "00000000000000000000000000000000");
+            .replace("{id}", "00000000000000000000000000000000")
+            .replace("{device_id}", dev);
         let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         for token in [
             None,
@@ -666,6 +723,80 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         Some(serde_json::to_vec(&json!({"message": B64(ct2)})).unwrap()),
         StatusCode::BAD_REQUEST,
         "bad_request",
+    )
+    .await;
+    // Authorization is per device: bob's second device, registered but not in the MLS tree,
+    // cannot read or post to the conversation, though its account is a member.
+    let bob2 = link_device(&t, &bob).await;
+    for (method, path, body) in [
+        (Method::GET, format!("/v1/conversations/{id}/log"), None),
+        (
+            Method::POST,
+            messages.clone(),
+            Some(serde_json::to_vec(&json!({"message": B64(ct.clone())})).unwrap()),
+        ),
+    ] {
+        t.expect_err(
+            method,
+            &path,
+            Some(&bob2.token),
+            body,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    }
+    // A device can only revoke devices of its own account; once revoked, a device's token opens
+    // nothing, and its key packages are gone.
+    let bob2_id = bob2.keys.certificate().device_id.to_hex();
+    t.expect_err(
+        Method::DELETE,
+        &format!("/v1/devices/{bob2_id}"),
+        Some(&alice.token),
+        None,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            &format!("/v1/devices/{bob2_id}"),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    for (method, path) in [
+        (Method::GET, "/v1/inbox"),
+        (Method::GET, "/v1/conversations"),
+        (Method::GET, "/v1/key-packages/count"),
+        (Method::GET, "/v1/ws"),
+    ] {
+        t.expect_err(
+            method,
+            path,
+            Some(&bob2.token),
+            None,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
+    }
+    let bob_acc = t
+        .call(Method::GET, "/v1/accounts/bob", Some(&alice.token), None)
+        .await
+        .1;
+    assert_eq!(bob_acc["devices"].as_array().unwrap().len(), 1);
+    // bob's last device cannot be revoked.
+    let bob_id = bob.keys.certificate().device_id.to_hex();
+    t.expect_err(
+        Method::DELETE,
+        &format!("/v1/devices/{bob_id}"),
+        Some(&bob.token),
+        None,
+        StatusCode::CONFLICT,
+        "conflict",
     )
     .await;
     // Log paging and bad queries.

@@ -318,7 +318,16 @@ async fn groups(s: &dyn Store) {
         s.leave("9a0b", "alice", &admins).await,
         Err(StoreError::LastAdmin)
     ));
-    assert!(s.membership("9a0b", "alice").await.unwrap().is_some());
+    assert!(s.membership("9a0b", "alice", "a1").await.unwrap().is_some());
+    // Membership is per device: another device of a member account is not a member device, and
+    // a device cannot borrow another account's membership.
+    assert!(s.membership("9a0b", "alice", "a2").await.unwrap().is_none());
+    assert!(s.membership("9a0b", "alice", "b1").await.unwrap().is_none());
+    assert!(s
+        .member_log("9a0b", "alice", "a2", 0, 10)
+        .await
+        .unwrap()
+        .is_none());
     s.leave("9a0b", "carol", &admins).await.unwrap();
     assert!(matches!(
         s.leave("9a0b", "carol", &admins).await,
@@ -373,6 +382,76 @@ async fn groups(s: &dyn Store) {
     s.prune(now + 10).await.unwrap();
     assert!(s.log_after("9a0b", 0, 100).await.unwrap().is_empty());
     assert_eq!(s.conversation("9a0b").await.unwrap().unwrap().last_seq, 6);
+    revocation(s).await;
+}
+
+async fn revocation(s: &dyn Store) {
+    // bob links a second device; it joins the group; then bob revokes it.
+    link_device(s, "bob", device("b2")).await;
+    let members = vec![
+        ("a1".to_owned(), "alice".to_owned()),
+        ("b1".to_owned(), "bob".to_owned()),
+        ("b2".to_owned(), "bob".to_owned()),
+    ];
+    let add = NewCommit {
+        epoch: 2,
+        sender_device: "b1".into(),
+        commit: vec![3],
+        welcome: Some((vec![6; 8], vec!["b2".into()])),
+        ratchet_tree: None,
+        state: vec![44],
+        members: members.clone(),
+    };
+    s.append_commit("9a0b", add).await.unwrap();
+    assert!(s.membership("9a0b", "bob", "b2").await.unwrap().is_some());
+    assert!(matches!(
+        s.revoke_device("alice", "b2").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.revoke_device("carol", "c1").await,
+        Err(StoreError::LastDevice)
+    ));
+    s.revoke_device("bob", "b2").await.unwrap();
+    assert!(s.device_auth("b2").await.unwrap().is_none());
+    assert!(s.membership("9a0b", "bob", "b2").await.unwrap().is_none());
+    assert!(s.inbox("b2").await.unwrap().is_empty());
+    assert_eq!(s.key_package_count("b2", PQ).await.unwrap(), 0);
+    assert!(!s
+        .wake_list("9a0b")
+        .await
+        .unwrap()
+        .contains(&"b2".to_owned()));
+    assert_eq!(s.account("bob").await.unwrap().unwrap().devices.len(), 1);
+    // A later commit that still carries its leaf does not make it a member device again, and the
+    // device id can never be registered again.
+    let other = NewCommit {
+        epoch: 3,
+        sender_device: "a1".into(),
+        commit: vec![4],
+        welcome: None,
+        ratchet_tree: None,
+        state: vec![45],
+        members,
+    };
+    s.append_commit("9a0b", other).await.unwrap();
+    assert!(s.membership("9a0b", "bob", "b2").await.unwrap().is_none());
+    assert!(matches!(
+        s.create_account("dave", &[9; 32], device("b2"), kps(9, 1))
+            .await,
+        Err(StoreError::DeviceExists)
+    ));
+    assert!(matches!(
+        s.revoke_device("bob", "b2").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Registers a device under an existing account through a one-time link, as `sotto link` does.
+async fn link_device(s: &dyn Store, user: &str, dev: DeviceRecord) {
+    let id = format!("{:064x}", rand_suffix());
+    s.create_link(&id, user, &[1], i64::MAX / 2).await.unwrap();
+    s.redeem_link(&id, 1, dev, kps(5, 1)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

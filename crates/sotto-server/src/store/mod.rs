@@ -34,9 +34,16 @@ pub enum StoreError {
     /// The account is a group's last admin and others remain.
     #[error("last admin")]
     LastAdmin,
+    /// The device is its account's only one.
+    #[error("last device")]
+    LastDevice,
     /// A device of the account has no key package.
     #[error("device {0} has no key package left")]
     NoKeyPackage(String),
+    /// The database is out of space (disk full, or the configured size cap reached); nothing was
+    /// changed.
+    #[error("storage full")]
+    Full,
     /// The database failed; nothing was changed.
     #[error("database error: {0}")]
     Backend(String),
@@ -141,6 +148,12 @@ pub trait Store: Send + Sync + 'static {
         kps: KeyPackages,
     ) -> Result<(), StoreError>;
 
+    /// Revokes `device_id` of `username`: its token stops working, its key packages and pending
+    /// welcomes are deleted, it is no longer a member device of any conversation and is never made
+    /// one again. `NotFound("device")` if the account has no such device, `LastDevice` if it is the
+    /// account's only one (an account without devices could never be used again).
+    async fn revoke_device(&self, username: &str, device_id: &str) -> Result<(), StoreError>;
+
     /// Authentication data for a device.
     async fn device_auth(&self, device_id: &str) -> Result<Option<DeviceAuth>, StoreError>;
 
@@ -204,12 +217,14 @@ pub trait Store: Send + Sync + 'static {
     /// A conversation.
     async fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError>;
 
-    /// The conversation's head if `username` is a member of it (`None`: no such conversation, or
-    /// not a member).
+    /// The conversation's head if `device` of `username` is a member device of it: in its MLS tree
+    /// (as last committed) and its account a member (`None`: no such conversation, or not a member
+    /// device).
     async fn membership(
         &self,
         id: &str,
         username: &str,
+        device: &str,
     ) -> Result<Option<ConversationHead>, StoreError>;
 
     /// The conversations `username` is a member of.
@@ -233,12 +248,14 @@ pub trait Store: Send + Sync + 'static {
         data: &[u8],
     ) -> Result<Accepted, StoreError>;
 
-    /// For a member `username`: the conversation's head and its log entries with `seq > after`, at
-    /// most `limit`, read together (`None`: no such conversation, or not a member).
+    /// For a member device (see [`Store::membership`]): the conversation's head and its log
+    /// entries with `seq > after`, at most `limit`, read together (`None`: no such conversation, or
+    /// not a member device).
     async fn member_log(
         &self,
         conversation: &str,
         username: &str,
+        device: &str,
         after: u64,
         limit: u32,
     ) -> Result<Option<(ConversationHead, Vec<LogEntry>)>, StoreError>;

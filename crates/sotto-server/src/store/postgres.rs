@@ -104,6 +104,13 @@ ALTER TABLE log ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE welcomes ADD COLUMN ratchet_tree BYTEA;
 "#,
+    r#"
+CREATE TABLE revoked_devices (
+    device_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL REFERENCES accounts(username),
+    revoked_at BIGINT NOT NULL
+);
+"#,
 ];
 
 fn now() -> i64 {
@@ -203,7 +210,9 @@ async fn insert_device(
     let n = tx
         .execute(
             "INSERT INTO devices (device_id, username, certificate, token_hash, created_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id) DO NOTHING",
+             SELECT $1, $2, $3, $4, $5
+             WHERE NOT EXISTS (SELECT 1 FROM revoked_devices WHERE device_id = $1)
+             ON CONFLICT (device_id) DO NOTHING",
             &[
                 &device.device_id,
                 &username,
@@ -268,7 +277,8 @@ async fn apply_members(
     let ins = tx
         .prepare_cached(
             "INSERT INTO conversation_devices (conversation_id, device_id, username, acked_seq)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM devices WHERE device_id = $2)
+             ON CONFLICT DO NOTHING",
         )
         .await
         .map_err(backend)?;
@@ -424,6 +434,43 @@ impl Store for PostgresStore {
             return Err(StoreError::UsernameTaken);
         }
         insert_device(&tx, username, &device, &kps).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn revoke_device(&self, username: &str, device_id: &str) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        // Lock the account's devices: two devices revoking each other at once cannot both go.
+        let devices: Vec<String> = tx
+            .query(
+                "SELECT device_id FROM devices WHERE username = $1 FOR UPDATE",
+                &[&username],
+            )
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !devices.iter().any(|d| d == device_id) {
+            return Err(StoreError::NotFound("device"));
+        }
+        if devices.len() == 1 {
+            return Err(StoreError::LastDevice);
+        }
+        for sql in [
+            "DELETE FROM key_packages WHERE device_id = $1",
+            "DELETE FROM inbox WHERE device_id = $1",
+            "DELETE FROM conversation_devices WHERE device_id = $1",
+            "DELETE FROM devices WHERE device_id = $1",
+        ] {
+            tx.execute(sql, &[&device_id]).await.map_err(backend)?;
+        }
+        tx.execute(
+            "INSERT INTO revoked_devices (device_id, username, revoked_at) VALUES ($1, $2, $3)",
+            &[&device_id, &username, &now()],
+        )
+        .await
+        .map_err(backend)?;
         tx.commit().await.map_err(backend)
     }
 
@@ -616,18 +663,20 @@ impl Store for PostgresStore {
         &self,
         id: &str,
         username: &str,
+        device: &str,
     ) -> Result<Option<ConversationHead>, StoreError> {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "SELECT c.epoch, c.last_seq FROM conversation_members m
-                 JOIN conversations c ON c.id = m.conversation_id
-                 WHERE m.conversation_id = $1 AND m.username = $2",
+                "SELECT c.epoch, c.last_seq FROM conversation_devices d
+                 JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+                 JOIN conversations c ON c.id = d.conversation_id
+                 WHERE d.conversation_id = $1 AND d.device_id = $2 AND d.username = $3",
             )
             .await
             .map_err(backend)?;
         let row = c
-            .query_opt(&stmt, &[&id, &username])
+            .query_opt(&stmt, &[&id, &device, &username])
             .await
             .map_err(backend)?;
         Ok(row.map(|r| ConversationHead {
@@ -758,10 +807,11 @@ impl Store for PostgresStore {
         &self,
         conversation: &str,
         username: &str,
+        device: &str,
         after: u64,
         limit: u32,
     ) -> Result<Option<(ConversationHead, Vec<LogEntry>)>, StoreError> {
-        let Some(head) = self.membership(conversation, username).await? else {
+        let Some(head) = self.membership(conversation, username, device).await? else {
             return Ok(None);
         };
         Ok(Some((

@@ -102,6 +102,13 @@ ALTER TABLE log ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE welcomes ADD COLUMN ratchet_tree BLOB;
 "#,
+    r#"
+CREATE TABLE revoked_devices (
+    device_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL REFERENCES accounts(username),
+    revoked_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// SQLite storage.
@@ -298,7 +305,8 @@ fn insert_device(
     let n = tx
         .execute(
             "INSERT OR IGNORE INTO devices (device_id, username, certificate, token_hash, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+             SELECT ?1, ?2, ?3, ?4, ?5
+             WHERE NOT EXISTS (SELECT 1 FROM revoked_devices WHERE device_id = ?1)",
             params![
                 device.device_id,
                 username,
@@ -426,7 +434,7 @@ fn apply_members(
     let mut ins = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO conversation_devices (conversation_id, device_id, username, acked_seq)
-             VALUES (?1, ?2, ?3, ?4)",
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM devices WHERE device_id = ?2)",
         )
         .map_err(backend)?;
     for (d, u) in &commit.members {
@@ -492,14 +500,16 @@ fn membership_of(
     conn: &Connection,
     id: &str,
     username: &str,
+    device: &str,
 ) -> Result<Option<ConversationHead>, StoreError> {
     conn.prepare_cached(
-        "SELECT c.epoch, c.last_seq FROM conversation_members m
-         JOIN conversations c ON c.id = m.conversation_id
-         WHERE m.conversation_id = ?1 AND m.username = ?2",
+        "SELECT c.epoch, c.last_seq FROM conversation_devices d
+         JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+         JOIN conversations c ON c.id = d.conversation_id
+         WHERE d.conversation_id = ?1 AND d.device_id = ?2 AND d.username = ?3",
     )
     .and_then(|mut s| {
-        s.query_row(params![id, username], |r| {
+        s.query_row(params![id, device, username], |r| {
             Ok(ConversationHead {
                 epoch: as_u64(r.get(0)?),
                 last_seq: as_u64(r.get(1)?),
@@ -606,6 +616,40 @@ impl Store for SqliteStore {
                 return Err(StoreError::UsernameTaken);
             }
             insert_device(tx, &username, &device, &kps)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, username: &str, device_id: &str) -> Result<(), StoreError> {
+        let (username, device_id) = (username.to_owned(), device_id.to_owned());
+        self.write(move |tx| {
+            let devices: Vec<String> = tx
+                .prepare_cached("SELECT device_id FROM devices WHERE username = ?1")
+                .and_then(|mut s| {
+                    s.query_map(params![username], |r| r.get(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(backend)?;
+            if !devices.contains(&device_id) {
+                return Err(StoreError::NotFound("device"));
+            }
+            if devices.len() == 1 {
+                return Err(StoreError::LastDevice);
+            }
+            for sql in [
+                "DELETE FROM key_packages WHERE device_id = ?1",
+                "DELETE FROM inbox WHERE device_id = ?1",
+                "DELETE FROM conversation_devices WHERE device_id = ?1",
+                "DELETE FROM devices WHERE device_id = ?1",
+            ] {
+                tx.execute(sql, params![device_id]).map_err(backend)?;
+            }
+            tx.execute(
+                "INSERT INTO revoked_devices (device_id, username, revoked_at) VALUES (?1, ?2, strftime('%s','now'))",
+                params![device_id, username],
+            )
+            .map_err(backend)?;
             Ok(())
         })
         .await
@@ -808,9 +852,10 @@ impl Store for SqliteStore {
         &self,
         id: &str,
         username: &str,
+        device: &str,
     ) -> Result<Option<ConversationHead>, StoreError> {
-        let (id, username) = (id.to_owned(), username.to_owned());
-        self.read(move |conn| membership_of(conn, &id, &username))
+        let (id, username, device) = (id.to_owned(), username.to_owned(), device.to_owned());
+        self.read(move |conn| membership_of(conn, &id, &username, &device))
             .await
     }
 
@@ -934,12 +979,17 @@ impl Store for SqliteStore {
         &self,
         conversation: &str,
         username: &str,
+        device: &str,
         after: u64,
         limit: u32,
     ) -> Result<Option<(ConversationHead, Vec<LogEntry>)>, StoreError> {
-        let (conversation, username) = (conversation.to_owned(), username.to_owned());
+        let (conversation, username, device) = (
+            conversation.to_owned(),
+            username.to_owned(),
+            device.to_owned(),
+        );
         self.read(move |conn| {
-            let Some(head) = membership_of(conn, &conversation, &username)? else {
+            let Some(head) = membership_of(conn, &conversation, &username, &device)? else {
                 return Ok(None);
             };
             Ok(Some((head, read_log(conn, &conversation, after, limit)?)))
