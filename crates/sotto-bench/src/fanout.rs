@@ -107,9 +107,7 @@ pub async fn run(
         bail!("need at least 2 members and 1 message");
     }
     let suite = CLASSIC_CIPHERSUITE;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(members + 16)
-        .build()?;
+    let http = crate::http_client(members + 16)?;
     let run_id = format!("{:x}", std::process::id() % 0xffff);
     eprintln!("registering {members} accounts...");
     let mut devices: Vec<Device> = Vec::with_capacity(members);

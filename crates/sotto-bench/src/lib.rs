@@ -12,3 +12,12 @@
 pub mod fanout;
 pub mod relay;
 pub mod server;
+
+/// An HTTP client pool for the load generator. reqwest is built with rustls and no default crypto
+/// provider (sotto-client brings its own configuration): install ring's first.
+pub(crate) fn http_client(max_idle: usize) -> reqwest::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(max_idle)
+        .build()
+}

@@ -26,7 +26,8 @@ enum Cmd {
         /// Seconds of sending.
         #[arg(long, default_value_t = 10)]
         duration: u64,
-        /// An already running server (otherwise the benchmark starts its own).
+        /// An already running server (otherwise the benchmark starts its own); run it with
+        /// `--no-rate-limits`: one address drives all the devices.
         #[arg(long)]
         server: Option<String>,
         /// When starting servers: PostgreSQL URL (default: embedded SQLite in a temporary dir).
@@ -48,7 +49,8 @@ enum Cmd {
         /// Messages to send, one after another.
         #[arg(long, default_value_t = 50)]
         messages: usize,
-        /// An already running server (otherwise the benchmark starts its own, SQLite).
+        /// An already running server (otherwise the benchmark starts its own, SQLite); run it with
+        /// `--no-rate-limits`: one address drives all the devices.
         #[arg(long)]
         server: Option<String>,
     },

@@ -284,9 +284,7 @@ pub async fn run(
     let pairs_n = devices / 2;
     let total = (rate as f64 * duration.as_secs_f64()).ceil() as usize;
     let per_pair = total.div_ceil(pairs_n);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let http = crate::http_client(256)?;
     let run_id = format!("{:x}", std::process::id() % 0xffff);
     eprintln!("setting up {pairs_n} DM pairs and encrypting {total} messages...");
     let mut pairs = Vec::with_capacity(pairs_n);

@@ -15,7 +15,8 @@ pub struct Sottod {
 }
 
 impl Sottod {
-    /// Starts the `sottod` built next to this binary with `args` on a free loopback port.
+    /// Starts the `sottod` built next to this binary with `args` on a free loopback port, rate
+    /// limits off (the load generator is one address driving many devices).
     pub fn start(args: &[String]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let bin: PathBuf = exe.with_file_name("sottod");
@@ -27,7 +28,7 @@ impl Sottod {
         }
         let mut child = Command::new(&bin)
             .args(args)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--no-rate-limits"])
             .env("SOTTO_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

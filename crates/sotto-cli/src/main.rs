@@ -250,7 +250,11 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Sync { json } => {
             let report = client.sync().await?;
             warn(&report.warnings);
-            print_messages(&client.take_unshown()?, json);
+            // Print, then mark shown: killed in between, the next run prints them again
+            // rather than never.
+            let msgs = client.unshown()?;
+            print_messages(&msgs, json);
+            client.mark_shown(&msgs)?;
         }
         Command::Listen { json } => {
             let listen = client.listen(|ev| match ev {

@@ -478,3 +478,152 @@ fn group_commands_follow_the_contract() {
         assert!(got.iter().all(|m| m["text"] != "see you"), "{got:?}");
     }
 }
+
+/// The texts and ids in a device's local store: (id, text) of every message, duplicates included.
+fn stored_messages(home: &Path) -> Vec<(String, String)> {
+    let db = rusqlite::Connection::open(home.join("sotto.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT message_id, text FROM sotto_messages ORDER BY local_order")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+        ))
+    })
+    .unwrap()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap()
+}
+
+#[test]
+fn kill9_during_a_flood_of_sends_then_killed_syncs_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (data, log) = (d.join("server"), d.join("sottod.log"));
+    let server = Sottod::start(&data, &log, "127.0.0.1:0");
+    let url = server.url.clone();
+    let addr = url.trim_start_matches("http://").to_owned();
+    let bob = d.join("bob");
+    ok(&bob, &["register", "bob", "--server", &url]);
+    const SENDERS: usize = 4;
+    const EACH: usize = 20;
+    let homes: Vec<PathBuf> = (0..SENDERS).map(|i| d.join(format!("s{i}"))).collect();
+    for (i, h) in homes.iter().enumerate() {
+        ok(h, &["register", &format!("sender{i}"), "--server", &url]);
+        ok(h, &["send", "bob", &format!("s{i} hello")]);
+    }
+
+    // Four senders flood bob; the server is killed with SIGKILL mid-flood and restarted.
+    let (tx, acks) = std::sync::mpsc::channel::<()>();
+    let threads: Vec<_> = homes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let (h, tx) = (h.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let (mut acknowledged, mut queued, mut failed) =
+                    (Vec::new(), Vec::new(), Vec::new());
+                for j in 0..EACH {
+                    let text = format!("s{i}-{j}");
+                    let o = sotto(&h, &["send", "bob", &text]);
+                    if o.ok {
+                        acknowledged.push(o.stdout.trim().trim_start_matches("sent ").to_owned());
+                        let _ = tx.send(());
+                    } else {
+                        // Killed mid-request: stored and kept for the next sync. Down before the
+                        // message was stored: a plain failure, nothing kept.
+                        assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+                        if o.stderr.contains("will be sent by the next") {
+                            queued.push(text);
+                        } else {
+                            failed.push(text);
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                (acknowledged, queued, failed)
+            })
+        })
+        .collect();
+    for _ in 0..(SENDERS * EACH / 3) {
+        acks.recv_timeout(Duration::from_secs(120)).unwrap();
+    }
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let server = Sottod::start(&data, &log, &addr);
+    let (mut acknowledged, mut failed) = (Vec::new(), Vec::new());
+    for t in threads {
+        let (a, _queued, f) = t.join().unwrap();
+        acknowledged.extend(a);
+        failed.extend(f);
+    }
+    assert!(acknowledged.len() >= SENDERS * EACH / 3);
+    // Each sender's next sync posts again whatever was never acknowledged.
+    for h in &homes {
+        ok(h, &["sync"]);
+    }
+
+    // bob syncs, killed again and again part-way through; then one sync runs to the end.
+    let mut printed: Vec<serde_json::Value> = Vec::new();
+    for delay_ms in [30u64, 80, 150, 250, 400] {
+        let child = Command::new(sotto_bin())
+            .arg("--home")
+            .arg(&bob)
+            .args(["sync", "--json"])
+            .env_remove("SOTTO_SERVER")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let mut child = child;
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // A line cut by the kill is not a message.
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                printed.push(v);
+            }
+        }
+    }
+    printed.extend(json_lines(&ok(&bob, &["sync", "--json"])));
+
+    // Every message, acknowledged or resent, is in bob's store exactly once and was shown.
+    let stored = stored_messages(&bob);
+    let mut texts: Vec<&str> = stored.iter().map(|(_, t)| t.as_str()).collect();
+    texts.sort();
+    // Expected: everything but the sends that failed before their message was stored (those
+    // the user was told failed); acknowledged and queued ones alike.
+    let mut expected: Vec<String> = (0..SENDERS)
+        .flat_map(|i| {
+            std::iter::once(format!("s{i} hello"))
+                .chain((0..EACH).map(move |j| format!("s{i}-{j}")))
+        })
+        .filter(|t| !failed.contains(t))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        texts,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    for id in &acknowledged {
+        assert_eq!(
+            stored.iter().filter(|(i, _)| i == id).count(),
+            1,
+            "acknowledged {id} stored exactly once"
+        );
+    }
+    let mut shown: Vec<&str> = printed
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    shown.sort();
+    shown.dedup();
+    assert_eq!(
+        shown,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(ok(&bob, &["sync", "--json"]), "", "nothing left to show");
+    drop(server);
+}

@@ -63,6 +63,18 @@ async fn backoff_after_lost_race(attempt: usize) {
     let ms = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap_ms);
     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
 }
+/// A transient failure to post a stored message becomes [`ClientError::Queued`].
+fn queued_if_transient(e: ClientError, content: &MessageContent) -> ClientError {
+    if e.is_transient() {
+        ClientError::Queued {
+            id: content.id.to_hex(),
+            reason: Box::new(e),
+        }
+    } else {
+        e
+    }
+}
+
 /// Groups of up to this many devices (counting every member device at creation) use the hybrid
 /// post-quantum ciphersuite; larger ones the classic one. See DESIGN.md for the measurements.
 pub const DEFAULT_PQ_GROUP_LIMIT: usize = 100;
@@ -139,9 +151,29 @@ pub enum ClientError {
     /// Gave up after repeatedly losing commit races.
     #[error("gave up after {0} attempts: the conversation keeps changing")]
     TooManyAttempts(usize),
+    /// A message was stored on this device but the server did not acknowledge it (unreachable,
+    /// failed mid-request, busy or full). It is kept and posted again by the next sync with the same
+    /// id (receivers keep one copy): do not send it again yourself.
+    #[error("message {id} not acknowledged yet ({reason}); it is kept and will be sent by the next `sotto sync`")]
+    Queued {
+        /// The message id.
+        id: String,
+        /// Why it was not acknowledged.
+        reason: Box<ClientError>,
+    },
 }
 
 impl ClientError {
+    /// Whether the request may have failed only for now: transport errors, 5xx, 429, 507. A message
+    /// refused this way stays queued.
+    fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::Protocol(_) => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
     fn is_stale_epoch(&self) -> bool {
         matches!(
             self,
@@ -1925,7 +1957,9 @@ impl Client {
         let mut report = self.sync().await?;
         let id = self.resolve_group(group)?;
         let content = MessageContent::text(text, now_ms(), None);
-        self.post_message(&id, &content, &mut report).await?;
+        self.post_message(&id, &content, &mut report)
+            .await
+            .map_err(|e| queued_if_transient(e, &content))?;
         Ok((
             Message {
                 id: content.id.to_hex(),
@@ -1993,7 +2027,9 @@ impl Client {
         let mut report = self.sync().await?;
         let id = self.ensure_dm(peer, &mut report).await?;
         let content = MessageContent::text(text, now_ms(), None);
-        self.post_message(&id, &content, &mut report).await?;
+        self.post_message(&id, &content, &mut report)
+            .await
+            .map_err(|e| queued_if_transient(e, &content))?;
         Ok((
             Message {
                 id: content.id.to_hex(),
@@ -2139,6 +2175,30 @@ impl Client {
 
     /// Messages received but not yet shown; marks them shown.
     pub fn take_unshown(&self) -> Result<Vec<Message>, ClientError> {
+        let msgs = self.unshown()?;
+        self.mark_shown(&msgs)?;
+        Ok(msgs)
+    }
+
+    /// Marks messages shown (after [`Client::unshown`] and displaying them: a process killed in
+    /// between shows them again next time rather than never).
+    pub fn mark_shown(&self, msgs: &[Message]) -> Result<(), ClientError> {
+        self.with_tx(|conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE sotto_messages SET shown = 1 WHERE conversation = ?1 AND message_id = ?2",
+                )
+                .map_err(storage_err)?;
+            for m in msgs {
+                stmt.execute(params![m.conversation, m.id])
+                    .map_err(storage_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Messages received but not yet shown, oldest first (see [`Client::mark_shown`]).
+    pub fn unshown(&self) -> Result<Vec<Message>, ClientError> {
         self.with_tx(|conn, _| {
             let mut stmt = conn
                 .prepare(
@@ -2164,8 +2224,6 @@ impl Client {
                 })
                 .map_err(storage_err)?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(storage_err)?;
-            conn.execute("UPDATE sotto_messages SET shown = 1 WHERE shown = 0", [])
                 .map_err(storage_err)?;
             Ok(rows)
         })

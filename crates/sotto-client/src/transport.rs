@@ -218,12 +218,43 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let resp = self
-            .auth(self.http.get(format!("{}{path}", self.base)))
+    /// Sends a request; a 429 whose `Retry-After` is short is waited out and retried (a few
+    /// times), a longer one is returned as the error it is.
+    async fn execute(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        const MAX_WAIT_SECS: u64 = 5;
+        for _ in 0..3 {
+            let resp = self
+                .auth(make())
+                .send()
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            if resp.status() != StatusCode::TOO_MANY_REQUESTS {
+                return Ok(resp);
+            }
+            let wait = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match wait {
+                Some(secs) if secs <= MAX_WAIT_SECS => {
+                    tokio::time::sleep(std::time::Duration::from_secs(secs)).await
+                }
+                _ => return Ok(resp),
+            }
+        }
+        self.auth(make())
             .send()
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.unreachable(e))
+    }
+
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.execute(|| self.http.get(&url)).await?;
         self.finish(resp).await
     }
 
@@ -232,21 +263,14 @@ impl Transport {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let resp = self
-            .auth(self.http.post(format!("{}{path}", self.base)))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let url = format!("{}{path}", self.base);
+        let resp = self.execute(|| self.http.post(&url).json(body)).await?;
         self.finish(resp).await
     }
 
     pub(crate) async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let resp = self
-            .auth(self.http.delete(format!("{}{path}", self.base)))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let url = format!("{}{path}", self.base);
+        let resp = self.execute(|| self.http.delete(&url)).await?;
         self.finish(resp).await
     }
 

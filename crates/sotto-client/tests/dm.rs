@@ -273,7 +273,7 @@ async fn forged_ciphertext_in_the_log_is_reported_and_the_client_stays_usable() 
     let (m, _) = a.send_dm("bob", "genuine").await.unwrap();
     // Alice's device (or anyone holding its token) posts a tampered copy of a real message.
     let token = config_value(&dir.path().join("a"), "token");
-    let http = reqwest::Client::new();
+    let http = http();
     let page: sotto_api::LogPage = http
         .get(format!("{url}/v1/conversations/{}/log", m.conversation))
         .bearer_auth(&token)

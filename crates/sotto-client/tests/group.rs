@@ -149,7 +149,7 @@ async fn removed_member_loses_access_and_new_member_sees_only_what_follows() {
         carol.conversation_status(&gid).unwrap().unwrap().0,
         "removed"
     );
-    let resp = reqwest::Client::new()
+    let resp = http()
         .get(format!("{url}/v1/conversations/{gid}/log?after=0"))
         .bearer_auth(token_of(&carol_home))
         .send()
@@ -488,7 +488,7 @@ async fn a_revoked_device_loses_access_at_once_and_is_removed_from_every_convers
     let mut got = sync_texts(&a1).await;
     got.sort();
     assert_eq!(got, [pair("bob", "dm after"), pair("bob", "group after")]);
-    let http = reqwest::Client::new();
+    let http = http();
     for path in [
         format!("/v1/conversations/{gid}/log"),
         "/v1/inbox".to_owned(),

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub message: String,
     /// For stale epochs.
     pub current_epoch: Option<u64>,
+    /// For rate limits: seconds to wait (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,6 +28,15 @@ impl ApiError {
             code,
             message: message.into(),
             current_epoch: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429 with `Retry-After: secs`.
+    pub fn rate_limited(message: impl Into<String>, secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..Self::new(ErrorCode::RateLimited, message)
         }
     }
 
@@ -91,6 +102,7 @@ impl From<StoreError> for ApiError {
                 code: ErrorCode::StaleEpoch,
                 message: format!("stale epoch: the conversation is at epoch {current}"),
                 current_epoch: Some(current),
+                retry_after: None,
             },
             StoreError::NotFound(what) => Self::not_found(format!("{what} not found")),
             StoreError::LinkExpired => {
@@ -116,6 +128,11 @@ impl IntoResponse for ApiError {
             message: self.message,
             current_epoch: self.current_epoch,
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }

@@ -14,6 +14,7 @@ use sotto_api::*;
 
 use crate::ds::{self, Caller};
 use crate::error::ApiError;
+use crate::limits::Class;
 use crate::AppState;
 
 /// The authenticated calling device.
@@ -24,13 +25,97 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(Auth(c.clone()));
+        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.strip_prefix("Bearer "))
             .ok_or_else(ApiError::unauthorized)?;
-        ds::authenticate(state, token).await.map(Auth)
+        let caller = ds::authenticate(state, token).await?;
+        parts.extensions.insert(caller.clone());
+        Ok(Auth(caller))
+    }
+}
+
+/// A rate-limited class of requests (see [`Limited`]).
+pub trait LimitClass {
+    /// The bucket class.
+    const CLASS: Class;
+    /// Keyed by the authenticated device (else by the peer's IP address).
+    const PER_DEVICE: bool;
+}
+
+macro_rules! limit_class {
+    ($name:ident, $class:expr, $per_device:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug)]
+        pub struct $name;
+        impl LimitClass for $name {
+            const CLASS: Class = $class;
+            const PER_DEVICE: bool = $per_device;
+        }
+    };
+}
+
+limit_class!(
+    RegisterLimit,
+    Class::Register,
+    false,
+    "Registrations and links, per IP."
+);
+limit_class!(
+    ClaimLimit,
+    Class::Claim,
+    true,
+    "Key-package claims, per device."
+);
+limit_class!(
+    SendLimit,
+    Class::Send,
+    true,
+    "Messages and commits, per device."
+);
+
+/// Takes a token from a rate-limit bucket before the body is read, so refused floods cost no
+/// parsing; answers 429 `rate_limited` with `Retry-After` when the bucket is empty.
+#[derive(Debug)]
+pub struct Limited<C>(std::marker::PhantomData<C>);
+
+impl<C: LimitClass> FromRequestParts<AppState> for Limited<C> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if C::PER_DEVICE {
+            let Auth(c) = Auth::from_request_parts(parts, state).await?;
+            state.limiter.check(C::CLASS, &c.device_id)?;
+        } else {
+            let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
+                .await
+                .unwrap_or(ClientIp(None));
+            state.limiter.check_ip(C::CLASS, ip)?;
+        }
+        Ok(Limited(std::marker::PhantomData))
+    }
+}
+
+/// The peer's IP address, when the server runs behind a real listener (`None` in in-process tests
+/// that call the router directly).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<crate::Peer>>()
+                .map(|c| c.0 .0.ip()),
+        ))
     }
 }
 
@@ -97,6 +182,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 async fn register(
     State(s): State<AppState>,
+    _: Limited<RegisterLimit>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     Ok((StatusCode::CREATED, Json(ds::register(&s, req).await?)))
@@ -134,6 +220,7 @@ async fn kp_count(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<KeyPack
 async fn claim(
     State(s): State<AppState>,
     Auth(c): Auth,
+    _: Limited<ClaimLimit>,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> ApiResult<ClaimResponse> {
     Ok(Json(ds::claim(&s, &c, req).await?))
@@ -172,6 +259,7 @@ async fn commit(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiPath(id): ApiPath<String>,
+    _: Limited<SendLimit>,
     ApiJson(req): ApiJson<CommitRequest>,
 ) -> ApiResult<Accepted> {
     Ok(Json(ds::commit(&s, &c, &id, req).await?))
@@ -181,6 +269,7 @@ async fn send(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiPath(id): ApiPath<String>,
+    _: Limited<SendLimit>,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult<Accepted> {
     Ok(Json(ds::send(&s, &c, &id, req).await?))
@@ -229,6 +318,7 @@ async fn create_link(
 
 async fn fetch_link(
     State(s): State<AppState>,
+    _: Limited<RegisterLimit>,
     ApiJson(req): ApiJson<LinkFetchRequest>,
 ) -> ApiResult<LinkBundle> {
     Ok(Json(ds::fetch_link(&s, req).await?))
@@ -236,6 +326,7 @@ async fn fetch_link(
 
 async fn redeem_link(
     State(s): State<AppState>,
+    _: Limited<RegisterLimit>,
     ApiJson(req): ApiJson<LinkRedeemRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     Ok((StatusCode::CREATED, Json(ds::redeem_link(&s, req).await?)))
@@ -244,8 +335,16 @@ async fn redeem_link(
 async fn ws(
     State(s): State<AppState>,
     Auth(c): Auth,
+    ClientIp(ip): ClientIp,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Err(e) = s
+        .limiter
+        .check(Class::ConnectDevice, &c.device_id)
+        .and_then(|()| s.limiter.check_ip(Class::ConnectIp, ip))
+    {
+        return e.into_response();
+    }
     match upgrade {
         Ok(u) => u
             .max_message_size(crate::ws::MAX_CLIENT_FRAME)

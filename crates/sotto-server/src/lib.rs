@@ -26,6 +26,7 @@ pub mod bus;
 pub mod ds;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod migrate;
 pub mod openapi;
 pub mod store;
@@ -47,6 +48,8 @@ pub struct Config {
     pub retention_secs: i64,
     /// How often read positions are saved and the log pruned, in seconds.
     pub prune_interval_secs: u64,
+    /// Abuse limits.
+    pub limits: limits::Limits,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             link_ttl_secs: 600,
             retention_secs: 30 * 24 * 3600,
             prune_interval_secs: 60,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Read positions waiting to be saved.
     pub cursors: Arc<Cursors>,
+    /// Rate limits.
+    pub limiter: Arc<limits::RateLimiter>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -165,6 +171,7 @@ impl AppState {
                 store,
                 bus,
                 hub,
+                limiter: Arc::new(limits::RateLimiter::new(config.limits.clone())),
                 config: Arc::new(config),
                 shutdown: rx,
                 cursors: Arc::new(Cursors::default()),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sotto_server::limits::{Limits, Rate};
 use sotto_server::{
     AppState, Bus, Config, Hub, LocalBus, NatsBus, PostgresStore, SqliteStore, Store,
 };
@@ -17,6 +18,10 @@ struct Args {
     /// Directory for the embedded database (used when --database is not given).
     #[arg(long, env = "SOTTO_DATA_DIR", default_value = "./sotto-data")]
     data_dir: PathBuf,
+    /// Cap on the embedded database's size in MiB: writes that would grow it further are refused
+    /// (507 storage_full, nothing changed) while reads go on. A full disk answers the same way.
+    #[arg(long, env = "SOTTO_MAX_DB_MB")]
+    max_db_mb: Option<u64>,
     /// PostgreSQL URL (postgres://USER@HOST:PORT/DB) for a deployment of several nodes.
     #[arg(long, env = "SOTTO_DATABASE")]
     database: Option<String>,
@@ -42,11 +47,45 @@ struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "SOTTO_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Registrations and device links per IP address (N/s, N/min, N/h, or off).
+    #[arg(long, env = "SOTTO_LIMIT_REGISTER", default_value = "30/min")]
+    limit_register: Limit,
+    /// Key-package claims per device.
+    #[arg(long, env = "SOTTO_LIMIT_CLAIM", default_value = "300/min")]
+    limit_claim: Limit,
+    /// Messages and commits per device.
+    #[arg(long, env = "SOTTO_LIMIT_SEND", default_value = "50/s")]
+    limit_send: Limit,
+    /// Push connections per device.
+    #[arg(long, env = "SOTTO_LIMIT_CONNECT_DEVICE", default_value = "30/min")]
+    limit_connect_device: Limit,
+    /// Push connections per IP address.
+    #[arg(long, env = "SOTTO_LIMIT_CONNECT_IP", default_value = "600/min")]
+    limit_connect_ip: Limit,
+    /// Turn every rate limit off (load tests against your own server).
+    #[arg(long, env = "SOTTO_NO_RATE_LIMITS")]
+    no_rate_limits: bool,
     /// Lifetime of device link codes in seconds.
     #[arg(long, env = "SOTTO_LINK_TTL", default_value_t = 600)]
     link_ttl_secs: i64,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// A rate limit flag: `N/s`, `N/min`, `N/h` or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Limit(Option<Rate>);
+
+impl std::str::FromStr for Limit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim() == "off" {
+            Ok(Limit(None))
+        } else {
+            s.parse().map(|r| Limit(Some(r)))
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +164,9 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if args.database.is_some() && args.max_db_mb.is_some() {
+        anyhow::bail!("--max-db-mb caps the embedded database; PostgreSQL has its own quotas");
+    }
     let store: Arc<dyn Store> = match &args.database {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Arc::new(
@@ -138,8 +180,13 @@ async fn main() -> anyhow::Result<()> {
             redact(url)
         ),
         None => Arc::new(
-            SqliteStore::open(&args.data_dir)
-                .with_context(|| format!("opening data dir {}", args.data_dir.display()))?,
+            SqliteStore::open_with(
+                &args.data_dir,
+                sotto_server::store::sqlite::SqliteOptions {
+                    max_bytes: args.max_db_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+                },
+            )
+            .with_context(|| format!("opening data dir {}", args.data_dir.display()))?,
         ),
     };
     let hub = Arc::new(Hub::default());
@@ -156,6 +203,17 @@ async fn main() -> anyhow::Result<()> {
         link_ttl_secs: args.link_ttl_secs,
         retention_secs: args.retention_days.saturating_mul(24 * 3600),
         prune_interval_secs: args.prune_interval_secs,
+        limits: if args.no_rate_limits {
+            Limits::none()
+        } else {
+            Limits {
+                register_per_ip: args.limit_register.0,
+                claim_per_device: args.limit_claim.0,
+                send_per_device: args.limit_send.0,
+                connect_per_device: args.limit_connect_device.0,
+                connect_per_ip: args.limit_connect_ip.0,
+            }
+        },
     };
     let (state, stop_push) = AppState::new(store, bus, hub, config);
     let listener = tokio::net::TcpListener::bind(args.listen)

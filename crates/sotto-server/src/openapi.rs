@@ -200,7 +200,7 @@ fn schemas() -> Value {
         json!({"certificate": b64, "key_packages": {"type": "array", "items": b64}, "last_resort_key_packages": {"type": "array", "items": b64}}),
     );
     json!({
-        "Error": obj(&["code", "message"], json!({"code": {"type": "string", "enum": ["bad_request","unauthorized","forbidden","not_found","username_taken","stale_epoch","conflict","payload_too_large","link_expired","no_key_package","rate_limited","method_not_allowed","internal"]}, "message": s, "current_epoch": u})),
+        "Error": obj(&["code", "message"], json!({"code": {"type": "string", "enum": ["bad_request","unauthorized","forbidden","not_found","username_taken","stale_epoch","conflict","payload_too_large","link_expired","no_key_package","rate_limited","method_not_allowed","storage_full","internal"]}, "message": s, "current_epoch": u})),
         "NewDevice": new_device,
         "RegisterRequest": obj(&["username", "identity_key", "device"], json!({"username": s, "identity_key": b64, "device": {"$ref": "#/components/schemas/NewDevice"}})),
         "RegisterResponse": obj(&["device_id", "token"], json!({"device_id": s, "token": s})),

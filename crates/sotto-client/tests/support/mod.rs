@@ -21,8 +21,23 @@ impl Server {
     }
 
     pub async fn start_on(data_dir: &Path, addr: &str) -> Self {
-        let store = SqliteStore::open(data_dir).unwrap();
-        let (state, stop_push) = AppState::single_node(Arc::new(store), Config::default());
+        Self::start_with(data_dir, addr, Config::default()).await
+    }
+
+    pub async fn start_with(data_dir: &Path, addr: &str, config: Config) -> Self {
+        Self::start_capped(data_dir, addr, config, None).await
+    }
+
+    /// A server whose database refuses to grow past `max_bytes`.
+    pub async fn start_capped(
+        data_dir: &Path,
+        addr: &str,
+        config: Config,
+        max_bytes: Option<u64>,
+    ) -> Self {
+        let options = sotto_server::store::sqlite::SqliteOptions { max_bytes };
+        let store = SqliteStore::open_with(data_dir, options).unwrap();
+        let (state, stop_push) = AppState::single_node(Arc::new(store), config);
         Self::serve(state, stop_push, data_dir, addr).await
     }
 
@@ -76,6 +91,13 @@ impl Server {
             let _ = h.await;
         }
     }
+}
+
+/// A plain HTTP client for calling the API directly (reqwest is built with rustls and no default
+/// crypto provider: install ring's, as sotto-client uses).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
 
 pub fn client(home: &Path, server: &str) -> Client {

@@ -111,6 +111,77 @@ CREATE TABLE revoked_devices (
 "#,
 ];
 
+/// A failure as a [`StoreError`]: SQLite out of space (the disk, or the configured size cap) is
+/// [`StoreError::Full`], anything else [`StoreError::Backend`]. Shadows the generic `backend`.
+fn backend(e: impl IntoStoreError) -> StoreError {
+    e.into_store_error()
+}
+
+trait IntoStoreError {
+    fn into_store_error(self) -> StoreError;
+}
+
+impl IntoStoreError for rusqlite::Error {
+    fn into_store_error(self) -> StoreError {
+        if self.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::Full
+        } else {
+            super::backend(self)
+        }
+    }
+}
+
+macro_rules! other_errors {
+    ($($t:ty),*) => {$(
+        impl IntoStoreError for $t {
+            fn into_store_error(self) -> StoreError {
+                super::backend(self)
+            }
+        }
+    )*};
+}
+other_errors!(std::io::Error, tokio::task::JoinError, String);
+
+impl<T> IntoStoreError for std::sync::PoisonError<T> {
+    fn into_store_error(self) -> StoreError {
+        super::backend(self)
+    }
+}
+
+/// How a write batch ended.
+#[derive(Debug, Clone)]
+enum BatchError {
+    /// Out of space.
+    Full,
+    /// Anything else (logged).
+    Other(String),
+}
+
+impl BatchError {
+    fn of(e: &rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            BatchError::Full
+        } else {
+            BatchError::Other(e.to_string())
+        }
+    }
+
+    fn into_store_error(self) -> StoreError {
+        match self {
+            BatchError::Full => StoreError::Full,
+            BatchError::Other(e) => StoreError::Backend(e),
+        }
+    }
+}
+
+/// Options of the embedded store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqliteOptions {
+    /// Refuse writes (`StoreError::Full`) that would grow the database file past this many bytes;
+    /// reads keep working. `None`: only the disk limits it.
+    pub max_bytes: Option<u64>,
+}
+
 /// SQLite storage.
 ///
 /// Writes go to one writer thread that owns the write connection and applies them in batches: each
@@ -128,7 +199,7 @@ pub struct SqliteStore {
 
 /// One write operation: runs against the writer's connection inside a savepoint and returns the
 /// function that answers its caller once the batch's commit is known.
-type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(Result<(), String>) + Send> + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(Result<(), BatchError>) + Send> + Send>;
 
 /// The most operations one batch (one transaction, one fsync) takes.
 const MAX_BATCH: usize = 512;
@@ -199,15 +270,25 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
         // Jobs not run: dropping them answers their callers with a storage error.
         drop(jobs_left);
         let committed = if aborted {
-            Err("the write batch was rolled back by the database".to_owned())
+            Err(BatchError::Other(
+                "the write batch was rolled back by the database".to_owned(),
+            ))
         } else {
-            conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+            conn.execute_batch("COMMIT").map_err(|e| BatchError::of(&e))
         };
         if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "write batch failed; nothing in it was applied");
+        match &committed {
+            Err(BatchError::Full) => {
+                tracing::error!(
+                    "storage full: a write batch was refused; nothing in it was applied"
+                )
+            }
+            Err(BatchError::Other(e)) => {
+                tracing::error!(error = %e, "write batch failed; nothing in it was applied")
+            }
+            Ok(()) => {}
         }
         for answer in answers {
             answer(committed.clone());
@@ -219,10 +300,23 @@ impl SqliteStore {
     /// Opens (creating if needed) `sotto.db` in `dir`, runs pending migrations and starts the
     /// writer thread.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, SqliteOptions::default())
+    }
+
+    /// [`SqliteStore::open`] with options.
+    pub fn open_with(dir: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let path = dir.join("sotto.db");
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
+        if let Some(max) = options.max_bytes {
+            let page: i64 = conn
+                .pragma_query_value(None, "page_size", |r| r.get(0))
+                .map_err(backend)?;
+            let pages = i64::try_from(max).unwrap_or(i64::MAX) / page.max(512);
+            conn.pragma_update(None, "max_page_count", pages.max(1))
+                .map_err(backend)?;
+        }
         let readers = (0..READERS)
             .map(|_| open_connection(&path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -259,11 +353,11 @@ impl SqliteStore {
                     }
                 },
             };
-            Box::new(move |committed: Result<(), String>| {
+            Box::new(move |committed: Result<(), BatchError>| {
                 let out = match (result, committed) {
                     (Ok(v), Ok(())) => Ok(v),
                     (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(StoreError::Backend(e)),
+                    (Ok(_), Err(e)) => Err(e.into_store_error()),
                 };
                 let _ = reply.send(out);
             })
