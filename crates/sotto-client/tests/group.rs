@@ -17,19 +17,6 @@ fn names(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-/// The device's bearer token, read from its local store (tests only: to call the API as it).
-fn token_of(home: &std::path::Path) -> String {
-    let db = rusqlite::Connection::open(home.join("sotto.db")).unwrap();
-    let v: Vec<u8> = db
-        .query_row(
-            "SELECT value FROM sotto_config WHERE key = 'token'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    String::from_utf8(v).unwrap()
-}
-
 fn is_forbidden(e: &ClientError) -> bool {
     matches!(
         e,

@@ -9,18 +9,6 @@ use sotto_server::limits::{Limits, Rate};
 use sotto_server::Config;
 use support::*;
 
-fn token_of(home: &std::path::Path) -> String {
-    let db = rusqlite::Connection::open(home.join("sotto.db")).unwrap();
-    let v: Vec<u8> = db
-        .query_row(
-            "SELECT value FROM sotto_config WHERE key = 'token'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    String::from_utf8(v).unwrap()
-}
-
 async fn expect_429(resp: reqwest::Response) -> u64 {
     assert_eq!(resp.status(), 429);
     let wait: u64 = resp.headers()["retry-after"]

@@ -100,6 +100,19 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// The device's bearer token, read from its local store (tests only: to call the API as it).
+pub fn token_of(home: &std::path::Path) -> String {
+    let db = rusqlite::Connection::open(home.join("sotto.db")).unwrap();
+    let v: Vec<u8> = db
+        .query_row(
+            "SELECT value FROM sotto_config WHERE key = 'token'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    String::from_utf8(v).unwrap()
+}
+
 pub fn client(home: &Path, server: &str) -> Client {
     Client::open(home, Some(server)).unwrap()
 }
