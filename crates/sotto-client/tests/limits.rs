@@ -216,3 +216,113 @@ async fn a_full_disk_is_a_clean_error_the_server_keeps_serving_and_nothing_is_lo
     assert!(sync_texts(&bob).await.is_empty());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_websocket_frames_close_only_the_offenders_connection() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let url = server.url.clone();
+    let alice = registered(&dir.path().join("alice"), &url, "alice").await;
+    let _bob = registered(&dir.path().join("bob"), &url, "bob").await;
+    let _carol = registered(&dir.path().join("carol"), &url, "carol").await;
+    let connect = |home: &str| {
+        let token = token_of(&dir.path().join(home));
+        let url = url.clone();
+        async move {
+            let mut req =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    format!("{}/v1/ws", url.replacen("http", "ws", 1)),
+                )
+                .unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            assert!(ws.next().await.unwrap().unwrap().is_text()); // ready
+            ws
+        }
+    };
+    let closes = |mut ws: tokio_tungstenite::WebSocketStream<_>| async move {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async move {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await
+        .expect("the server closes the offending connection");
+    };
+    let mut carol_ws = connect("carol").await;
+    // An oversized binary frame, and a text frame of junk: each offender is disconnected.
+    let mut big = connect("bob").await;
+    let _ = big.send(Message::Binary(vec![0u8; 100_000].into())).await;
+    closes(big).await;
+    let mut junk = connect("bob").await;
+    junk.send(Message::Text("{\"not\": \"expected\"}".into()))
+        .await
+        .unwrap();
+    closes(junk).await;
+    // carol's connection is untouched: a DM to her arrives as a wake-up.
+    alice.send_dm("carol", "still there?").await.unwrap();
+    let woke = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Some(Ok(Message::Text(t))) = carol_ws.next().await {
+                if t.contains("conversation") || t.contains("inbox") {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(woke.is_ok(), "carol's push connection stopped working");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_finished_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        read_idle: std::time::Duration::from_secs(1),
+        ..Config::default()
+    };
+    let server = Server::start_with(&dir.path().join("server"), "127.0.0.1:0", config).await;
+    let addr = server.addr();
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 256];
+        tokio::time::timeout(std::time::Duration::from_secs(10), async move {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("the server closes the silent connection")
+    };
+    // Connected and silent; headers started and never finished; a body promised and never sent.
+    let silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    body.write_all(
+        b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    tokio::join!(closed(silent), closed(half), closed(body));
+    // The server itself is fine.
+    let health = http()
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    server.stop().await;
+}

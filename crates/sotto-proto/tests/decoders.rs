@@ -72,4 +72,31 @@ proptest! {
         }
         prop_assert_eq!(g.epoch(), 0);
     }
+
+    /// The same checks as the `wire` fuzz target (fuzz/fuzz_targets/wire.rs).
+    #[test]
+    fn wire_decoders_round_trip_what_they_accept(
+        junk in proptest::collection::vec(any::<u8>(), 0..400),
+        name in proptest::option::of("[a-z0-9][a-z0-9 ]{0,38}[a-z0-9]"),
+        flips in proptest::collection::vec((any::<usize>(), 1u8..), 0..4),
+        cut in any::<usize>(),
+    ) {
+        use sotto_proto::group::GroupMetadata;
+        let mut meta = GroupMetadata::new(name.as_deref().unwrap_or("g"), Username::new("alice").unwrap()).unwrap();
+        meta = meta.with_admin(&Username::new("bob").unwrap(), true);
+        let bytes = meta.encode();
+        prop_assert_eq!(GroupMetadata::decode(&bytes).unwrap(), meta);
+        for input in [junk.clone(), mutate(bytes, &flips, cut)] {
+            if let Ok(m) = GroupMetadata::decode(&input) {
+                prop_assert_eq!(GroupMetadata::decode(&m.encode()).unwrap(), m);
+            }
+            if let Ok(c) = DeviceCertificate::decode(&input) {
+                prop_assert_eq!(c.to_bytes(), input.clone());
+            }
+            if let Ok(t) = std::str::from_utf8(&input) {
+                let _ = t.parse::<Username>();
+                let _ = t.parse::<DeviceId>();
+            }
+        }
+    }
 }

@@ -348,7 +348,11 @@ async fn ws(
     match upgrade {
         Ok(u) => u
             .max_message_size(crate::ws::MAX_CLIENT_FRAME)
+            .max_frame_size(crate::ws::MAX_CLIENT_FRAME)
+            // Small buffers: an idle connection costs a few KB, not tungstenite's default ~130 KB.
+            .read_buffer_size(4096)
             .write_buffer_size(4096)
+            .max_write_buffer_size(64 * 1024)
             .on_upgrade(move |socket| crate::ws::serve(socket, s, c.device_id))
             .into_response(),
         Err(r) => rejection(r.status(), r.body_text()).into_response(),

@@ -15,11 +15,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::connect_info::Connected;
 use axum::extract::DefaultBodyLimit;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use axum::Router;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod bus;
@@ -28,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod migrate;
+pub mod net;
 pub mod openapi;
 pub mod store;
 pub mod tls;
@@ -50,6 +49,9 @@ pub struct Config {
     pub prune_interval_secs: u64,
     /// Abuse limits.
     pub limits: limits::Limits,
+    /// A connection that sends nothing for this long is closed (idle keep-alive, half-open, or a
+    /// request that never finishes arriving).
+    pub read_idle: std::time::Duration,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             retention_secs: 30 * 24 * 3600,
             prune_interval_secs: 60,
             limits: limits::Limits::default(),
+            read_idle: net::READ_IDLE,
         }
     }
 }
@@ -207,18 +210,6 @@ pub fn app(state: AppState) -> Router {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(s: IncomingStream<'_, TcpListener>) -> Self {
-        Peer(*s.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, tls::TlsListener>> for Peer {
-    fn connect_info(s: IncomingStream<'_, tls::TlsListener>) -> Self {
-        Peer(*s.remote_addr())
-    }
-}
-
 /// Serves `state` on `listener` (plain TCP, or [`tls::TlsListener`]) until `shutdown` completes,
 /// then closes push connections and waits for in-flight requests.
 pub async fn serve<L>(
@@ -229,9 +220,9 @@ pub async fn serve<L>(
 ) -> std::io::Result<()>
 where
     L: Listener<Addr = std::net::SocketAddr>,
-    Peer: for<'a> Connected<IncomingStream<'a, L>>,
 {
     let upkeep = tokio::spawn(maintenance(state.clone()));
+    let listener = net::IdleListener::new(listener, state.config.read_idle);
     let router = app(state).into_make_service_with_connect_info::<Peer>();
     let out = axum::serve(listener, router)
         .with_graceful_shutdown(async move {

@@ -13,6 +13,10 @@ use crate::AppState;
 pub const MAX_CLIENT_FRAME: usize = 4096;
 const PING_EVERY: Duration = Duration::from_secs(30);
 const IDLE_LIMIT: Duration = Duration::from_secs(90);
+/// How long one frame may take to go out: a client that stops reading (its TCP window full) is
+/// disconnected instead of holding a task and buffers forever. Its queue meanwhile stays bounded
+/// (`bus::CONNECTION_QUEUE`, wake-ups coalesced).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one authenticated connection until it closes, goes idle or the server shuts down.
 pub async fn serve(socket: WebSocket, state: AppState, device: String) {
@@ -25,9 +29,19 @@ where
     S: futures_util::Sink<Message> + Unpin,
 {
     match serde_json::to_string(frame) {
-        Ok(text) => tx.send(Message::Text(text.into())).await.is_ok(),
+        Ok(text) => send_within(tx, Message::Text(text.into())).await,
         Err(_) => false,
     }
+}
+
+async fn send_within<S>(tx: &mut S, msg: Message) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, tx.send(msg)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// The connection loop, over any sink and stream of WebSocket messages.
@@ -54,12 +68,23 @@ where
             msg = rx.next() => {
                 match msg {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                    Some(Ok(_)) => last_seen = tokio::time::Instant::now(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        last_seen = tokio::time::Instant::now()
+                    }
+                    // Clients send no data frames on this channel: close with 1008 (policy).
+                    Some(Ok(_)) => {
+                        let close = axum::extract::ws::CloseFrame {
+                            code: 1008,
+                            reason: "clients send no data frames".into(),
+                        };
+                        let _ = send_within(&mut tx, Message::Close(Some(close))).await;
+                        break;
+                    }
                 }
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > IDLE_LIMIT { break; }
-                if tx.send(Message::Ping(Vec::new().into())).await.is_err() { break; }
+                if !send_within(&mut tx, Message::Ping(Vec::new().into())).await { break; }
             }
             _ = shutdown.changed() => {
                 let _ = tx.send(Message::Close(None)).await;
