@@ -155,6 +155,9 @@ pub struct AccountInfo {
     pub identity_key: B64,
     /// Its devices.
     pub devices: Vec<DeviceInfo>,
+    /// Ids of its revoked devices (their other devices remove them from conversations).
+    #[serde(default)]
+    pub revoked_devices: Vec<String>,
 }
 
 /// `POST /v1/key-packages`: upload more key packages for the calling device.

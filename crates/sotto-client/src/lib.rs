@@ -63,18 +63,6 @@ async fn backoff_after_lost_race(attempt: usize) {
     let ms = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap_ms);
     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
 }
-/// A transient failure to post a stored message becomes [`ClientError::Queued`].
-fn queued_if_transient(e: ClientError, content: &MessageContent) -> ClientError {
-    if e.is_transient() {
-        ClientError::Queued {
-            id: content.id.to_hex(),
-            reason: Box::new(e),
-        }
-    } else {
-        e
-    }
-}
-
 /// Groups of up to this many devices (counting every member device at creation) use the hybrid
 /// post-quantum ciphersuite; larger ones the classic one. See DESIGN.md for the measurements.
 pub const DEFAULT_PQ_GROUP_LIMIT: usize = 100;
@@ -164,14 +152,10 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether the request may have failed only for now: transport errors, 5xx, 429, 507. A message
-    /// refused this way stays queued.
-    fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Unreachable { .. } | ClientError::Protocol(_) => true,
-            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
-            _ => false,
-        }
+    /// Whether the server definitely refused the request (a 4xx other than a rate limit): sending
+    /// it again as it is cannot succeed.
+    fn is_refusal(&self) -> bool {
+        matches!(self, ClientError::Api { status, .. } if (400..500).contains(status) && *status != 429)
     }
 
     fn is_stale_epoch(&self) -> bool {
@@ -1258,7 +1242,10 @@ impl Client {
             rows
         };
         for id in ids {
-            if let Err(e) = self.remove_revoked_devices(&id, &mine, report).await {
+            if let Err(e) = self
+                .remove_revoked_devices(&id, &acc.revoked_devices, report)
+                .await
+            {
                 report.warnings.push(format!(
                     "could not remove your revoked devices from conversation {id}: {e}"
                 ));
@@ -1272,14 +1259,18 @@ impl Client {
         Ok(())
     }
 
-    /// Removes from a conversation's MLS group every device of this account that the account no
-    /// longer lists (revoked), so that it cannot decrypt what is sent from now on.
+    /// Removes from a conversation's MLS group every device of this account that the server lists
+    /// as revoked, so that it cannot decrypt what is sent from now on. (Only devices explicitly
+    /// revoked: a device missing from a stale device list, such as one linked a moment ago, stays.)
     async fn remove_revoked_devices(
         &self,
         id: &str,
-        mine: &[String],
+        revoked: &[String],
         report: &mut SyncReport,
     ) -> Result<(), ClientError> {
+        if revoked.is_empty() {
+            return Ok(());
+        }
         let me = self.me()?;
         let this = me.device_id.to_hex();
         let stale = |g: &Conversation| -> Vec<u32> {
@@ -1288,7 +1279,7 @@ impl Client {
                 .filter(|m| m.cert.username == me.username)
                 .filter(|m| {
                     let d = m.cert.device_id.to_hex();
-                    d != this && !mine.contains(&d)
+                    d != this && revoked.contains(&d)
                 })
                 .map(|m| m.leaf_index)
                 .collect()
@@ -1957,9 +1948,7 @@ impl Client {
         let mut report = self.sync().await?;
         let id = self.resolve_group(group)?;
         let content = MessageContent::text(text, now_ms(), None);
-        self.post_message(&id, &content, &mut report)
-            .await
-            .map_err(|e| queued_if_transient(e, &content))?;
+        self.post_message(&id, &content, &mut report).await?;
         Ok((
             Message {
                 id: content.id.to_hex(),
@@ -2027,9 +2016,7 @@ impl Client {
         let mut report = self.sync().await?;
         let id = self.ensure_dm(peer, &mut report).await?;
         let content = MessageContent::text(text, now_ms(), None);
-        self.post_message(&id, &content, &mut report)
-            .await
-            .map_err(|e| queued_if_transient(e, &content))?;
+        self.post_message(&id, &content, &mut report).await?;
         Ok((
             Message {
                 id: content.id.to_hex(),
@@ -2049,11 +2036,45 @@ impl Client {
     /// catches up and re-encrypts. The message is stored locally (as pending, `seq` unset) before it
     /// is posted, so one whose outcome is unknown (the server died mid-request) is posted again by
     /// the next sync with the same message id, and receivers keep exactly one copy.
+    ///
+    /// Errors: before the message was stored, as they are; after, a definite refusal (4xx) drops the
+    /// pending copy and is returned as it is, anything else (transport, 5xx, 429, 507, lost races)
+    /// is [`ClientError::Queued`]: kept, and sent by the next sync.
     async fn post_message(
         &self,
         id: &str,
         content: &MessageContent,
         report: &mut SyncReport,
+    ) -> Result<Accepted, ClientError> {
+        let mut stored = false;
+        match self
+            .try_post_message(id, content, report, &mut stored)
+            .await
+        {
+            Ok(a) => Ok(a),
+            Err(e) if !stored => Err(e),
+            Err(e) if e.is_refusal() => {
+                let conn = self.lock()?;
+                conn.execute(
+                    "DELETE FROM sotto_messages WHERE conversation = ?1 AND message_id = ?2 AND seq IS NULL",
+                    params![id, content.id.to_hex()],
+                )
+                .map_err(storage_err)?;
+                Err(e)
+            }
+            Err(e) => Err(ClientError::Queued {
+                id: content.id.to_hex(),
+                reason: Box::new(e),
+            }),
+        }
+    }
+
+    async fn try_post_message(
+        &self,
+        id: &str,
+        content: &MessageContent,
+        report: &mut SyncReport,
+        stored: &mut bool,
     ) -> Result<Accepted, ClientError> {
         let me = self.me()?;
         let gid = group_id_bytes(id)?;
@@ -2086,6 +2107,7 @@ impl Client {
                 )?;
                 Ok(bytes)
             })?;
+            *stored = true;
             let res: Result<Accepted, ClientError> = self
                 .transport()?
                 .post(
@@ -2163,11 +2185,20 @@ impl Client {
                 .collect()
         };
         for (conv, content) in pending {
-            if let Err(e) = self.post_message(&conv, &content, report).await {
-                report.warnings.push(format!(
+            match self.post_message(&conv, &content, report).await {
+                Ok(_) => {}
+                Err(ClientError::Queued { reason, .. }) => report.warnings.push(format!(
+                    "message {} to conversation {conv} not sent yet: {reason}",
+                    content.id.to_hex()
+                )),
+                Err(e) if e.is_refusal() => report.warnings.push(format!(
+                    "message {} to conversation {conv} was refused by the server and dropped: {e}",
+                    content.id.to_hex()
+                )),
+                Err(e) => report.warnings.push(format!(
                     "message {} to conversation {conv} not sent yet: {e}",
                     content.id.to_hex()
-                ));
+                )),
             }
         }
         Ok(())

@@ -205,3 +205,90 @@ async fn group_messages_and_commits_cross_nodes() {
     b.stop().await;
     drop_schema(&pg, &schema).await;
 }
+
+/// Runs SQL in the test's schema.
+async fn sql(pg: &str, schema: &str, statements: &str) {
+    let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("SET search_path = {schema}; {statements}"))
+        .await
+        .unwrap();
+    drop(client);
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_are_clean_errors_the_node_keeps_serving_and_nothing_is_lost() {
+    use sotto_api::ErrorCode;
+    use sotto_client::ClientError;
+    let Some((pg, nats)) = services().await else {
+        return;
+    };
+    let schema = schema_name("dberr");
+    let dir = tempfile::tempdir().unwrap();
+    let node = Server::start_node(&pg, &schema, &nats, "127.0.0.1:0").await;
+    let alice = registered(&dir.path().join("alice"), &node.url, "alice").await;
+    let bob = registered(&dir.path().join("bob"), &node.url, "bob").await;
+    alice.send_dm("bob", "before").await.unwrap();
+    // The database starts failing every append to the log: first as a full disk, then with an
+    // internal error (a trigger, so the real server code meets real PostgreSQL errors).
+    let fail_with = |code: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION sotto_fail() RETURNS trigger AS $$
+             BEGIN RAISE EXCEPTION 'injected failure' USING ERRCODE = '{code}'; END $$ LANGUAGE plpgsql;
+             DROP TRIGGER IF EXISTS sotto_fail ON log;
+             CREATE TRIGGER sotto_fail BEFORE INSERT ON log FOR EACH ROW EXECUTE FUNCTION sotto_fail();"
+        )
+    };
+    sql(&pg, &schema, &fail_with("53100")).await;
+    let e = alice
+        .send_dm("bob", "during a full disk")
+        .await
+        .unwrap_err();
+    let ClientError::Queued { reason, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(
+        matches!(
+            **reason,
+            ClientError::Api {
+                status: 507,
+                code: ErrorCode::StorageFull,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    sql(&pg, &schema, &fail_with("XX000")).await;
+    let e = alice
+        .send_dm("bob", "during a broken database")
+        .await
+        .unwrap_err();
+    let ClientError::Queued { reason, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(
+        matches!(&**reason, ClientError::Api { status: 500, code: ErrorCode::Internal, message, .. }
+            if message.contains("nothing was changed") && !message.contains("injected")),
+        "{e}"
+    );
+    // Reads go on meanwhile, and nothing half-applied shows up.
+    assert_eq!(sync_texts(&bob).await, vec![s("alice", "before")]);
+    // The database recovers: alice's next sync sends both, bob gets each exactly once.
+    sql(&pg, &schema, "DROP TRIGGER sotto_fail ON log;").await;
+    let report = alice.sync().await.unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert_eq!(
+        sync_texts(&bob).await,
+        vec![
+            s("alice", "during a full disk"),
+            s("alice", "during a broken database")
+        ]
+    );
+    assert!(sync_texts(&bob).await.is_empty());
+    node.stop().await;
+    drop_schema(&pg, &schema).await;
+}

@@ -223,6 +223,7 @@ pub async fn account(state: &AppState, username: &str) -> Result<AccountInfo, Ap
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no account named {username}")))?;
     Ok(AccountInfo {
+        revoked_devices: acc.revoked,
         username: acc.username,
         identity_key: B64(acc.identity_key),
         devices: acc
@@ -305,12 +306,32 @@ pub async fn revoke_device(
         .map_err(|_| ApiError::not_found("device not found"))?;
     state
         .store
-        .revoke_device(&caller.username, device_id)
+        .revoke_device(&caller.username, device_id, &caller.device_id)
         .await?;
     state.hub.revoke(device_id);
     state.bus.revoke(device_id.to_owned());
     tracing::info!(device = %device_id, "device revoked");
+    // The account's other devices remove it from their conversations' MLS groups on sync: wake
+    // them so that happens now.
+    match state
+        .store
+        .devices_of(std::slice::from_ref(&caller.username))
+        .await
+    {
+        Ok(devices) => state.bus.publish(devices, ServerFrame::Devices),
+        Err(e) => tracing::warn!(error = %e, "could not look up devices to wake"),
+    }
     Ok(())
+}
+
+/// For account-wide changes (claims, new conversations, leaving): the calling device must still be
+/// registered now, not just when its token was last verified (a node trusts a verified token for
+/// up to `AuthCache::TTL`, and a revocation may reach it late).
+async fn ensure_current(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    match state.store.device_auth(&caller.device_id).await? {
+        Some(d) if d.username == caller.username => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
 }
 /// Claims one key package per device of an account.
 pub async fn claim(
@@ -328,6 +349,7 @@ pub async fn claim(
         Some(s) if sotto_proto::mls::suite_from_u16(s).is_some() => s,
         Some(_) => return Err(ApiError::bad_request("unsupported ciphersuite")),
     };
+    ensure_current(state, caller).await?;
     if state.store.account(username.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("no account named {username}")));
     }
@@ -360,6 +382,7 @@ fn info(c: crate::store::ConversationRecord) -> ConversationInfo {
 
 /// Creates an empty group owned by the caller; its first commit (by the caller) adds the members.
 pub async fn create_group(state: &AppState, caller: &Caller) -> Result<ConversationInfo, ApiError> {
+    ensure_current(state, caller).await?;
     let c = state
         .store
         .create_group(&caller.username, &random_id())
@@ -374,6 +397,7 @@ pub async fn create_dm(
     caller: &Caller,
     req: CreateDmRequest,
 ) -> Result<ConversationInfo, ApiError> {
+    ensure_current(state, caller).await?;
     let peer = parse_username(&req.peer)?;
     if peer.as_str() == caller.username {
         return Err(ApiError::bad_request("cannot start a DM with yourself"));
@@ -622,6 +646,7 @@ pub async fn commit(
 /// The caller leaves a group. It stops being a member at once; an admin's device removes its
 /// devices from the MLS group on its next sync. The last admin cannot leave while others remain.
 pub async fn leave(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    ensure_current(state, caller).await?;
     let c = member_conversation(state, caller, id).await?;
     if c.kind != "group" {
         return Err(ApiError::bad_request("only groups can be left"));
@@ -719,7 +744,13 @@ pub async fn create_link(
     let expires_at = now_secs() + state.config.link_ttl_secs;
     state
         .store
-        .create_link(&req.link_id, &caller.username, &req.bundle.0, expires_at)
+        .create_link(
+            &req.link_id,
+            &caller.username,
+            &caller.device_id,
+            &req.bundle.0,
+            expires_at,
+        )
         .await?;
     tracing::info!(user = %caller.username, "device link offered");
     Ok(LinkCreated {

@@ -86,6 +86,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::UsernameTaken => Self::new(ErrorCode::UsernameTaken, "username is taken"),
             StoreError::DeviceExists => Self::new(ErrorCode::Conflict, "device already registered"),
+            StoreError::CallerGone => Self::unauthorized(),
             StoreError::LastDevice => Self::new(
                 ErrorCode::Conflict,
                 "this is the account's only device: link another device before revoking it",

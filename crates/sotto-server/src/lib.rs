@@ -104,7 +104,10 @@ async fn maintenance(state: AppState) {
     ));
     loop {
         tokio::select! {
-            _ = flush.tick() => save_cursors(&state).await,
+            _ = flush.tick() => {
+                save_cursors(&state).await;
+                state.limiter.sweep();
+            }
             _ = prune.tick() => {
                 save_cursors(&state).await;
                 let cutoff = time::OffsetDateTime::now_utc().unix_timestamp() - state.config.retention_secs;

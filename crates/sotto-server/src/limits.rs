@@ -157,8 +157,9 @@ pub struct RateLimiter {
     buckets: Mutex<HashMap<(Class, String), Bucket>>,
 }
 
-/// Buckets kept before idle ones are swept.
-const SWEEP_AT: usize = 100_000;
+/// Beyond this many buckets new keys are not tracked until the next sweep (they pass): memory
+/// stays bounded whatever an attacker varies.
+const MAX_BUCKETS: usize = 1_000_000;
 
 impl RateLimiter {
     /// Buckets for `limits`.
@@ -180,11 +181,8 @@ impl RateLimiter {
         let now = Instant::now();
         let capacity = f64::from(rate.count);
         let refill_per_sec = capacity / rate.per.as_secs_f64();
-        if buckets.len() >= SWEEP_AT {
-            // Full buckets carry no state: drop them.
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.at).as_secs_f64() * refill_per_sec < capacity
-            });
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&(class, key.to_owned())) {
+            return Ok(());
         }
         let b = buckets.entry((class, key.to_owned())).or_insert(Bucket {
             tokens: capacity,
@@ -204,13 +202,50 @@ impl RateLimiter {
         ))
     }
 
-    /// [`RateLimiter::check`] keyed by an IP address (no address, as in in-process tests: no
-    /// limit).
+    /// [`RateLimiter::check`] keyed by an IP address: IPv4 per address, IPv6 per /64 (one
+    /// subscriber's usual allocation, so cycling addresses gains nothing). No address, as in
+    /// in-process tests: no limit.
     pub fn check_ip(&self, class: Class, ip: Option<IpAddr>) -> Result<(), ApiError> {
         match ip {
-            Some(ip) => self.check(class, &ip.to_string()),
+            Some(IpAddr::V4(v4)) => self.check(class, &v4.to_string()),
+            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => self.check(class, &v4.to_string()),
+                None => {
+                    let s = v6.segments();
+                    self.check(
+                        class,
+                        &format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]),
+                    )
+                }
+            },
             None => Ok(()),
         }
+    }
+
+    /// Drops buckets that have refilled completely (they carry no state), each judged by its own
+    /// class's rate. Run periodically (the server's maintenance task), never on the request path.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        if let Ok(mut buckets) = self.buckets.lock() {
+            buckets.retain(|(class, _), b| match self.limits.rate(*class) {
+                Some(rate) => {
+                    let capacity = f64::from(rate.count);
+                    let refill = capacity / rate.per.as_secs_f64();
+                    b.tokens + now.duration_since(b.at).as_secs_f64() * refill < capacity
+                }
+                None => false,
+            });
+        }
+    }
+
+    /// Buckets held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.buckets.lock().map(|b| b.len()).unwrap_or(0)
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -247,5 +282,28 @@ mod tests {
         for _ in 0..1000 {
             l.check(Class::Claim, "d1").unwrap();
         }
+        // Sweeping keeps every bucket that has not refilled, judged by its own rate.
+        l.sweep();
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_addresses_share_their_64_and_mapped_ipv4_is_ipv4() {
+        let l = RateLimiter::new(Limits {
+            register_per_ip: Some(Rate::per_min(2)),
+            ..Limits::none()
+        });
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        l.check_ip(Class::Register, Some(a)).unwrap();
+        l.check_ip(Class::Register, Some(b)).unwrap();
+        assert!(l.check_ip(Class::Register, Some(a)).is_err());
+        l.check_ip(Class::Register, Some(other)).unwrap();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        l.check_ip(Class::Register, Some(v4)).unwrap();
+        l.check_ip(Class::Register, Some(mapped)).unwrap();
+        assert!(l.check_ip(Class::Register, Some(v4)).is_err());
     }
 }

@@ -62,8 +62,9 @@ struct Args {
     /// Push connections per IP address.
     #[arg(long, env = "SOTTO_LIMIT_CONNECT_IP", default_value = "600/min")]
     limit_connect_ip: Limit,
-    /// Close a connection that sends nothing for this many seconds (idle keep-alive, half-open,
-    /// or a request that never finishes arriving; push connections answer pings and stay).
+    /// Close a connection on which nothing moves for this many seconds (idle keep-alive,
+    /// half-open, or a request that never finishes arriving; push connections answer the server's
+    /// 30 s pings and stay). At least 65.
     #[arg(long, env = "SOTTO_IDLE_TIMEOUT", default_value_t = 120)]
     idle_timeout_secs: u64,
     /// Turn every rate limit off (load tests against your own server).
@@ -207,7 +208,8 @@ async fn main() -> anyhow::Result<()> {
         link_ttl_secs: args.link_ttl_secs,
         retention_secs: args.retention_days.saturating_mul(24 * 3600),
         prune_interval_secs: args.prune_interval_secs,
-        read_idle: std::time::Duration::from_secs(args.idle_timeout_secs.max(1)),
+        // Push connections are pinged every 30 s: a shorter timeout would cut live ones.
+        read_idle: std::time::Duration::from_secs(args.idle_timeout_secs.max(65)),
         limits: if args.no_rate_limits {
             Limits::none()
         } else {

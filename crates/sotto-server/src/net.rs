@@ -1,7 +1,8 @@
-//! Connection hygiene below HTTP: every accepted connection (plain or TLS) is closed when nothing
-//! arrives from the peer for a while ([`READ_IDLE`] by default, `Config::read_idle`). That ends idle keep-alive connections, half-open ones
-//! whose peer vanished, and requests whose headers or body never finish. Push connections stay up:
-//! the server pings them every 30 s and live clients answer.
+//! Connection hygiene below HTTP: every accepted connection (plain or TLS) is closed when no byte
+//! moves either way for a while ([`READ_IDLE`] by default, `Config::read_idle`). That ends idle
+//! keep-alive connections, half-open ones whose peer vanished, and requests whose headers or body
+//! never finish, while a slow but moving upload or download goes on. Push connections stay up: the
+//! server pings them every 30 s and live clients answer.
 
 use std::future::Future;
 use std::io;
@@ -18,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 /// How long a connection may stay silent.
 pub const READ_IDLE: Duration = Duration::from_secs(120);
 
-/// A stream whose reads fail with `TimedOut` after `idle` without incoming bytes.
+/// A stream whose reads fail with `TimedOut` once `idle` passed without a byte read or written.
 #[derive(Debug)]
 pub struct IdleTimeout<S> {
     inner: S,
@@ -35,6 +36,11 @@ impl<S> IdleTimeout<S> {
             deadline: Box::pin(tokio::time::sleep(idle)),
         }
     }
+
+    fn moved(&mut self) {
+        let idle = self.idle;
+        self.deadline.as_mut().reset(Instant::now() + idle);
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
@@ -46,8 +52,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                let idle = this.idle;
-                this.deadline.as_mut().reset(Instant::now() + idle);
+                this.moved();
                 Poll::Ready(r)
             }
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
@@ -67,7 +72,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.moved();
+            }
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -83,7 +94,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.moved();
+            }
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -204,7 +204,7 @@ fn schemas() -> Value {
         "NewDevice": new_device,
         "RegisterRequest": obj(&["username", "identity_key", "device"], json!({"username": s, "identity_key": b64, "device": {"$ref": "#/components/schemas/NewDevice"}})),
         "RegisterResponse": obj(&["device_id", "token"], json!({"device_id": s, "token": s})),
-        "AccountInfo": obj(&["username", "identity_key", "devices"], json!({"username": s, "identity_key": b64, "devices": {"type": "array", "items": obj(&["device_id", "certificate", "created_at"], json!({"device_id": s, "certificate": b64, "created_at": s}))}})),
+        "AccountInfo": obj(&["username", "identity_key", "devices"], json!({"username": s, "identity_key": b64, "devices": {"type": "array", "items": obj(&["device_id", "certificate", "created_at"], json!({"device_id": s, "certificate": b64, "created_at": s}))}, "revoked_devices": {"type": "array", "items": s}})),
         "UploadKeyPackages": obj(&["key_packages"], json!({"key_packages": {"type": "array", "items": b64}, "last_resort_key_packages": {"type": "array", "items": b64}})),
         "KeyPackageCount": obj(&["count"], json!({"count": u, "classic_count": u})),
         "ClaimRequest": obj(&["username"], json!({"username": s, "devices": {"type": "array", "items": s}, "ciphersuite": u})),

@@ -234,9 +234,15 @@ async fn conformance(s: Arc<dyn Store>) {
     assert!(dms.is_empty() || dms.windows(2).all(|w| w[0] == w[1]));
 
     // Links: one-time, expiring, redeemed atomically with the device's registration.
-    s.create_link("L1", "alice", b"sealed", 100).await.unwrap();
     assert!(matches!(
-        s.create_link("L1", "alice", b"again", 100).await,
+        s.create_link("L0", "alice", "b1", b"sealed", 100).await,
+        Err(StoreError::CallerGone)
+    ));
+    s.create_link("L1", "alice", "a1", b"sealed", 100)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_link("L1", "alice", "a1", b"again", 100).await,
         Err(StoreError::LinkExpired)
     ));
     assert_eq!(
@@ -405,14 +411,34 @@ async fn revocation(s: &dyn Store) {
     s.append_commit("9a0b", add).await.unwrap();
     assert!(s.membership("9a0b", "bob", "b2").await.unwrap().is_some());
     assert!(matches!(
-        s.revoke_device("alice", "b2").await,
+        s.revoke_device("alice", "b2", "a1").await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        s.revoke_device("carol", "c1").await,
+        s.revoke_device("carol", "c1", "c1").await,
         Err(StoreError::LastDevice)
     ));
-    s.revoke_device("bob", "b2").await.unwrap();
+    // The revoked device made a link code before it was revoked: revoking cancels it.
+    let pending = format!("{:064x}", rand_suffix());
+    s.create_link(&pending, "bob", "b2", &[2], i64::MAX / 2)
+        .await
+        .unwrap();
+    // Only a current device of the account may revoke.
+    assert!(matches!(
+        s.revoke_device("bob", "b2", "a1").await,
+        Err(StoreError::CallerGone)
+    ));
+    s.revoke_device("bob", "b2", "b1").await.unwrap();
+    assert!(s.fetch_link(&pending, 1).await.unwrap().is_none());
+    assert!(matches!(
+        s.redeem_link(&pending, 1, device("b3"), kps(6, 1)).await,
+        Err(StoreError::LinkExpired)
+    ));
+    assert!(matches!(
+        s.create_link("L9", "bob", "b2", &[3], i64::MAX / 2).await,
+        Err(StoreError::CallerGone)
+    ));
+    assert_eq!(s.account("bob").await.unwrap().unwrap().revoked, ["b2"]);
     assert!(s.device_auth("b2").await.unwrap().is_none());
     assert!(s.membership("9a0b", "bob", "b2").await.unwrap().is_none());
     assert!(s.inbox("b2").await.unwrap().is_empty());
@@ -442,7 +468,7 @@ async fn revocation(s: &dyn Store) {
         Err(StoreError::DeviceExists)
     ));
     assert!(matches!(
-        s.revoke_device("bob", "b2").await,
+        s.revoke_device("bob", "b2", "b1").await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -450,7 +476,12 @@ async fn revocation(s: &dyn Store) {
 /// Registers a device under an existing account through a one-time link, as `sotto link` does.
 async fn link_device(s: &dyn Store, user: &str, dev: DeviceRecord) {
     let id = format!("{:064x}", rand_suffix());
-    s.create_link(&id, user, &[1], i64::MAX / 2).await.unwrap();
+    let by = s.account(user).await.unwrap().unwrap().devices[0]
+        .device_id
+        .clone();
+    s.create_link(&id, user, &by, &[1], i64::MAX / 2)
+        .await
+        .unwrap();
     s.redeem_link(&id, 1, dev, kps(5, 1)).await.unwrap();
 }
 

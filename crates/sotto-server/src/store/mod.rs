@@ -34,6 +34,9 @@ pub enum StoreError {
     /// The account is a group's last admin and others remain.
     #[error("last admin")]
     LastAdmin,
+    /// The calling device is no longer registered (revoked while its request was in flight).
+    #[error("calling device not registered")]
+    CallerGone,
     /// The device is its account's only one.
     #[error("last device")]
     LastDevice,
@@ -80,6 +83,8 @@ pub struct AccountRecord {
     pub identity_key: Vec<u8>,
     /// Devices, oldest first.
     pub devices: Vec<DeviceRecord>,
+    /// Ids of its revoked devices.
+    pub revoked: Vec<String>,
 }
 
 /// A conversation as stored.
@@ -148,11 +153,18 @@ pub trait Store: Send + Sync + 'static {
         kps: KeyPackages,
     ) -> Result<(), StoreError>;
 
-    /// Revokes `device_id` of `username`: its token stops working, its key packages and pending
-    /// welcomes are deleted, it is no longer a member device of any conversation and is never made
-    /// one again. `NotFound("device")` if the account has no such device, `LastDevice` if it is the
-    /// account's only one (an account without devices could never be used again).
-    async fn revoke_device(&self, username: &str, device_id: &str) -> Result<(), StoreError>;
+    /// Revokes `device_id` of `username` on behalf of the account's device `caller`: its token stops
+    /// working, its key packages and pending welcomes are deleted, it is no longer a member device of
+    /// any conversation and is never made one again, and the account's unused link codes are
+    /// cancelled (the revoked device may have made one). `CallerGone` if `caller` is no longer a
+    /// device of the account, `NotFound("device")` if the account has no such device, `LastDevice` if
+    /// it is the account's only one (an account without devices could never be used again).
+    async fn revoke_device(
+        &self,
+        username: &str,
+        device_id: &str,
+        caller: &str,
+    ) -> Result<(), StoreError>;
 
     /// Authentication data for a device.
     async fn device_auth(&self, device_id: &str) -> Result<Option<DeviceAuth>, StoreError>;
@@ -277,11 +289,13 @@ pub trait Store: Send + Sync + 'static {
     /// Devices of the given accounts (for fan-out).
     async fn devices_of(&self, usernames: &[String]) -> Result<Vec<String>, StoreError>;
 
-    /// Stores a link offer.
+    /// Stores a link offer made by `device` of `username` (`CallerGone` if that device is no longer
+    /// registered: a revoked device cannot mint a way back in).
     async fn create_link(
         &self,
         link_id: &str,
         username: &str,
+        device: &str,
         bundle: &[u8],
         expires_at: i64,
     ) -> Result<(), StoreError>;

@@ -13,6 +13,35 @@ use tokio_postgres::NoTls;
 
 use super::*;
 
+/// A failure as a [`StoreError`]: PostgreSQL out of disk space (`53100 disk_full`) is
+/// [`StoreError::Full`], anything else [`StoreError::Backend`]. Shadows the generic `backend`.
+fn backend(e: impl IntoStoreError) -> StoreError {
+    e.into_store_error()
+}
+
+trait IntoStoreError {
+    fn into_store_error(self) -> StoreError;
+}
+
+impl IntoStoreError for tokio_postgres::Error {
+    fn into_store_error(self) -> StoreError {
+        if self.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL) {
+            StoreError::Full
+        } else {
+            super::backend(self)
+        }
+    }
+}
+
+impl IntoStoreError for deadpool_postgres::PoolError {
+    fn into_store_error(self) -> StoreError {
+        match self {
+            deadpool_postgres::PoolError::Backend(e) => e.into_store_error(),
+            other => super::backend(other),
+        }
+    }
+}
+
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE accounts (
@@ -160,7 +189,7 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(16)
             .build()
-            .map_err(backend)?;
+            .map_err(super::backend)?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
@@ -277,7 +306,8 @@ async fn apply_members(
     let ins = tx
         .prepare_cached(
             "INSERT INTO conversation_devices (conversation_id, device_id, username, acked_seq)
-             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM devices WHERE device_id = $2)
+             SELECT $1, $2, $3, $4
+             WHERE EXISTS (SELECT 1 FROM devices WHERE device_id = $2 FOR SHARE)
              ON CONFLICT DO NOTHING",
         )
         .await
@@ -437,7 +467,12 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn revoke_device(&self, username: &str, device_id: &str) -> Result<(), StoreError> {
+    async fn revoke_device(
+        &self,
+        username: &str,
+        device_id: &str,
+        caller: &str,
+    ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
         // Lock the account's devices: two devices revoking each other at once cannot both go.
@@ -451,20 +486,32 @@ impl Store for PostgresStore {
             .into_iter()
             .map(|r| r.get(0))
             .collect();
+        if !devices.iter().any(|d| d == caller) {
+            return Err(StoreError::CallerGone);
+        }
         if !devices.iter().any(|d| d == device_id) {
             return Err(StoreError::NotFound("device"));
         }
         if devices.len() == 1 {
             return Err(StoreError::LastDevice);
         }
+        // The devices row goes before the membership rows and links: a commit or a link being
+        // made at the same moment holds a share lock on it (see apply_members, create_link), so
+        // these deletes run after it committed and see its rows.
         for sql in [
             "DELETE FROM key_packages WHERE device_id = $1",
             "DELETE FROM inbox WHERE device_id = $1",
-            "DELETE FROM conversation_devices WHERE device_id = $1",
             "DELETE FROM devices WHERE device_id = $1",
+            "DELETE FROM conversation_devices WHERE device_id = $1",
         ] {
             tx.execute(sql, &[&device_id]).await.map_err(backend)?;
         }
+        tx.execute(
+            "DELETE FROM links WHERE username = $1 AND NOT used",
+            &[&username],
+        )
+        .await
+        .map_err(backend)?;
         tx.execute(
             "INSERT INTO revoked_devices (device_id, username, revoked_at) VALUES ($1, $2, $3)",
             &[&device_id, &username, &now()],
@@ -530,10 +577,21 @@ impl Store for PostgresStore {
                 }
             })
             .collect();
+        let revoked: Vec<String> = c
+            .query(
+                "SELECT device_id FROM revoked_devices WHERE username = $1 ORDER BY device_id",
+                &[&username],
+            )
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
         Ok(Some(AccountRecord {
             username: username.to_owned(),
             identity_key: row.get(0),
             devices,
+            revoked,
         }))
     }
 
@@ -1078,17 +1136,22 @@ impl Store for PostgresStore {
         &self,
         link_id: &str,
         username: &str,
+        device: &str,
         bundle: &[u8],
         expires_at: i64,
     ) -> Result<(), StoreError> {
         let c = self.client().await?;
+        // The share lock on the device's row orders this against a revocation (see revoke_device).
         match c
             .execute(
-                "INSERT INTO links (link_id, username, bundle, expires_at) VALUES ($1, $2, $3, $4)",
-                &[&link_id, &username, &bundle, &expires_at],
+                "INSERT INTO links (link_id, username, bundle, expires_at)
+                 SELECT $1, $2, $3, $4
+                 WHERE EXISTS (SELECT 1 FROM devices WHERE device_id = $5 AND username = $2 FOR SHARE)",
+                &[&link_id, &username, &bundle, &expires_at, &device],
             )
             .await
         {
+            Ok(0) => Err(StoreError::CallerGone),
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::LinkExpired),
             Err(e) => Err(backend(e)),

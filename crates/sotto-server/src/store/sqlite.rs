@@ -715,8 +715,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn revoke_device(&self, username: &str, device_id: &str) -> Result<(), StoreError> {
-        let (username, device_id) = (username.to_owned(), device_id.to_owned());
+    async fn revoke_device(
+        &self,
+        username: &str,
+        device_id: &str,
+        caller: &str,
+    ) -> Result<(), StoreError> {
+        let (username, device_id, caller) =
+            (username.to_owned(), device_id.to_owned(), caller.to_owned());
         self.write(move |tx| {
             let devices: Vec<String> = tx
                 .prepare_cached("SELECT device_id FROM devices WHERE username = ?1")
@@ -725,6 +731,9 @@ impl Store for SqliteStore {
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .map_err(backend)?;
+            if !devices.contains(&caller) {
+                return Err(StoreError::CallerGone);
+            }
             if !devices.contains(&device_id) {
                 return Err(StoreError::NotFound("device"));
             }
@@ -734,11 +743,16 @@ impl Store for SqliteStore {
             for sql in [
                 "DELETE FROM key_packages WHERE device_id = ?1",
                 "DELETE FROM inbox WHERE device_id = ?1",
-                "DELETE FROM conversation_devices WHERE device_id = ?1",
                 "DELETE FROM devices WHERE device_id = ?1",
+                "DELETE FROM conversation_devices WHERE device_id = ?1",
             ] {
                 tx.execute(sql, params![device_id]).map_err(backend)?;
             }
+            tx.execute(
+                "DELETE FROM links WHERE username = ?1 AND used = 0",
+                params![username],
+            )
+            .map_err(backend)?;
             tx.execute(
                 "INSERT INTO revoked_devices (device_id, username, revoked_at) VALUES (?1, ?2, strftime('%s','now'))",
                 params![device_id, username],
@@ -811,10 +825,20 @@ impl Store for SqliteStore {
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
+            let revoked: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT device_id FROM revoked_devices WHERE username = ?1 ORDER BY device_id",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![username], |r| r.get(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(backend)?;
             Ok(Some(AccountRecord {
                 username,
                 identity_key,
                 devices,
+                revoked,
             }))
         })
         .await
@@ -1339,12 +1363,27 @@ impl Store for SqliteStore {
         &self,
         link_id: &str,
         username: &str,
+        device: &str,
         bundle: &[u8],
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        let (link_id, username, bundle) =
-            (link_id.to_owned(), username.to_owned(), bundle.to_vec());
+        let (link_id, username, device, bundle) = (
+            link_id.to_owned(),
+            username.to_owned(),
+            device.to_owned(),
+            bundle.to_vec(),
+        );
         self.write(move |conn| {
+            let present: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM devices WHERE device_id = ?1 AND username = ?2",
+                    params![device, username],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if present == 0 {
+                return Err(StoreError::CallerGone);
+            }
             let n = conn
                 .execute(
                     "INSERT OR IGNORE INTO links (link_id, username, bundle, expires_at) VALUES (?1, ?2, ?3, ?4)",
