@@ -6,10 +6,12 @@
 //!         WebSocket and fetch over HTTP, as the SDK does
 //! fanout  one group of N member devices, each on its own WebSocket; one message at a time, and
 //!         the time until the last device has fetched it
+//! idle    N authenticated, idle WebSocket connections: server RSS per connection, connects/s
 //! ```
 //! Criterion benches live in `benches/` (the SDK send + sync round trip).
 
 pub mod fanout;
+pub mod idle;
 pub mod relay;
 pub mod server;
 

@@ -40,6 +40,27 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         nodes: usize,
     },
+    /// N authenticated, idle WebSocket connections: the server's RSS per connection (slope between
+    /// N/2 and N) and authenticated connections per second. Needs file descriptors: `ulimit -n`
+    /// above N (the started server inherits it).
+    Idle {
+        /// Connections to hold open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Devices they authenticate as (connections are spread over them).
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Connection attempts in flight at once.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        /// An already running server (run it with `--no-rate-limits`); otherwise the benchmark
+        /// starts its own (SQLite).
+        #[arg(long)]
+        server: Option<String>,
+        /// The external server's process id, to read its RSS.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// One group of N member devices, each on its own WebSocket: the time until the last device
     /// has each message.
     Fanout {
@@ -73,7 +94,74 @@ async fn main() -> anyhow::Result<()> {
             messages,
             server,
         } => fanout(members, messages, server).await,
+        Cmd::Idle {
+            connections,
+            devices,
+            in_flight,
+            server,
+            server_pid,
+        } => idle(connections, devices, in_flight, server, server_pid).await,
     }
+}
+
+async fn idle(
+    connections: usize,
+    devices: usize,
+    in_flight: usize,
+    server: Option<String>,
+    server_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let started = match &server {
+        Some(_) => None,
+        None => Some(Sottod::start(&[
+            "--data-dir".into(),
+            tmp.path().join("data").display().to_string(),
+        ])?),
+    };
+    let (url, pid) = match (&server, &started) {
+        (Some(u), _) => (u.clone(), server_pid),
+        (None, Some(s)) => (s.url.clone(), Some(s.pid())),
+        (None, None) => anyhow::bail!("no server"),
+    };
+    let r = sotto_bench::idle::run(&url, connections, devices, in_flight, pid).await?;
+    println!(
+        "idle: {} authenticated WebSocket connections over {} devices, {}",
+        r.connections,
+        r.devices,
+        if server.is_some() {
+            "external server"
+        } else {
+            "SQLite"
+        }
+    );
+    match (
+        r.rss_base_kb,
+        r.rss_half_kb,
+        r.rss_full_kb,
+        r.rss_kb_per_conn,
+    ) {
+        (Some(b), Some(h), Some(f), Some(per)) => println!(
+            "  server RSS {b} KiB idle, {h} KiB at {}, {f} KiB at {}: {per:.1} KiB per connection",
+            connections / 2,
+            connections
+        ),
+        _ => println!("  server RSS unknown (pass --server-pid for an external server)"),
+    }
+    println!(
+        "  {:.0} authenticated connections per second ({} in flight)",
+        r.connects_per_sec, in_flight
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "connections": r.connections, "devices": r.devices,
+            "rss_kb_per_conn": r.rss_kb_per_conn, "rss_base_kb": r.rss_base_kb,
+            "rss_half_kb": r.rss_half_kb, "rss_full_kb": r.rss_full_kb,
+            "connects_per_sec": r.connects_per_sec,
+        })
+    );
+    Ok(())
 }
 
 async fn fanout(members: usize, messages: usize, server: Option<String>) -> anyhow::Result<()> {
