@@ -32,6 +32,8 @@ async fn limits_answer_429_with_retry_after_and_lose_nothing() {
             send_per_device: Some(Rate::per_sec(2)),
             connect_per_device: Some(Rate::per_min(2)),
             connect_per_ip: None,
+            claim_per_ip: None,
+            send_per_ip: None,
         },
         ..Config::default()
     };
@@ -324,5 +326,64 @@ async fn silent_and_half_finished_connections_are_closed() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_limits_count_every_device_behind_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        limits: Limits {
+            send_per_ip: Some(Rate::per_min(3)),
+            claim_per_ip: Some(Rate::per_min(2)),
+            ..Limits::none()
+        },
+        ..Config::default()
+    };
+    let server = Server::start_with(&dir.path().join("server"), "127.0.0.1:0", config).await;
+    let url = server.url.clone();
+    registered(&dir.path().join("alice"), &url, "alice").await;
+    registered(&dir.path().join("carol"), &url, "carol").await;
+    let tokens = [
+        token_of(&dir.path().join("alice")),
+        token_of(&dir.path().join("carol")),
+    ];
+    let http = http();
+    // Sends (garbage, refused after taking a token): three from this address, whichever device.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let resp = http
+            .post(format!(
+                "{url}/v1/conversations/{}/messages",
+                "0".repeat(32)
+            ))
+            .bearer_auth(&tokens[i % 2])
+            .json(&serde_json::json!({"message": "AAAA"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert!(body["message"]
+                .as_str()
+                .unwrap()
+                .contains("from your address"));
+        }
+    }
+    assert_eq!(statuses, [404, 404, 404, 429]);
+    // Claims: two from this address.
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let resp = http
+            .post(format!("{url}/v1/key-packages/claim"))
+            .bearer_auth(&tokens[i % 2])
+            .json(&serde_json::json!({"username": if i % 2 == 0 { "carol" } else { "alice" }}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
     server.stop().await;
 }

@@ -42,41 +42,41 @@ impl FromRequestParts<AppState> for Auth {
 
 /// A rate-limited class of requests (see [`Limited`]).
 pub trait LimitClass {
-    /// The bucket class.
-    const CLASS: Class;
-    /// Keyed by the authenticated device (else by the peer's IP address).
-    const PER_DEVICE: bool;
+    /// The per-device bucket class (`None`: not limited per device).
+    const DEVICE: Option<Class>;
+    /// The per-IP bucket class (`None`: not limited per address).
+    const IP: Option<Class>;
 }
 
 macro_rules! limit_class {
-    ($name:ident, $class:expr, $per_device:expr, $doc:literal) => {
+    ($name:ident, $device:expr, $ip:expr, $doc:literal) => {
         #[doc = $doc]
         #[derive(Debug)]
         pub struct $name;
         impl LimitClass for $name {
-            const CLASS: Class = $class;
-            const PER_DEVICE: bool = $per_device;
+            const DEVICE: Option<Class> = $device;
+            const IP: Option<Class> = $ip;
         }
     };
 }
 
 limit_class!(
     RegisterLimit,
-    Class::Register,
-    false,
+    None,
+    Some(Class::Register),
     "Registrations and links, per IP."
 );
 limit_class!(
     ClaimLimit,
-    Class::Claim,
-    true,
-    "Key-package claims, per device."
+    Some(Class::Claim),
+    Some(Class::ClaimIp),
+    "Key-package claims, per device and per IP."
 );
 limit_class!(
     SendLimit,
-    Class::Send,
-    true,
-    "Messages and commits, per device."
+    Some(Class::Send),
+    Some(Class::SendIp),
+    "Messages and commits, per device and per IP."
 );
 
 /// Takes a token from a rate-limit bucket before the body is read, so refused floods cost no
@@ -88,14 +88,15 @@ impl<C: LimitClass> FromRequestParts<AppState> for Limited<C> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if C::PER_DEVICE {
+        if let Some(class) = C::DEVICE {
             let Auth(c) = Auth::from_request_parts(parts, state).await?;
-            state.limiter.check(C::CLASS, &c.device_id)?;
-        } else {
+            state.limiter.check(class, &c.device_id)?;
+        }
+        if let Some(class) = C::IP {
             let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
                 .await
                 .unwrap_or(ClientIp(None));
-            state.limiter.check_ip(C::CLASS, ip)?;
+            state.limiter.check_ip(class, ip)?;
         }
         Ok(Limited(std::marker::PhantomData))
     }

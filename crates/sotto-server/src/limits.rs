@@ -78,6 +78,10 @@ pub enum Class {
     ConnectDevice,
     /// Push connections, per IP.
     ConnectIp,
+    /// Key-package claims, per IP (all devices behind one address together).
+    ClaimIp,
+    /// Messages and commits, per IP.
+    SendIp,
 }
 
 impl Class {
@@ -88,6 +92,8 @@ impl Class {
             Class::Send => "messages",
             Class::ConnectDevice => "push connections for this device",
             Class::ConnectIp => "connections from your address",
+            Class::ClaimIp => "key-package claims from your address",
+            Class::SendIp => "messages from your address",
         }
     }
 }
@@ -105,6 +111,10 @@ pub struct Limits {
     pub connect_per_device: Option<Rate>,
     /// Push connections per IP address.
     pub connect_per_ip: Option<Rate>,
+    /// Key-package claims per IP address.
+    pub claim_per_ip: Option<Rate>,
+    /// Messages and commits per IP address.
+    pub send_per_ip: Option<Rate>,
 }
 
 impl Default for Limits {
@@ -117,6 +127,10 @@ impl Default for Limits {
             send_per_device: Some(Rate::per_sec(50)),
             connect_per_device: Some(Rate::per_min(30)),
             connect_per_ip: Some(Rate::per_min(600)),
+            // Per address: many people may share one (a company's NAT), so these only stop one
+            // machine with many devices from flooding.
+            claim_per_ip: Some(Rate::per_min(3000)),
+            send_per_ip: Some(Rate::per_sec(500)),
         }
     }
 }
@@ -130,6 +144,8 @@ impl Limits {
             send_per_device: None,
             connect_per_device: None,
             connect_per_ip: None,
+            claim_per_ip: None,
+            send_per_ip: None,
         }
     }
 
@@ -140,6 +156,8 @@ impl Limits {
             Class::Send => self.send_per_device,
             Class::ConnectDevice => self.connect_per_device,
             Class::ConnectIp => self.connect_per_ip,
+            Class::ClaimIp => self.claim_per_ip,
+            Class::SendIp => self.send_per_ip,
         }
     }
 }

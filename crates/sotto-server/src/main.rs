@@ -67,6 +67,12 @@ struct Args {
     /// 30 s pings and stay). At least 65.
     #[arg(long, env = "SOTTO_IDLE_TIMEOUT", default_value_t = 120)]
     idle_timeout_secs: u64,
+    /// Key-package claims per IP address.
+    #[arg(long, env = "SOTTO_LIMIT_CLAIM_IP", default_value = "3000/min")]
+    limit_claim_ip: Limit,
+    /// Messages and commits per IP address.
+    #[arg(long, env = "SOTTO_LIMIT_SEND_IP", default_value = "500/s")]
+    limit_send_ip: Limit,
     /// Turn every rate limit off (load tests against your own server).
     #[arg(long, env = "SOTTO_NO_RATE_LIMITS")]
     no_rate_limits: bool,
@@ -219,6 +225,8 @@ async fn main() -> anyhow::Result<()> {
                 send_per_device: args.limit_send.0,
                 connect_per_device: args.limit_connect_device.0,
                 connect_per_ip: args.limit_connect_ip.0,
+                claim_per_ip: args.limit_claim_ip.0,
+                send_per_ip: args.limit_send_ip.0,
             }
         },
     };
