@@ -534,3 +534,64 @@ pub async fn drop_schema(url: &str, schema: &str) {
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_out_of_space_refuses_cleanly_and_batches_lose_nothing() {
+    use sotto_server::store::sqlite::SqliteOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(
+        SqliteStore::open_with(
+            dir.path(),
+            SqliteOptions {
+                max_bytes: Some(1 << 20),
+            },
+        )
+        .unwrap(),
+    );
+    s.create_account("alice", &[1; 32], device("a1"), kps(1, 1))
+        .await
+        .unwrap();
+    s.create_account("bob", &[2; 32], device("b1"), kps(2, 1))
+        .await
+        .unwrap();
+    s.get_or_create_dm("alice", "bob", "c0ffee").await.unwrap();
+    s.append_commit("c0ffee", commit(0, "a1", &["b1"]))
+        .await
+        .unwrap();
+    // Waves of concurrent 20 KB appends (batched together by the writer) until the 1 MiB cap is
+    // hit: every answer is a success or `Full`, never another error, and exactly the acknowledged
+    // ones are in the log, gap-free.
+    let mut acked: Vec<(u64, u8)> = Vec::new();
+    let mut full = 0;
+    for wave in 0..20u8 {
+        let tasks: Vec<_> = (0..16u8)
+            .map(|i| {
+                let s = s.clone();
+                let tag = wave.wrapping_mul(16).wrapping_add(i);
+                tokio::spawn(async move {
+                    (
+                        tag,
+                        s.append_message("c0ffee", 1, "a1", &vec![tag; 20_000])
+                            .await,
+                    )
+                })
+            })
+            .collect();
+        for t in tasks {
+            match t.await.unwrap() {
+                (tag, Ok(a)) => acked.push((a.seq, tag)),
+                (_, Err(StoreError::Full)) => full += 1,
+                (_, Err(e)) => panic!("not a clean out-of-space error: {e}"),
+            }
+        }
+    }
+    assert!(full > 0, "the cap was never reached");
+    acked.sort();
+    let log = s.log_after("c0ffee", 1, 1000).await.unwrap();
+    assert_eq!(log.len(), acked.len());
+    for (e, (seq, tag)) in log.iter().zip(&acked) {
+        assert_eq!((e.seq, e.data.0[0]), (*seq, *tag));
+    }
+    let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (2..2 + log.len() as u64).collect::<Vec<_>>());
+}

@@ -199,7 +199,11 @@ pub struct SqliteStore {
 
 /// One write operation: runs against the writer's connection inside a savepoint and returns the
 /// function that answers its caller once the batch's commit is known.
-type Job = Box<dyn FnOnce(&Connection) -> Box<dyn FnOnce(Result<(), BatchError>) + Send> + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (Answer, bool) + Send>;
+
+/// Answers a job's caller once its batch's outcome is known. The `bool` next to it: the job itself
+/// ran out of space.
+type Answer = Box<dyn FnOnce(Result<(), BatchError>) + Send>;
 
 /// The most operations one batch (one transaction, one fsync) takes.
 const MAX_BATCH: usize = 512;
@@ -240,8 +244,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// The writer thread: batches whatever is queued, commits once, then answers.
 fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
+    // Jobs that had not run when SQLite rolled a batch back go first into the next one.
+    let mut carried: Vec<Job> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut carried);
+        if batch.is_empty() {
+            match jobs.recv() {
+                Ok(first) => batch.push(first),
+                Err(_) => return,
+            }
+        }
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(j) => batch.push(j),
@@ -257,24 +269,25 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
         }
         let mut answers = Vec::with_capacity(batch.len());
         let mut jobs_left = batch.into_iter();
-        let mut aborted = false;
+        let mut aborted: Option<bool> = None;
         for job in jobs_left.by_ref() {
-            answers.push(job(&conn));
+            let (answer, full) = job(&conn);
+            answers.push(answer);
             // Some errors (disk full, I/O) make SQLite roll back the whole transaction by itself;
             // running the next job would then commit it on its own. Stop and fail the batch.
             if conn.is_autocommit() {
-                aborted = true;
+                aborted = Some(full);
                 break;
             }
         }
-        // Jobs not run: dropping them answers their callers with a storage error.
-        drop(jobs_left);
-        let committed = if aborted {
-            Err(BatchError::Other(
+        // Jobs not run yet have not touched the database: they go into the next batch.
+        carried.extend(jobs_left);
+        let committed = match aborted {
+            Some(true) => Err(BatchError::Full),
+            Some(false) => Err(BatchError::Other(
                 "the write batch was rolled back by the database".to_owned(),
-            ))
-        } else {
-            conn.execute_batch("COMMIT").map_err(|e| BatchError::of(&e))
+            )),
+            None => conn.execute_batch("COMMIT").map_err(|e| BatchError::of(&e)),
         };
         if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
@@ -353,14 +366,16 @@ impl SqliteStore {
                     }
                 },
             };
-            Box::new(move |committed: Result<(), BatchError>| {
+            let full = matches!(result, Err(StoreError::Full));
+            let answer: Answer = Box::new(move |committed: Result<(), BatchError>| {
                 let out = match (result, committed) {
                     (Ok(v), Ok(())) => Ok(v),
                     (Err(e), _) => Err(e),
                     (Ok(_), Err(e)) => Err(e.into_store_error()),
                 };
                 let _ = reply.send(out);
-            })
+            });
+            (answer, full)
         });
         self.writer
             .send(job)
