@@ -2,7 +2,7 @@
 //!
 //! HTTP bodies are JSON; binary fields (MLS messages, certificates, keys) are standard base64 strings.
 //! Every error is `{code, message}` with a stable `code` (see [`ErrorCode`]). WebSocket frames are
-//! JSON text frames of [`ServerFrame`].
+//! JSON text frames: [`ServerFrame`] from the server, [`ClientFrame`] from the client.
 //!
 //! All paths are under `/v1`. Authenticated requests carry `Authorization: Bearer DEVICE_ID:SECRET`.
 #![deny(missing_docs)]
@@ -414,7 +414,73 @@ pub enum ServerFrame {
     Inbox,
     /// The account's device list changed.
     Devices,
+    /// A new application message, carried inline when it is small (at most
+    /// [`MAX_INLINE_ENTRY`] bytes): a client whose cursor is `entry.seq - 1` applies it without a
+    /// fetch; any other client fetches the log as for [`ServerFrame::Conversation`].
+    Entry {
+        /// Conversation id.
+        id: String,
+        /// The entry.
+        entry: LogEntry,
+    },
+    /// Wake-ups for this connection were dropped (it read too slowly): sync every conversation.
+    Resync,
+    /// The answer to [`ClientFrame::Send`]: the message is durable at `seq`.
+    Sent {
+        /// The client's reference from the request.
+        #[serde(rename = "ref")]
+        reference: u64,
+        /// Where the message landed.
+        accepted: Accepted,
+    },
+    /// The answer to a refused [`ClientFrame::Send`]: the same error an HTTP send gets.
+    Refused {
+        /// The client's reference from the request.
+        #[serde(rename = "ref")]
+        reference: u64,
+        /// HTTP status the same request over HTTP would have had.
+        status: u16,
+        /// The error.
+        error: ErrorBody,
+        /// With a rate limit: seconds to wait before trying again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
+    },
 }
+
+/// Application messages up to this many bytes travel inside [`ServerFrame::Entry`].
+pub const MAX_INLINE_ENTRY: usize = 2048;
+
+/// Frames a client may send over `GET /v1/ws` (JSON text frames of at most 4 KiB). Anything else
+/// closes the connection with code 1008.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// The device has applied `id`'s log up to `seq` (the server may then prune what every
+    /// member device has read).
+    Read {
+        /// Conversation id.
+        id: String,
+        /// Last applied sequence number.
+        seq: u64,
+    },
+    /// Posts an application message, exactly as `POST /v1/conversations/{id}/messages` does
+    /// (same checks, limits and durability); answered by [`ServerFrame::Sent`] or
+    /// [`ServerFrame::Refused`] carrying `ref`. Up to [`MAX_WS_SENDS_IN_FLIGHT`] may be
+    /// outstanding per connection; the server reads no further frames until one is answered.
+    Send {
+        /// The client's reference for the answer.
+        #[serde(rename = "ref")]
+        reference: u64,
+        /// Conversation id.
+        id: String,
+        /// The MLS application message.
+        message: B64,
+    },
+}
+
+/// How many [`ClientFrame::Send`] a connection may have unanswered.
+pub const MAX_WS_SENDS_IN_FLIGHT: usize = 64;
 
 /// Parses `bytes` as every body type of the API (requests the server reads, answers and frames the
 /// client reads) and re-serialises whatever parses. For fuzzing and property tests: it must never
@@ -450,6 +516,7 @@ pub fn parse_any_body(bytes: &[u8]) {
     one::<LinkBundle>(bytes);
     one::<LinkRedeemRequest>(bytes);
     one::<ServerFrame>(bytes);
+    one::<ClientFrame>(bytes);
     one::<ErrorBody>(bytes);
 }
 
@@ -526,5 +593,52 @@ mod tests {
             let back: LogEntry = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
             prop_assert_eq!(back, e);
         }
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_round_trip_and_refuse_unknown_fields() {
+        for f in [
+            ClientFrame::Read {
+                id: "ab".into(),
+                seq: 3,
+            },
+            ClientFrame::Send {
+                reference: 9,
+                id: "ab".into(),
+                message: B64(vec![1, 2, 3]),
+            },
+        ] {
+            let text = serde_json::to_string(&f).unwrap();
+            assert_eq!(
+                serde_json::from_str::<ClientFrame>(&text).unwrap(),
+                f,
+                "{text}"
+            );
+        }
+        assert!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"read","id":"ab","seq":1,"x":1}"#)
+                .is_err()
+        );
+        let sent = ServerFrame::Refused {
+            reference: 1,
+            status: 429,
+            error: ErrorBody {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+                current_epoch: None,
+            },
+            retry_after: Some(2),
+        };
+        let text = serde_json::to_string(&sent).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ServerFrame>(&text).unwrap(),
+            sent,
+            "{text}"
+        );
     }
 }

@@ -39,6 +39,9 @@ enum Cmd {
         /// When starting servers: how many nodes (2: senders on one, receivers on the other).
         #[arg(long, default_value_t = 1)]
         nodes: usize,
+        /// How senders post: `send` frames on their WebSocket, or one HTTP request per message.
+        #[arg(long, value_enum, default_value_t = sotto_bench::relay::SendOver::Ws)]
+        send_over: sotto_bench::relay::SendOver,
     },
     /// N authenticated, idle WebSocket connections: the server's RSS per connection (slope between
     /// N/2 and N) and authenticated connections per second. Needs file descriptors: `ulimit -n`
@@ -88,7 +91,13 @@ async fn main() -> anyhow::Result<()> {
             database,
             bus,
             nodes,
-        } => relay(devices, rate, duration, server, database, bus, nodes).await,
+            send_over,
+        } => {
+            relay(
+                devices, rate, duration, server, database, bus, nodes, send_over,
+            )
+            .await
+        }
         Cmd::Fanout {
             members,
             messages,
@@ -209,6 +218,7 @@ async fn fanout(members: usize, messages: usize, server: Option<String>) -> anyh
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one per command-line flag
 async fn relay(
     devices: usize,
     rate: u64,
@@ -217,6 +227,7 @@ async fn relay(
     database: Option<String>,
     bus: Option<String>,
     nodes: usize,
+    send_over: sotto_bench::relay::SendOver,
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut started = Vec::new();
@@ -256,14 +267,16 @@ async fn relay(
         rate,
         Duration::from_secs(duration),
         &pids,
+        send_over,
     )
     .await?;
     println!(
-        "relay: {} devices, {} msg/s offered for {}s, {} node(s), {}",
+        "relay: {} devices, {} msg/s offered for {}s, {} node(s), sends over {:?}, {}",
         devices,
         rate,
         duration,
         nodes,
+        send_over,
         if database.is_some() {
             "PostgreSQL"
         } else {

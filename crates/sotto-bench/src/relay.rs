@@ -201,8 +201,28 @@ async fn setup_pair(
 }
 
 type Clock = Arc<Mutex<HashMap<(String, u64), Instant>>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A receiver: woken over the WebSocket, fetches the log and stamps each entry's arrival.
+/// Opens an authenticated WebSocket as `token`'s device.
+async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
+    let ws_url = format!("ws{}/v1/ws", url.strip_prefix("http").unwrap_or(url));
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+fn text(frame: &ClientFrame) -> anyhow::Result<tokio_tungstenite::tungstenite::Message> {
+    Ok(tokio_tungstenite::tungstenite::Message::Text(
+        serde_json::to_string(frame)?.into(),
+    ))
+}
+
+/// A receiver, as the SDK's `listen` does it: small entries arrive inside the push frame and are
+/// applied when they are the next expected; anything else (a gap, a large entry, a resync) is
+/// fetched over HTTP. Stamps each entry's arrival and acknowledges its read position once a second.
 async fn receive(
     http: reqwest::Client,
     url: String,
@@ -211,26 +231,55 @@ async fn receive(
     arrivals: Clock,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
-    let ws_url = format!("ws{}/v1/ws", url.strip_prefix("http").unwrap_or(&url));
-    let mut req =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)?;
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    use futures_util::SinkExt;
+    let mut ws = connect(&url, &token).await?;
     let mut cursor = 1; // the setup commit
+    let mut acked = cursor;
     let mut announced = false;
-    while let Some(msg) = ws.next().await {
+    let mut ack = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let msg = tokio::select! {
+            msg = ws.next() => msg,
+            _ = ack.tick() => {
+                if cursor > acked {
+                    ws.send(text(&ClientFrame::Read { id: conversation.clone(), seq: cursor })?).await?;
+                    acked = cursor;
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
         let text = match msg? {
             tokio_tungstenite::tungstenite::Message::Text(t) => t,
             tokio_tungstenite::tungstenite::Message::Close(_) => break,
             _ => continue,
         };
-        match serde_json::from_str::<ServerFrame>(&text)? {
+        let fetch_to = match serde_json::from_str::<ServerFrame>(&text)? {
             ServerFrame::Ready if !announced => {
                 announced = true;
                 let _ = ready.send(()).await;
+                None
             }
-            ServerFrame::Conversation { id, seq } if id == conversation && seq > cursor => loop {
+            ServerFrame::Entry { id, entry } if id == conversation && entry.seq == cursor + 1 => {
+                let now = Instant::now();
+                cursor = entry.seq;
+                arrivals
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .insert((conversation.clone(), entry.seq), now);
+                None
+            }
+            ServerFrame::Entry { id, entry } if id == conversation && entry.seq > cursor => {
+                Some(entry.seq)
+            }
+            ServerFrame::Conversation { id, seq } if id == conversation && seq > cursor => {
+                Some(seq)
+            }
+            ServerFrame::Resync => Some(u64::MAX),
+            _ => None,
+        };
+        if fetch_to.is_some() {
+            loop {
                 let page: LogPage = check(
                     http.get(format!(
                         "{url}/v1/conversations/{conversation}/log?after={cursor}"
@@ -253,8 +302,64 @@ async fn receive(
                 if !page.more {
                     break;
                 }
-            },
-            _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How the benchmark posts messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendOver {
+    /// `send` frames on the device's WebSocket (answered by `sent` frames).
+    Ws,
+    /// `POST /v1/conversations/{id}/messages`, one request per message.
+    Http,
+}
+
+/// A sender over its WebSocket: posts each payload it is handed, records each accepted message's
+/// scheduled time under its sequence number.
+async fn send_ws(
+    mut ws: Ws,
+    conversation: String,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, Instant)>,
+    sent: Clock,
+) -> anyhow::Result<()> {
+    use futures_util::SinkExt;
+    let mut waiting: HashMap<u64, Instant> = HashMap::new();
+    let mut next_ref = 0u64;
+    let mut open = true;
+    while open || !waiting.is_empty() {
+        tokio::select! {
+            job = jobs.recv(), if open => {
+                let Some((payload, scheduled)) = job else { open = false; continue };
+                next_ref += 1;
+                waiting.insert(next_ref, scheduled);
+                ws.send(text(&ClientFrame::Send {
+                    reference: next_ref,
+                    id: conversation.clone(),
+                    message: B64(payload),
+                })?)
+                .await?;
+            }
+            msg = ws.next() => {
+                let Some(msg) = msg else { break };
+                let tokio_tungstenite::tungstenite::Message::Text(t) = msg? else { continue };
+                match serde_json::from_str::<ServerFrame>(&t)? {
+                    ServerFrame::Sent { reference, accepted } => {
+                        if let Some(at) = waiting.remove(&reference) {
+                            sent.lock()
+                                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                                .insert((conversation.clone(), accepted.seq), at);
+                        }
+                    }
+                    ServerFrame::Refused { reference, error, .. } => {
+                        waiting.remove(&reference);
+                        eprintln!("send refused: {} ({:?})", error.message, error.code);
+                    }
+                    _ => {}
+                }
+            }
         }
     }
     Ok(())
@@ -277,6 +382,7 @@ pub async fn run(
     rate: u64,
     duration: Duration,
     pids: &[u32],
+    over: SendOver,
 ) -> anyhow::Result<RelayReport> {
     if devices < 2 || rate == 0 {
         bail!("need at least 2 devices and a positive rate");
@@ -322,10 +428,24 @@ pub async fn run(
         }
         pids.iter().map(|p| super::server::cpu_us(*p)).sum()
     };
+    let mut senders = Vec::with_capacity(total);
+    let mut queues = Vec::new();
+    if over == SendOver::Ws {
+        for p in &pairs {
+            let ws = connect(send_url, &p.sender_token).await?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            queues.push(tx);
+            let (conversation, sent) = (p.conversation.clone(), sent.clone());
+            senders.push(tokio::spawn(async move {
+                if let Err(e) = send_ws(ws, conversation, rx, sent).await {
+                    eprintln!("sender failed: {e:#}");
+                }
+            }));
+        }
+    }
+    let mut next = vec![0usize; pairs_n];
     let cpu_before = cpu();
     let start = Instant::now();
-    let mut senders = Vec::with_capacity(total);
-    let mut next = vec![0usize; pairs_n];
     for i in 0..total {
         let scheduled = start + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(scheduled).await;
@@ -335,6 +455,10 @@ pub async fn run(
             continue;
         };
         next[k] += 1;
+        if let Some(q) = queues.get(k) {
+            let _ = q.send((payload, scheduled));
+            continue;
+        }
         let (http, url, conv, token, sent) = (
             http.clone(),
             send_url.to_owned(),
@@ -360,6 +484,7 @@ pub async fn run(
             }
         }));
     }
+    drop(queues);
     for s in senders {
         let _ = s.await;
     }

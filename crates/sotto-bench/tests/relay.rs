@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use sotto_server::{AppState, Config, SqliteStore};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_delivers_every_accepted_message() {
+async fn relay_delivers_every_accepted_message(over: sotto_bench::relay::SendOver) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
     let (state, stop) = AppState::single_node(Arc::new(store), Config::default());
@@ -19,13 +18,23 @@ async fn relay_delivers_every_accepted_message() {
         stop,
         std::future::pending(),
     ));
-    let r = sotto_bench::relay::run(&url, &url, 6, 60, Duration::from_secs(1), &[])
+    let r = sotto_bench::relay::run(&url, &url, 6, 60, Duration::from_secs(1), &[], over)
         .await
         .unwrap();
     assert_eq!(r.accepted, 60);
     assert_eq!(r.delivered, 60);
     assert!(r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms);
     assert!(r.cpu_us_per_msg.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_websocket_sends_delivers_every_accepted_message() {
+    relay_delivers_every_accepted_message(sotto_bench::relay::SendOver::Ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_http_sends_delivers_every_accepted_message() {
+    relay_delivers_every_accepted_message(sotto_bench::relay::SendOver::Http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

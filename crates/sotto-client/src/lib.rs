@@ -15,6 +15,7 @@
 //! one task.
 #![deny(missing_docs)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -42,6 +43,9 @@ use transport::{TlsSettings, Transport};
 
 /// How many one-time key packages a device keeps on the server.
 const KEY_PACKAGE_TARGET: usize = 50;
+/// How often `listen` tells the server how far it has read (the server prunes what every device
+/// has read; a late acknowledgement only delays that).
+const READ_ACK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Replenish below this many.
 const KEY_PACKAGE_LOW: u64 = 10;
 /// How often a change is retried after losing the commit race (with `n` members committing at
@@ -1066,6 +1070,36 @@ impl Client {
                 return Ok(());
             }
         }
+    }
+
+    /// Applies an entry the server pushed inline if it is the next one this device expects;
+    /// otherwise fetches the log as for a wake-up.
+    async fn apply_pushed(
+        &self,
+        id: &str,
+        entry: &LogEntry,
+        report: &mut SyncReport,
+    ) -> Result<(), ClientError> {
+        let gid = group_id_bytes(id)?;
+        let next = {
+            let conn = self.lock()?;
+            let local = db::conversation(&conn, id)?;
+            local.is_some_and(|l| l.status == "ok" && l.cursor + 1 == entry.seq)
+                && Conversation::load(&Provider::new(&self.crypto, &conn), &gid)?.is_some()
+        };
+        if !next {
+            return self.sync_conversation(id, Some(entry.seq), report).await;
+        }
+        match self.apply_entry(id, &gid, entry, report, false) {
+            Err(ClientError::PinNeeded(users)) => {
+                self.pin_if_known(&users).await?;
+                self.apply_entry(id, &gid, entry, report, true)?;
+            }
+            other => {
+                other?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies one log entry in one transaction. Returns false if the conversation got refused.
@@ -2320,9 +2354,26 @@ impl Client {
             .await
             {
                 Ok((mut ws, _)) => {
+                    use futures_util::SinkExt;
                     backoff = std::time::Duration::from_millis(200);
                     on_event(ListenEvent::Connected);
-                    while let Some(msg) = ws.next().await {
+                    // Read positions to acknowledge (so the server can prune), sent once a second.
+                    let mut unacked: HashMap<String, u64> = HashMap::new();
+                    let mut ack_timer = tokio::time::interval(READ_ACK_EVERY);
+                    loop {
+                        let msg = tokio::select! {
+                            msg = ws.next() => msg,
+                            _ = ack_timer.tick() => {
+                                for (id, seq) in unacked.drain() {
+                                    let Ok(text) = serde_json::to_string(&ClientFrame::Read { id, seq }) else { continue };
+                                    if ws.send(tokio_tungstenite::tungstenite::Message::Text(text.into())).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                continue;
+                            }
+                        };
+                        let Some(msg) = msg else { break };
                         let text = match msg {
                             Ok(tokio_tungstenite::tungstenite::Message::Text(t)) => t,
                             Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_) => break,
@@ -2333,15 +2384,34 @@ impl Client {
                             Err(_) => continue,
                         };
                         let mut report = SyncReport::default();
+                        let mut touched = None;
                         let res = match frame {
-                            ServerFrame::Ready | ServerFrame::Devices => {
+                            ServerFrame::Ready | ServerFrame::Devices | ServerFrame::Resync => {
                                 self.sync().await.map(|r| report = r)
                             }
                             ServerFrame::Inbox => self.process_inbox(&mut report).await,
                             ServerFrame::Conversation { id, seq } => {
-                                self.sync_conversation(&id, Some(seq), &mut report).await
+                                let r = self.sync_conversation(&id, Some(seq), &mut report).await;
+                                touched = Some(id);
+                                r
                             }
+                            ServerFrame::Entry { id, entry } => {
+                                let r = self.apply_pushed(&id, &entry, &mut report).await;
+                                touched = Some(id);
+                                r
+                            }
+                            // Answers to sends over this socket; `listen` posts none.
+                            ServerFrame::Sent { .. } | ServerFrame::Refused { .. } => Ok(()),
                         };
+                        if let Some(id) = touched {
+                            let cursor = {
+                                let conn = self.lock()?;
+                                db::conversation(&conn, &id)?.map(|c| c.cursor)
+                            };
+                            if let Some(c) = cursor.filter(|c| *c > 0) {
+                                unacked.insert(id, c);
+                            }
+                        }
                         match res {
                             Ok(()) => {}
                             Err(e @ ClientError::NotRegistered) => return Err(e),

@@ -371,8 +371,8 @@ async fn per_address_limits_count_every_device_behind_the_address() {
                 .contains("from your address"));
         }
     }
-    assert_eq!(statuses, [404, 404, 404, 429]);
-    // Claims: two from this address.
+    assert_eq!(statuses, [400, 400, 400, 429]); // not MLS: refused before any lookup
+                                                // Claims: two from this address.
     let mut statuses = Vec::new();
     for i in 0..3 {
         let resp = http

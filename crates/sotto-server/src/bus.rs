@@ -2,21 +2,27 @@
 //!
 //! [`Hub`] holds this node's WebSocket connections. A [`Bus`] carries wake-ups to every node's hub:
 //! [`LocalBus`] (one node) hands them straight to the local hub; a NATS bus will publish them so every
-//! node's hub receives them. Frames are hints ("there is more up to seq N"): a client always fetches
-//! over HTTP, so a frame dropped for a full queue loses nothing.
+//! node's hub receives them. Frames are hints ("there is more up to seq N", or a small entry carried
+//! inline): the log is the truth, so a frame dropped for a full queue loses nothing; the connection
+//! is told to resync once it drains its queue.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sotto_api::ServerFrame;
 use tokio::sync::mpsc;
 
-/// Per-connection queue length; a slower reader has frames coalesced (dropped), not buffered.
+/// Per-connection queue length; a slower reader has frames dropped (and is then told to resync),
+/// not buffered.
 pub const CONNECTION_QUEUE: usize = 64;
 
-/// One registered connection: its id and its queue.
-type Connection = (u64, mpsc::Sender<ServerFrame>);
+/// A frame serialized once, shared by every connection it goes to.
+pub type FrameText = axum::extract::ws::Utf8Bytes;
+
+/// One registered connection: its id, its queue and whether a frame for it was dropped.
+type Connection = (u64, mpsc::Sender<FrameText>, Arc<AtomicBool>);
 
 /// Recently verified device tokens (device id → token hash and account), so that a busy device does
 /// not cost a database read per request. Entries live [`AuthCache::TTL`]. A revoked device is
@@ -89,14 +95,23 @@ pub struct Subscription {
     device: String,
     id: u64,
     /// Frames for this connection.
-    pub rx: mpsc::Receiver<ServerFrame>,
+    pub rx: mpsc::Receiver<FrameText>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// Whether frames were dropped since the last call (the queue was full): the connection
+    /// should tell its device to resync.
+    pub fn take_dropped(&self) -> bool {
+        self.dropped.swap(false, Ordering::Relaxed)
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Ok(mut conns) = self.hub.conns.lock() {
             if let Some(v) = conns.get_mut(&self.device) {
-                v.retain(|(id, _)| *id != self.id);
+                v.retain(|(id, _, _)| *id != self.id);
                 if v.is_empty() {
                     conns.remove(&self.device);
                 }
@@ -109,25 +124,36 @@ impl Hub {
     /// Registers a connection for `device`.
     pub fn subscribe(self: &Arc<Self>, device: &str) -> Subscription {
         let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut conns) = self.conns.lock() {
-            conns.entry(device.to_owned()).or_default().push((id, tx));
+            conns
+                .entry(device.to_owned())
+                .or_default()
+                .push((id, tx, dropped.clone()));
         }
         Subscription {
             hub: self.clone(),
             device: device.to_owned(),
             id,
             rx,
+            dropped,
         }
     }
 
-    /// Delivers a frame to every local connection of the given devices.
+    /// Delivers a frame to every local connection of the given devices (serialized once).
     pub fn deliver(&self, devices: &[String], frame: &ServerFrame) {
+        let Ok(text) = serde_json::to_string(frame) else {
+            return;
+        };
+        let text = FrameText::from(text);
         let Ok(conns) = self.conns.lock() else { return };
         for d in devices {
             if let Some(v) = conns.get(d) {
-                for (_, tx) in v {
-                    let _ = tx.try_send(frame.clone());
+                for (_, tx, dropped) in v {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(text.clone()) {
+                        dropped.store(true, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -264,5 +290,39 @@ impl Bus for NatsBus {
                 tracing::warn!(error = %e, "could not publish a revocation");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_drops_frames_and_flags_the_connection_for_a_resync() {
+        let hub = Arc::new(Hub::default());
+        let mut sub = hub.subscribe("d1");
+        let other = hub.subscribe("d2");
+        let devices = vec!["d1".to_owned()];
+        for seq in 1..=(CONNECTION_QUEUE as u64 + 5) {
+            let frame = ServerFrame::Conversation {
+                id: "c".into(),
+                seq,
+            };
+            hub.deliver(&devices, &frame);
+        }
+        assert!(sub.take_dropped());
+        assert!(!sub.take_dropped(), "the flag is taken once");
+        assert!(!other.take_dropped(), "other connections are unaffected");
+        // The queue holds the first frames, each serialized once and intact.
+        let first = sub.rx.recv().await.unwrap();
+        assert_eq!(
+            serde_json::from_str::<ServerFrame>(&first).unwrap(),
+            ServerFrame::Conversation {
+                id: "c".into(),
+                seq: 1
+            }
+        );
+        drop(sub);
+        assert_eq!(hub.connected(), 1);
     }
 }

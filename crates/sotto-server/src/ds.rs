@@ -459,20 +459,6 @@ fn check_envelope(conv_id: &str, bytes: &[u8], want_commit: bool) -> Result<Enve
     Ok(env)
 }
 
-/// The conversation's head, if the caller's account is a member (one point lookup: the hot paths
-/// never load a group's whole member list). A non-member gets the same 404 as a missing one.
-async fn member_head(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-) -> Result<crate::store::ConversationHead, ApiError> {
-    state
-        .store
-        .membership(id, &caller.username, &caller.device_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such conversation"))
-}
-
 async fn wake_members(state: &AppState, id: &str, seq: u64) {
     match state.store.wake_list(id).await {
         Ok(devices) => state.bus.publish(
@@ -677,14 +663,39 @@ pub async fn send(
     id: &str,
     req: SendRequest,
 ) -> Result<Accepted, ApiError> {
-    member_head(state, caller, id).await?;
     let env = check_envelope(id, &req.message.0, false)?;
-    let accepted = state
+    let appended = state
         .store
-        .append_message(id, env.epoch, &caller.device_id, &req.message.0)
-        .await?;
-    tracing::info!(conversation = %id, seq = accepted.seq, bytes = req.message.0.len(), "message accepted");
-    wake_members(state, id, accepted.seq).await;
+        .append_message(
+            id,
+            &caller.username,
+            &caller.device_id,
+            env.epoch,
+            &req.message.0,
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such conversation"))?;
+    let accepted = appended.accepted;
+    tracing::debug!(conversation = %id, seq = accepted.seq, bytes = req.message.0.len(), "message accepted");
+    // Small messages travel inside the wake-up: the receiving devices need no fetch.
+    let frame = if req.message.0.len() <= MAX_INLINE_ENTRY {
+        ServerFrame::Entry {
+            id: id.to_owned(),
+            entry: LogEntry {
+                seq: accepted.seq,
+                epoch: accepted.epoch,
+                kind: EntryKind::Message,
+                sender_device: caller.device_id.clone(),
+                data: req.message,
+            },
+        }
+    } else {
+        ServerFrame::Conversation {
+            id: id.to_owned(),
+            seq: accepted.seq,
+        }
+    };
+    state.bus.publish(appended.wake, frame);
     Ok(accepted)
 }
 

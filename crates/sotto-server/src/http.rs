@@ -354,7 +354,7 @@ async fn ws(
             .read_buffer_size(4096)
             .write_buffer_size(4096)
             .max_write_buffer_size(64 * 1024)
-            .on_upgrade(move |socket| crate::ws::serve(socket, s, c.device_id))
+            .on_upgrade(move |socket| crate::ws::serve(socket, s, c, ip))
             .into_response(),
         Err(r) => rejection(r.status(), r.body_text()).into_response(),
     }

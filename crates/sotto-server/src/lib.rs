@@ -74,17 +74,29 @@ impl Default for Config {
 pub struct Cursors(std::sync::Mutex<std::collections::HashMap<(String, String), u64>>);
 
 impl Cursors {
+    const MAX: usize = 1_000_000;
+
     /// Notes that `device` has read `conversation` up to `seq`.
     pub fn note(&self, conversation: &str, device: &str, seq: u64) {
         if seq == 0 {
             return;
         }
         if let Ok(mut m) = self.0.lock() {
+            if m.len() >= Self::MAX {
+                return; // only delays pruning until the next save empties the map
+            }
             let e = m
                 .entry((conversation.to_owned(), device.to_owned()))
                 .or_insert(0);
             *e = (*e).max(seq);
         }
+    }
+
+    /// The read position noted for `device` in `conversation` and not yet saved.
+    pub fn get(&self, conversation: &str, device: &str) -> Option<u64> {
+        let m = self.0.lock().ok()?;
+        m.get(&(conversation.to_owned(), device.to_owned()))
+            .copied()
     }
 
     fn take(&self) -> Vec<(String, String, u64)> {

@@ -178,7 +178,7 @@ const OPS: &[Op] = &[
     op(
         "get",
         "/v1/ws",
-        "WebSocket push channel: JSON text frames {type: ready|conversation|inbox|devices}",
+        "WebSocket channel. Server frames {type: ready|conversation|entry|inbox|devices|resync|sent|refused}; client frames (at most 4 KiB) {type: read, id, seq} (read position) and {type: send, ref, id, message} (post a message as POST .../messages does, answered by sent or refused with the same ref; at most 64 unanswered)",
         true,
         None,
         None,

@@ -1,27 +1,35 @@
-//! The WebSocket push channel: after authentication the server sends `ready`, then wake-up frames for
-//! the device. Generic over `Sink`/`Stream` so tests can drive it with channels.
+//! The WebSocket channel: after authentication the server sends `ready`, then wake-up frames for
+//! the device (small messages inline); the client may acknowledge what it has read and post
+//! messages ([`ClientFrame`]). Generic over `Sink`/`Stream` so tests can drive it with channels.
 
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use sotto_api::ServerFrame;
+use sotto_api::{ClientFrame, ErrorBody, SendRequest, ServerFrame, MAX_WS_SENDS_IN_FLIGHT};
 
+use crate::ds::{self, Caller};
+use crate::error::ApiError;
+use crate::limits::Class;
 use crate::AppState;
 
-/// The largest frame a client may send (clients send nothing but control frames today).
+/// The largest frame a client may send.
 pub const MAX_CLIENT_FRAME: usize = 4096;
 const PING_EVERY: Duration = Duration::from_secs(30);
 const IDLE_LIMIT: Duration = Duration::from_secs(90);
 /// How long one frame may take to go out: a client that stops reading (its TCP window full) is
 /// disconnected instead of holding a task and buffers forever. Its queue meanwhile stays bounded
-/// (`bus::CONNECTION_QUEUE`, wake-ups coalesced).
+/// (`bus::CONNECTION_QUEUE`; dropped wake-ups become one `resync`).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one authenticated connection until it closes, goes idle or the server shuts down.
-pub async fn serve(socket: WebSocket, state: AppState, device: String) {
+pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, ip: Option<IpAddr>) {
     let (tx, rx) = socket.split();
-    run(tx, rx, state, device).await;
+    run(tx, rx, state, caller, ip).await;
 }
 
 async fn send_frame<S>(tx: &mut S, frame: &ServerFrame) -> bool
@@ -44,40 +52,136 @@ where
     )
 }
 
-/// The connection loop, over any sink and stream of WebSocket messages.
-pub async fn run<Tx, Rx>(mut tx: Tx, mut rx: Rx, state: AppState, device: String)
+async fn close_policy<S>(tx: &mut S, reason: &'static str)
 where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let close = axum::extract::ws::CloseFrame {
+        code: 1008,
+        reason: reason.into(),
+    };
+    let _ = send_within(tx, Message::Close(Some(close))).await;
+}
+
+type Answer = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// A message posted over the socket: the same limits and rules as `POST .../messages`.
+async fn post(
+    state: AppState,
+    caller: Caller,
+    ip: Option<IpAddr>,
+    reference: u64,
+    id: String,
+    message: sotto_api::B64,
+) -> ServerFrame {
+    let res = async {
+        state.limiter.check(Class::Send, &caller.device_id)?;
+        state.limiter.check_ip(Class::SendIp, ip)?;
+        ds::send(&state, &caller, &id, SendRequest { message }).await
+    }
+    .await;
+    match res {
+        Ok(accepted) => ServerFrame::Sent {
+            reference,
+            accepted,
+        },
+        Err(e) => refused(reference, e),
+    }
+}
+
+fn refused(reference: u64, e: ApiError) -> ServerFrame {
+    ServerFrame::Refused {
+        reference,
+        status: e.status().as_u16(),
+        retry_after: e.retry_after,
+        error: ErrorBody {
+            code: e.code,
+            message: e.message,
+            current_epoch: e.current_epoch,
+        },
+    }
+}
+
+/// Conversation ids are lowercase hex; anything else cannot name a conversation.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The connection loop, over any sink and stream of WebSocket messages.
+pub async fn run<Tx, Rx>(
+    mut tx: Tx,
+    mut rx: Rx,
+    state: AppState,
+    caller: Caller,
+    ip: Option<IpAddr>,
+) where
     Tx: futures_util::Sink<Message> + Unpin,
     Rx: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let mut sub = state.hub.subscribe(&device);
+    let mut sub = state.hub.subscribe(&caller.device_id);
     let mut shutdown = state.shutdown.clone();
     if !send_frame(&mut tx, &ServerFrame::Ready).await {
         return;
     }
-    tracing::debug!(%device, "push connection open");
+    tracing::debug!(device = %caller.device_id, "push connection open");
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_seen = tokio::time::Instant::now();
+    // Sends in flight; while full, the socket is not read (the client's TCP window fills).
+    let mut sends: FuturesUnordered<Answer> = FuturesUnordered::new();
     loop {
         tokio::select! {
             frame = sub.rx.recv() => {
-                let Some(frame) = frame else { break };
-                if !send_frame(&mut tx, &frame).await { break; }
+                let Some(text) = frame else { break };
+                if !send_within(&mut tx, Message::Text(text)).await { break; }
+                if sub.take_dropped() && !send_frame(&mut tx, &ServerFrame::Resync).await {
+                    break;
+                }
             }
-            msg = rx.next() => {
+            Some(answer) = sends.next(), if !sends.is_empty() => {
+                if !send_frame(&mut tx, &answer).await { break; }
+            }
+            msg = rx.next(), if sends.len() < MAX_WS_SENDS_IN_FLIGHT => {
                 match msg {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                         last_seen = tokio::time::Instant::now()
                     }
-                    // Clients send no data frames on this channel: close with 1008 (policy).
+                    Some(Ok(Message::Text(text))) => {
+                        last_seen = tokio::time::Instant::now();
+                        match serde_json::from_str::<ClientFrame>(&text) {
+                            Ok(ClientFrame::Read { id, seq }) if plausible_id(&id) => {
+                                state.cursors.note(&id, &caller.device_id, seq);
+                            }
+                            Ok(ClientFrame::Send { reference, id, message }) => {
+                                // A task of its own: a connection that closes does not
+                                // cancel a send half-way (after it is durable, before the wake).
+                                let task = tokio::spawn(post(
+                                    state.clone(),
+                                    caller.clone(),
+                                    ip,
+                                    reference,
+                                    id,
+                                    message,
+                                ));
+                                sends.push(Box::pin(async move {
+                                    task.await.unwrap_or_else(|_| {
+                                        refused(reference, ApiError::new(sotto_api::ErrorCode::Internal, "internal error"))
+                                    })
+                                }));
+                            }
+                            Ok(ClientFrame::Read { .. }) | Err(_) => {
+                                close_policy(&mut tx, "not a client frame").await;
+                                break;
+                            }
+                        }
+                    }
                     Some(Ok(_)) => {
-                        let close = axum::extract::ws::CloseFrame {
-                            code: 1008,
-                            reason: "clients send no data frames".into(),
-                        };
-                        let _ = send_within(&mut tx, Message::Close(Some(close))).await;
+                        close_policy(&mut tx, "binary frames are not accepted").await;
                         break;
                     }
                 }
@@ -87,10 +191,14 @@ where
                 if !send_within(&mut tx, Message::Ping(Vec::new().into())).await { break; }
             }
             _ = shutdown.changed() => {
+                // Answer the sends already taken: their messages may be durable by now.
+                while let Some(answer) = sends.next().await {
+                    if !send_frame(&mut tx, &answer).await { break; }
+                }
                 let _ = tx.send(Message::Close(None)).await;
                 break;
             }
         }
     }
-    tracing::debug!(%device, "push connection closed");
+    tracing::debug!(device = %caller.device_id, "push connection closed");
 }

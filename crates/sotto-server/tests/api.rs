@@ -17,6 +17,9 @@ use tower::ServiceExt;
 
 struct T {
     router: axum::Router,
+    state: AppState,
+    /// Push connections end when this is dropped.
+    _stop: tokio::sync::watch::Sender<bool>,
     _dir: tempfile::TempDir,
     data: std::path::PathBuf,
 }
@@ -30,9 +33,11 @@ impl T {
             max_body_bytes: 256 * 1024,
             ..Config::default()
         };
-        let (state, _stop) = AppState::single_node(Arc::new(store), config);
+        let (state, stop) = AppState::single_node(Arc::new(store), config);
         Self {
-            router: app(state),
+            router: app(state.clone()),
+            state,
+            _stop: stop,
             _dir: dir,
             data,
         }
@@ -191,6 +196,41 @@ impl Trust for Pins {
     fn pinned_identity(&self, u: &Username) -> Option<IdentityPublicKey> {
         self.0.iter().find(|(n, _)| n == u).map(|(_, k)| *k)
     }
+}
+
+/// `creator` claims a key package of `peer`'s account and builds conversation `id`'s MLS group
+/// with it: the group, and the commit bundle to post for epoch 0.
+async fn group_with(
+    t: &T,
+    creator: &Dev,
+    peer: &Dev,
+    id: &str,
+) -> (Conversation, sotto_proto::mls::CommitBundle) {
+    let (_, v) = t
+        .json(
+            Method::POST,
+            "/v1/key-packages/claim",
+            Some(&creator.token),
+            json!({"username": peer.user.as_str()}),
+        )
+        .await;
+    let r: ClaimResponse = serde_json::from_value(v).unwrap();
+    let pins = Pins(vec![(peer.user.clone(), peer.identity.public())]);
+    let kp = ValidKeyPackage::parse(creator.p.crypto(), &r.key_packages[0].key_package.0)
+        .unwrap()
+        .verify(&pins)
+        .unwrap();
+    let gid = sotto_proto::identity::unhex(id).unwrap();
+    let mut g = Conversation::create(
+        &creator.p,
+        &creator.keys,
+        &gid,
+        sotto_proto::mls::DEFAULT_CIPHERSUITE,
+        None,
+    )
+    .unwrap();
+    let bundle = g.add_devices(&creator.p, &creator.keys, &[kp]).unwrap();
+    (g, bundle)
 }
 
 fn table_count(t: &T, table: &str) -> i64 {
@@ -520,32 +560,9 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         .await;
     assert_eq!(c1["id"], c2["id"], "one DM per pair");
     let id = c1["id"].as_str().unwrap().to_owned();
-    let gid = sotto_proto::identity::unhex(&id).unwrap();
 
     // Alice builds the real group with bob's key package.
-    let (_, v) = t
-        .json(
-            Method::POST,
-            "/v1/key-packages/claim",
-            Some(&alice.token),
-            json!({"username": "bob"}),
-        )
-        .await;
-    let r: ClaimResponse = serde_json::from_value(v).unwrap();
-    let pins = Pins(vec![(bob.user.clone(), bob.identity.public())]);
-    let kp = ValidKeyPackage::parse(alice.p.crypto(), &r.key_packages[0].key_package.0)
-        .unwrap()
-        .verify(&pins)
-        .unwrap();
-    let mut g = Conversation::create(
-        &alice.p,
-        &alice.keys,
-        &gid,
-        sotto_proto::mls::DEFAULT_CIPHERSUITE,
-        None,
-    )
-    .unwrap();
-    let bundle = g.add_devices(&alice.p, &alice.keys, &[kp]).unwrap();
+    let (mut g, bundle) = group_with(&t, &alice, &bob, &id).await;
     // An epoch-0 group info of another group (same creator), to be refused.
     let foreign_gi = Conversation::create(
         &alice.p,
@@ -656,7 +673,7 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         .unwrap();
     let gkp = ValidKeyPackage::parse(ghost.p.crypto(), &gkp[0])
         .unwrap()
-        .verify(&pins)
+        .verify(&Pins(vec![(bob.user.clone(), bob.identity.public())]))
         .unwrap();
     let sneaky = g.add_devices(&alice.p, &alice.keys, &[gkp]).unwrap();
     let v = t
@@ -949,4 +966,272 @@ async fn openapi_document_is_served() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["openapi"], "3.0.3");
     assert!(v["paths"]["/v1/conversations/{id}/commits"]["post"].is_object());
+}
+
+/// One device's WebSocket session, driven in-process through [`sotto_server::ws::run`] over
+/// channels: what the device sends, and what the server answers.
+struct Socket {
+    to_server: tokio::sync::mpsc::Sender<axum::extract::ws::Message>,
+    from_server: tokio::sync::mpsc::Receiver<axum::extract::ws::Message>,
+}
+
+impl Socket {
+    async fn open(t: &T, token: &str) -> Self {
+        use axum::extract::ws::Message;
+        let caller = sotto_server::ds::authenticate(&t.state, token)
+            .await
+            .unwrap();
+        let (to_server, rx) = tokio::sync::mpsc::channel::<Message>(256);
+        let (tx, from_server) = tokio::sync::mpsc::channel::<Message>(256);
+        let sink = Box::pin(futures_util::sink::unfold(
+            tx,
+            |tx, m: Message| async move {
+                tx.send(m).await.map_err(|_| "closed")?;
+                Ok::<_, &str>(tx)
+            },
+        ));
+        let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (Ok::<_, axum::Error>(m), rx))
+        }));
+        tokio::spawn(sotto_server::ws::run(
+            sink,
+            stream,
+            t.state.clone(),
+            caller,
+            None,
+        ));
+        let mut s = Self {
+            to_server,
+            from_server,
+        };
+        assert_eq!(s.next().await, Some(ServerFrame::Ready));
+        s
+    }
+
+    async fn send(&self, frame: &ClientFrame) {
+        self.send_text(serde_json::to_string(frame).unwrap()).await;
+    }
+
+    async fn send_text(&self, text: String) {
+        let _ = self
+            .to_server
+            .send(axum::extract::ws::Message::Text(text.into()))
+            .await;
+    }
+
+    /// The next frame (`None`: the server closed the connection).
+    async fn next(&mut self) -> Option<ServerFrame> {
+        use axum::extract::ws::Message;
+        loop {
+            let m =
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.from_server.recv())
+                    .await
+                    .expect("a frame within 10 s")?;
+            match m {
+                Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline() {
+    let t = T::new();
+    let alice = register(&t, "alice", 2).await;
+    let bob = register(&t, "bob", 2).await;
+    let eve = register(&t, "eve", 1).await;
+    let (_, c) = t
+        .json(
+            Method::POST,
+            "/v1/dms",
+            Some(&alice.token),
+            json!({"peer": "bob"}),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap().to_owned();
+    let (mut g, bundle) = group_with(&t, &alice, &bob, &id).await;
+    let (s, v) = t
+        .json(
+            Method::POST,
+            &format!("/v1/conversations/{id}/commits"),
+            Some(&alice.token),
+            json!({"epoch": 0, "commit": B64(bundle.commit.clone()),
+                   "welcome": B64(bundle.welcome.clone().unwrap()),
+                   "initial_group_info": B64(bundle.initial_group_info.clone().unwrap())}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    g.merge_pending(&alice.p).unwrap();
+    let mut msg = |text: &str| {
+        g.encrypt(&alice.p, &alice.keys, &MessageContent::text(text, 0, None))
+            .unwrap()
+    };
+    let (m1, m2) = (msg("hello"), msg("again"));
+
+    let mut a = Socket::open(&t, &alice.token).await;
+    let mut b = Socket::open(&t, &bob.token).await;
+    let mut e = Socket::open(&t, &eve.token).await;
+    // A send over the socket is durable and answered with its position; the receiving device gets
+    // the entry itself, byte for byte (and so does the sender, for its other devices' sake).
+    a.send(&ClientFrame::Send {
+        reference: 7,
+        id: id.clone(),
+        message: B64(m1.clone()),
+    })
+    .await;
+    let mut sent = None;
+    let mut own_copy = false;
+    while sent.is_none() || !own_copy {
+        match a.next().await.unwrap() {
+            ServerFrame::Sent {
+                reference,
+                accepted,
+            } => {
+                assert_eq!(reference, 7);
+                sent = Some(accepted);
+            }
+            ServerFrame::Entry { id: i, entry } => {
+                assert_eq!((i.as_str(), entry.seq), (id.as_str(), 2));
+                own_copy = true;
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(sent, Some(Accepted { seq: 2, epoch: 1 }));
+    loop {
+        match b.next().await.unwrap() {
+            ServerFrame::Entry { id: i, entry } => {
+                assert_eq!(i, id);
+                assert_eq!(
+                    (entry.seq, entry.epoch, entry.kind),
+                    (2, 1, EntryKind::Message)
+                );
+                assert_eq!(entry.data.0, m1);
+                assert_eq!(
+                    entry.sender_device,
+                    alice.keys.certificate().device_id.to_hex()
+                );
+                break;
+            }
+            ServerFrame::Inbox => {} // the welcome
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    // The same entry is in the log, exactly once.
+    let (_, page) = t
+        .json(
+            Method::GET,
+            &format!("/v1/conversations/{id}/log?after=1"),
+            Some(&bob.token),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+
+    // Refusals carry the HTTP status and error body: a non-member (same 404 as over HTTP), a
+    // message that is not MLS, a conversation that does not exist.
+    e.send(&ClientFrame::Send {
+        reference: 1,
+        id: id.clone(),
+        message: B64(m2.clone()),
+    })
+    .await;
+    match e.next().await.unwrap() {
+        ServerFrame::Refused {
+            reference,
+            status,
+            error,
+            ..
+        } => {
+            assert_eq!(
+                (reference, status, error.code),
+                (1, 404, ErrorCode::NotFound)
+            );
+        }
+        other => panic!("unexpected frame {other:?}"),
+    }
+    for (reference, conv, body) in [
+        (2, id.clone(), b"not mls".to_vec()),
+        (3, "ffffffffffffffffffffffffffffffff".to_owned(), m2.clone()),
+    ] {
+        a.send(&ClientFrame::Send {
+            reference,
+            id: conv,
+            message: B64(body),
+        })
+        .await;
+        match a.next().await.unwrap() {
+            ServerFrame::Refused {
+                reference: r,
+                status,
+                ..
+            } => {
+                assert_eq!(r, reference);
+                assert!(status == 400 || status == 404, "{status}");
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(
+        table_count(&t, "log"),
+        2,
+        "refused sends left nothing behind"
+    );
+
+    // A read acknowledgement moves the device's read position (which lets the server prune).
+    b.send(&ClientFrame::Read {
+        id: id.clone(),
+        seq: 2,
+    })
+    .await;
+    let bob_device = bob.keys.certificate().device_id.to_hex();
+    for _ in 0..100 {
+        if t.state.cursors.get(&id, &bob_device) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(t.state.cursors.get(&id, &bob_device), Some(2));
+
+    // The per-device send limit applies to the socket as to HTTP: 429 with a wait.
+    let mut limited = None;
+    for reference in 100..200 {
+        a.send(&ClientFrame::Send {
+            reference,
+            id: id.clone(),
+            message: B64(b"x".to_vec()),
+        })
+        .await;
+    }
+    for _ in 100..200 {
+        if let Some(ServerFrame::Refused {
+            status: 429,
+            retry_after,
+            error,
+            ..
+        }) = a.next().await
+        {
+            assert_eq!(error.code, ErrorCode::RateLimited);
+            limited = retry_after;
+        }
+    }
+    assert!(
+        limited.is_some_and(|s| s >= 1),
+        "no 429 after 100 sends in a burst"
+    );
+
+    // Anything that is not a client frame closes the connection (policy), others are unaffected.
+    b.send_text(r#"{"type":"read","id":"NOT HEX","seq":1}"#.into())
+        .await;
+    assert_eq!(b.next().await, None);
+    e.send_text("{\"type\":\"send\"}".into()).await;
+    assert_eq!(e.next().await, None);
+    a.send(&ClientFrame::Send {
+        reference: 1000,
+        id: id.clone(),
+        message: B64(m2),
+    })
+    .await;
 }

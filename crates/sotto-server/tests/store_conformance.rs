@@ -168,12 +168,36 @@ async fn conformance(s: Arc<dyn Store>) {
 
     // Messages: current epoch only, sequence numbers follow on.
     assert!(matches!(
-        s.append_message("c0ffee", 0, "a1", b"x").await,
+        s.append_message("c0ffee", "alice", "a1", 0, b"x").await,
         Err(StoreError::StaleEpoch { current: 1 })
     ));
     for i in 0..3u8 {
-        let a = s.append_message("c0ffee", 1, "b1", &[i]).await.unwrap();
-        assert_eq!((a.seq, a.epoch), (2 + u64::from(i), 1));
+        let a = s
+            .append_message("c0ffee", "bob", "b1", 1, &[i])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.accepted.seq, a.accepted.epoch), (2 + u64::from(i), 1));
+        let mut wake = a.wake;
+        wake.sort();
+        assert_eq!(
+            wake,
+            ["a1", "b1"],
+            "the devices to wake come with the append"
+        );
+    }
+    // Only a member device may append: another account's device, a device claimed for the wrong
+    // account, an unknown conversation. Nothing is written.
+    for (conv, user, dev) in [
+        ("c0ffee", "carol", "c1"),
+        ("c0ffee", "alice", "b1"),
+        ("nope", "alice", "a1"),
+    ] {
+        assert_eq!(
+            s.append_message(conv, user, dev, 1, b"x").await.unwrap(),
+            None,
+            "{conv} {user} {dev}"
+        );
     }
     let log = s.log_after("c0ffee", 1, 2).await.unwrap();
     assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
@@ -202,7 +226,12 @@ async fn conformance(s: Arc<dyn Store>) {
     for i in 0..40u8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.append_message("c0ffee", 2, "a1", &[i]).await.unwrap().seq
+            s.append_message("c0ffee", "alice", "a1", 2, &[i])
+                .await
+                .unwrap()
+                .unwrap()
+                .accepted
+                .seq
         }));
     }
     let mut seqs = Vec::new();
@@ -315,7 +344,9 @@ async fn groups(s: &dyn Store) {
     wake.sort();
     assert_eq!(wake, ["a1", "b1", "c1"]);
     for i in 0..4u8 {
-        s.append_message("9a0b", 1, "a1", &[i]).await.unwrap();
+        s.append_message("9a0b", "alice", "a1", 1, &[i])
+            .await
+            .unwrap();
     }
     // carol leaves: no longer a member or woken, but recorded until her devices are removed.
     // alice, the only admin, cannot leave while others remain; nothing changes.
@@ -571,7 +602,7 @@ async fn sqlite_out_of_space_refuses_cleanly_and_batches_lose_nothing() {
                 tokio::spawn(async move {
                     (
                         tag,
-                        s.append_message("c0ffee", 1, "a1", &vec![tag; 20_000])
+                        s.append_message("c0ffee", "alice", "a1", 1, &vec![tag; 20_000])
                             .await,
                     )
                 })
@@ -579,7 +610,8 @@ async fn sqlite_out_of_space_refuses_cleanly_and_batches_lose_nothing() {
             .collect();
         for t in tasks {
             match t.await.unwrap() {
-                (tag, Ok(a)) => acked.push((a.seq, tag)),
+                (tag, Ok(Some(a))) => acked.push((a.accepted.seq, tag)),
+                (_, Ok(None)) => panic!("a1 is a member"),
                 (_, Err(StoreError::Full)) => full += 1,
                 (_, Err(e)) => panic!("not a clean out-of-space error: {e}"),
             }

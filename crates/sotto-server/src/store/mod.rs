@@ -113,6 +113,15 @@ pub struct ConversationHead {
     pub last_seq: u64,
 }
 
+/// An appended application message: where it landed and whom to wake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Its position.
+    pub accepted: Accepted,
+    /// The conversation's member devices (see [`Store::wake_list`]).
+    pub wake: Vec<String>,
+}
+
 /// A commit bundle to append atomically.
 #[derive(Debug, Clone)]
 pub struct NewCommit {
@@ -251,14 +260,18 @@ pub trait Store: Send + Sync + 'static {
         commit: NewCommit,
     ) -> Result<Accepted, StoreError>;
 
-    /// Appends an application message sent in the current epoch.
+    /// Appends an application message sent in the current epoch by `sender_device` of
+    /// `username`, if it is a member device (see [`Store::membership`]; `None` otherwise), and
+    /// returns where it landed with the devices to wake ([`Store::wake_list`]): membership, append
+    /// and wake list in one transaction, so a send costs one trip to the database.
     async fn append_message(
         &self,
         conversation: &str,
-        epoch: u64,
+        username: &str,
         sender_device: &str,
+        epoch: u64,
         data: &[u8],
-    ) -> Result<Accepted, StoreError>;
+    ) -> Result<Option<Appended>, StoreError>;
 
     /// For a member device (see [`Store::membership`]): the conversation's head and its log
     /// entries with `seq > after`, at most `limit`, read together (`None`: no such conversation, or

@@ -423,6 +423,42 @@ async fn stale_or_missing(tx: &deadpool_postgres::Transaction<'_>, id: &str) -> 
     }
 }
 
+/// The member devices of a conversation to wake (see [`Store::wake_list`]).
+async fn wake_devices(
+    c: &impl deadpool_postgres::GenericClient,
+    id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT d.device_id FROM conversation_devices d
+             JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+             WHERE d.conversation_id = $1",
+        )
+        .await
+        .map_err(backend)?;
+    let mut out: Vec<String> = c
+        .query(&stmt, &[&id])
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    if out.is_empty() {
+        out = c
+            .query(
+                "SELECT v.device_id FROM devices v JOIN conversation_members m ON m.username = v.username
+                 WHERE m.conversation_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+    }
+    Ok(out)
+}
+
 async fn insert_log(
     tx: &deadpool_postgres::Transaction<'_>,
     conversation: &str,
@@ -827,17 +863,37 @@ impl Store for PostgresStore {
     async fn append_message(
         &self,
         conversation: &str,
-        epoch: u64,
+        username: &str,
         sender_device: &str,
+        epoch: u64,
         data: &[u8],
-    ) -> Result<Accepted, StoreError> {
+    ) -> Result<Option<Appended>, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
-        let row = tx
-            .query_opt(
-                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 AND epoch = $2 RETURNING last_seq",
-                &[&conversation, &as_i64(epoch)],
+        let member = tx
+            .prepare_cached(
+                "SELECT 1 FROM conversation_devices d
+                 JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+                 WHERE d.conversation_id = $1 AND d.device_id = $2 AND d.username = $3",
             )
+            .await
+            .map_err(backend)?;
+        if tx
+            .query_opt(&member, &[&conversation, &sender_device, &username])
+            .await
+            .map_err(backend)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let bump = tx
+            .prepare_cached(
+                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 AND epoch = $2 RETURNING last_seq",
+            )
+            .await
+            .map_err(backend)?;
+        let row = tx
+            .query_opt(&bump, &[&conversation, &as_i64(epoch)])
             .await
             .map_err(backend)?;
         let Some(row) = row else {
@@ -854,11 +910,15 @@ impl Store for PostgresStore {
             data,
         )
         .await?;
+        let wake = wake_devices(&tx, conversation).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(Accepted {
-            seq: as_u64(seq),
-            epoch,
-        })
+        Ok(Some(Appended {
+            accepted: Accepted {
+                seq: as_u64(seq),
+                epoch,
+            },
+            wake,
+        }))
     }
 
     async fn member_log(
@@ -1041,32 +1101,7 @@ impl Store for PostgresStore {
 
     async fn wake_list(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let c = self.client().await?;
-        let mut out: Vec<String> = c
-            .query(
-                "SELECT d.device_id FROM conversation_devices d
-                 JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
-                 WHERE d.conversation_id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(backend)?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
-        if out.is_empty() {
-            out = c
-                .query(
-                    "SELECT v.device_id FROM devices v JOIN conversation_members m ON m.username = v.username
-                     WHERE m.conversation_id = $1",
-                    &[&id],
-                )
-                .await
-                .map_err(backend)?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect();
-        }
-        Ok(out)
+        wake_devices(&c, id).await
     }
 
     async fn save_cursors(&self, cursors: Vec<(String, String, u64)>) -> Result<(), StoreError> {

@@ -629,6 +629,36 @@ fn membership_of(
     .map_err(backend)
 }
 
+/// The member devices of a conversation to wake (see [`Store::wake_list`]).
+fn wake_devices(conn: &Connection, id: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT d.device_id FROM conversation_devices d
+             JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+             WHERE d.conversation_id = ?1",
+        )
+        .map_err(backend)?;
+    let mut out = stmt
+        .query_map(params![id], |r| r.get::<_, String>(0))
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    if out.is_empty() {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT v.device_id FROM devices v JOIN conversation_members m ON m.username = v.username
+                 WHERE m.conversation_id = ?1",
+            )
+            .map_err(backend)?;
+        out = stmt
+            .query_map(params![id], |r| r.get::<_, String>(0))
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+    }
+    Ok(out)
+}
+
 fn read_log(
     conn: &Connection,
     conversation: &str,
@@ -1078,17 +1108,27 @@ impl Store for SqliteStore {
     async fn append_message(
         &self,
         conversation: &str,
-        epoch: u64,
+        username: &str,
         sender_device: &str,
+        epoch: u64,
         data: &[u8],
-    ) -> Result<Accepted, StoreError> {
-        let (conversation, sender, data) = (
+    ) -> Result<Option<Appended>, StoreError> {
+        let (conversation, username, sender, data) = (
             conversation.to_owned(),
+            username.to_owned(),
             sender_device.to_owned(),
             data.to_vec(),
         );
         self.write(move |tx| {
-            let seq = next_seq(tx, &conversation, epoch)?;
+            let Some(head) = membership_of(tx, &conversation, &username, &sender)? else {
+                return Ok(None);
+            };
+            if head.epoch != epoch {
+                return Err(StoreError::StaleEpoch {
+                    current: head.epoch,
+                });
+            }
+            let seq = head.last_seq + 1;
             insert_log(
                 tx,
                 &conversation,
@@ -1098,12 +1138,13 @@ impl Store for SqliteStore {
                 &sender,
                 &data,
             )?;
-            tx.execute(
-                "UPDATE conversations SET last_seq = ?2 WHERE id = ?1",
-                params![conversation, as_i64(seq)],
-            )
-            .map_err(backend)?;
-            Ok(Accepted { seq, epoch })
+            tx.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![conversation, as_i64(seq)]))
+                .map_err(backend)?;
+            Ok(Some(Appended {
+                accepted: Accepted { seq, epoch },
+                wake: wake_devices(tx, &conversation)?,
+            }))
         })
         .await
     }
@@ -1287,35 +1328,7 @@ impl Store for SqliteStore {
 
     async fn wake_list(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let id = id.to_owned();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT d.device_id FROM conversation_devices d
-                     JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
-                     WHERE d.conversation_id = ?1",
-                )
-                .map_err(backend)?;
-            let mut out = stmt
-                .query_map(params![id], |r| r.get::<_, String>(0))
-                .map_err(backend)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?;
-            if out.is_empty() {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT v.device_id FROM devices v JOIN conversation_members m ON m.username = v.username
-                         WHERE m.conversation_id = ?1",
-                    )
-                    .map_err(backend)?;
-                out = stmt
-                    .query_map(params![id], |r| r.get::<_, String>(0))
-                    .map_err(backend)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(backend)?;
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |conn| wake_devices(conn, &id)).await
     }
 
     async fn save_cursors(&self, cursors: Vec<(String, String, u64)>) -> Result<(), StoreError> {
