@@ -295,11 +295,15 @@ async fn relay(
         Some(c) => println!("  server CPU {c:.1} us per delivered message"),
         None => println!("  server CPU unknown (external server)"),
     }
+    if let Some(c) = r.client_cpu_us_per_msg {
+        println!("  load generator CPU {c:.1} us per delivered message (same machine)");
+    }
     println!(
         "{}",
         serde_json::json!({
             "delivered_per_sec": r.delivered_per_sec, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
             "max_ms": r.max_ms, "cpu_us_per_msg": r.cpu_us_per_msg,
+            "client_cpu_us_per_msg": r.client_cpu_us_per_msg,
             "accepted": r.accepted, "delivered": r.delivered,
         })
     );

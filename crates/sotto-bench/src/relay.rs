@@ -33,6 +33,8 @@ pub struct RelayReport {
     pub max_ms: f64,
     /// Server CPU per delivered message, us (when the benchmark knows the server processes).
     pub cpu_us_per_msg: Option<f64>,
+    /// This load generator's own CPU per delivered message, us (it shares the machine).
+    pub client_cpu_us_per_msg: Option<f64>,
 }
 
 struct Pin(Username, IdentityPublicKey);
@@ -445,6 +447,8 @@ pub async fn run(
     }
     let mut next = vec![0usize; pairs_n];
     let cpu_before = cpu();
+    let own = || super::server::cpu_us(std::process::id());
+    let own_before = own();
     let start = Instant::now();
     for i in 0..total {
         let scheduled = start + Duration::from_secs_f64(i as f64 / rate as f64);
@@ -502,6 +506,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_after = cpu();
+    let own_after = own();
     for r in receivers {
         r.abort();
     }
@@ -530,6 +535,12 @@ pub async fn run(
         p99_ms: percentile(&lat, 0.99),
         max_ms: lat.last().copied().unwrap_or(0.0),
         cpu_us_per_msg: match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if delivered > 0 => {
+                Some((a.saturating_sub(b)) as f64 / delivered as f64)
+            }
+            _ => None,
+        },
+        client_cpu_us_per_msg: match (own_before, own_after) {
             (Some(b), Some(a)) if delivered > 0 => {
                 Some((a.saturating_sub(b)) as f64 / delivered as f64)
             }

@@ -42,6 +42,28 @@ where
     }
 }
 
+/// Queued frames go out together: one flush (one socket write, most often) for all of them.
+const MAX_FRAMES_PER_FLUSH: usize = 32;
+
+async fn send_all<S>(tx: &mut S, msgs: Vec<Message>) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let all = async {
+        for m in msgs {
+            tx.feed(m).await?;
+        }
+        tx.flush().await
+    };
+    matches!(tokio::time::timeout(SEND_TIMEOUT, all).await, Ok(Ok(())))
+}
+
+fn text_of(frame: &ServerFrame) -> Option<Message> {
+    serde_json::to_string(frame)
+        .ok()
+        .map(|t| Message::Text(t.into()))
+}
+
 async fn send_within<S>(tx: &mut S, msg: Message) -> bool
 where
     S: futures_util::Sink<Message> + Unpin,
@@ -137,13 +159,27 @@ pub async fn run<Tx, Rx>(
         tokio::select! {
             frame = sub.rx.recv() => {
                 let Some(text) = frame else { break };
-                if !send_within(&mut tx, Message::Text(text)).await { break; }
-                if sub.take_dropped() && !send_frame(&mut tx, &ServerFrame::Resync).await {
-                    break;
+                let mut out = vec![Message::Text(text)];
+                while out.len() < MAX_FRAMES_PER_FLUSH {
+                    match sub.rx.try_recv() {
+                        Ok(text) => out.push(Message::Text(text)),
+                        Err(_) => break,
+                    }
                 }
+                if sub.take_dropped() {
+                    out.extend(text_of(&ServerFrame::Resync));
+                }
+                if !send_all(&mut tx, out).await { break; }
             }
             Some(answer) = sends.next(), if !sends.is_empty() => {
-                if !send_frame(&mut tx, &answer).await { break; }
+                let mut out: Vec<Message> = text_of(&answer).into_iter().collect();
+                while out.len() < MAX_FRAMES_PER_FLUSH {
+                    match futures_util::FutureExt::now_or_never(sends.next()) {
+                        Some(Some(answer)) => out.extend(text_of(&answer)),
+                        _ => break,
+                    }
+                }
+                if !send_all(&mut tx, out).await { break; }
             }
             msg = rx.next(), if sends.len() < MAX_WS_SENDS_IN_FLIGHT => {
                 match msg {

@@ -330,6 +330,10 @@ impl SqliteStore {
             conn.pragma_update(None, "max_page_count", pages.max(1))
                 .map_err(backend)?;
         }
+        // The writer touches the newest page of every busy conversation in each batch: keep them
+        // cached (64 MiB at most) instead of reading them back from the WAL.
+        conn.pragma_update(None, "cache_size", -65536)
+            .map_err(backend)?;
         let readers = (0..READERS)
             .map(|_| open_connection(&path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -353,13 +357,16 @@ impl SqliteStore {
     {
         let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
         let job: Job = Box::new(move |conn: &Connection| {
-            let result = match conn.execute_batch("SAVEPOINT op") {
+            // Prepared once per connection: a savepoint per job costs no SQL parsing.
+            let exec = |sql: &str| {
+                conn.prepare_cached(sql)
+                    .and_then(|mut s| s.execute([]))
+                    .map(|_| ())
+            };
+            let result = match exec("SAVEPOINT op") {
                 Err(e) => Err(backend(e)),
                 Ok(()) => match f(conn) {
-                    Ok(v) => conn
-                        .execute_batch("RELEASE op")
-                        .map(|()| v)
-                        .map_err(backend),
+                    Ok(v) => exec("RELEASE op").map(|()| v).map_err(backend),
                     Err(e) => {
                         let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
                         Err(e)
