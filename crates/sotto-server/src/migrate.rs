@@ -167,6 +167,18 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
     ),
 ];
 
+/// Where a PostgreSQL column's value comes from in the SQLite schema, where it differs.
+fn sqlite_source<'a>(table: &str, column: &'a str) -> &'a str {
+    match (table, column) {
+        // SQLite keeps the group state in its own table (its rows change rarely, the
+        // conversation's row with every message).
+        ("conversations", "state") => {
+            "(SELECT s.state FROM conversation_states s WHERE s.conversation_id = conversations.id)"
+        }
+        _ => column,
+    }
+}
+
 fn read_row(row: &rusqlite::Row<'_>, cols: &[(&str, Col)]) -> rusqlite::Result<Vec<Val>> {
     cols.iter()
         .enumerate()
@@ -237,7 +249,8 @@ pub async fn sqlite_to_postgres(
     let mut report = Report::default();
     for (table, cols) in TABLES {
         let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
-        let select = format!("SELECT {} FROM {table}", names.join(", "));
+        let sources: Vec<&str> = cols.iter().map(|(n, _)| sqlite_source(table, n)).collect();
+        let select = format!("SELECT {} FROM {table}", sources.join(", "));
         let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
         let insert = format!(
             "INSERT INTO {table} ({}) VALUES ({})",

@@ -627,3 +627,53 @@ async fn sqlite_out_of_space_refuses_cleanly_and_batches_lose_nothing() {
     let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (2..2 + log.len() as u64).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_upgrade_moves_group_state_out_of_the_conversation_row() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.create_account("alice", &[1; 32], device("a1"), kps(1, 1))
+            .await
+            .unwrap();
+        s.create_account("bob", &[2; 32], device("b1"), kps(2, 1))
+            .await
+            .unwrap();
+        s.get_or_create_dm("alice", "bob", "c0ffee").await.unwrap();
+        s.append_commit("c0ffee", commit(0, "a1", &["b1"]))
+            .await
+            .unwrap();
+    }
+    // Put the database back the way schema version 4 kept it: the state inside the row.
+    {
+        let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+        c.execute_batch(
+            "UPDATE conversations SET state = (SELECT state FROM conversation_states WHERE conversation_id = 'c0ffee');
+             DROP TABLE conversation_states;
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(
+        s.group_state("c0ffee").await.unwrap(),
+        Some((1, vec![4, 0])),
+        "the upgrade kept the group state"
+    );
+    let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+    let in_row: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT state FROM conversations WHERE id = 'c0ffee'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(in_row, None, "the conversation's row no longer carries it");
+    // The store carries on: a message lands after the commit.
+    let a = s
+        .append_message("c0ffee", "alice", "a1", 1, b"hi")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.accepted.seq, 2);
+}

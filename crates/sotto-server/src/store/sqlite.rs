@@ -109,6 +109,18 @@ CREATE TABLE revoked_devices (
     revoked_at INTEGER NOT NULL
 );
 "#,
+    // The group's public state (kilobytes: overflow pages) moves out of the conversation's row,
+    // which every message updates (last_seq): SQLite rewrites a whole row on update, so each
+    // message used to copy the state's overflow pages into the WAL.
+    r#"
+CREATE TABLE conversation_states (
+    conversation_id TEXT PRIMARY KEY REFERENCES conversations(id),
+    state BLOB NOT NULL
+);
+INSERT INTO conversation_states (conversation_id, state)
+    SELECT id, state FROM conversations WHERE state IS NOT NULL;
+UPDATE conversations SET state = NULL;
+"#,
 ];
 
 /// A failure as a [`StoreError`]: SQLite out of space (the disk, or the configured size cap) is
@@ -199,7 +211,166 @@ pub struct SqliteStore {
 
 /// One write operation: runs against the writer's connection inside a savepoint and returns the
 /// function that answers its caller once the batch's commit is known.
-type Job = Box<dyn FnOnce(&Connection) -> (Answer, bool) + Send>;
+type Op = Box<dyn FnOnce(&Connection) -> (Answer, bool) + Send>;
+
+/// What the writer thread runs.
+enum Job {
+    /// Any write. `keeps_hot`: it cannot change a conversation's epoch, sequence or member
+    /// devices, so the writer's [`Hot`] cache stays valid; every other write empties it.
+    Op { op: Op, keeps_hot: bool },
+    /// An application message, appended with the help of the [`Hot`] cache.
+    Append(AppendJob),
+}
+
+/// A message to append (see [`Store::append_message`]).
+struct AppendJob {
+    conversation: String,
+    username: String,
+    device: String,
+    epoch: u64,
+    data: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<Result<Option<Appended>, StoreError>>,
+}
+
+/// What the writer remembers of a conversation between sends: its epoch, last sequence number and
+/// member devices (device, account) as last read or written. Only the writer thread changes the
+/// database, and every write that could change these empties the cache, so a send needs no
+/// membership or wake-list query, only its insert.
+#[derive(Default)]
+struct Hot(std::collections::HashMap<String, HotConversation>);
+
+struct HotConversation {
+    epoch: u64,
+    last_seq: u64,
+    members: Vec<(String, String)>,
+}
+
+impl Hot {
+    /// Conversations remembered at most (then it starts again empty).
+    const MAX: usize = 50_000;
+
+    fn get_or_load(
+        &mut self,
+        conn: &Connection,
+        id: &str,
+    ) -> Result<Option<&mut HotConversation>, StoreError> {
+        if !self.0.contains_key(id) {
+            let head: Option<(i64, i64)> = conn
+                .prepare_cached("SELECT epoch, last_seq FROM conversations WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(backend)?;
+            let Some((epoch, last_seq)) = head else {
+                return Ok(None);
+            };
+            let members = conn
+                .prepare_cached(
+                    "SELECT d.device_id, d.username FROM conversation_devices d
+                     JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+                     WHERE d.conversation_id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<Vec<(String, String)>, _>>()
+                })
+                .map_err(backend)?;
+            if self.0.len() >= Self::MAX {
+                self.0.clear();
+            }
+            self.0.insert(
+                id.to_owned(),
+                HotConversation {
+                    epoch: as_u64(epoch),
+                    last_seq: as_u64(last_seq),
+                    members,
+                },
+            );
+        }
+        Ok(self.0.get_mut(id))
+    }
+}
+
+/// Runs one append against the cache; returns its answer (sent once the batch's outcome is known)
+/// and whether it ran out of space.
+fn append_hot(conn: &Connection, hot: &mut Hot, job: AppendJob) -> (Answer, bool) {
+    let AppendJob {
+        conversation,
+        username,
+        device,
+        epoch,
+        data,
+        reply,
+    } = job;
+    let result = (|| {
+        let Some(c) = hot.get_or_load(conn, &conversation)? else {
+            return Ok(None);
+        };
+        if !c
+            .members
+            .iter()
+            .any(|(d, u)| *d == device && *u == username)
+        {
+            return Ok(None);
+        }
+        if c.epoch != epoch {
+            return Err(StoreError::StaleEpoch { current: c.epoch });
+        }
+        let seq = c.last_seq + 1;
+        in_savepoint(conn, || {
+            insert_log(
+                conn,
+                &conversation,
+                seq,
+                epoch,
+                EntryKind::Message,
+                &device,
+                &data,
+            )?;
+            conn.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![conversation, as_i64(seq)]))
+                .map_err(backend)?;
+            Ok(())
+        })?;
+        c.last_seq = seq;
+        Ok(Some(Appended {
+            accepted: Accepted { seq, epoch },
+            wake: c.members.iter().map(|(d, _)| d.clone()).collect(),
+        }))
+    })();
+    let full = matches!(result, Err(StoreError::Full));
+    let answer: Answer = Box::new(move |committed: Result<(), BatchError>| {
+        let out = match (result, committed) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(e.into_store_error()),
+        };
+        let _ = reply.send(out);
+    });
+    (answer, full)
+}
+
+/// Runs `f` inside a savepoint: all of it or none of it (statements prepared once per connection,
+/// so a savepoint costs no SQL parsing).
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let exec = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+    };
+    exec("SAVEPOINT op").map_err(backend)?;
+    match f() {
+        Ok(v) => exec("RELEASE op").map(|()| v).map_err(backend),
+        Err(e) => {
+            let _ = exec("ROLLBACK TO op").and_then(|()| exec("RELEASE op"));
+            Err(e)
+        }
+    }
+}
 
 /// Answers a job's caller once its batch's outcome is known. The `bool` next to it: the job itself
 /// ran out of space.
@@ -246,6 +417,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
     // Jobs that had not run when SQLite rolled a batch back go first into the next one.
     let mut carried: Vec<Job> = Vec::new();
+    let mut hot = Hot::default();
     loop {
         let mut batch = std::mem::take(&mut carried);
         if batch.is_empty() {
@@ -271,7 +443,15 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
         let mut jobs_left = batch.into_iter();
         let mut aborted: Option<bool> = None;
         for job in jobs_left.by_ref() {
-            let (answer, full) = job(&conn);
+            let (answer, full) = match job {
+                Job::Op { op, keeps_hot } => {
+                    if !keeps_hot {
+                        hot.0.clear();
+                    }
+                    op(&conn)
+                }
+                Job::Append(a) => append_hot(&conn, &mut hot, a),
+            };
             answers.push(answer);
             // Some errors (disk full, I/O) make SQLite roll back the whole transaction by itself;
             // running the next job would then commit it on its own. Stop and fail the batch.
@@ -289,8 +469,12 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
             )),
             None => conn.execute_batch("COMMIT").map_err(|e| BatchError::of(&e)),
         };
-        if committed.is_err() && !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+        if committed.is_err() {
+            // What the cache learnt in this batch did not happen.
+            hot.0.clear();
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
         match &committed {
             Err(BatchError::Full) => {
@@ -355,24 +539,27 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_op(f, false).await
+    }
+
+    /// [`SqliteStore::write`] for an operation that cannot change any conversation's epoch,
+    /// sequence number or member devices.
+    async fn write_keeping_hot<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_op(f, true).await
+    }
+
+    async fn write_op<T, F>(&self, f: F, keeps_hot: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |conn: &Connection| {
-            // Prepared once per connection: a savepoint per job costs no SQL parsing.
-            let exec = |sql: &str| {
-                conn.prepare_cached(sql)
-                    .and_then(|mut s| s.execute([]))
-                    .map(|_| ())
-            };
-            let result = match exec("SAVEPOINT op") {
-                Err(e) => Err(backend(e)),
-                Ok(()) => match f(conn) {
-                    Ok(v) => exec("RELEASE op").map(|()| v).map_err(backend),
-                    Err(e) => {
-                        let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-                        Err(e)
-                    }
-                },
-            };
+        let op: Op = Box::new(move |conn: &Connection| {
+            let result = in_savepoint(conn, || f(conn));
             let full = matches!(result, Err(StoreError::Full));
             let answer: Answer = Box::new(move |committed: Result<(), BatchError>| {
                 let out = match (result, committed) {
@@ -385,7 +572,7 @@ impl SqliteStore {
             (answer, full)
         });
         self.writer
-            .send(job)
+            .send(Job::Op { op, keeps_hot })
             .map_err(|_| StoreError::Backend("writer thread stopped".into()))?;
         answer
             .await
@@ -1074,8 +1261,14 @@ impl Store for SqliteStore {
                 &commit.commit,
             )?;
             tx.execute(
-                "UPDATE conversations SET epoch = ?2, last_seq = ?3, state = ?4 WHERE id = ?1",
-                params![conversation, as_i64(new_epoch), as_i64(seq), commit.state],
+                "UPDATE conversations SET epoch = ?2, last_seq = ?3 WHERE id = ?1",
+                params![conversation, as_i64(new_epoch), as_i64(seq)],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO conversation_states (conversation_id, state) VALUES (?1, ?2)
+                 ON CONFLICT (conversation_id) DO UPDATE SET state = excluded.state",
+                params![conversation, commit.state],
             )
             .map_err(backend)?;
             let kind: String = tx
@@ -1120,40 +1313,20 @@ impl Store for SqliteStore {
         epoch: u64,
         data: &[u8],
     ) -> Result<Option<Appended>, StoreError> {
-        let (conversation, username, sender, data) = (
-            conversation.to_owned(),
-            username.to_owned(),
-            sender_device.to_owned(),
-            data.to_vec(),
-        );
-        self.write(move |tx| {
-            let Some(head) = membership_of(tx, &conversation, &username, &sender)? else {
-                return Ok(None);
-            };
-            if head.epoch != epoch {
-                return Err(StoreError::StaleEpoch {
-                    current: head.epoch,
-                });
-            }
-            let seq = head.last_seq + 1;
-            insert_log(
-                tx,
-                &conversation,
-                seq,
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(Job::Append(AppendJob {
+                conversation: conversation.to_owned(),
+                username: username.to_owned(),
+                device: sender_device.to_owned(),
                 epoch,
-                EntryKind::Message,
-                &sender,
-                &data,
-            )?;
-            tx.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![conversation, as_i64(seq)]))
-                .map_err(backend)?;
-            Ok(Some(Appended {
-                accepted: Accepted { seq, epoch },
-                wake: wake_devices(tx, &conversation)?,
+                data: data.to_vec(),
+                reply,
             }))
-        })
-        .await
+            .map_err(|_| StoreError::Backend("writer thread stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("write batch failed".into()))?
     }
 
     async fn member_log(
@@ -1219,7 +1392,7 @@ impl Store for SqliteStore {
 
     async fn ack_inbox(&self, device_id: &str, up_to: u64) -> Result<(), StoreError> {
         let device_id = device_id.to_owned();
-        self.write(move |conn| {
+        self.write_keeping_hot(move |conn| {
             conn.execute(
                 "DELETE FROM inbox WHERE device_id = ?1 AND id <= ?2",
                 params![device_id, as_i64(up_to)],
@@ -1277,7 +1450,8 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let row: Option<(i64, Option<Vec<u8>>)> = conn
                 .query_row(
-                    "SELECT epoch, state FROM conversations WHERE id = ?1",
+                    "SELECT c.epoch, s.state FROM conversations c
+                     LEFT JOIN conversation_states s ON s.conversation_id = c.id WHERE c.id = ?1",
                     params![id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -1339,7 +1513,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_cursors(&self, cursors: Vec<(String, String, u64)>) -> Result<(), StoreError> {
-        self.write(move |tx| {
+        self.write_keeping_hot(move |tx| {
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE conversation_devices SET acked_seq = ?3
@@ -1355,7 +1529,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.write(move |tx| {
+        self.write_keeping_hot(move |tx| {
             let floors: Vec<(String, i64)> = tx
                 .prepare_cached(
                     "SELECT conversation_id, MIN(acked_seq) FROM conversation_devices GROUP BY conversation_id",
