@@ -468,6 +468,9 @@ pub enum ClientFrame {
     /// (same checks, limits and durability); answered by [`ServerFrame::Sent`] or
     /// [`ServerFrame::Refused`] carrying `ref`. Up to [`MAX_WS_SENDS_IN_FLIGHT`] may be
     /// outstanding per connection; the server reads no further frames until one is answered.
+    /// The sending connection is not sent its own message as an [`ServerFrame::Entry`] (the
+    /// `sent` answer carries its position); the device's other connections and every other
+    /// member device are.
     Send {
         /// The client's reference for the answer.
         #[serde(rename = "ref")]

@@ -80,12 +80,35 @@ impl AuthCache {
 }
 
 /// The local registry of connected devices.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Hub {
     conns: Mutex<HashMap<String, Vec<Connection>>>,
     next: std::sync::atomic::AtomicU64,
+    /// This node's random id (connection ids are only unique within a node).
+    node: u64,
     /// Recently verified device tokens.
     pub tokens: AuthCache,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            conns: Mutex::default(),
+            next: std::sync::atomic::AtomicU64::default(),
+            node: rand::random(),
+            tokens: AuthCache::default(),
+        }
+    }
+}
+
+/// One connection, anywhere: a wake-up caused by a message posted over a connection skips that
+/// connection (its `sent` answer already told it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The node's id.
+    pub node: u64,
+    /// The connection's id on that node.
+    pub conn: u64,
 }
 
 /// A connection's registration; dropping it unregisters.
@@ -100,6 +123,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// This connection, for [`Bus::publish_except`].
+    pub fn origin(&self) -> Origin {
+        Origin {
+            node: self.hub.node,
+            conn: self.id,
+        }
+    }
+
     /// Whether frames were dropped since the last call (the queue was full): the connection
     /// should tell its device to resync.
     pub fn take_dropped(&self) -> bool {
@@ -143,6 +174,12 @@ impl Hub {
 
     /// Delivers a frame to every local connection of the given devices (serialized once).
     pub fn deliver(&self, devices: &[String], frame: &ServerFrame) {
+        self.deliver_except(devices, frame, None);
+    }
+
+    /// [`Hub::deliver`], skipping the connection `except` if it is on this node.
+    pub fn deliver_except(&self, devices: &[String], frame: &ServerFrame, except: Option<Origin>) {
+        let skip = except.filter(|o| o.node == self.node).map(|o| o.conn);
         let Ok(text) = serde_json::to_string(frame) else {
             return;
         };
@@ -150,7 +187,10 @@ impl Hub {
         let Ok(conns) = self.conns.lock() else { return };
         for d in devices {
             if let Some(v) = conns.get(d) {
-                for (_, tx, dropped) in v {
+                for (id, tx, dropped) in v {
+                    if Some(*id) == skip {
+                        continue;
+                    }
                     if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(text.clone()) {
                         dropped.store(true, Ordering::Relaxed);
                     }
@@ -177,7 +217,12 @@ impl Hub {
 /// Carries wake-ups to the hubs of all nodes.
 pub trait Bus: Send + Sync + 'static {
     /// Wakes `devices` with `frame`, wherever they are connected.
-    fn publish(&self, devices: Vec<String>, frame: ServerFrame);
+    fn publish(&self, devices: Vec<String>, frame: ServerFrame) {
+        self.publish_except(devices, frame, None);
+    }
+
+    /// [`Bus::publish`], skipping the connection `except`.
+    fn publish_except(&self, devices: Vec<String>, frame: ServerFrame, except: Option<Origin>);
 
     /// Tells every node that `device` was revoked (see [`Hub::revoke`]).
     fn revoke(&self, device: String);
@@ -197,8 +242,8 @@ impl LocalBus {
 }
 
 impl Bus for LocalBus {
-    fn publish(&self, devices: Vec<String>, frame: ServerFrame) {
-        self.hub.deliver(&devices, &frame);
+    fn publish_except(&self, devices: Vec<String>, frame: ServerFrame, except: Option<Origin>) {
+        self.hub.deliver_except(&devices, &frame, except);
     }
 
     fn revoke(&self, device: String) {
@@ -215,6 +260,8 @@ const REVOKE_SUBJECT: &str = "sotto.revoke";
 struct Wake {
     devices: Vec<String>,
     frame: ServerFrame,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    except: Option<Origin>,
 }
 
 /// The multi-node bus: wake-ups are published on NATS and every node delivers them to its own hub.
@@ -257,7 +304,7 @@ impl NatsBus {
             use futures_util::StreamExt;
             while let Some(msg) = sub.next().await {
                 match serde_json::from_slice::<Wake>(&msg.payload) {
-                    Ok(w) => hub.deliver(&w.devices, &w.frame),
+                    Ok(w) => hub.deliver_except(&w.devices, &w.frame, w.except),
                     Err(_) => tracing::warn!("ignoring a malformed wake-up on NATS"),
                 }
             }
@@ -268,8 +315,12 @@ impl NatsBus {
 }
 
 impl Bus for NatsBus {
-    fn publish(&self, devices: Vec<String>, frame: ServerFrame) {
-        let Ok(payload) = serde_json::to_vec(&Wake { devices, frame }) else {
+    fn publish_except(&self, devices: Vec<String>, frame: ServerFrame, except: Option<Origin>) {
+        let Ok(payload) = serde_json::to_vec(&Wake {
+            devices,
+            frame,
+            except,
+        }) else {
             return;
         };
         let client = self.client.clone();
@@ -324,5 +375,24 @@ mod tests {
         );
         drop(sub);
         assert_eq!(hub.connected(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wake_skips_only_the_connection_the_message_came_over() {
+        let hub = Arc::new(Hub::default());
+        let mut first = hub.subscribe("d1");
+        let mut second = hub.subscribe("d1");
+        let devices = vec!["d1".to_owned()];
+        hub.deliver_except(&devices, &ServerFrame::Inbox, Some(first.origin()));
+        assert!(first.rx.try_recv().is_err());
+        assert!(second.rx.try_recv().is_ok());
+        // The same connection id on another node is another connection.
+        let elsewhere = Origin {
+            node: first.origin().node.wrapping_add(1),
+            conn: first.origin().conn,
+        };
+        hub.deliver_except(&devices, &ServerFrame::Inbox, Some(elsewhere));
+        assert!(first.rx.try_recv().is_ok());
+        assert!(second.rx.try_recv().is_ok());
     }
 }

@@ -662,6 +662,7 @@ pub async fn send(
     caller: &Caller,
     id: &str,
     req: SendRequest,
+    origin: Option<crate::bus::Origin>,
 ) -> Result<Accepted, ApiError> {
     let env = check_envelope(id, &req.message.0, false)?;
     let appended = state
@@ -695,7 +696,8 @@ pub async fn send(
             seq: accepted.seq,
         }
     };
-    state.bus.publish(appended.wake, frame);
+    // The connection it came over (if any) is answered `sent`, not woken with its own message.
+    state.bus.publish_except(appended.wake, frame, origin);
     Ok(accepted)
 }
 

@@ -273,7 +273,7 @@ async fn send(
     _: Limited<SendLimit>,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult<Accepted> {
-    Ok(Json(ds::send(&s, &c, &id, req).await?))
+    Ok(Json(ds::send(&s, &c, &id, req, None).await?))
 }
 
 #[derive(Debug, Deserialize)]

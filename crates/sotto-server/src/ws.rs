@@ -12,6 +12,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use sotto_api::{ClientFrame, ErrorBody, SendRequest, ServerFrame, MAX_WS_SENDS_IN_FLIGHT};
 
+use crate::bus::Origin;
 use crate::ds::{self, Caller};
 use crate::error::ApiError;
 use crate::limits::Class;
@@ -92,6 +93,7 @@ async fn post(
     state: AppState,
     caller: Caller,
     ip: Option<IpAddr>,
+    origin: Origin,
     reference: u64,
     id: String,
     message: sotto_api::B64,
@@ -99,7 +101,7 @@ async fn post(
     let res = async {
         state.limiter.check(Class::Send, &caller.device_id)?;
         state.limiter.check_ip(Class::SendIp, ip)?;
-        ds::send(&state, &caller, &id, SendRequest { message }).await
+        ds::send(&state, &caller, &id, SendRequest { message }, Some(origin)).await
     }
     .await;
     match res {
@@ -200,6 +202,7 @@ pub async fn run<Tx, Rx>(
                                     state.clone(),
                                     caller.clone(),
                                     ip,
+                                    sub.origin(),
                                     reference,
                                     id,
                                     message,

@@ -1071,33 +1071,35 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
     let (m1, m2) = (msg("hello"), msg("again"));
 
     let mut a = Socket::open(&t, &alice.token).await;
+    // The same device's second connection (another process of it, say).
+    let mut a2 = Socket::open(&t, &alice.token).await;
     let mut b = Socket::open(&t, &bob.token).await;
     let mut e = Socket::open(&t, &eve.token).await;
     // A send over the socket is durable and answered with its position; the receiving device gets
-    // the entry itself, byte for byte (and so does the sender, for its other devices' sake).
+    // the entry itself, byte for byte, and so does the sender's other connection, but not the
+    // connection it came over (its answer says where it landed).
     a.send(&ClientFrame::Send {
         reference: 7,
         id: id.clone(),
         message: B64(m1.clone()),
     })
     .await;
-    let mut sent = None;
-    let mut own_copy = false;
-    while sent.is_none() || !own_copy {
-        match a.next().await.unwrap() {
-            ServerFrame::Sent {
-                reference,
-                accepted,
-            } => {
-                assert_eq!(reference, 7);
-                sent = Some(accepted);
-            }
-            ServerFrame::Entry { id: i, entry } => {
-                assert_eq!((i.as_str(), entry.seq), (id.as_str(), 2));
-                own_copy = true;
-            }
-            other => panic!("unexpected frame {other:?}"),
+    let sent = match a.next().await.unwrap() {
+        ServerFrame::Sent {
+            reference,
+            accepted,
+        } => {
+            assert_eq!(reference, 7);
+            Some(accepted)
         }
+        other => panic!("unexpected frame {other:?}"),
+    };
+    match a2.next().await.unwrap() {
+        ServerFrame::Entry { id: i, entry } => {
+            assert_eq!((i.as_str(), entry.seq), (id.as_str(), 2));
+            assert_eq!(entry.data.0, m1);
+        }
+        other => panic!("unexpected frame {other:?}"),
     }
     assert_eq!(sent, Some(Accepted { seq: 2, epoch: 1 }));
     loop {
