@@ -202,7 +202,8 @@ async fn setup_pair(
     })
 }
 
-type Clock = Arc<Mutex<HashMap<(String, u64), Instant>>>;
+/// When each message (pair index, sequence number) was scheduled, or arrived.
+type Clock = Arc<Mutex<HashMap<(usize, u64), Instant>>>;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -228,6 +229,7 @@ fn text(frame: &ClientFrame) -> anyhow::Result<tokio_tungstenite::tungstenite::M
 async fn receive(
     http: reqwest::Client,
     url: String,
+    pair: usize,
     conversation: String,
     token: String,
     arrivals: Clock,
@@ -256,28 +258,27 @@ async fn receive(
             tokio_tungstenite::tungstenite::Message::Close(_) => break,
             _ => continue,
         };
-        let fetch_to = match serde_json::from_str::<ServerFrame>(&text)? {
-            ServerFrame::Ready if !announced => {
+        // Only what the benchmark needs of a frame: the entry's ciphertext is not decoded.
+        let f: Frame<'_> = serde_json::from_str(&text)?;
+        let mine = f.id.as_deref() == Some(conversation.as_str());
+        let fetch_to = match (f.kind, f.entry, f.seq) {
+            ("ready", _, _) if !announced => {
                 announced = true;
                 let _ = ready.send(()).await;
                 None
             }
-            ServerFrame::Entry { id, entry } if id == conversation && entry.seq == cursor + 1 => {
+            ("entry", Some(e), _) if mine && e.seq == cursor + 1 => {
                 let now = Instant::now();
-                cursor = entry.seq;
+                cursor = e.seq;
                 arrivals
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
-                    .insert((conversation.clone(), entry.seq), now);
+                    .insert((pair, e.seq), now);
                 None
             }
-            ServerFrame::Entry { id, entry } if id == conversation && entry.seq > cursor => {
-                Some(entry.seq)
-            }
-            ServerFrame::Conversation { id, seq } if id == conversation && seq > cursor => {
-                Some(seq)
-            }
-            ServerFrame::Resync => Some(u64::MAX),
+            ("entry", Some(e), _) if mine && e.seq > cursor => Some(e.seq),
+            ("conversation", _, Some(seq)) if mine && seq > cursor => Some(seq),
+            ("resync", _, _) => Some(u64::MAX),
             _ => None,
         };
         if fetch_to.is_some() {
@@ -298,7 +299,7 @@ async fn receive(
                 {
                     let mut a = arrivals.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
                     for e in &page.entries {
-                        a.insert((conversation.clone(), e.seq), now);
+                        a.insert((pair, e.seq), now);
                     }
                 }
                 if !page.more {
@@ -310,6 +311,30 @@ async fn receive(
     Ok(())
 }
 
+/// The fields of a [`ServerFrame`] the benchmark reads.
+#[derive(serde::Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    entry: Option<EntrySeq>,
+    #[serde(rename = "ref", default)]
+    reference: Option<u64>,
+    #[serde(default)]
+    accepted: Option<Accepted>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(serde::Deserialize)]
+struct EntrySeq {
+    seq: u64,
+}
+
 /// How the benchmark posts messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SendOver {
@@ -319,45 +344,52 @@ pub enum SendOver {
     Http,
 }
 
-/// A sender over its WebSocket: posts each payload it is handed, records each accepted message's
-/// scheduled time under its sequence number.
+/// A sender over its WebSocket: posts the prepared `send` frame of each message it is handed
+/// (whatever is queued goes out with one flush), records each accepted message's scheduled time
+/// under its sequence number.
 async fn send_ws(
     mut ws: Ws,
-    conversation: String,
-    mut jobs: tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, Instant)>,
+    pair: usize,
+    mut frames: Vec<String>,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<(usize, Instant)>,
     sent: Clock,
 ) -> anyhow::Result<()> {
     use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
     let mut waiting: HashMap<u64, Instant> = HashMap::new();
-    let mut next_ref = 0u64;
     let mut open = true;
     while open || !waiting.is_empty() {
         tokio::select! {
             job = jobs.recv(), if open => {
-                let Some((payload, scheduled)) = job else { open = false; continue };
-                next_ref += 1;
-                waiting.insert(next_ref, scheduled);
-                ws.send(text(&ClientFrame::Send {
-                    reference: next_ref,
-                    id: conversation.clone(),
-                    message: B64(payload),
-                })?)
-                .await?;
+                let Some(mut job) = job else { open = false; continue };
+                loop {
+                    let (j, scheduled) = job;
+                    waiting.insert(j as u64 + 1, scheduled);
+                    ws.feed(Message::Text(std::mem::take(&mut frames[j]).into())).await?;
+                    match jobs.try_recv() {
+                        Ok(next) => job = next,
+                        Err(_) => break,
+                    }
+                }
+                ws.flush().await?;
             }
             msg = ws.next() => {
                 let Some(msg) = msg else { break };
-                let tokio_tungstenite::tungstenite::Message::Text(t) = msg? else { continue };
-                match serde_json::from_str::<ServerFrame>(&t)? {
-                    ServerFrame::Sent { reference, accepted } => {
-                        if let Some(at) = waiting.remove(&reference) {
+                let Message::Text(t) = msg? else { continue };
+                let f: Frame<'_> = serde_json::from_str(&t)?;
+                match (f.kind, f.reference) {
+                    ("sent", Some(r)) => {
+                        if let (Some(at), Some(acc)) = (waiting.remove(&r), f.accepted) {
                             sent.lock()
                                 .map_err(|_| anyhow::anyhow!("poisoned"))?
-                                .insert((conversation.clone(), accepted.seq), at);
+                                .insert((pair, acc.seq), at);
                         }
                     }
-                    ServerFrame::Refused { reference, error, .. } => {
-                        waiting.remove(&reference);
-                        eprintln!("send refused: {} ({:?})", error.message, error.code);
+                    ("refused", Some(r)) => {
+                        waiting.remove(&r);
+                        if let Some(e) = f.error {
+                            eprintln!("send refused: {} ({:?})", e.message, e.code);
+                        }
                     }
                     _ => {}
                 }
@@ -403,10 +435,11 @@ pub async fn run(
     let arrivals: Clock = Arc::new(Mutex::new(HashMap::new()));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(pairs_n);
     let mut receivers = Vec::new();
-    for p in &pairs {
+    for (k, p) in pairs.iter().enumerate() {
         receivers.push(tokio::spawn(receive(
             http.clone(),
             recv_url.to_owned(),
+            k,
             p.conversation.clone(),
             p.receiver_token.clone(),
             arrivals.clone(),
@@ -433,13 +466,26 @@ pub async fn run(
     let mut senders = Vec::with_capacity(total);
     let mut queues = Vec::new();
     if over == SendOver::Ws {
-        for p in &pairs {
+        for (k, p) in pairs.iter().enumerate() {
             let ws = connect(send_url, &p.sender_token).await?;
+            // Each message's frame is serialized before the timed part, like its encryption.
+            let frames = p
+                .payloads
+                .iter()
+                .enumerate()
+                .map(|(j, payload)| {
+                    serde_json::to_string(&ClientFrame::Send {
+                        reference: j as u64 + 1,
+                        id: p.conversation.clone(),
+                        message: B64(payload.clone()),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             queues.push(tx);
-            let (conversation, sent) = (p.conversation.clone(), sent.clone());
+            let sent = sent.clone();
             senders.push(tokio::spawn(async move {
-                if let Err(e) = send_ws(ws, conversation, rx, sent).await {
+                if let Err(e) = send_ws(ws, k, frames, rx, sent).await {
                     eprintln!("sender failed: {e:#}");
                 }
             }));
@@ -455,14 +501,16 @@ pub async fn run(
         tokio::time::sleep_until(scheduled).await;
         let k = i % pairs_n;
         let p = &pairs[k];
-        let Some(payload) = p.payloads.get(next[k]).cloned() else {
-            continue;
-        };
-        next[k] += 1;
-        if let Some(q) = queues.get(k) {
-            let _ = q.send((payload, scheduled));
+        if next[k] >= p.payloads.len() {
             continue;
         }
+        let j = next[k];
+        next[k] += 1;
+        if let Some(q) = queues.get(k) {
+            let _ = q.send((j, scheduled));
+            continue;
+        }
+        let payload = p.payloads[j].clone();
         let (http, url, conv, token, sent) = (
             http.clone(),
             send_url.to_owned(),
@@ -470,6 +518,7 @@ pub async fn run(
             p.sender_token.clone(),
             sent.clone(),
         );
+        let pair = k;
         senders.push(tokio::spawn(async move {
             let resp = http
                 .post(format!("{url}/v1/conversations/{conv}/messages"))
@@ -482,7 +531,7 @@ pub async fn run(
             if let Ok(resp) = resp {
                 if let Ok(acc) = check::<Accepted>(resp).await {
                     if let Ok(mut s) = sent.lock() {
-                        s.insert((conv, acc.seq), scheduled);
+                        s.insert((pair, acc.seq), scheduled);
                     }
                 }
             }
