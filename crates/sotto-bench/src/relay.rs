@@ -214,7 +214,12 @@ async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(tokio_tungstenite::connect_async(req).await?.0)
+    // No Nagle delay on either side of a latency benchmark.
+    Ok(
+        tokio_tungstenite::connect_async_with_config(req, None, true)
+            .await?
+            .0,
+    )
 }
 
 fn text(frame: &ClientFrame) -> anyhow::Result<tokio_tungstenite::tungstenite::Message> {

@@ -254,6 +254,11 @@ async fn main() -> anyhow::Result<()> {
         None => {
             println!("listening on http://{addr}");
             std::io::stdout().flush()?;
+            // Frames are small and latency matters: no Nagle delay (TLS connections set it too).
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             sotto_server::serve(listener, state, stop_push, shutdown_signal()).await?;
         }
     }
