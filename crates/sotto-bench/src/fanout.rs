@@ -44,7 +44,8 @@ impl Trust for AnyKey {
     }
 }
 
-/// One member device: waits for wake-ups, fetches, and reports each seq it got.
+/// One member device: takes entries from its push frames (fetching when one is missing or too
+/// large to travel inline) and reports each seq it got.
 async fn member(
     http: reqwest::Client,
     url: String,
@@ -67,28 +68,40 @@ async fn member(
             tokio_tungstenite::tungstenite::Message::Close(_) => break,
             _ => continue,
         };
-        match serde_json::from_str::<ServerFrame>(&text)? {
-            ServerFrame::Ready if !announced => {
+        let f: crate::relay::Frame<'_> = serde_json::from_str(&text)?;
+        let mine = f.id.as_deref() == Some(conversation.as_str());
+        let fetch = match (f.kind, f.entry, f.seq) {
+            ("ready", _, _) if !announced => {
                 announced = true;
                 let _ = ready.send(()).await;
+                false
             }
-            ServerFrame::Conversation { id, seq } if id == conversation && seq > cursor => {
-                let page: LogPage = check(
-                    http.get(format!(
-                        "{url}/v1/conversations/{conversation}/log?after={cursor}"
-                    ))
-                    .bearer_auth(&token)
-                    .send()
-                    .await?,
-                )
-                .await?;
-                let now = Instant::now();
-                for e in &page.entries {
-                    cursor = cursor.max(e.seq);
-                    let _ = got.send((e.seq, now));
-                }
+            // Small messages arrive inside the wake-up: the next expected one needs no fetch.
+            ("entry", Some(e), _) if mine && e.seq == cursor + 1 => {
+                cursor = e.seq;
+                let _ = got.send((e.seq, Instant::now()));
+                false
             }
-            _ => {}
+            ("entry", Some(e), _) => mine && e.seq > cursor,
+            ("conversation", _, Some(seq)) => mine && seq > cursor,
+            ("resync", _, _) => true,
+            _ => false,
+        };
+        if fetch {
+            let page: LogPage = check(
+                http.get(format!(
+                    "{url}/v1/conversations/{conversation}/log?after={cursor}"
+                ))
+                .bearer_auth(&token)
+                .send()
+                .await?,
+            )
+            .await?;
+            let now = Instant::now();
+            for e in &page.entries {
+                cursor = cursor.max(e.seq);
+                let _ = got.send((e.seq, now));
+            }
         }
     }
     Ok(())

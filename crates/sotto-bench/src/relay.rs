@@ -316,17 +316,17 @@ async fn receive(
     Ok(())
 }
 
-/// The fields of a [`ServerFrame`] the benchmark reads.
+/// The fields of a [`ServerFrame`] the benchmarks read.
 #[derive(serde::Deserialize)]
-struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     #[serde(rename = "type")]
-    kind: &'a str,
+    pub(crate) kind: &'a str,
     #[serde(borrow, default)]
-    id: Option<std::borrow::Cow<'a, str>>,
+    pub(crate) id: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
-    seq: Option<u64>,
+    pub(crate) seq: Option<u64>,
     #[serde(default)]
-    entry: Option<EntrySeq>,
+    pub(crate) entry: Option<EntrySeq>,
     #[serde(rename = "ref", default)]
     reference: Option<u64>,
     #[serde(default)]
@@ -336,8 +336,8 @@ struct Frame<'a> {
 }
 
 #[derive(serde::Deserialize)]
-struct EntrySeq {
-    seq: u64,
+pub(crate) struct EntrySeq {
+    pub(crate) seq: u64,
 }
 
 /// How the benchmark posts messages.

@@ -156,7 +156,9 @@ pub async fn run<Tx, Rx>(
     ping.tick().await;
     let mut last_seen = tokio::time::Instant::now();
     // Sends in flight; while full, the socket is not read (the client's TCP window fills).
-    let mut sends: FuturesUnordered<Answer> = FuturesUnordered::new();
+    // Allocated on the first send: most connections only listen.
+    let mut sends: Option<FuturesUnordered<Answer>> = None;
+    let in_flight = |s: &Option<FuturesUnordered<Answer>>| s.as_ref().map_or(0, |s| s.len());
     loop {
         tokio::select! {
             frame = sub.rx.recv() => {
@@ -173,17 +175,18 @@ pub async fn run<Tx, Rx>(
                 }
                 if !send_all(&mut tx, out).await { break; }
             }
-            Some(answer) = sends.next(), if !sends.is_empty() => {
+            Some(answer) = async { sends.as_mut()?.next().await }, if in_flight(&sends) > 0 => {
                 let mut out: Vec<Message> = text_of(&answer).into_iter().collect();
+                let Some(pending) = sends.as_mut() else { continue };
                 while out.len() < MAX_FRAMES_PER_FLUSH {
-                    match futures_util::FutureExt::now_or_never(sends.next()) {
+                    match futures_util::FutureExt::now_or_never(pending.next()) {
                         Some(Some(answer)) => out.extend(text_of(&answer)),
                         _ => break,
                     }
                 }
                 if !send_all(&mut tx, out).await { break; }
             }
-            msg = rx.next(), if sends.len() < MAX_WS_SENDS_IN_FLIGHT => {
+            msg = rx.next(), if in_flight(&sends) < MAX_WS_SENDS_IN_FLIGHT => {
                 match msg {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
@@ -207,7 +210,7 @@ pub async fn run<Tx, Rx>(
                                     id,
                                     message,
                                 ));
-                                sends.push(Box::pin(async move {
+                                sends.get_or_insert_with(FuturesUnordered::new).push(Box::pin(async move {
                                     task.await.unwrap_or_else(|_| {
                                         refused(reference, ApiError::new(sotto_api::ErrorCode::Internal, "internal error"))
                                     })
@@ -231,8 +234,10 @@ pub async fn run<Tx, Rx>(
             }
             _ = shutdown.changed() => {
                 // Answer the sends already taken: their messages may be durable by now.
-                while let Some(answer) = sends.next().await {
-                    if !send_frame(&mut tx, &answer).await { break; }
+                if let Some(pending) = sends.as_mut() {
+                    while let Some(answer) = pending.next().await {
+                        if !send_frame(&mut tx, &answer).await { break; }
+                    }
                 }
                 let _ = tx.send(Message::Close(None)).await;
                 break;
