@@ -199,9 +199,7 @@ pub async fn run<Tx, Rx>(
                                 state.cursors.note(&id, &caller.device_id, seq);
                             }
                             Ok(ClientFrame::Send { reference, id, message }) => {
-                                // A task of its own: a connection that closes does not
-                                // cancel a send half-way (after it is durable, before the wake).
-                                let task = tokio::spawn(post(
+                                sends.get_or_insert_with(FuturesUnordered::new).push(Box::pin(post(
                                     state.clone(),
                                     caller.clone(),
                                     ip,
@@ -209,12 +207,7 @@ pub async fn run<Tx, Rx>(
                                     reference,
                                     id,
                                     message,
-                                ));
-                                sends.get_or_insert_with(FuturesUnordered::new).push(Box::pin(async move {
-                                    task.await.unwrap_or_else(|_| {
-                                        refused(reference, ApiError::new(sotto_api::ErrorCode::Internal, "internal error"))
-                                    })
-                                }));
+                                )));
                             }
                             Ok(ClientFrame::Read { .. }) | Err(_) => {
                                 close_policy(&mut tx, "not a client frame").await;
@@ -243,6 +236,11 @@ pub async fn run<Tx, Rx>(
                 break;
             }
         }
+    }
+    // Sends still in flight finish on their own: a closed connection must not cancel one between
+    // "durable" and "woken". Their answers have nowhere to go.
+    if let Some(mut pending) = sends.filter(|s| !s.is_empty()) {
+        tokio::spawn(async move { while pending.next().await.is_some() {} });
     }
     tracing::debug!(device = %caller.device_id, "push connection closed");
 }
