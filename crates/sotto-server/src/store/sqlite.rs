@@ -236,25 +236,55 @@ struct AppendJob {
 /// member devices (device, account) as last read or written. Only the writer thread changes the
 /// database, and every write that could change these empties the cache, so a send needs no
 /// membership or wake-list query, only its insert.
+/// Appends do not update `conversations.last_seq` one by one: the writer writes each touched
+/// conversation's newest value once, before the batch commits and before any other operation runs
+/// (so everything that reads the table sees it).
 #[derive(Default)]
-struct Hot(std::collections::HashMap<String, HotConversation>);
+struct Hot {
+    convs: std::collections::HashMap<String, HotConversation>,
+    /// Conversations whose `last_seq` in the table is behind.
+    dirty: Vec<String>,
+}
 
 struct HotConversation {
     epoch: u64,
     last_seq: u64,
     members: Vec<(String, String)>,
+    dirty: bool,
 }
 
 impl Hot {
     /// Conversations remembered at most (then it starts again empty).
     const MAX: usize = 50_000;
 
+    /// Writes the `last_seq` of every conversation appended to since the last flush.
+    fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut stmt =
+            conn.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")?;
+        for id in self.dirty.drain(..) {
+            if let Some(c) = self.convs.get_mut(&id) {
+                stmt.execute(params![id, as_i64(c.last_seq)])?;
+                c.dirty = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets everything (also what was not flushed: only after a failed batch, or after a flush).
+    fn clear(&mut self) {
+        self.convs.clear();
+        self.dirty.clear();
+    }
+
     fn get_or_load(
         &mut self,
         conn: &Connection,
         id: &str,
     ) -> Result<Option<&mut HotConversation>, StoreError> {
-        if !self.0.contains_key(id) {
+        if !self.convs.contains_key(id) {
             let head: Option<(i64, i64)> = conn
                 .prepare_cached("SELECT epoch, last_seq FROM conversations WHERE id = ?1")
                 .and_then(|mut s| {
@@ -276,19 +306,20 @@ impl Hot {
                         .collect::<Result<Vec<(String, String)>, _>>()
                 })
                 .map_err(backend)?;
-            if self.0.len() >= Self::MAX {
-                self.0.clear();
+            if self.convs.len() >= Self::MAX && self.dirty.is_empty() {
+                self.convs.clear();
             }
-            self.0.insert(
+            self.convs.insert(
                 id.to_owned(),
                 HotConversation {
                     epoch: as_u64(epoch),
                     last_seq: as_u64(last_seq),
                     members,
+                    dirty: false,
                 },
             );
         }
-        Ok(self.0.get_mut(id))
+        Ok(self.convs.get_mut(id))
     }
 }
 
@@ -318,25 +349,25 @@ fn append_hot(conn: &Connection, hot: &mut Hot, job: AppendJob) -> (Answer, bool
             return Err(StoreError::StaleEpoch { current: c.epoch });
         }
         let seq = c.last_seq + 1;
-        in_savepoint(conn, || {
-            insert_log(
-                conn,
-                &conversation,
-                seq,
-                epoch,
-                EntryKind::Message,
-                &device,
-                &data,
-            )?;
-            conn.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![conversation, as_i64(seq)]))
-                .map_err(backend)?;
-            Ok(())
-        })?;
+        // One statement: all or nothing without a savepoint. `last_seq` is written by the flush.
+        insert_log(
+            conn,
+            &conversation,
+            seq,
+            epoch,
+            EntryKind::Message,
+            &device,
+            &data,
+        )?;
         c.last_seq = seq;
+        let wake = c.members.iter().map(|(d, _)| d.clone()).collect();
+        if !c.dirty {
+            c.dirty = true;
+            hot.dirty.push(conversation);
+        }
         Ok(Some(Appended {
             accepted: Accepted { seq, epoch },
-            wake: c.members.iter().map(|(d, _)| d.clone()).collect(),
+            wake,
         }))
     })();
     let full = matches!(result, Err(StoreError::Full));
@@ -442,11 +473,18 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
         let mut answers = Vec::with_capacity(batch.len());
         let mut jobs_left = batch.into_iter();
         let mut aborted: Option<bool> = None;
+        let mut flush_failed: Option<rusqlite::Error> = None;
         for job in jobs_left.by_ref() {
             let (answer, full) = match job {
                 Job::Op { op, keeps_hot } => {
+                    if let Err(e) = hot.flush(&conn) {
+                        // The batch fails; this operation has not run: it goes into the next.
+                        carried.push(Job::Op { op, keeps_hot });
+                        flush_failed = Some(e);
+                        break;
+                    }
                     if !keeps_hot {
-                        hot.0.clear();
+                        hot.clear();
                     }
                     op(&conn)
                 }
@@ -462,16 +500,20 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
         }
         // Jobs not run yet have not touched the database: they go into the next batch.
         carried.extend(jobs_left);
-        let committed = match aborted {
-            Some(true) => Err(BatchError::Full),
-            Some(false) => Err(BatchError::Other(
+        let committed = match (aborted, flush_failed) {
+            (_, Some(e)) => Err(BatchError::of(&e)),
+            (Some(true), None) => Err(BatchError::Full),
+            (Some(false), None) => Err(BatchError::Other(
                 "the write batch was rolled back by the database".to_owned(),
             )),
-            None => conn.execute_batch("COMMIT").map_err(|e| BatchError::of(&e)),
+            (None, None) => hot
+                .flush(&conn)
+                .and_then(|()| conn.execute_batch("COMMIT"))
+                .map_err(|e| BatchError::of(&e)),
         };
         if committed.is_err() {
             // What the cache learnt in this batch did not happen.
-            hot.0.clear();
+            hot.clear();
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
