@@ -448,6 +448,64 @@ pub enum ServerFrame {
     },
 }
 
+impl ServerFrame {
+    /// The frame as JSON text, exactly what `serde_json::to_string` writes. The frame every message
+    /// produces ([`ServerFrame::Entry`]) is written into one buffer sized up front, with its data
+    /// base64-encoded in place: serde's path grows the buffer several times and scans the base64
+    /// text for characters to escape.
+    pub fn to_json(&self) -> String {
+        let Self::Entry { id, entry } = self else {
+            return serde_json::to_string(self).unwrap_or_default();
+        };
+        use base64::Engine;
+        let mut out = String::with_capacity(
+            112 + id.len() + entry.sender_device.len() + entry.data.0.len().div_ceil(3) * 4,
+        );
+        out.push_str(r#"{"type":"entry","id":"#);
+        push_json_str(&mut out, id);
+        out.push_str(r#","entry":{"seq":"#);
+        push_u64(&mut out, entry.seq);
+        out.push_str(r#","epoch":"#);
+        push_u64(&mut out, entry.epoch);
+        out.push_str(match entry.kind {
+            EntryKind::Commit => r#","kind":"commit","sender_device":"#,
+            EntryKind::Message => r#","kind":"message","sender_device":"#,
+        });
+        push_json_str(&mut out, &entry.sender_device);
+        out.push_str(r#","data":""#);
+        base64::engine::general_purpose::STANDARD.encode_string(&entry.data.0, &mut out);
+        out.push_str("\"}}");
+        out
+    }
+}
+
+/// Appends `s` as a JSON string: directly when nothing in it needs escaping (ids never do).
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
 /// Application messages up to this many bytes travel inside [`ServerFrame::Entry`].
 pub const MAX_INLINE_ENTRY: usize = 2048;
 
@@ -480,6 +538,52 @@ pub enum ClientFrame {
         /// The MLS application message.
         message: B64,
     },
+}
+
+/// A client frame's fields, borrowed from the text: what [`ClientFrame::from_json`] reads before
+/// it checks which fields the frame's type takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatClientFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    // `present`: a field given as `null` is an error, as it is for the enum, not an absent field.
+    #[serde(rename = "ref", default, deserialize_with = "present")]
+    reference: Option<u64>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present")]
+    seq: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    message: Option<B64>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+impl ClientFrame {
+    /// Parses a frame, accepting and refusing exactly what `serde_json::from_str` does, without
+    /// serde's buffering of internally tagged enums (it copies every field before it knows the
+    /// type).
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        use serde::de::Error;
+        let f: FlatClientFrame<'_> = serde_json::from_str(text)?;
+        match (&*f.kind, f.reference, f.id, f.seq, f.message) {
+            ("read", None, Some(id), Some(seq), None) => Ok(Self::Read {
+                id: id.into_owned(),
+                seq,
+            }),
+            ("send", Some(reference), Some(id), None, Some(message)) => Ok(Self::Send {
+                reference,
+                id: id.into_owned(),
+                message,
+            }),
+            _ => Err(serde_json::Error::custom("not a client frame")),
+        }
+    }
 }
 
 /// How many [`ClientFrame::Send`] a connection may have unanswered.
@@ -527,6 +631,124 @@ pub fn parse_any_body(bytes: &[u8]) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn entry_frame(
+        id: &str,
+        sender: &str,
+        data: Vec<u8>,
+        seq: u64,
+        epoch: u64,
+        kind: EntryKind,
+    ) -> ServerFrame {
+        ServerFrame::Entry {
+            id: id.into(),
+            entry: LogEntry {
+                seq,
+                epoch,
+                kind,
+                sender_device: sender.into(),
+                data: B64(data),
+            },
+        }
+    }
+
+    #[test]
+    fn to_json_writes_what_serde_writes() {
+        let frames = [
+            entry_frame("ab12", "dev", vec![], 0, 0, EntryKind::Message),
+            entry_frame(
+                "ab12",
+                "d\"e\\v\n",
+                vec![1, 2, 3, 4],
+                1,
+                u64::MAX,
+                EntryKind::Commit,
+            ),
+            entry_frame("\u{7f}é/", "", vec![0xff; 2048], 10, 7, EntryKind::Message),
+            ServerFrame::Ready,
+            ServerFrame::Conversation {
+                id: "ab".into(),
+                seq: 3,
+            },
+            ServerFrame::Sent {
+                reference: 9,
+                accepted: Accepted { seq: 1, epoch: 2 },
+            },
+        ];
+        for f in frames {
+            assert_eq!(f.to_json(), serde_json::to_string(&f).unwrap());
+        }
+    }
+
+    #[test]
+    fn client_frame_from_json_agrees_with_serde() {
+        let cases = [
+            r#"{"type":"read","id":"ab","seq":3}"#,
+            r#"{"seq":3,"id":"ab","type":"read"}"#,
+            r#"{"type":"send","ref":1,"id":"ab","message":"AQID"}"#,
+            r#"{"type":"send","ref":1,"id":"a\u0062","message":"AQID"}"#,
+            r#"{"type":"re\u0061d","id":"ab","seq":3}"#,
+            r#"{"type":"read","id":"ab","seq":3,"ref":null}"#,
+            r#"{"type":"read","id":"ab","seq":3,"message":null}"#,
+            r#"{"type":"read","id":"ab","seq":3,"ref":1}"#,
+            r#"{"type":"read","id":"ab"}"#,
+            r#"{"type":"read","id":null,"seq":3}"#,
+            r#"{"type":"send","ref":1,"id":"ab","message":"AQID","seq":1}"#,
+            r#"{"type":"send","ref":1,"id":"ab","message":"not base64!"}"#,
+            r#"{"type":"send","ref":-1,"id":"ab","message":"AQID"}"#,
+            r#"{"type":"send","ref":1,"id":"ab"}"#,
+            r#"{"type":"read","type":"read","id":"ab","seq":3}"#,
+            r#"{"type":"read","id":"ab","id":"cd","seq":3}"#,
+            r#"{"type":"pong"}"#,
+            r#"{"type":"read","id":"ab","seq":3,"extra":1}"#,
+            r#"{"id":"ab","seq":3}"#,
+            r#"{"type":null}"#,
+            r#"[]"#,
+            r#""read""#,
+            r#"{"type":"read","id":"ab","seq":3} x"#,
+            "",
+        ];
+        for c in &cases[..5] {
+            assert!(ClientFrame::from_json(c).is_ok(), "{c}");
+        }
+        for c in cases {
+            assert_eq!(
+                ClientFrame::from_json(c).ok(),
+                serde_json::from_str::<ClientFrame>(c).ok(),
+                "{c}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn client_frame_from_json_agrees_on_any_field_mix(
+            ty in prop::sample::select(vec!["read", "send", "x"]),
+            fields in prop::collection::vec((prop::sample::select(vec!["ref", "id", "seq", "message", "type", "other"]),
+                prop::sample::select(vec!["1", "null", "\"ab\"", "\"AQID\"", "-1", "{}"])), 0..5),
+        ) {
+            let mut text = format!(r#"{{"type":"{ty}""#);
+            for (k, v) in fields {
+                text.push_str(&format!(r#","{k}":{v}"#));
+            }
+            text.push('}');
+            prop_assert_eq!(
+                ClientFrame::from_json(&text).ok(),
+                serde_json::from_str::<ClientFrame>(&text).ok(),
+                "{}", text
+            );
+        }
+
+        #[test]
+        fn to_json_agrees_with_serde_on_any_entry(
+            id in ".{0,20}", sender in ".{0,20}", data in prop::collection::vec(any::<u8>(), 0..300),
+            seq in any::<u64>(), epoch in any::<u64>(), commit in any::<bool>(),
+        ) {
+            let kind = if commit { EntryKind::Commit } else { EntryKind::Message };
+            let f = entry_frame(&id, &sender, data, seq, epoch, kind);
+            prop_assert_eq!(f.to_json(), serde_json::to_string(&f).unwrap());
+        }
+    }
 
     #[test]
     fn b64_round_trips_and_debug_hides_bytes() {

@@ -180,10 +180,7 @@ impl Hub {
     /// [`Hub::deliver`], skipping the connection `except` if it is on this node.
     pub fn deliver_except(&self, devices: &[String], frame: &ServerFrame, except: Option<Origin>) {
         let skip = except.filter(|o| o.node == self.node).map(|o| o.conn);
-        let Ok(text) = serde_json::to_string(frame) else {
-            return;
-        };
-        let text = FrameText::from(text);
+        let text = FrameText::from(frame.to_json());
         let Ok(conns) = self.conns.lock() else { return };
         for d in devices {
             if let Some(v) = conns.get(d) {

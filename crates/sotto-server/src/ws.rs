@@ -37,10 +37,7 @@ async fn send_frame<S>(tx: &mut S, frame: &ServerFrame) -> bool
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    match serde_json::to_string(frame) {
-        Ok(text) => send_within(tx, Message::Text(text.into())).await,
-        Err(_) => false,
-    }
+    send_within(tx, Message::Text(frame.to_json().into())).await
 }
 
 /// Queued frames go out together: one flush (one socket write, most often) for all of them.
@@ -59,10 +56,8 @@ where
     matches!(tokio::time::timeout(SEND_TIMEOUT, all).await, Ok(Ok(())))
 }
 
-fn text_of(frame: &ServerFrame) -> Option<Message> {
-    serde_json::to_string(frame)
-        .ok()
-        .map(|t| Message::Text(t.into()))
+fn text_of(frame: &ServerFrame) -> Message {
+    Message::Text(frame.to_json().into())
 }
 
 async fn send_within<S>(tx: &mut S, msg: Message) -> bool
@@ -171,16 +166,16 @@ pub async fn run<Tx, Rx>(
                     }
                 }
                 if sub.take_dropped() {
-                    out.extend(text_of(&ServerFrame::Resync));
+                    out.push(text_of(&ServerFrame::Resync));
                 }
                 if !send_all(&mut tx, out).await { break; }
             }
             Some(answer) = async { sends.as_mut()?.next().await }, if in_flight(&sends) > 0 => {
-                let mut out: Vec<Message> = text_of(&answer).into_iter().collect();
+                let mut out = vec![text_of(&answer)];
                 let Some(pending) = sends.as_mut() else { continue };
                 while out.len() < MAX_FRAMES_PER_FLUSH {
                     match futures_util::FutureExt::now_or_never(pending.next()) {
-                        Some(Some(answer)) => out.extend(text_of(&answer)),
+                        Some(Some(answer)) => out.push(text_of(&answer)),
                         _ => break,
                     }
                 }
@@ -194,7 +189,7 @@ pub async fn run<Tx, Rx>(
                     }
                     Some(Ok(Message::Text(text))) => {
                         last_seen = tokio::time::Instant::now();
-                        match serde_json::from_str::<ClientFrame>(&text) {
+                        match ClientFrame::from_json(&text) {
                             Ok(ClientFrame::Read { id, seq }) if plausible_id(&id) => {
                                 state.cursors.note(&id, &caller.device_id, seq);
                             }
