@@ -240,6 +240,46 @@ async fn conformance(s: Arc<dyn Store>) {
     }
     seqs.sort();
     assert_eq!(seqs, (6..46).collect::<Vec<u64>>());
+    // A burst mixing good appends with stale, foreign and unknown ones (a backend may batch them
+    // together): each gets its own answer, the good ones land gap-free with their own data.
+    let mut tasks = Vec::new();
+    for i in 0..48u8 {
+        let s = s.clone();
+        let (conv, user, dev, epoch) = match i % 4 {
+            0 | 1 => ("c0ffee", "alice", "a1", 2),
+            2 if i % 8 == 2 => ("c0ffee", "alice", "a1", 1),
+            2 => ("c0ffee", "carol", "c1", 2),
+            _ if i % 8 == 3 => ("nope", "alice", "a1", 2),
+            _ => ("c0ffee", "bob", "b1", 2),
+        };
+        tasks.push(tokio::spawn(async move {
+            (i, s.append_message(conv, user, dev, epoch, &[i]).await)
+        }));
+    }
+    let mut landed = Vec::new();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        match (i % 8, r) {
+            (0 | 1 | 4 | 5 | 7, Ok(Some(a))) => {
+                assert_eq!(a.accepted.epoch, 2);
+                landed.push((a.accepted.seq, i));
+            }
+            (2, Err(StoreError::StaleEpoch { current: 2 })) => {}
+            (6 | 3, Ok(None)) => {}
+            (k, r) => panic!("append {i} (kind {k}): {r:?}"),
+        }
+    }
+    landed.sort();
+    assert_eq!(
+        landed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        (46..46 + landed.len() as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(landed.len(), 30);
+    let log = s.log_after("c0ffee", 45, 100).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| (e.seq, e.data.0[0])).collect::<Vec<_>>(),
+        landed
+    );
     let dms: Vec<_> = {
         let mut tasks = Vec::new();
         for i in 0..8 {
@@ -531,6 +571,56 @@ async fn postgres_backend_conforms() {
     drop_schema(&url, &schema).await;
 }
 
+/// PostgreSQL batches concurrent appends into one transaction; one the database refuses as a
+/// whole (here: a NUL byte, which a PostgreSQL text value cannot hold) is run again one append at
+/// a time, so only the bad append fails and the others land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batch_refused_as_a_whole_is_retried_one_by_one() {
+    let Some((s, schema, url)) = postgres_store().await else {
+        return;
+    };
+    let s = Arc::new(s);
+    alice_and_bob_at_epoch_1(&*s).await;
+    for _round in 0..3 {
+        let mut tasks = Vec::new();
+        for i in 0..32u8 {
+            let s = s.clone();
+            let conv = if i == 7 { "c0f\0fee" } else { "c0ffee" };
+            tasks.push(tokio::spawn(async move {
+                (i, s.append_message(conv, "alice", "a1", 1, &[i]).await)
+            }));
+        }
+        for t in tasks {
+            match t.await.unwrap() {
+                (7, r) => assert!(r.is_err(), "{r:?}"),
+                (i, r) => assert!(matches!(r, Ok(Some(_))), "{i}: {r:?}"),
+            }
+        }
+    }
+    let log = s.log_after("c0ffee", 1, 1000).await.unwrap();
+    assert_eq!(log.len(), 3 * 31);
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (2..2 + 93).collect::<Vec<u64>>()
+    );
+    drop(s);
+    drop_schema(&url, &schema).await;
+}
+
+/// Accounts alice (device a1) and bob (b1) and their DM "c0ffee", at epoch 1 (seq 1).
+async fn alice_and_bob_at_epoch_1(s: &dyn Store) {
+    s.create_account("alice", &[1; 32], device("a1"), kps(1, 1))
+        .await
+        .unwrap();
+    s.create_account("bob", &[2; 32], device("b1"), kps(2, 1))
+        .await
+        .unwrap();
+    s.get_or_create_dm("alice", "bob", "c0ffee").await.unwrap();
+    s.append_commit("c0ffee", commit(0, "a1", &["b1"]))
+        .await
+        .unwrap();
+}
+
 pub async fn postgres_store() -> Option<(PostgresStore, String, String)> {
     let url = std::env::var("SOTTO_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
@@ -579,16 +669,7 @@ async fn sqlite_out_of_space_refuses_cleanly_and_batches_lose_nothing() {
         )
         .unwrap(),
     );
-    s.create_account("alice", &[1; 32], device("a1"), kps(1, 1))
-        .await
-        .unwrap();
-    s.create_account("bob", &[2; 32], device("b1"), kps(2, 1))
-        .await
-        .unwrap();
-    s.get_or_create_dm("alice", "bob", "c0ffee").await.unwrap();
-    s.append_commit("c0ffee", commit(0, "a1", &["b1"]))
-        .await
-        .unwrap();
+    alice_and_bob_at_epoch_1(&*s).await;
     // Waves of concurrent 20 KB appends (batched together by the writer) until the 1 MiB cap is
     // hit: every answer is a success or `Full`, never another error, and exactly the acknowledged
     // ones are in the log, gap-free.
@@ -633,16 +714,7 @@ async fn sqlite_upgrade_moves_group_state_out_of_the_conversation_row() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = SqliteStore::open(dir.path()).unwrap();
-        s.create_account("alice", &[1; 32], device("a1"), kps(1, 1))
-            .await
-            .unwrap();
-        s.create_account("bob", &[2; 32], device("b1"), kps(2, 1))
-            .await
-            .unwrap();
-        s.get_or_create_dm("alice", "bob", "c0ffee").await.unwrap();
-        s.append_commit("c0ffee", commit(0, "a1", &["b1"]))
-            .await
-            .unwrap();
+        alice_and_bob_at_epoch_1(&s).await;
     }
     // Put the database back the way schema version 4 kept it: the state inside the row.
     {

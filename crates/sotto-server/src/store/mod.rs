@@ -150,6 +150,41 @@ pub struct DeviceAuth {
     pub token_hash: [u8; 32],
 }
 
+/// A message waiting for a backend's group commit (see [`Store::append_message`]): the SQLite
+/// writer thread and the PostgreSQL appenders both take these from a queue.
+struct AppendJob {
+    conversation: String,
+    username: String,
+    device: String,
+    epoch: u64,
+    data: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<Result<Option<Appended>, StoreError>>,
+}
+
+type AppendAnswer = tokio::sync::oneshot::Receiver<Result<Option<Appended>, StoreError>>;
+
+impl AppendJob {
+    /// The job for [`Store::append_message`]'s arguments, and where its answer will come.
+    fn new(
+        conversation: &str,
+        username: &str,
+        device: &str,
+        epoch: u64,
+        data: &[u8],
+    ) -> (Self, AppendAnswer) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Self {
+            conversation: conversation.to_owned(),
+            username: username.to_owned(),
+            device: device.to_owned(),
+            epoch,
+            data: data.to_vec(),
+            reply,
+        };
+        (job, answer)
+    }
+}
+
 /// The server's storage contract. Every method is atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

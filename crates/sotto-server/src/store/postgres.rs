@@ -9,6 +9,8 @@
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, Pool};
 use sotto_api::{Accepted, InboxItem, LogEntry, B64};
+use std::collections::HashMap;
+use std::sync::Arc;
 use tokio_postgres::NoTls;
 
 use super::*;
@@ -150,7 +152,13 @@ fn now() -> i64 {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    appends: tokio::sync::mpsc::Sender<AppendJob>,
 }
+
+/// Tasks that take queued appends; each runs one batch (one transaction, one commit) at a time.
+const APPENDERS: usize = 4;
+/// Most appends in one batch.
+const MAX_APPEND_BATCH: usize = 256;
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -190,8 +198,34 @@ impl PostgresStore {
             .max_size(16)
             .build()
             .map_err(super::backend)?;
-        let store = Self { pool };
+        let (appends, queue) = tokio::sync::mpsc::channel(MAX_APPEND_BATCH * APPENDERS * 4);
+        let store = Self { pool, appends };
         store.migrate().await?;
+        // Group commit: messages queued while a batch commits go together in the next one. The
+        // appenders end when the last handle on the store (the queue's sender) is dropped.
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        for _ in 0..APPENDERS {
+            let (pool, queue) = (store.pool.clone(), queue.clone());
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut queue = queue.lock().await;
+                        let Some(first) = queue.recv().await else {
+                            return;
+                        };
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_APPEND_BATCH {
+                            match queue.try_recv() {
+                                Ok(job) => batch.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    };
+                    run_appends(&pool, batch).await;
+                }
+            });
+        }
         Ok(store)
     }
 
@@ -475,6 +509,225 @@ async fn insert_log(
     .await
     .map_err(backend)?;
     Ok(())
+}
+
+/// Runs a batch of appends and answers each. A batch that fails as a whole (a full disk, a lost
+/// connection, anything) is run again one append at a time, so every caller gets its own answer.
+async fn run_appends(pool: &Pool, batch: Vec<AppendJob>) {
+    let results = if batch.len() == 1 {
+        None
+    } else {
+        match pool.get().await {
+            Ok(mut c) => append_batch(&mut c, &batch).await.ok(),
+            Err(_) => None,
+        }
+    };
+    match results {
+        Some(results) => {
+            for (job, result) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+        None => {
+            for job in batch {
+                let result = match pool.get().await {
+                    Ok(c) => append_one(&c, &job).await,
+                    Err(e) => Err(backend(e)),
+                };
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// Appends a batch in one transaction: the batch's conversations are locked in id order (two
+/// nodes' batches cannot deadlock, and nothing changes them until the commit), then one statement checks membership and epoch, numbers the
+/// messages per conversation in queue order, bumps each conversation's `last_seq` once and inserts
+/// the entries. Returns one result per job, in order.
+async fn append_batch(
+    c: &mut deadpool_postgres::Object,
+    batch: &[AppendJob],
+) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+    let conversations: Vec<&str> = batch.iter().map(|j| j.conversation.as_str()).collect();
+    let devices: Vec<&str> = batch.iter().map(|j| j.device.as_str()).collect();
+    let usernames: Vec<&str> = batch.iter().map(|j| j.username.as_str()).collect();
+    let epochs: Vec<i64> = batch.iter().map(|j| as_i64(j.epoch)).collect();
+    let data: Vec<&[u8]> = batch.iter().map(|j| j.data.as_slice()).collect();
+    let tx = c.transaction().await.map_err(backend)?;
+    let lock = tx
+        .prepare_cached("SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .await
+        .map_err(backend)?;
+    let wake = tx
+        .prepare_cached(
+            "SELECT d.conversation_id, d.device_id FROM conversation_devices d
+             JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+             WHERE d.conversation_id = ANY($1)",
+        )
+        .await
+        .map_err(backend)?;
+    let append = tx
+        .prepare_cached(
+            "WITH req AS (
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bytea[])
+                     WITH ORDINALITY AS r(conversation_id, device_id, username, epoch, data, ord)
+             ),
+             mem AS (
+                 SELECT r.*, EXISTS (
+                     SELECT 1 FROM conversation_devices d
+                     JOIN conversation_members m
+                       ON m.conversation_id = d.conversation_id AND m.username = d.username
+                     WHERE d.conversation_id = r.conversation_id AND d.device_id = r.device_id
+                       AND d.username = r.username
+                 ) AS member
+                 FROM req r
+             ),
+             numbered AS (
+                 SELECT m.ord, m.conversation_id, m.device_id, m.epoch, m.data,
+                        c.last_seq + row_number() OVER (PARTITION BY m.conversation_id ORDER BY m.ord) AS seq
+                 FROM mem m JOIN conversations c ON c.id = m.conversation_id AND c.epoch = m.epoch
+                 WHERE m.member
+             ),
+             bump AS (
+                 UPDATE conversations c SET last_seq = n.top
+                 FROM (SELECT conversation_id, max(seq) AS top FROM numbered GROUP BY conversation_id) n
+                 WHERE c.id = n.conversation_id
+             ),
+             ins AS (
+                 INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
+                 SELECT conversation_id, seq, epoch, $6, device_id, data, $7 FROM numbered
+             )
+             SELECT m.member, n.seq FROM mem m LEFT JOIN numbered n ON n.ord = m.ord ORDER BY m.ord",
+        )
+        .await
+        .map_err(backend)?;
+    let kind = kind_code(EntryKind::Message) as i16;
+    let created_at = now();
+    // Pipelined: the three statements go out together and run in order, so the append's snapshot
+    // is taken once the locks are held, and the batch costs the round trips of BEGIN, these three
+    // and COMMIT.
+    let (_, rows, wake_rows) = futures_util::future::try_join3(
+        tx.query(&lock, &[&conversations]),
+        tx.query(
+            &append,
+            &[
+                &conversations,
+                &devices,
+                &usernames,
+                &epochs,
+                &data,
+                &kind,
+                &created_at,
+            ],
+        ),
+        tx.query(&wake, &[&conversations]),
+    )
+    .await
+    .map_err(backend)?;
+    if rows.len() != batch.len() {
+        return Err(StoreError::Backend("append batch answered short".into()));
+    }
+    tx.commit().await.map_err(backend)?;
+    let mut wake: HashMap<String, Vec<String>> = HashMap::new();
+    for r in wake_rows {
+        wake.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for (job, row) in batch.iter().zip(rows) {
+        if !row.get::<_, bool>(0) {
+            out.push(Ok(None));
+            continue;
+        }
+        let Some(seq) = row.get::<_, Option<i64>>(1) else {
+            out.push(Err(stale_or_missing(&*c, &job.conversation).await));
+            continue;
+        };
+        let wake = match wake.get(&job.conversation) {
+            Some(w) => w.clone(),
+            None => match wake_devices(&*c, &job.conversation).await {
+                Ok(w) => w,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            },
+        };
+        out.push(Ok(Some(Appended {
+            accepted: Accepted {
+                seq: as_u64(seq),
+                epoch: job.epoch,
+            },
+            wake,
+        })));
+    }
+    Ok(out)
+}
+
+/// One append in one statement, so one round trip and its own transaction: the membership check,
+/// the sequence bump (the row lock that keeps seqs gap-free across nodes; a commit that moved the
+/// epoch meanwhile makes it match nothing), the insert and the wake list.
+async fn append_one(
+    c: &deadpool_postgres::Object,
+    job: &AppendJob,
+) -> Result<Option<Appended>, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "WITH member AS (
+                 SELECT 1 FROM conversation_devices d
+                 JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+                 WHERE d.conversation_id = $1 AND d.device_id = $2 AND d.username = $3
+             ),
+             bump AS (
+                 UPDATE conversations SET last_seq = last_seq + 1
+                 WHERE id = $1 AND epoch = $4 AND EXISTS (SELECT 1 FROM member)
+                 RETURNING last_seq
+             ),
+             ins AS (
+                 INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
+                 SELECT $1, last_seq, $4, $5, $2, $6, $7 FROM bump
+                 RETURNING seq
+             )
+             SELECT EXISTS (SELECT 1 FROM member),
+                    (SELECT seq FROM ins),
+                    ARRAY(SELECT d.device_id FROM conversation_devices d
+                          JOIN conversation_members m
+                            ON m.conversation_id = d.conversation_id AND m.username = d.username
+                          WHERE d.conversation_id = $1)",
+        )
+        .await
+        .map_err(backend)?;
+    let row = c
+        .query_one(
+            &stmt,
+            &[
+                &job.conversation,
+                &job.device,
+                &job.username,
+                &as_i64(job.epoch),
+                &(kind_code(EntryKind::Message) as i16),
+                &job.data,
+                &now(),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if !row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let Some(seq) = row.get::<_, Option<i64>>(1) else {
+        return Err(stale_or_missing(c, &job.conversation).await);
+    };
+    let mut wake: Vec<String> = row.get(2);
+    if wake.is_empty() {
+        wake = wake_devices(c, &job.conversation).await?;
+    }
+    Ok(Some(Appended {
+        accepted: Accepted {
+            seq: as_u64(seq),
+            epoch: job.epoch,
+        },
+        wake,
+    }))
 }
 
 #[async_trait]
@@ -868,70 +1121,14 @@ impl Store for PostgresStore {
         epoch: u64,
         data: &[u8],
     ) -> Result<Option<Appended>, StoreError> {
-        // One statement, so one round trip and its own transaction: the membership check, the
-        // sequence bump (the row lock that keeps seqs gap-free across nodes; a commit that moved
-        // the epoch meanwhile makes it match nothing), the insert and the wake list. It used to be
-        // six round trips (BEGIN, four statements, COMMIT), which held a pooled connection for
-        // most of a millisecond per message.
-        let c = self.client().await?;
-        let stmt = c
-            .prepare_cached(
-                "WITH member AS (
-                     SELECT 1 FROM conversation_devices d
-                     JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
-                     WHERE d.conversation_id = $1 AND d.device_id = $2 AND d.username = $3
-                 ),
-                 bump AS (
-                     UPDATE conversations SET last_seq = last_seq + 1
-                     WHERE id = $1 AND epoch = $4 AND EXISTS (SELECT 1 FROM member)
-                     RETURNING last_seq
-                 ),
-                 ins AS (
-                     INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
-                     SELECT $1, last_seq, $4, $5, $2, $6, $7 FROM bump
-                     RETURNING seq
-                 )
-                 SELECT EXISTS (SELECT 1 FROM member),
-                        (SELECT seq FROM ins),
-                        ARRAY(SELECT d.device_id FROM conversation_devices d
-                              JOIN conversation_members m
-                                ON m.conversation_id = d.conversation_id AND m.username = d.username
-                              WHERE d.conversation_id = $1)",
-            )
+        let (job, answer) = AppendJob::new(conversation, username, sender_device, epoch, data);
+        self.appends
+            .send(job)
             .await
-            .map_err(backend)?;
-        let row = c
-            .query_one(
-                &stmt,
-                &[
-                    &conversation,
-                    &sender_device,
-                    &username,
-                    &as_i64(epoch),
-                    &(kind_code(EntryKind::Message) as i16),
-                    &data,
-                    &now(),
-                ],
-            )
+            .map_err(|_| StoreError::Backend("the appenders stopped".into()))?;
+        answer
             .await
-            .map_err(backend)?;
-        if !row.get::<_, bool>(0) {
-            return Ok(None);
-        }
-        let Some(seq) = row.get::<_, Option<i64>>(1) else {
-            return Err(stale_or_missing(&c, conversation).await);
-        };
-        let mut wake: Vec<String> = row.get(2);
-        if wake.is_empty() {
-            wake = wake_devices(&c, conversation).await?;
-        }
-        Ok(Some(Appended {
-            accepted: Accepted {
-                seq: as_u64(seq),
-                epoch,
-            },
-            wake,
-        }))
+            .map_err(|_| StoreError::Backend("an appender stopped".into()))?
     }
 
     async fn member_log(

@@ -222,16 +222,6 @@ enum Job {
     Append(AppendJob),
 }
 
-/// A message to append (see [`Store::append_message`]).
-struct AppendJob {
-    conversation: String,
-    username: String,
-    device: String,
-    epoch: u64,
-    data: Vec<u8>,
-    reply: tokio::sync::oneshot::Sender<Result<Option<Appended>, StoreError>>,
-}
-
 /// What the writer remembers of a conversation between sends: its epoch, last sequence number and
 /// member devices (device, account) as last read or written. Only the writer thread changes the
 /// database, and every write that could change these empties the cache, so a send needs no
@@ -1355,16 +1345,9 @@ impl Store for SqliteStore {
         epoch: u64,
         data: &[u8],
     ) -> Result<Option<Appended>, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        let (job, answer) = AppendJob::new(conversation, username, sender_device, epoch, data);
         self.writer
-            .send(Job::Append(AppendJob {
-                conversation: conversation.to_owned(),
-                username: username.to_owned(),
-                device: sender_device.to_owned(),
-                epoch,
-                data: data.to_vec(),
-                reply,
-            }))
+            .send(Job::Append(job))
             .map_err(|_| StoreError::Backend("writer thread stopped".into()))?;
         answer
             .await
