@@ -218,8 +218,10 @@ enum Job {
     /// Any write. `keeps_hot`: it cannot change a conversation's epoch, sequence or member
     /// devices, so the writer's [`Hot`] cache stays valid; every other write empties it.
     Op { op: Op, keeps_hot: bool },
-    /// An application message, appended with the help of the [`Hot`] cache.
-    Append(AppendJob),
+    /// An application message, appended with the help of the [`Hot`] cache. Boxed: the channel
+    /// allocates its slots 31 at a time, and blocks of 31 whole jobs (over 4 KiB) cost glibc a
+    /// `malloc_consolidate` each (2% of sottod's CPU at 40k msg/s); 31 pointers do not.
+    Append(Box<AppendJob>),
 }
 
 /// What the writer remembers of a conversation between sends: its epoch, last sequence number and
@@ -478,7 +480,7 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
                     }
                     op(&conn)
                 }
-                Job::Append(a) => append_hot(&conn, &mut hot, a),
+                Job::Append(a) => append_hot(&conn, &mut hot, *a),
             };
             answers.push(answer);
             // Some errors (disk full, I/O) make SQLite roll back the whole transaction by itself;
@@ -1347,7 +1349,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<Appended>, StoreError> {
         let (job, answer) = AppendJob::new(conversation, username, sender_device, epoch, data);
         self.writer
-            .send(Job::Append(job))
+            .send(Job::Append(Box::new(job)))
             .map_err(|_| StoreError::Backend("writer thread stopped".into()))?;
         answer
             .await
