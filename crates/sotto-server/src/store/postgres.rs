@@ -511,24 +511,44 @@ async fn insert_log(
     Ok(())
 }
 
-/// Runs a batch of appends and answers each. A batch that fails as a whole (a full disk, a lost
-/// connection, anything) is run again one append at a time, so every caller gets its own answer.
+/// How a batch went.
+enum BatchOutcome {
+    /// Committed (or nothing to commit): one answer per job, in order.
+    Done(Vec<Result<Option<Appended>, StoreError>>),
+    /// Refused before the commit was sent: nothing was written, the jobs can run on their own.
+    NotWritten,
+    /// The commit itself failed: it may or may not have landed, so running the jobs again could
+    /// store their messages twice. Every job gets this error.
+    Unknown(StoreError),
+}
+
+/// Runs a batch of appends and answers each. A batch refused as a whole before its commit (a full
+/// disk, a bad value, a lost connection) is run again one append at a time, so every caller gets
+/// its own answer.
 async fn run_appends(pool: &Pool, batch: Vec<AppendJob>) {
-    let results = if batch.len() == 1 {
-        None
+    let outcome = if batch.len() == 1 {
+        BatchOutcome::NotWritten
     } else {
         match pool.get().await {
-            Ok(mut c) => append_batch(&mut c, &batch).await.ok(),
-            Err(_) => None,
+            Ok(mut c) => append_batch(&mut c, &batch).await,
+            Err(_) => BatchOutcome::NotWritten,
         }
     };
-    match results {
-        Some(results) => {
+    match outcome {
+        BatchOutcome::Done(results) => {
             for (job, result) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(result);
             }
         }
-        None => {
+        BatchOutcome::Unknown(e) => {
+            for job in batch {
+                let _ = job.reply.send(Err(match e {
+                    StoreError::Full => StoreError::Full,
+                    ref other => StoreError::Backend(other.to_string()),
+                }));
+            }
+        }
+        BatchOutcome::NotWritten => {
             for job in batch {
                 let result = match pool.get().await {
                     Ok(c) => append_one(&c, &job).await,
@@ -541,34 +561,51 @@ async fn run_appends(pool: &Pool, batch: Vec<AppendJob>) {
 }
 
 /// Appends a batch in one transaction: the batch's conversations are locked in id order (two
-/// nodes' batches cannot deadlock, and nothing changes them until the commit), then one statement checks membership and epoch, numbers the
-/// messages per conversation in queue order, bumps each conversation's `last_seq` once and inserts
-/// the entries. Returns one result per job, in order.
-async fn append_batch(
+/// nodes' batches cannot deadlock, and nothing changes them until the commit), then one statement
+/// checks membership and epoch, numbers the messages per conversation in queue order, bumps each
+/// conversation's `last_seq` once and inserts the entries.
+async fn append_batch(c: &mut deadpool_postgres::Object, batch: &[AppendJob]) -> BatchOutcome {
+    match write_batch(c, batch).await {
+        Ok(Some((rows, wake_rows))) => {
+            BatchOutcome::Done(answer_batch(c, batch, rows, wake_rows).await)
+        }
+        Ok(None) => BatchOutcome::NotWritten,
+        Err(e) => BatchOutcome::Unknown(e),
+    }
+}
+
+/// The batch's transaction: `Ok(None)` if it was refused before the commit was sent, `Err` if the
+/// commit failed, else the append statement's rows (member, seq) and the wake rows.
+async fn write_batch(
     c: &mut deadpool_postgres::Object,
     batch: &[AppendJob],
-) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+) -> Result<Option<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>)>, StoreError> {
     let conversations: Vec<&str> = batch.iter().map(|j| j.conversation.as_str()).collect();
     let devices: Vec<&str> = batch.iter().map(|j| j.device.as_str()).collect();
     let usernames: Vec<&str> = batch.iter().map(|j| j.username.as_str()).collect();
     let epochs: Vec<i64> = batch.iter().map(|j| as_i64(j.epoch)).collect();
     let data: Vec<&[u8]> = batch.iter().map(|j| j.data.as_slice()).collect();
-    let tx = c.transaction().await.map_err(backend)?;
-    let lock = tx
-        .prepare_cached("SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .await
-        .map_err(backend)?;
-    let wake = tx
-        .prepare_cached(
-            "SELECT d.conversation_id, d.device_id FROM conversation_devices d
-             JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
-             WHERE d.conversation_id = ANY($1)",
-        )
-        .await
-        .map_err(backend)?;
-    let append = tx
-        .prepare_cached(
-            "WITH req AS (
+    let kind = kind_code(EntryKind::Message) as i16;
+    let created_at = now();
+    let Ok(tx) = c.transaction().await else {
+        return Ok(None);
+    };
+    let statements = async {
+        let lock = tx
+            .prepare_cached(
+                "SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            )
+            .await?;
+        let wake = tx
+            .prepare_cached(
+                "SELECT d.conversation_id, d.device_id FROM conversation_devices d
+                 JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
+                 WHERE d.conversation_id = ANY($1)",
+            )
+            .await?;
+        let append = tx
+            .prepare_cached(
+                "WITH req AS (
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bytea[])
                      WITH ORDINALITY AS r(conversation_id, device_id, username, epoch, data, ord)
              ),
@@ -598,36 +635,47 @@ async fn append_batch(
                  SELECT conversation_id, seq, epoch, $6, device_id, data, $7 FROM numbered
              )
              SELECT m.member, n.seq FROM mem m LEFT JOIN numbered n ON n.ord = m.ord ORDER BY m.ord",
+            )
+            .await?;
+        // Pipelined: the three statements go out together and run in order, so the append's
+        // snapshot is taken once the locks are held, and the batch costs the round trips of
+        // BEGIN, these three and COMMIT.
+        let (_, rows, wake_rows) = futures_util::future::try_join3(
+            tx.query(&lock, &[&conversations]),
+            tx.query(
+                &append,
+                &[
+                    &conversations,
+                    &devices,
+                    &usernames,
+                    &epochs,
+                    &data,
+                    &kind,
+                    &created_at,
+                ],
+            ),
+            tx.query(&wake, &[&conversations]),
         )
-        .await
-        .map_err(backend)?;
-    let kind = kind_code(EntryKind::Message) as i16;
-    let created_at = now();
-    // Pipelined: the three statements go out together and run in order, so the append's snapshot
-    // is taken once the locks are held, and the batch costs the round trips of BEGIN, these three
-    // and COMMIT.
-    let (_, rows, wake_rows) = futures_util::future::try_join3(
-        tx.query(&lock, &[&conversations]),
-        tx.query(
-            &append,
-            &[
-                &conversations,
-                &devices,
-                &usernames,
-                &epochs,
-                &data,
-                &kind,
-                &created_at,
-            ],
-        ),
-        tx.query(&wake, &[&conversations]),
-    )
-    .await
-    .map_err(backend)?;
+        .await?;
+        Ok::<_, tokio_postgres::Error>((rows, wake_rows))
+    };
+    let Ok((rows, wake_rows)) = statements.await else {
+        return Ok(None);
+    };
     if rows.len() != batch.len() {
-        return Err(StoreError::Backend("append batch answered short".into()));
+        return Ok(None);
     }
     tx.commit().await.map_err(backend)?;
+    Ok(Some((rows, wake_rows)))
+}
+
+/// One answer per job of a committed batch.
+async fn answer_batch(
+    c: &deadpool_postgres::Object,
+    batch: &[AppendJob],
+    rows: Vec<tokio_postgres::Row>,
+    wake_rows: Vec<tokio_postgres::Row>,
+) -> Vec<Result<Option<Appended>, StoreError>> {
     let mut wake: HashMap<String, Vec<String>> = HashMap::new();
     for r in wake_rows {
         wake.entry(r.get(0)).or_default().push(r.get(1));
@@ -639,28 +687,24 @@ async fn append_batch(
             continue;
         }
         let Some(seq) = row.get::<_, Option<i64>>(1) else {
-            out.push(Err(stale_or_missing(&*c, &job.conversation).await));
+            out.push(Err(stale_or_missing(c, &job.conversation).await));
             continue;
         };
         let wake = match wake.get(&job.conversation) {
-            Some(w) => w.clone(),
-            None => match wake_devices(&*c, &job.conversation).await {
-                Ok(w) => w,
-                Err(e) => {
-                    out.push(Err(e));
-                    continue;
-                }
-            },
+            Some(w) => Ok(w.clone()),
+            None => wake_devices(c, &job.conversation).await,
         };
-        out.push(Ok(Some(Appended {
-            accepted: Accepted {
-                seq: as_u64(seq),
-                epoch: job.epoch,
-            },
-            wake,
-        })));
+        out.push(wake.map(|wake| {
+            Some(Appended {
+                accepted: Accepted {
+                    seq: as_u64(seq),
+                    epoch: job.epoch,
+                },
+                wake,
+            })
+        }));
     }
-    Ok(out)
+    out
 }
 
 /// One append in one statement, so one round trip and its own transaction: the membership check,
