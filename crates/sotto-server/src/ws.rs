@@ -37,7 +37,7 @@ async fn send_frame<S>(tx: &mut S, frame: &ServerFrame) -> bool
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    send_within(tx, Message::Text(frame.to_json().into())).await
+    send_within(tx, text_of(frame)).await
 }
 
 /// Queued frames go out together: one flush (one socket write, most often) for all of them.
