@@ -195,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
                 &args.data_dir,
                 sotto_server::store::sqlite::SqliteOptions {
                     max_bytes: args.max_db_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+                    ..Default::default()
                 },
             )
             .with_context(|| format!("opening data dir {}", args.data_dir.display()))?,

@@ -562,6 +562,22 @@ async fn sqlite_backend_conforms() {
     conformance(Arc::new(SqliteStore::open(dir.path()).unwrap())).await;
 }
 
+/// The same contract while the log is indexed every row (the default indexes in thousands): most
+/// reads then cross from `log_index` into the rows not indexed yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_backend_conforms_indexing_the_log_every_row() {
+    use sotto_server::store::sqlite::SqliteOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        log_index_every: Some(1),
+        ..Default::default()
+    };
+    conformance(Arc::new(
+        SqliteStore::open_with(dir.path(), options).unwrap(),
+    ))
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_backend_conforms() {
     let Some((store, schema, url)) = postgres_store().await else {
@@ -665,6 +681,7 @@ async fn sqlite_out_of_space_refuses_cleanly_and_batches_lose_nothing() {
             dir.path(),
             SqliteOptions {
                 max_bytes: Some(1 << 20),
+                ..Default::default()
             },
         )
         .unwrap(),
@@ -719,6 +736,7 @@ async fn sqlite_upgrade_moves_group_state_out_of_the_conversation_row() {
     // Put the database back the way schema version 4 kept it: the state inside the row.
     {
         let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+        c.execute_batch(LOG_AS_IN_SCHEMA_5).unwrap();
         c.execute_batch(
             "UPDATE conversations SET state = (SELECT state FROM conversation_states WHERE conversation_id = 'c0ffee');
              DROP TABLE conversation_states;
@@ -748,4 +766,180 @@ async fn sqlite_upgrade_moves_group_state_out_of_the_conversation_row() {
         .unwrap()
         .unwrap();
     assert_eq!(a.accepted.seq, 2);
+}
+
+/// Seqs `after+1 ..= min(last, after+limit)`, every window of the log of "c0ffee".
+async fn assert_log_windows(s: &SqliteStore, last: u64) {
+    for after in 0..=last + 1 {
+        for limit in [1u32, 2, 3, 7, 1000] {
+            let got: Vec<u64> = s
+                .log_after("c0ffee", after, limit)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            let want: Vec<u64> = (after + 1..=last.min(after + u64::from(limit))).collect();
+            assert_eq!(got, want, "after {after}, limit {limit}");
+        }
+    }
+}
+
+fn indexed_and_not(dir: &std::path::Path) -> (i64, i64) {
+    let c = rusqlite::Connection::open(dir.join("sotto.db")).unwrap();
+    let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    (
+        count("SELECT count(*) FROM log_index"),
+        count("SELECT count(*) FROM log WHERE id > (SELECT upto FROM log_indexed)"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_log_indexed_in_bulk_reads_whole_across_writes_and_restarts() {
+    use sotto_server::store::sqlite::SqliteOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        log_index_every: Some(8),
+        ..Default::default()
+    };
+    let s = Arc::new(SqliteStore::open_with(dir.path(), options).unwrap());
+    alice_and_bob_at_epoch_1(&*s).await;
+    // Readers run while appends land and index batches move rows out of the tail: every read is a
+    // gap-free run from seq 2 that holds at least what was acknowledged before it started.
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let reader = {
+        let (s, acked) = (s.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u32;
+            loop {
+                let floor = acked.load(std::sync::atomic::Ordering::SeqCst);
+                let seqs: Vec<u64> = s
+                    .log_after("c0ffee", 1, 10_000)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.seq)
+                    .collect();
+                let n = seqs.len() as u64;
+                assert_eq!(seqs, (2..2 + n).collect::<Vec<_>>(), "a gap in the log");
+                assert!(1 + n >= floor, "an acknowledged entry is missing");
+                reads += 1;
+                if floor >= 201 {
+                    return reads;
+                }
+            }
+        })
+    };
+    for wave in 0..20u8 {
+        let tasks: Vec<_> = (0..10u8)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.append_message("c0ffee", "alice", "a1", 1, &[wave, i])
+                        .await
+                        .unwrap()
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            let seq = t.await.unwrap().accepted.seq;
+            acked.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    assert!(reader.await.unwrap() > 1);
+    let (indexed, not) = indexed_and_not(dir.path());
+    assert!(
+        indexed > 0 && not > 0,
+        "both kinds of row: {indexed} indexed, {not} not"
+    );
+    assert_log_windows(&s, 201).await;
+    // A restart finds the rows that were not indexed yet.
+    drop(s);
+    let s = SqliteStore::open_with(dir.path(), options).unwrap();
+    assert_log_windows(&s, 201).await;
+    let a = s
+        .append_message("c0ffee", "alice", "a1", 1, b"after")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.accepted.seq, 202);
+    // Pruning takes what both devices read, indexed or not.
+    s.save_cursors(vec![
+        ("c0ffee".into(), "a1".into(), 202),
+        ("c0ffee".into(), "b1".into(), 150),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.prune(0).await.unwrap(), 150);
+    let seqs: Vec<u64> = s
+        .log_after("c0ffee", 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (151..=202).collect::<Vec<_>>());
+    let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+    let dangling: i64 = c
+        .query_row(
+            "SELECT count(*) FROM log_index i WHERE NOT EXISTS (SELECT 1 FROM log l WHERE l.id = i.row)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(dangling, 0, "the index points only at rows that exist");
+}
+
+/// Turns the log back into schema 5's: one table keyed by (conversation, seq), no `log_index`.
+const LOG_AS_IN_SCHEMA_5: &str = "
+    CREATE TABLE old_log (
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        seq INTEGER NOT NULL, epoch INTEGER NOT NULL, kind INTEGER NOT NULL,
+        sender_device TEXT NOT NULL, data BLOB NOT NULL,
+        created_at INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (conversation_id, seq));
+    INSERT INTO old_log SELECT conversation_id, seq, epoch, kind, sender_device, data, created_at
+        FROM log ORDER BY id DESC;
+    DROP TABLE log; DROP TABLE log_index; DROP TABLE log_indexed;
+    ALTER TABLE old_log RENAME TO log;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStore::open(dir.path()).unwrap();
+        alice_and_bob_at_epoch_1(&s).await;
+        for i in 0..5u8 {
+            s.append_message("c0ffee", "alice", "a1", 1, &[i])
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    // Put the log back the way schema version 5 kept it: keyed by (conversation, seq).
+    {
+        let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+        c.execute_batch(LOG_AS_IN_SCHEMA_5).unwrap();
+        c.execute_batch("PRAGMA user_version = 5").unwrap();
+    }
+    let s = SqliteStore::open(dir.path()).unwrap();
+    let log = s.log_after("c0ffee", 0, 100).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+    assert_eq!(log[5].data.0, [4]);
+    assert_eq!(
+        indexed_and_not(dir.path()),
+        (6, 0),
+        "the upgrade indexed every row"
+    );
+    let a = s
+        .append_message("c0ffee", "alice", "a1", 1, b"next")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.accepted.seq, 7);
+    assert_log_windows(&s, 7).await;
 }
