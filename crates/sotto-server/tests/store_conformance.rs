@@ -889,6 +889,59 @@ async fn sqlite_log_indexed_in_bulk_reads_whole_across_writes_and_restarts() {
         )
         .unwrap();
     assert_eq!(dangling, 0, "the index points only at rows that exist");
+    // Retention takes the rest, index entries with their rows.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert_eq!(s.prune(now + 10).await.unwrap(), 52);
+    assert!(s.log_after("c0ffee", 0, 1000).await.unwrap().is_empty());
+    let left: i64 = c
+        .query_row("SELECT count(*) FROM log_index", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "no index entry outlives its row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_retention_prunes_a_long_log_in_pieces() {
+    use sotto_server::store::sqlite::SqliteOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        log_index_every: Some(500),
+        ..Default::default()
+    };
+    let s = Arc::new(SqliteStore::open_with(dir.path(), options).unwrap());
+    alice_and_bob_at_epoch_1(&*s).await;
+    // More rows than one pruning job takes (2,000), indexed and not.
+    for wave in 0..45u16 {
+        let tasks: Vec<_> = (0..100u16)
+            .map(|i| {
+                let s = s.clone();
+                let tag = (wave * 100 + i).to_be_bytes();
+                tokio::spawn(async move {
+                    s.append_message("c0ffee", "alice", "a1", 1, &tag)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    // Nothing has expired yet: nothing goes (nobody has read anything either).
+    assert_eq!(s.prune(0).await.unwrap(), 0);
+    assert_eq!(s.log_after("c0ffee", 0, 10_000).await.unwrap().len(), 4501);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert_eq!(s.prune(now + 10).await.unwrap(), 4501);
+    assert!(s.log_after("c0ffee", 0, 10).await.unwrap().is_empty());
+    assert_eq!(indexed_and_not(dir.path()), (0, 0));
+    // The log goes on where it was.
+    let a = s
+        .append_message("c0ffee", "alice", "a1", 1, b"next")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.accepted.seq, 4502);
+    assert_eq!(s.log_after("c0ffee", 0, 10).await.unwrap().len(), 1);
 }
 
 /// Turns the log back into schema 5's: one table keyed by (conversation, seq), no `log_index`.

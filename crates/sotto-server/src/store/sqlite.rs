@@ -228,6 +228,10 @@ pub struct SqliteOptions {
 
 /// How many log rows the writer lets accumulate before it indexes them in one go.
 pub const LOG_INDEX_EVERY: usize = 4096;
+/// Pruning goes in write jobs of at most this many conversations (read positions) ...
+const PRUNE_CONVERSATIONS_PER_JOB: usize = 500;
+/// ... or this many expired rows: a few milliseconds of the writer each.
+const PRUNE_ROWS_PER_JOB: usize = 2000;
 
 /// The log rows not yet in `log_index`, shared by the writer (which adds rows once their batch has
 /// committed, and drops them once an index batch has) and the readers (which look here for the
@@ -276,7 +280,9 @@ impl LogTail {
     fn add(&mut self, rows: impl IntoIterator<Item = (String, u64, i64)>) {
         for (conversation, seq, row) in rows {
             if row > self.indexed_upto {
-                self.convs.entry(conversation).or_default().push((seq, row));
+                let rows = self.convs.entry(conversation).or_default();
+                debug_assert!(rows.last().is_none_or(|&(last, _)| last < seq));
+                rows.push((seq, row));
                 self.len += 1;
             }
         }
@@ -311,16 +317,36 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Indexes every log row past `upto`, sorted (inside the writer's open transaction, in a savepoint
-/// of its own). Returns the new `upto`.
-fn index_log(conn: &Connection, upto: i64) -> rusqlite::Result<i64> {
+/// Indexes every log row past the watermark in `log_indexed`, sorted (inside the writer's open
+/// transaction, in a savepoint of its own). Returns the new watermark.
+///
+/// Idempotent: an entry already in the index (a batch whose savepoint could not be rolled back)
+/// stays and the run goes on. Two rows with one (conversation, seq) cannot come from the writer
+/// (it numbers every conversation alone); should one appear, only the first is indexed and the
+/// other is reported, instead of every later index batch failing and the tail growing forever.
+fn index_log(conn: &Connection) -> rusqlite::Result<i64> {
     conn.execute_batch("SAVEPOINT ix")?;
     let res = (|| {
-        conn.prepare_cached(
-            "INSERT INTO log_index (conversation_id, seq, row)
-             SELECT conversation_id, seq, id FROM log WHERE id > ?1 ORDER BY conversation_id, seq",
-        )?
-        .execute(params![upto])?;
+        let upto: i64 = conn
+            .prepare_cached("SELECT upto FROM log_indexed")?
+            .query_row([], |r| r.get(0))?;
+        let rows: i64 = conn
+            .prepare_cached("SELECT count(*) FROM log WHERE id > ?1")?
+            .query_row(params![upto], |r| r.get(0))?;
+        let added = conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO log_index (conversation_id, seq, row)
+                 SELECT conversation_id, seq, id FROM log WHERE id > ?1
+                 ORDER BY conversation_id, seq",
+            )?
+            .execute(params![upto])?;
+        if i64::try_from(added).unwrap_or(i64::MAX) < rows {
+            tracing::error!(
+                rows,
+                added,
+                "log rows already indexed or with a (conversation, seq) taken: not indexed again"
+            );
+        }
         let new: i64 = conn
             .prepare_cached("SELECT coalesce(max(id), ?1) FROM log")?
             .query_row(params![upto], |r| r.get(0))?;
@@ -534,14 +560,26 @@ fn in_savepoint<T>(
     exec("SAVEPOINT op").map_err(backend)?;
     let rows_before = NEW_LOG_ROWS.with(|r| r.borrow().len());
     let forget_rows = || NEW_LOG_ROWS.with(|r| r.borrow_mut().truncate(rows_before));
+    // Whatever the operation wrote is undone before its log rows are forgotten. Should even that
+    // fail, the transaction is rolled back whole (the writer then fails the batch: nothing lands
+    // that the tail does not know of).
+    let undo = || {
+        if exec("ROLLBACK TO op")
+            .and_then(|()| exec("RELEASE op"))
+            .is_err()
+            && !conn.is_autocommit()
+        {
+            let _ = exec("ROLLBACK");
+        }
+        forget_rows();
+    };
     match f() {
         Ok(v) => exec("RELEASE op").map(|()| v).map_err(|e| {
-            forget_rows();
+            undo();
             backend(e)
         }),
         Err(e) => {
-            let _ = exec("ROLLBACK TO op").and_then(|()| exec("RELEASE op"));
-            forget_rows();
+            undo();
             Err(e)
         }
     }
@@ -624,13 +662,13 @@ fn writer_loop(
         }
         NEW_LOG_ROWS.with(|r| r.borrow_mut().clear());
         // Index the log first, before any job has run: if it fails, nothing else is lost.
-        let (unindexed, upto) = match tail.lock() {
-            Ok(t) => (t.len, t.indexed_upto),
-            Err(p) => (p.get_ref().len, p.get_ref().indexed_upto),
+        let unindexed = match tail.lock() {
+            Ok(t) => t.len,
+            Err(p) => p.get_ref().len,
         };
         let mut indexed = None;
         if unindexed >= index_due {
-            match index_log(&conn, upto) {
+            match index_log(&conn) {
                 Ok(new) => {
                     indexed = Some(new);
                     index_due = index_every;
@@ -1109,6 +1147,9 @@ fn read_log(
             data: B64(r.get(3)?),
         })
     };
+    // One snapshot for the index and the rows: a prune only ever removes a conversation's oldest
+    // entries, so within one snapshot what is left has no gap; across two it could.
+    let snapshot = Snapshot::begin(conn)?;
     let mut out = conn
         .prepare_cached(
             "SELECT l.epoch, l.kind, l.sender_device, l.data, i.seq
@@ -1139,7 +1180,41 @@ fn read_log(
             out.push(e);
         }
     }
+    drop(by_id);
+    snapshot.end()?;
     Ok(out)
+}
+
+/// A read transaction on a reader connection (ended, or rolled back when dropped on an error).
+struct Snapshot<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Snapshot<'c> {
+    fn begin(conn: &'c Connection) -> Result<Self, StoreError> {
+        conn.prepare_cached("BEGIN")
+            .and_then(|mut s| s.execute([]))
+            .map_err(backend)?;
+        Ok(Snapshot { conn, open: true })
+    }
+
+    fn end(mut self) -> Result<(), StoreError> {
+        self.open = false;
+        self.conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .map_err(backend)
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 /// Checks the epoch and reserves the next sequence number, inside the caller's transaction.
@@ -1790,51 +1865,114 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.write_keeping_hot(move |tx| {
-            let floors: Vec<(String, i64)> = tx
-                .prepare_cached(
-                    "SELECT conversation_id, MIN(acked_seq) FROM conversation_devices GROUP BY conversation_id",
+        // In pieces, each its own write job, so messages keep landing in between; each piece finds
+        // its rows through `log_index` or an id range, never by reading the whole log.
+        let conversations: Vec<String> = self
+            .read(|conn| {
+                conn.prepare_cached(
+                    "SELECT conversation_id FROM conversation_devices GROUP BY conversation_id",
                 )
                 .and_then(|mut s| {
-                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    s.query_map([], |r| r.get(0))?
                         .collect::<Result<Vec<_>, _>>()
                 })
-                .map_err(backend)?;
-            let mut gone = 0usize;
-            let mut del = tx
-                .prepare_cached(
-                    "DELETE FROM log WHERE id IN
-                     (SELECT row FROM log_index WHERE conversation_id = ?1 AND seq <= ?2)",
-                )
-                .map_err(backend)?;
-            let mut unindex = tx
-                .prepare_cached("DELETE FROM log_index WHERE conversation_id = ?1 AND seq <= ?2")
-                .map_err(backend)?;
-            for (c, floor) in &floors {
-                gone += del.execute(params![c, floor]).map_err(backend)?;
-                unindex.execute(params![c, floor]).map_err(backend)?;
-            }
-            // Rows not indexed yet: one pass over them (readers skip what is gone).
-            gone += tx
-                .execute(
+                .map_err(backend)
+            })
+            .await?;
+        let mut gone = 0u64;
+        // Entries every current device of the conversation has read (the floor is read inside the
+        // job: read positions only move forward, and devices that join start past the old log).
+        for chunk in conversations.chunks(PRUNE_CONVERSATIONS_PER_JOB) {
+            let chunk = chunk.to_vec();
+            gone += self
+                .write_keeping_hot(move |tx| {
+                    const FLOOR: &str = "(SELECT MIN(acked_seq) FROM conversation_devices
+                                          WHERE conversation_id = ?1)";
+                    let mut del = tx
+                        .prepare_cached(&format!(
+                            "DELETE FROM log WHERE id IN
+                             (SELECT row FROM log_index WHERE conversation_id = ?1 AND seq <= {FLOOR})"
+                        ))
+                        .map_err(backend)?;
+                    let mut unindex = tx
+                        .prepare_cached(&format!(
+                            "DELETE FROM log_index WHERE conversation_id = ?1 AND seq <= {FLOOR}"
+                        ))
+                        .map_err(backend)?;
+                    let mut n = 0usize;
+                    for c in &chunk {
+                        n += del.execute(params![c]).map_err(backend)?;
+                        unindex.execute(params![c]).map_err(backend)?;
+                    }
+                    Ok(n as u64)
+                })
+                .await?;
+        }
+        // The same for rows not indexed yet: at most one index batch of them, one pass.
+        gone += self
+            .write_keeping_hot(|tx| {
+                tx.execute(
                     "DELETE FROM log WHERE id > (SELECT upto FROM log_indexed)
                      AND seq <= (SELECT MIN(d.acked_seq) FROM conversation_devices d
                                  WHERE d.conversation_id = log.conversation_id)",
                     [],
                 )
-                .map_err(backend)?;
-            tx.execute(
-                "DELETE FROM log_index WHERE row IN
-                 (SELECT id FROM log WHERE created_at > 0 AND created_at < ?1)",
-                params![older_than],
-            )
-            .map_err(backend)?;
-            gone += tx
-                .execute(
-                    "DELETE FROM log WHERE created_at > 0 AND created_at < ?1",
-                    params![older_than],
-                )
-                .map_err(backend)?;
+                .map(|n| n as u64)
+                .map_err(backend)
+            })
+            .await?;
+        // Retention. Rows are appended in time order (one writer stamps them), so the expired ones
+        // are those before the first row young enough: found by reading only the expired rows
+        // (a clock stepping back can keep a few rows until a later round). Rows from before
+        // schema 2 carry no time (0) and are kept, as before.
+        let cut: i64 = self
+            .read(move |conn| {
+                conn.prepare_cached("SELECT id FROM log WHERE created_at >= ?1 ORDER BY id LIMIT 1")
+                    .and_then(|mut s| s.query_row(params![older_than], |r| r.get(0)).optional())
+                    .map(|first_young| first_young.unwrap_or(i64::MAX))
+                    .map_err(backend)
+            })
+            .await?;
+        let mut from = 0i64;
+        loop {
+            let (n, last) = self
+                .write_keeping_hot(move |tx| {
+                    let rows: Vec<(i64, String, i64)> = tx
+                        .prepare_cached(
+                            "SELECT id, conversation_id, seq FROM log
+                             WHERE id > ?1 AND id < ?2 AND created_at > 0 AND created_at < ?3
+                             ORDER BY id LIMIT ?4",
+                        )
+                        .and_then(|mut s| {
+                            s.query_map(
+                                params![from, cut, older_than, PRUNE_ROWS_PER_JOB as i64],
+                                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                            )?
+                            .collect::<Result<Vec<_>, _>>()
+                        })
+                        .map_err(backend)?;
+                    let mut unindex = tx
+                        .prepare_cached(
+                            "DELETE FROM log_index WHERE conversation_id = ?1 AND seq = ?2 AND row = ?3",
+                        )
+                        .map_err(backend)?;
+                    let mut del = tx
+                        .prepare_cached("DELETE FROM log WHERE id = ?1")
+                        .map_err(backend)?;
+                    for (id, c, seq) in &rows {
+                        unindex.execute(params![c, seq, id]).map_err(backend)?;
+                        del.execute(params![id]).map_err(backend)?;
+                    }
+                    Ok((rows.len(), rows.last().map_or(from, |r| r.0)))
+                })
+                .await?;
+            gone += n as u64;
+            if n < PRUNE_ROWS_PER_JOB {
+                break;
+            }
+            from = last;
+        }
+        self.write_keeping_hot(move |tx| {
             tx.execute(
                 "DELETE FROM inbox WHERE welcome_id IN (SELECT id FROM welcomes WHERE created_at < ?1)",
                 params![older_than],
@@ -1846,9 +1984,10 @@ impl Store for SqliteStore {
                 params![older_than],
             )
             .map_err(backend)?;
-            Ok(gone as u64)
+            Ok(())
         })
-        .await
+        .await?;
+        Ok(gone)
     }
 
     async fn create_link(
