@@ -437,7 +437,9 @@ pub async fn run(
         pairs.push(setup_pair(&http, send_url, recv_url, &run_id, i, per_pair).await?);
     }
 
-    let arrivals: Clock = Arc::new(Mutex::new(HashMap::new()));
+    // Both clocks hold every message: sized up front, so no resize (a rehash of up to millions of
+    // entries under the lock every receiver needs) lands in the timed part as a latency spike.
+    let arrivals: Clock = Arc::new(Mutex::new(HashMap::with_capacity(total)));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(pairs_n);
     let mut receivers = Vec::new();
     for (k, p) in pairs.iter().enumerate() {
@@ -461,7 +463,7 @@ pub async fn run(
         "sending {total} messages at {rate}/s for {:.1}s (open loop)...",
         duration.as_secs_f64()
     );
-    let sent: Clock = Arc::new(Mutex::new(HashMap::new()));
+    let sent: Clock = Arc::new(Mutex::new(HashMap::with_capacity(total)));
     let cpu = || -> Option<u64> {
         if pids.is_empty() {
             return None;
