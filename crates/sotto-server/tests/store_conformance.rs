@@ -900,7 +900,7 @@ async fn sqlite_log_indexed_in_bulk_reads_whole_across_writes_and_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_retention_prunes_a_long_log_in_pieces() {
+async fn sqlite_prunes_a_long_log_in_pieces() {
     use sotto_server::store::sqlite::SqliteOptions;
     let dir = tempfile::tempdir().unwrap();
     let options = SqliteOptions {
@@ -930,8 +930,24 @@ async fn sqlite_retention_prunes_a_long_log_in_pieces() {
     // Nothing has expired yet: nothing goes (nobody has read anything either).
     assert_eq!(s.prune(0).await.unwrap(), 0);
     assert_eq!(s.log_after("c0ffee", 0, 10_000).await.unwrap().len(), 4501);
+    // Read positions: more than one job's worth of one conversation.
+    s.save_cursors(vec![
+        ("c0ffee".into(), "a1".into(), 3000),
+        ("c0ffee".into(), "b1".into(), 3000),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.prune(0).await.unwrap(), 3000);
+    let seqs: Vec<u64> = s
+        .log_after("c0ffee", 0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (3001..=4501).collect::<Vec<_>>());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    assert_eq!(s.prune(now + 10).await.unwrap(), 4501);
+    assert_eq!(s.prune(now + 10).await.unwrap(), 1501);
     assert!(s.log_after("c0ffee", 0, 10).await.unwrap().is_empty());
     assert_eq!(indexed_and_not(dir.path()), (0, 0));
     // The log goes on where it was.

@@ -230,7 +230,7 @@ pub struct SqliteOptions {
 pub const LOG_INDEX_EVERY: usize = 4096;
 /// Pruning goes in write jobs of at most this many conversations (read positions) ...
 const PRUNE_CONVERSATIONS_PER_JOB: usize = 500;
-/// ... or this many expired rows: a few milliseconds of the writer each.
+/// ... and this many rows: a few milliseconds of the writer each.
 const PRUNE_ROWS_PER_JOB: usize = 2000;
 
 /// The log rows not yet in `log_index`, shared by the writer (which adds rows once their batch has
@@ -1881,32 +1881,57 @@ impl Store for SqliteStore {
             .await?;
         let mut gone = 0u64;
         // Entries every current device of the conversation has read (the floor is read inside the
-        // job: read positions only move forward, and devices that join start past the old log).
-        for chunk in conversations.chunks(PRUNE_CONVERSATIONS_PER_JOB) {
-            let chunk = chunk.to_vec();
-            gone += self
+        // job: read positions only move forward, and devices that join start past the old log). A
+        // job stops after PRUNE_ROWS_PER_JOB rows; the next one goes on from that conversation.
+        let mut next = 0;
+        while next < conversations.len() {
+            let chunk = conversations[next..]
+                .iter()
+                .take(PRUNE_CONVERSATIONS_PER_JOB)
+                .cloned()
+                .collect::<Vec<_>>();
+            let (n, finished) = self
                 .write_keeping_hot(move |tx| {
-                    const FLOOR: &str = "(SELECT MIN(acked_seq) FROM conversation_devices
-                                          WHERE conversation_id = ?1)";
+                    let mut oldest = tx
+                        .prepare_cached(
+                            "SELECT seq FROM log_index WHERE conversation_id = ?1
+                             AND seq <= (SELECT MIN(acked_seq) FROM conversation_devices
+                                         WHERE conversation_id = ?1)
+                             ORDER BY seq LIMIT ?2",
+                        )
+                        .map_err(backend)?;
                     let mut del = tx
-                        .prepare_cached(&format!(
+                        .prepare_cached(
                             "DELETE FROM log WHERE id IN
-                             (SELECT row FROM log_index WHERE conversation_id = ?1 AND seq <= {FLOOR})"
-                        ))
+                             (SELECT row FROM log_index WHERE conversation_id = ?1 AND seq <= ?2)",
+                        )
                         .map_err(backend)?;
                     let mut unindex = tx
-                        .prepare_cached(&format!(
-                            "DELETE FROM log_index WHERE conversation_id = ?1 AND seq <= {FLOOR}"
-                        ))
+                        .prepare_cached(
+                            "DELETE FROM log_index WHERE conversation_id = ?1 AND seq <= ?2",
+                        )
                         .map_err(backend)?;
-                    let mut n = 0usize;
+                    let (mut n, mut finished) = (0usize, 0usize);
                     for c in &chunk {
-                        n += del.execute(params![c]).map_err(backend)?;
-                        unindex.execute(params![c]).map_err(backend)?;
+                        let budget = PRUNE_ROWS_PER_JOB - n;
+                        let seqs: Vec<i64> = oldest
+                            .query_map(params![c, budget as i64], |r| r.get(0))
+                            .and_then(|rows| rows.collect())
+                            .map_err(backend)?;
+                        if let Some(last) = seqs.last() {
+                            n += del.execute(params![c, last]).map_err(backend)?;
+                            unindex.execute(params![c, last]).map_err(backend)?;
+                        }
+                        if seqs.len() == budget {
+                            break; // this conversation may have more
+                        }
+                        finished += 1;
                     }
-                    Ok(n as u64)
+                    Ok((n as u64, finished))
                 })
                 .await?;
+            gone += n;
+            next += finished;
         }
         // The same for rows not indexed yet: at most one index batch of them, one pass.
         gone += self
