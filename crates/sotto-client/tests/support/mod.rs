@@ -35,7 +35,10 @@ impl Server {
         config: Config,
         max_bytes: Option<u64>,
     ) -> Self {
-        let options = sotto_server::store::sqlite::SqliteOptions { max_bytes };
+        let options = sotto_server::store::sqlite::SqliteOptions {
+            max_bytes,
+            ..Default::default()
+        };
         let store = SqliteStore::open_with(data_dir, options).unwrap();
         let (state, stop_push) = AppState::single_node(Arc::new(store), config);
         Self::serve(state, stop_push, data_dir, addr).await
