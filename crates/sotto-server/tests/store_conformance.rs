@@ -768,17 +768,21 @@ async fn sqlite_upgrade_moves_group_state_out_of_the_conversation_row() {
     assert_eq!(a.accepted.seq, 2);
 }
 
+/// The seqs `log_after("c0ffee", after, limit)` answers.
+async fn c0ffee_seqs(s: &SqliteStore, after: u64, limit: u32) -> Vec<u64> {
+    s.log_after("c0ffee", after, limit)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
 /// Seqs `after+1 ..= min(last, after+limit)`, every window of the log of "c0ffee".
 async fn assert_log_windows(s: &SqliteStore, last: u64) {
     for after in 0..=last + 1 {
         for limit in [1u32, 2, 3, 7, 1000] {
-            let got: Vec<u64> = s
-                .log_after("c0ffee", after, limit)
-                .await
-                .unwrap()
-                .iter()
-                .map(|e| e.seq)
-                .collect();
+            let got = c0ffee_seqs(s, after, limit).await;
             let want: Vec<u64> = (after + 1..=last.min(after + u64::from(limit))).collect();
             assert_eq!(got, want, "after {after}, limit {limit}");
         }
@@ -813,13 +817,7 @@ async fn sqlite_log_indexed_in_bulk_reads_whole_across_writes_and_restarts() {
             let mut reads = 0u32;
             loop {
                 let floor = acked.load(std::sync::atomic::Ordering::SeqCst);
-                let seqs: Vec<u64> = s
-                    .log_after("c0ffee", 1, 10_000)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|e| e.seq)
-                    .collect();
+                let seqs = c0ffee_seqs(&s, 1, 10_000).await;
                 let n = seqs.len() as u64;
                 assert_eq!(seqs, (2..2 + n).collect::<Vec<_>>(), "a gap in the log");
                 assert!(1 + n >= floor, "an acknowledged entry is missing");
@@ -872,13 +870,7 @@ async fn sqlite_log_indexed_in_bulk_reads_whole_across_writes_and_restarts() {
     .await
     .unwrap();
     assert_eq!(s.prune(0).await.unwrap(), 150);
-    let seqs: Vec<u64> = s
-        .log_after("c0ffee", 0, 1000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let seqs = c0ffee_seqs(&s, 0, 1000).await;
     assert_eq!(seqs, (151..=202).collect::<Vec<_>>());
     let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
     let dangling: i64 = c
@@ -938,13 +930,7 @@ async fn sqlite_prunes_a_long_log_in_pieces() {
     .await
     .unwrap();
     assert_eq!(s.prune(0).await.unwrap(), 3000);
-    let seqs: Vec<u64> = s
-        .log_after("c0ffee", 0, 10_000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let seqs = c0ffee_seqs(&s, 0, 10_000).await;
     assert_eq!(seqs, (3001..=4501).collect::<Vec<_>>());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert_eq!(s.prune(now + 10).await.unwrap(), 1501);
