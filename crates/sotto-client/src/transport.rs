@@ -1,9 +1,7 @@
 //! HTTP transport to `sottod`: JSON in and out, errors mapped to [`ClientError`].
 
 use reqwest::StatusCode;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use sotto_api::{ErrorBody, ErrorCode};
+use sotto_engine::{HttpReply, HttpRequest, Method};
 
 use crate::ClientError;
 
@@ -94,12 +92,11 @@ fn trust_nothing() -> Result<rustls::ClientConfig, ClientError> {
         .with_no_client_auth())
 }
 
-/// A connection to one server, optionally authenticated as a device.
+/// A connection to one server (the engine puts the device's token on each request).
 #[derive(Clone)]
 pub(crate) struct Transport {
     pub(crate) base: String,
     http: reqwest::Client,
-    token: Option<String>,
     /// For `https://`: the TLS configuration, shared with the WebSocket.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -127,11 +124,7 @@ fn certificate_problem(e: &reqwest::Error) -> Option<String> {
 }
 
 impl Transport {
-    pub(crate) fn new(
-        base: &str,
-        token: Option<String>,
-        settings: &TlsSettings,
-    ) -> Result<Self, ClientError> {
+    pub(crate) fn new(base: &str, settings: &TlsSettings) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
         let url = check_scheme(&base, settings.insecure)?;
         let mut builder = reqwest::Client::builder()
@@ -150,21 +143,12 @@ impl Transport {
         let http = builder
             .build()
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        Ok(Self {
-            base,
-            http,
-            token,
-            tls,
-        })
+        Ok(Self { base, http, tls })
     }
 
     /// The TLS connector for the WebSocket (`None` for plain `ws://`).
     pub(crate) fn ws_connector(&self) -> Option<tokio_tungstenite::Connector> {
         self.tls.clone().map(tokio_tungstenite::Connector::Rustls)
-    }
-
-    pub(crate) fn token(&self) -> Option<&str> {
-        self.token.as_deref()
     }
 
     fn unreachable(&self, e: reqwest::Error) -> ClientError {
@@ -182,57 +166,32 @@ impl Transport {
         }
     }
 
-    async fn finish<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ClientError> {
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-        if status.is_success() {
-            let body: &[u8] = if status == StatusCode::NO_CONTENT || bytes.is_empty() {
-                b"null"
-            } else {
-                &bytes
-            };
-            serde_json::from_slice(body)
-                .map_err(|e| ClientError::Protocol(format!("unexpected answer from server: {e}")))
-        } else {
-            match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => Err(ClientError::Api {
-                    status: status.as_u16(),
-                    code: body.code,
-                    message: body.message,
-                    current_epoch: body.current_epoch,
-                }),
-                Err(_) => Err(ClientError::Api {
-                    status: status.as_u16(),
-                    code: ErrorCode::Internal,
-                    message: format!("server answered {status}"),
-                    current_epoch: None,
-                }),
-            }
-        }
-    }
-
-    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(t) => rb.bearer_auth(t),
-            None => rb,
-        }
-    }
-
-    /// Sends a request; a 429 whose `Retry-After` is short is waited out and retried (a few
-    /// times), a longer one is returned as the error it is.
-    async fn execute(
-        &self,
-        make: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ClientError> {
+    /// Performs one exchange the engine asked for. A 429 whose `Retry-After` is short is waited
+    /// out and retried (a few times); a longer one is returned as the reply it is.
+    pub(crate) async fn send(&self, req: &HttpRequest) -> Result<HttpReply, ClientError> {
         const MAX_WAIT_SECS: u64 = 5;
-        for _ in 0..3 {
-            let resp = self
-                .auth(make())
-                .send()
-                .await
-                .map_err(|e| self.unreachable(e))?;
-            if resp.status() != StatusCode::TOO_MANY_REQUESTS {
-                return Ok(resp);
+        let url = format!("{}{}", self.base, req.path);
+        let make = || {
+            let rb = match req.method {
+                Method::Get => self.http.get(&url),
+                Method::Post => self
+                    .http
+                    .post(&url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(req.body.clone().unwrap_or_default()),
+                Method::Delete => self.http.delete(&url),
+            };
+            match &req.bearer {
+                Some(t) => rb.bearer_auth(t),
+                None => rb,
+            }
+        };
+        let mut attempts = 0;
+        let resp = loop {
+            let resp = make().send().await.map_err(|e| self.unreachable(e))?;
+            attempts += 1;
+            if resp.status() != StatusCode::TOO_MANY_REQUESTS || attempts > 3 {
+                break resp;
             }
             let wait = resp
                 .headers()
@@ -243,35 +202,16 @@ impl Transport {
                 Some(secs) if secs <= MAX_WAIT_SECS => {
                     tokio::time::sleep(std::time::Duration::from_secs(secs)).await
                 }
-                _ => return Ok(resp),
+                _ => break resp,
             }
-        }
-        self.auth(make())
-            .send()
+        };
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
             .await
-            .map_err(|e| self.unreachable(e))
-    }
-
-    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let resp = self.execute(|| self.http.get(&url)).await?;
-        self.finish(resp).await
-    }
-
-    pub(crate) async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let resp = self.execute(|| self.http.post(&url).json(body)).await?;
-        self.finish(resp).await
-    }
-
-    pub(crate) async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let resp = self.execute(|| self.http.delete(&url)).await?;
-        self.finish(resp).await
+            .map_err(|e| self.unreachable(e))?
+            .to_vec();
+        Ok(HttpReply { status, body })
     }
 
     /// The WebSocket URL for push.

@@ -18,7 +18,7 @@ async fn two_users_two_devices_each_exactly_once_in_order_and_no_plaintext_on_se
     let a2 = linked(&a1, &dir.path().join("a2"), &url).await;
     let b1 = registered(&dir.path().join("b1"), &url, "bob").await;
     let b2 = linked(&b1, &dir.path().join("b2"), &url).await;
-    assert_eq!(a2.username(), Some("alice"));
+    assert_eq!(a2.username().as_deref(), Some("alice"));
     assert_eq!(a1.devices().await.unwrap().len(), 2);
 
     a1.send_dm("bob", "hello bob, secret-plaintext-one")

@@ -1,0 +1,181 @@
+//! Sending a message: it is stored (as unacknowledged: the outbox) before it is posted, so one whose
+//! outcome is unknown is posted again by the next sync with the same message id, and receivers keep
+//! exactly one copy.
+
+use sotto_api::*;
+use sotto_proto::identity::unhex;
+use sotto_proto::mls::Conversation;
+use sotto_proto::{Body, MessageContent, MessageId};
+
+use crate::store::{ConversationStatus, MessageRecord};
+use crate::{group_id_bytes, rfc3339_ms, Error, Flow, Message, SyncReport, MAX_ATTEMPTS};
+
+impl Flow {
+    /// Sends a text to conversation `id` (a group's id, or `None` for a DM) and returns the message
+    /// as this device shows it.
+    pub(crate) async fn send_text(
+        &self,
+        id: &str,
+        group: bool,
+        text: String,
+        report: &mut SyncReport,
+    ) -> Result<Message, Error> {
+        let me = self.me()?;
+        let content = MessageContent::text(&text, self.io.now_ms().await, None);
+        self.post_message(id, &content, report).await?;
+        Ok(Message {
+            id: content.id.to_hex(),
+            conversation: id.to_owned(),
+            group: group.then(|| id.to_owned()),
+            sender: me.username.to_string(),
+            sender_device: me.device_id.to_hex(),
+            text,
+            sent_at: rfc3339_ms(content.sent_at_ms),
+            outgoing: true,
+        })
+    }
+
+    /// Encrypts `content` for the conversation's current epoch and posts it; on a stale epoch
+    /// catches up and re-encrypts.
+    ///
+    /// Errors: before the message was stored, as they are; after, a definite refusal (4xx) drops the
+    /// pending copy and is returned as it is, anything else (transport, 5xx, 429, 507, lost races)
+    /// is [`Error::Queued`]: kept, and sent by the next sync.
+    pub(crate) async fn post_message(
+        &self,
+        id: &str,
+        content: &MessageContent,
+        report: &mut SyncReport,
+    ) -> Result<Accepted, Error> {
+        let mut stored = false;
+        match self
+            .try_post_message(id, content, report, &mut stored)
+            .await
+        {
+            Ok(a) => Ok(a),
+            Err(e) if !stored => Err(e),
+            Err(e) if e.is_refusal() => {
+                self.with_tx(|tx, _| Ok(tx.delete_unsent_message(id, &content.id.to_hex())?))?;
+                Err(e)
+            }
+            Err(e) => Err(Error::Queued {
+                id: content.id.to_hex(),
+                reason: Box::new(e),
+            }),
+        }
+    }
+
+    async fn try_post_message(
+        &self,
+        id: &str,
+        content: &MessageContent,
+        report: &mut SyncReport,
+        stored: &mut bool,
+    ) -> Result<Accepted, Error> {
+        let me = self.me()?;
+        let gid = group_id_bytes(id)?;
+        let msg_id = content.id.to_hex();
+        let (text, reply_to) = match &content.body {
+            Body::Text { text, reply_to } => (Some(text.clone()), reply_to.map(|r| r.to_hex())),
+            _ => (None, None),
+        };
+        for attempt in 0..MAX_ATTEMPTS {
+            let bytes = self.with_tx(|tx, p| {
+                let keys = self.keys(tx)?;
+                let mut g = Conversation::load(p, &gid)?
+                    .ok_or_else(|| Error::Protocol(format!("not a member of conversation {id}")))?;
+                let bytes = g.encrypt(p, &keys, content)?;
+                tx.insert_message(&MessageRecord {
+                    conversation: id.to_owned(),
+                    id: msg_id.clone(),
+                    seq: None,
+                    sender: me.username.to_string(),
+                    sender_device: me.device_id.to_hex(),
+                    sent_at_ms: content.sent_at_ms,
+                    text: text.clone(),
+                    reply_to: reply_to.clone(),
+                    outgoing: true,
+                    shown: true,
+                    local_order: 0,
+                })?;
+                Ok(bytes)
+            })?;
+            *stored = true;
+            let res: Result<Accepted, Error> = self
+                .post(
+                    &format!("/v1/conversations/{id}/messages"),
+                    &SendRequest {
+                        message: B64(bytes),
+                    },
+                )
+                .await;
+            match res {
+                Ok(acc) => {
+                    self.with_tx(|tx, _| Ok(tx.set_message_seq(id, &msg_id, acc.seq)?))?;
+                    return Ok(acc);
+                }
+                Err(e) if e.is_stale_epoch() => {
+                    self.backoff_after_lost_race(attempt).await;
+                    self.sync_conversation(id, None, report).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::TooManyAttempts(MAX_ATTEMPTS))
+    }
+
+    /// Posts again this device's messages whose acknowledgement never arrived.
+    pub(crate) async fn resend_pending(&self, report: &mut SyncReport) -> Result<(), Error> {
+        let me = self.me()?;
+        let pending: Vec<(String, MessageContent)> = self.read(|tx, _| {
+            let mut out = Vec::new();
+            for m in tx.unsent_messages(&me.device_id.to_hex())? {
+                let followed = tx
+                    .conversation(&m.conversation)?
+                    .is_some_and(|c| c.status == ConversationStatus::Ok);
+                if !followed {
+                    continue;
+                }
+                if let Some(content) = content_of(&m) {
+                    out.push((m.conversation, content));
+                }
+            }
+            Ok(out)
+        })?;
+        for (conv, content) in pending {
+            match self.post_message(&conv, &content, report).await {
+                Ok(_) => {}
+                Err(Error::Queued { reason, .. }) => report.warnings.push(format!(
+                    "message {} to conversation {conv} not sent yet: {reason}",
+                    content.id.to_hex()
+                )),
+                Err(e) if e.is_refusal() => report.warnings.push(format!(
+                    "message {} to conversation {conv} was refused by the server and dropped: {e}",
+                    content.id.to_hex()
+                )),
+                Err(e) => report.warnings.push(format!(
+                    "message {} to conversation {conv} not sent yet: {e}",
+                    content.id.to_hex()
+                )),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The content of a stored outgoing message, to post again.
+fn content_of(m: &MessageRecord) -> Option<MessageContent> {
+    let id: [u8; 16] = unhex(&m.id)?.try_into().ok()?;
+    let reply_to = match &m.reply_to {
+        Some(r) => Some(MessageId(unhex(r)?.try_into().ok()?)),
+        None => None,
+    };
+    Some(MessageContent {
+        id: MessageId(id),
+        sent_at_ms: m.sent_at_ms,
+        body: Body::Text {
+            text: m.text.clone()?,
+            reply_to,
+        },
+    })
+}

@@ -1,0 +1,377 @@
+//! The one conformance suite every client store backend must pass (in-memory here, SQLite in
+//! `sotto-client`, the browser's with the web client). Call [`run`] from a backend's tests with a
+//! function that makes an empty store; it panics with the name of the first rule broken.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+
+type Check = (&'static str, fn(&dyn Store));
+
+/// Runs every check, each on a fresh store from `make`.
+pub fn run(make: &dyn Fn() -> Box<dyn Store>) {
+    let checks: &[Check] = &[
+        ("settings", settings),
+        ("rollback_on_drop", rollback_on_drop),
+        ("reads_see_own_writes", reads_see_own_writes),
+        ("pins", pins),
+        ("conversations", conversations),
+        ("one_dm_per_peer", one_dm_per_peer),
+        ("messages_dedup_and_order", messages_dedup_and_order),
+        ("outbox", outbox),
+        ("history_order", history_order),
+        ("undecryptable", undecryptable),
+        ("mls_state", mls_state),
+        ("mls_rollback", mls_rollback),
+    ];
+    for (name, check) in checks {
+        let store = make();
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(store.as_ref())));
+        if let Err(e) = outcome {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("store conformance check `{name}` failed: {why}");
+        }
+    }
+}
+
+fn write<T>(s: &dyn Store, f: impl FnOnce(&dyn Tx) -> T) -> T {
+    let tx = s.begin(true).unwrap();
+    let out = f(tx.as_ref());
+    tx.commit().unwrap();
+    out
+}
+
+fn read<T>(s: &dyn Store, f: impl FnOnce(&dyn Tx) -> T) -> T {
+    let tx = s.begin(false).unwrap();
+    f(tx.as_ref())
+}
+
+fn msg(conv: &str, id: &str, seq: Option<u64>, outgoing: bool, device: &str) -> MessageRecord {
+    MessageRecord {
+        conversation: conv.into(),
+        id: id.into(),
+        seq,
+        sender: "alice".into(),
+        sender_device: device.into(),
+        sent_at_ms: 1_700_000_000_000,
+        text: Some(format!("text {id}")),
+        reply_to: None,
+        outgoing,
+        shown: false,
+        local_order: 0,
+    }
+}
+
+fn settings(s: &dyn Store) {
+    write(s, |tx| {
+        assert_eq!(tx.setting("a").unwrap(), None);
+        tx.set_setting("a", b"1").unwrap();
+        tx.set_setting("a", b"22").unwrap();
+        tx.set_setting("b", &[0, 255]).unwrap();
+    });
+    read(s, |tx| {
+        assert_eq!(tx.setting("a").unwrap().as_deref(), Some(&b"22"[..]));
+        assert_eq!(tx.setting("b").unwrap().as_deref(), Some(&[0u8, 255][..]));
+    });
+    write(s, |tx| {
+        tx.delete_setting("a").unwrap();
+        tx.delete_setting("never").unwrap();
+    });
+    read(s, |tx| assert_eq!(tx.setting("a").unwrap(), None));
+}
+
+fn rollback_on_drop(s: &dyn Store) {
+    write(s, |tx| tx.set_setting("kept", b"1").unwrap());
+    {
+        let tx = s.begin(true).unwrap();
+        tx.set_setting("kept", b"2").unwrap();
+        tx.set_setting("lost", b"x").unwrap();
+        tx.put_conversation(&ConversationRecord::new(
+            "c1",
+            ConversationKind::Group,
+            None,
+        ))
+        .unwrap();
+        tx.insert_message(&msg("c1", "m1", Some(1), false, "d"))
+            .unwrap();
+        // dropped without commit
+    }
+    read(s, |tx| {
+        assert_eq!(tx.setting("kept").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(tx.setting("lost").unwrap(), None);
+        assert_eq!(tx.conversation("c1").unwrap(), None);
+        assert!(tx.messages("c1").unwrap().is_empty());
+    });
+    // The order counter rolled back too: the next message is still the first.
+    write(s, |tx| {
+        tx.insert_message(&msg("c1", "m1", Some(1), false, "d"))
+            .unwrap();
+    });
+    let first = read(s, |tx| tx.message("c1", "m1").unwrap().unwrap().local_order);
+    write(s, |tx| {
+        tx.insert_message(&msg("c1", "m2", Some(2), false, "d"))
+            .unwrap();
+    });
+    let second = read(s, |tx| tx.message("c1", "m2").unwrap().unwrap().local_order);
+    assert!(second > first, "local_order must grow");
+}
+
+fn reads_see_own_writes(s: &dyn Store) {
+    let tx = s.begin(true).unwrap();
+    tx.set_setting("k", b"v").unwrap();
+    assert_eq!(tx.setting("k").unwrap().as_deref(), Some(&b"v"[..]));
+    tx.mls_put(b"m", b"1").unwrap();
+    assert_eq!(tx.mls_get(b"m").unwrap().as_deref(), Some(&b"1"[..]));
+    let mut c = ConversationRecord::new("c", ConversationKind::Dm, Some("bob"));
+    tx.put_conversation(&c).unwrap();
+    c.cursor = 7;
+    tx.put_conversation(&c).unwrap();
+    assert_eq!(tx.conversation("c").unwrap().unwrap().cursor, 7);
+    tx.commit().unwrap();
+}
+
+fn pins(s: &dyn Store) {
+    let p = PinRecord {
+        username: "bob".into(),
+        identity_key: vec![7; 32],
+        pinned_at: 42,
+    };
+    write(s, |tx| tx.set_pin(&p).unwrap());
+    read(s, |tx| {
+        assert_eq!(tx.pin("bob").unwrap(), Some(p.clone()));
+        assert_eq!(tx.pin("carol").unwrap(), None);
+    });
+    let repinned = PinRecord {
+        identity_key: vec![8; 32],
+        ..p
+    };
+    write(s, |tx| tx.set_pin(&repinned).unwrap());
+    read(s, |tx| {
+        assert_eq!(tx.pin("bob").unwrap(), Some(repinned.clone()))
+    });
+}
+
+fn conversations(s: &dyn Store) {
+    let mut g = ConversationRecord::new("bb", ConversationKind::Group, None);
+    let d = ConversationRecord::new("aa", ConversationKind::Dm, Some("bob"));
+    write(s, |tx| {
+        tx.put_conversation(&g).unwrap();
+        tx.put_conversation(&d).unwrap();
+    });
+    g.cursor = 9;
+    g.status = ConversationStatus::Refused;
+    g.status_detail = "a commit broke the rules".into();
+    write(s, |tx| tx.put_conversation(&g).unwrap());
+    read(s, |tx| {
+        assert_eq!(tx.conversation("bb").unwrap(), Some(g.clone()));
+        assert_eq!(tx.dm_with("bob").unwrap(), Some(d.clone()));
+        assert_eq!(tx.dm_with("carol").unwrap(), None);
+        let ids: Vec<String> = tx
+            .conversations()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, ["aa", "bb"], "conversations are listed by id");
+    });
+}
+
+fn one_dm_per_peer(s: &dyn Store) {
+    write(s, |tx| {
+        tx.put_conversation(&ConversationRecord::new(
+            "d1",
+            ConversationKind::Dm,
+            Some("bob"),
+        ))
+        .unwrap()
+    });
+    let tx = s.begin(true).unwrap();
+    assert!(
+        tx.put_conversation(&ConversationRecord::new(
+            "d2",
+            ConversationKind::Dm,
+            Some("bob")
+        ))
+        .is_err(),
+        "a second DM with the same peer must be refused"
+    );
+    drop(tx);
+    read(s, |tx| {
+        assert_eq!(tx.dm_with("bob").unwrap().unwrap().id, "d1")
+    });
+}
+
+fn messages_dedup_and_order(s: &dyn Store) {
+    write(s, |tx| {
+        assert!(tx
+            .insert_message(&msg("c", "m1", Some(1), false, "d"))
+            .unwrap());
+        assert!(
+            !tx.insert_message(&msg("c", "m1", Some(5), false, "d"))
+                .unwrap(),
+            "duplicate id"
+        );
+        assert!(tx
+            .insert_message(&msg("c", "m2", Some(2), false, "d"))
+            .unwrap());
+        // The same id in another conversation is another message.
+        assert!(tx
+            .insert_message(&msg("other", "m1", Some(1), false, "d"))
+            .unwrap());
+    });
+    read(s, |tx| {
+        let m1 = tx.message("c", "m1").unwrap().unwrap();
+        assert_eq!(m1.seq, Some(1), "a duplicate does not overwrite");
+        let unshown: Vec<(String, String)> = tx
+            .unshown_messages()
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.conversation, m.id))
+            .collect();
+        assert_eq!(
+            unshown,
+            [
+                ("c".into(), "m1".into()),
+                ("c".into(), "m2".into()),
+                ("other".into(), "m1".into())
+            ]
+        );
+    });
+    write(s, |tx| tx.mark_shown("c", "m1").unwrap());
+    read(s, |tx| {
+        assert_eq!(tx.unshown_messages().unwrap().len(), 2);
+        assert!(tx.message("c", "m1").unwrap().unwrap().shown);
+    });
+}
+
+fn outbox(s: &dyn Store) {
+    write(s, |tx| {
+        tx.insert_message(&msg("c", "out1", None, true, "me"))
+            .unwrap();
+        tx.insert_message(&msg("c", "out2", None, true, "me"))
+            .unwrap();
+        tx.insert_message(&msg("c", "other-device", None, true, "other"))
+            .unwrap();
+        tx.insert_message(&msg("c", "in", Some(3), false, "me"))
+            .unwrap();
+    });
+    read(s, |tx| {
+        let ids: Vec<String> = tx
+            .unsent_messages("me")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, ["out1", "out2"]);
+    });
+    write(s, |tx| {
+        tx.set_message_seq("c", "out1", 10).unwrap();
+        tx.delete_unsent_message("c", "out1").unwrap(); // acknowledged: kept
+        tx.delete_unsent_message("c", "out2").unwrap();
+    });
+    read(s, |tx| {
+        assert_eq!(tx.message("c", "out1").unwrap().unwrap().seq, Some(10));
+        assert_eq!(tx.message("c", "out2").unwrap(), None);
+        assert!(tx.unsent_messages("me").unwrap().is_empty());
+    });
+}
+
+fn history_order(s: &dyn Store) {
+    write(s, |tx| {
+        tx.insert_message(&msg("c", "late-unsent", None, true, "me"))
+            .unwrap();
+        tx.insert_message(&msg("c", "seq5", Some(5), false, "d"))
+            .unwrap();
+        tx.insert_message(&msg("c", "seq2", Some(2), false, "d"))
+            .unwrap();
+        tx.insert_message(&msg("c", "unsent2", None, true, "me"))
+            .unwrap();
+    });
+    read(s, |tx| {
+        let ids: Vec<String> = tx
+            .messages("c")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, ["seq2", "seq5", "late-unsent", "unsent2"]);
+    });
+}
+
+fn undecryptable(s: &dyn Store) {
+    let u = |seq, state| UndecryptableRecord {
+        conversation: "c".into(),
+        seq,
+        sender_device: "dev".into(),
+        sender: Some("bob".into()),
+        state,
+        tries: 1,
+        first_failed_ms: 5,
+        last_error: "MLS message refused".into(),
+    };
+    write(s, |tx| {
+        tx.put_undecryptable(&u(9, UndecryptableState::Waiting))
+            .unwrap();
+        tx.put_undecryptable(&u(3, UndecryptableState::Waiting))
+            .unwrap();
+        tx.put_undecryptable(&UndecryptableRecord {
+            conversation: "other".into(),
+            ..u(1, UndecryptableState::Waiting)
+        })
+        .unwrap();
+    });
+    let mut failed = u(9, UndecryptableState::Failed);
+    failed.tries = 5;
+    write(s, |tx| tx.put_undecryptable(&failed).unwrap());
+    read(s, |tx| {
+        let got = tx.undecryptable("c").unwrap();
+        assert_eq!(got, [u(3, UndecryptableState::Waiting), failed.clone()]);
+    });
+    write(s, |tx| tx.delete_undecryptable("c", 3).unwrap());
+    read(s, |tx| {
+        assert_eq!(tx.undecryptable("c").unwrap(), [failed.clone()]);
+        assert_eq!(tx.undecryptable("other").unwrap().len(), 1);
+    });
+}
+
+fn mls_state(s: &dyn Store) {
+    let big = vec![0xAB; 200_000];
+    write(s, |tx| {
+        tx.mls_put(b"tree\0g1", &big).unwrap();
+        tx.mls_put(b"tree\0g2", b"small").unwrap();
+        tx.mls_put(b"tree\0g2", b"replaced").unwrap();
+    });
+    read(s, |tx| {
+        assert_eq!(tx.mls_get(b"tree\0g1").unwrap(), Some(big.clone()));
+        assert_eq!(
+            tx.mls_get(b"tree\0g2").unwrap().as_deref(),
+            Some(&b"replaced"[..])
+        );
+        assert_eq!(tx.mls_get(b"tree\0g3").unwrap(), None);
+        // Keys are compared as bytes: a prefix is another key.
+        assert_eq!(tx.mls_get(b"tree").unwrap(), None);
+    });
+    write(s, |tx| {
+        tx.mls_delete(b"tree\0g1").unwrap();
+        tx.mls_delete(b"never").unwrap();
+    });
+    read(s, |tx| assert_eq!(tx.mls_get(b"tree\0g1").unwrap(), None));
+}
+
+fn mls_rollback(s: &dyn Store) {
+    write(s, |tx| tx.mls_put(b"k", b"before").unwrap());
+    {
+        let tx = s.begin(true).unwrap();
+        tx.mls_put(b"k", b"after").unwrap();
+        tx.mls_put(b"new", b"x").unwrap();
+        tx.mls_delete(b"k").unwrap();
+    }
+    read(s, |tx| {
+        assert_eq!(tx.mls_get(b"k").unwrap().as_deref(), Some(&b"before"[..]));
+        assert_eq!(tx.mls_get(b"new").unwrap(), None);
+    });
+}

@@ -1,0 +1,344 @@
+//! The in-memory store: for tests, benchmarks and WebAssembly hosts without a disk. Nothing
+//! survives the process. A transaction records how to undo each write and replays that on drop
+//! unless it was committed, so a transaction costs what it changes, not the store's size.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use super::{
+    ConversationKind, ConversationRecord, MessageRecord, PinRecord, Store, StoreError, Tx,
+    UndecryptableRecord,
+};
+
+#[derive(Default)]
+struct State {
+    settings: BTreeMap<String, Vec<u8>>,
+    pins: BTreeMap<String, PinRecord>,
+    conversations: BTreeMap<String, ConversationRecord>,
+    messages: BTreeMap<(String, String), MessageRecord>,
+    undecryptable: BTreeMap<(String, u64), UndecryptableRecord>,
+    mls: BTreeMap<Vec<u8>, Vec<u8>>,
+    next_order: u64,
+}
+
+enum Undo {
+    Setting(String, Option<Vec<u8>>),
+    Pin(String, Option<PinRecord>),
+    Conversation(String, Option<ConversationRecord>),
+    Message((String, String), Option<MessageRecord>),
+    Undecryptable((String, u64), Option<UndecryptableRecord>),
+    Mls(Vec<u8>, Option<Vec<u8>>),
+    Order(u64),
+}
+
+/// A store that lives in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Store for MemoryStore {
+    fn begin(&self, _write: bool) -> Result<Box<dyn Tx + '_>, StoreError> {
+        let guard = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Backend("memory store lock poisoned".into()))?;
+        Ok(Box::new(MemoryTx {
+            state: RefCell::new(guard),
+            undo: RefCell::new(Vec::new()),
+            committed: false,
+        }))
+    }
+}
+
+struct MemoryTx<'a> {
+    state: RefCell<MutexGuard<'a, State>>,
+    undo: RefCell<Vec<Undo>>,
+    committed: bool,
+}
+
+impl Drop for MemoryTx<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let mut s = self.state.borrow_mut();
+        for u in self.undo.borrow_mut().drain(..).rev() {
+            fn restore<K: Ord, V>(m: &mut BTreeMap<K, V>, k: K, v: Option<V>) {
+                match v {
+                    Some(v) => m.insert(k, v),
+                    None => m.remove(&k),
+                };
+            }
+            match u {
+                Undo::Setting(k, v) => restore(&mut s.settings, k, v),
+                Undo::Pin(k, v) => restore(&mut s.pins, k, v),
+                Undo::Conversation(k, v) => restore(&mut s.conversations, k, v),
+                Undo::Message(k, v) => restore(&mut s.messages, k, v),
+                Undo::Undecryptable(k, v) => restore(&mut s.undecryptable, k, v),
+                Undo::Mls(k, v) => restore(&mut s.mls, k, v),
+                Undo::Order(o) => s.next_order = o,
+            }
+        }
+    }
+}
+
+fn by_seq_then_order(a: &MessageRecord, b: &MessageRecord) -> std::cmp::Ordering {
+    (a.seq.unwrap_or(u64::MAX), a.local_order).cmp(&(b.seq.unwrap_or(u64::MAX), b.local_order))
+}
+
+impl MemoryTx<'_> {
+    fn log(&self, u: Undo) {
+        self.undo.borrow_mut().push(u);
+    }
+}
+
+impl Tx for MemoryTx<'_> {
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.committed = true;
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.state.borrow().settings.get(key).cloned())
+    }
+
+    fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let old = self
+            .state
+            .borrow_mut()
+            .settings
+            .insert(key.to_owned(), value.to_vec());
+        self.log(Undo::Setting(key.to_owned(), old));
+        Ok(())
+    }
+
+    fn delete_setting(&self, key: &str) -> Result<(), StoreError> {
+        let old = self.state.borrow_mut().settings.remove(key);
+        self.log(Undo::Setting(key.to_owned(), old));
+        Ok(())
+    }
+
+    fn pin(&self, username: &str) -> Result<Option<PinRecord>, StoreError> {
+        Ok(self.state.borrow().pins.get(username).cloned())
+    }
+
+    fn set_pin(&self, pin: &PinRecord) -> Result<(), StoreError> {
+        let old = self
+            .state
+            .borrow_mut()
+            .pins
+            .insert(pin.username.clone(), pin.clone());
+        self.log(Undo::Pin(pin.username.clone(), old));
+        Ok(())
+    }
+
+    fn conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        Ok(self.state.borrow().conversations.get(id).cloned())
+    }
+
+    fn dm_with(&self, peer: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        Ok(self
+            .state
+            .borrow()
+            .conversations
+            .values()
+            .find(|c| c.kind == ConversationKind::Dm && c.peer.as_deref() == Some(peer))
+            .cloned())
+    }
+
+    fn conversations(&self) -> Result<Vec<ConversationRecord>, StoreError> {
+        Ok(self
+            .state
+            .borrow()
+            .conversations
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    fn put_conversation(&self, c: &ConversationRecord) -> Result<(), StoreError> {
+        if c.kind == ConversationKind::Dm {
+            if let Some(peer) = &c.peer {
+                if let Some(other) = self.dm_with(peer)? {
+                    if other.id != c.id {
+                        return Err(StoreError::Backend(format!(
+                            "a DM with {peer} is already stored"
+                        )));
+                    }
+                }
+            }
+        }
+        let old = self
+            .state
+            .borrow_mut()
+            .conversations
+            .insert(c.id.clone(), c.clone());
+        self.log(Undo::Conversation(c.id.clone(), old));
+        Ok(())
+    }
+
+    fn insert_message(&self, m: &MessageRecord) -> Result<bool, StoreError> {
+        let key = (m.conversation.clone(), m.id.clone());
+        let mut s = self.state.borrow_mut();
+        if s.messages.contains_key(&key) {
+            return Ok(false);
+        }
+        let order = s.next_order;
+        s.next_order += 1;
+        let mut m = m.clone();
+        m.local_order = order + 1;
+        s.messages.insert(key.clone(), m);
+        drop(s);
+        self.log(Undo::Order(order));
+        self.log(Undo::Message(key, None));
+        Ok(true)
+    }
+
+    fn message(&self, conversation: &str, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        Ok(self
+            .state
+            .borrow()
+            .messages
+            .get(&(conversation.to_owned(), id.to_owned()))
+            .cloned())
+    }
+
+    fn set_message_seq(&self, conversation: &str, id: &str, seq: u64) -> Result<(), StoreError> {
+        let key = (conversation.to_owned(), id.to_owned());
+        let mut s = self.state.borrow_mut();
+        let Some(m) = s.messages.get_mut(&key) else {
+            return Ok(());
+        };
+        let old = m.clone();
+        m.seq = Some(seq);
+        drop(s);
+        self.log(Undo::Message(key, Some(old)));
+        Ok(())
+    }
+
+    fn delete_unsent_message(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
+        let key = (conversation.to_owned(), id.to_owned());
+        let mut s = self.state.borrow_mut();
+        if s.messages.get(&key).is_some_and(|m| m.seq.is_none()) {
+            let old = s.messages.remove(&key);
+            drop(s);
+            self.log(Undo::Message(key, old));
+        }
+        Ok(())
+    }
+
+    fn mark_shown(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
+        let key = (conversation.to_owned(), id.to_owned());
+        let mut s = self.state.borrow_mut();
+        let Some(m) = s.messages.get_mut(&key) else {
+            return Ok(());
+        };
+        let old = m.clone();
+        m.shown = true;
+        drop(s);
+        self.log(Undo::Message(key, Some(old)));
+        Ok(())
+    }
+
+    fn unshown_messages(&self) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut v: Vec<MessageRecord> = self
+            .state
+            .borrow()
+            .messages
+            .values()
+            .filter(|m| !m.shown)
+            .cloned()
+            .collect();
+        v.sort_by_key(|m| m.local_order);
+        Ok(v)
+    }
+
+    fn messages(&self, conversation: &str) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut v: Vec<MessageRecord> = self
+            .state
+            .borrow()
+            .messages
+            .values()
+            .filter(|m| m.conversation == conversation)
+            .cloned()
+            .collect();
+        v.sort_by(by_seq_then_order);
+        Ok(v)
+    }
+
+    fn unsent_messages(&self, sender_device: &str) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut v: Vec<MessageRecord> = self
+            .state
+            .borrow()
+            .messages
+            .values()
+            .filter(|m| m.outgoing && m.seq.is_none() && m.sender_device == sender_device)
+            .cloned()
+            .collect();
+        v.sort_by_key(|m| m.local_order);
+        Ok(v)
+    }
+
+    fn put_undecryptable(&self, u: &UndecryptableRecord) -> Result<(), StoreError> {
+        let key = (u.conversation.clone(), u.seq);
+        let old = self
+            .state
+            .borrow_mut()
+            .undecryptable
+            .insert(key.clone(), u.clone());
+        self.log(Undo::Undecryptable(key, old));
+        Ok(())
+    }
+
+    fn delete_undecryptable(&self, conversation: &str, seq: u64) -> Result<(), StoreError> {
+        let key = (conversation.to_owned(), seq);
+        let old = self.state.borrow_mut().undecryptable.remove(&key);
+        self.log(Undo::Undecryptable(key, old));
+        Ok(())
+    }
+
+    fn undecryptable(&self, conversation: &str) -> Result<Vec<UndecryptableRecord>, StoreError> {
+        Ok(self
+            .state
+            .borrow()
+            .undecryptable
+            .range((conversation.to_owned(), 0)..=(conversation.to_owned(), u64::MAX))
+            .map(|(_, u)| u.clone())
+            .collect())
+    }
+
+    fn mls_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.state.borrow().mls.get(key).cloned())
+    }
+
+    fn mls_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let old = self
+            .state
+            .borrow_mut()
+            .mls
+            .insert(key.to_vec(), value.to_vec());
+        self.log(Undo::Mls(key.to_vec(), old));
+        Ok(())
+    }
+
+    fn mls_delete(&self, key: &[u8]) -> Result<(), StoreError> {
+        let old = self.state.borrow_mut().mls.remove(key);
+        self.log(Undo::Mls(key.to_vec(), old));
+        Ok(())
+    }
+}
