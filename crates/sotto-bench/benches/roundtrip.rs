@@ -28,12 +28,12 @@ fn bench(c: &mut Criterion) {
         ));
         url
     });
-    let mut a = Client::open(&dir.path().join("a"), Some(&url)).unwrap();
-    let mut b = Client::open(&dir.path().join("b"), Some(&url)).unwrap();
+    let a = Client::open(&dir.path().join("a"), Some(&url)).unwrap();
+    let b = Client::open(&dir.path().join("b"), Some(&url)).unwrap();
     rt.block_on(async {
-        a.register("alice").await.unwrap();
-        b.register("bob").await.unwrap();
-        a.send_dm("bob", "warm up").await.unwrap();
+        a.account().register("alice").await.unwrap();
+        b.account().register("bob").await.unwrap();
+        a.dm("bob").send("warm up").await.unwrap();
         b.sync().await.unwrap();
         b.take_unshown().unwrap();
     });
@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("send_then_sync_100B", |bench| {
         bench.iter(|| {
             rt.block_on(async {
-                a.send_dm("bob", &text).await.unwrap();
+                a.dm("bob").send(&text).await.unwrap();
                 b.sync().await.unwrap();
                 assert_eq!(b.take_unshown().unwrap().len(), 1);
             })

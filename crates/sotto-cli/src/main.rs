@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sotto_client::{Client, ClientError, ListenEvent, Message};
+use sotto_client::{Client, ClientError, HistoryItem, ListenEvent, Message, SyncEvent};
 
 /// Sotto: end-to-end-encrypted messaging.
 #[derive(Debug, Parser)]
@@ -68,6 +68,19 @@ enum Command {
     /// Fetch and apply everything pending; print new messages.
     Sync {
         /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a conversation's history as this device holds it, in log order (messages that could
+    /// not be decrypted in their places): `history USERNAME` or `history --group GROUP`.
+    History {
+        /// A group (id, or its name if unique) instead of a user.
+        #[arg(long)]
+        group: Option<String>,
+        /// The other account of a DM.
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        username: Option<String>,
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
@@ -169,6 +182,50 @@ fn print_messages(msgs: &[Message], json: bool) {
     let _ = out.flush();
 }
 
+fn print_events(events: &[SyncEvent], json: bool) {
+    let mut out = std::io::stdout().lock();
+    for e in events {
+        if json {
+            let _ = writeln!(out, "{}", serde_json::to_string(e).unwrap_or_default());
+        } else if let SyncEvent::Recovered {
+            conversation, seq, ..
+        } = e
+        {
+            // (A give-up is also a warning.)
+            eprintln!("conversation {conversation}: message {seq} could be decrypted after all");
+        }
+    }
+    let _ = out.flush();
+}
+
+fn print_history(items: &[HistoryItem], json: bool) {
+    let mut out = std::io::stdout().lock();
+    for item in items {
+        let line = match item {
+            _ if json => serde_json::to_string(item).unwrap_or_default(),
+            HistoryItem::Message { message: m, .. } => {
+                format!("[{}] {}: {}", m.sent_at, m.sender, m.text)
+            }
+            HistoryItem::Undecryptable {
+                seq,
+                undecryptable,
+                sender,
+                sender_device,
+                ..
+            } => {
+                let who = sender.as_deref().unwrap_or(sender_device);
+                if *undecryptable == "failed" {
+                    format!("[entry {seq}] {who}: message could not be decrypted (given up)")
+                } else {
+                    format!("[entry {seq}] {who}: message could not be decrypted yet")
+                }
+            }
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+}
+
 fn warn(lines: &[String]) {
     for w in lines {
         eprintln!("warning: {w}");
@@ -181,10 +238,10 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         ca_cert: cli.ca_cert,
         insecure: cli.insecure,
     };
-    let mut client = Client::open_with(&home, cli.server.as_deref(), &options)?;
+    let client = Client::open_with(&home, cli.server.as_deref(), &options)?;
     match cli.command {
         Command::Register { username } => {
-            client.register(&username).await?;
+            client.account().register(&username).await?;
             println!(
                 "registered {username}, device {}",
                 client.device_id().unwrap_or_default()
@@ -194,7 +251,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             command: DeviceCommand::Revoke { device },
         } => {
             let this = client.device_id().unwrap_or_default() == device.trim().to_ascii_lowercase();
-            let report = client.revoke_device(&device).await?;
+            let report = client.devices().revoke(&device).await?;
             warn(&report.warnings);
             if this {
                 println!("revoked this device ({device}); its data directory can be deleted");
@@ -205,12 +262,12 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Device {
             command: DeviceCommand::Add,
         } => {
-            let code = client.create_link_code().await?;
+            let code = client.account().create_link_code().await?;
             eprintln!("On the new device run `sotto link CODE` within 10 minutes. Keep the code secret: it grants access to your account.");
             println!("{code}");
         }
         Command::Link { code } => {
-            client.link(&code).await?;
+            client.account().link(&code).await?;
             println!(
                 "linked device {} to {}",
                 client.device_id().unwrap_or_default(),
@@ -218,7 +275,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             );
         }
         Command::Devices => {
-            for d in client.devices().await? {
+            for d in client.devices().list().await? {
                 println!(
                     "{} {} {}{}",
                     d.device_id,
@@ -230,8 +287,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         }
         Command::Send { group, args } => {
             let (msg, report) = match (group, args.as_slice()) {
-                (Some(g), [text]) => client.send_group(&g, text).await?,
-                (None, [username, text]) => client.send_dm(username, text).await?,
+                (Some(g), [text]) => client.group(&g).send(text).await?,
+                (None, [username, text]) => client.dm(username).send(text).await?,
                 (Some(_), _) => {
                     return Err(ClientError::Invalid(
                         "usage: sotto send --group GROUP TEXT".into(),
@@ -250,11 +307,31 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Sync { json } => {
             let report = client.sync().await?;
             warn(&report.warnings);
+            print_events(&report.events, json);
             // Print, then mark shown: killed in between, the next run prints them again
             // rather than never.
             let msgs = client.unshown()?;
             print_messages(&msgs, json);
             client.mark_shown(&msgs)?;
+        }
+        Command::History {
+            group,
+            username,
+            json,
+        } => {
+            let items = match (group, username) {
+                (Some(g), _) => {
+                    let id = client.group(&g).info()?.id;
+                    client.engine().history_items(&id)?
+                }
+                (None, Some(u)) => client.engine().dm_history_items(&u)?,
+                (None, None) => {
+                    return Err(ClientError::Invalid(
+                        "usage: sotto history USERNAME, or sotto history --group GROUP".into(),
+                    ))
+                }
+            };
+            print_history(&items, json);
         }
         Command::Listen { json } => {
             let listen = client.listen(|ev| match ev {
@@ -280,41 +357,42 @@ async fn group(client: &Client, command: GroupCommand) -> Result<(), ClientError
             pq_group_limit,
         } => {
             let (id, report) = client
-                .create_group(&name, &usernames, pq_group_limit)
+                .groups()
+                .create(&name, &usernames, pq_group_limit)
                 .await?;
             warn(&report.warnings);
             eprintln!("created group {name}");
             println!("{id}");
         }
         GroupCommand::Add { group, usernames } => {
-            warn(&client.group_add(&group, &usernames).await?.warnings);
+            warn(&client.group(&group).add(&usernames).await?.warnings);
             println!("added {}", usernames.join(", "));
         }
         GroupCommand::Remove { group, usernames } => {
-            warn(&client.group_remove(&group, &usernames).await?.warnings);
+            warn(&client.group(&group).remove(&usernames).await?.warnings);
             println!("removed {}", usernames.join(", "));
         }
         GroupCommand::Leave { group } => {
-            client.group_leave(&group).await?;
+            client.group(&group).leave().await?;
             println!("left {group}");
         }
         GroupCommand::Rename { group, name } => {
-            warn(&client.group_rename(&group, &name).await?.warnings);
+            warn(&client.group(&group).rename(&name).await?.warnings);
             println!("renamed to {name}");
         }
         GroupCommand::Admin { group, username } => {
-            warn(&client.group_make_admin(&group, &username).await?.warnings);
+            warn(&client.group(&group).make_admin(&username).await?.warnings);
             println!("{username} is now an admin");
         }
         GroupCommand::List => {
             warn(&client.sync().await?.warnings);
-            for g in client.groups()? {
+            for g in client.groups().list()? {
                 println!("{}\t{}\t{}", g.id, g.name, g.members.len());
             }
         }
         GroupCommand::Info { group } => {
             warn(&client.sync().await?.warnings);
-            let g = client.group_info(&group)?;
+            let g = client.group(&group).info()?;
             println!("id: {}", g.id);
             println!("name: {}", g.name);
             println!("admins: {}", g.admins.join(", "));

@@ -627,3 +627,96 @@ fn kill9_during_a_flood_of_sends_then_killed_syncs_lose_and_duplicate_nothing() 
     assert_eq!(ok(&bob, &["sync", "--json"]), "", "nothing left to show");
     drop(server);
 }
+
+/// Flips the last byte of the newest log entry of `conversation` in a stopped sottod's database (table `log`, rows in id order).
+fn flip_newest_entry(data: &Path, conversation: &str) -> u64 {
+    let db = rusqlite::Connection::open(data.join("sotto.db")).unwrap();
+    let (rowid, seq, mut bytes): (i64, i64, Vec<u8>) = db
+        .query_row(
+            "SELECT id, seq, data FROM log WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [conversation],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    db.execute(
+        "UPDATE log SET data = ?1 WHERE id = ?2",
+        rusqlite::params![bytes, rowid],
+    )
+    .unwrap();
+    seq as u64
+}
+
+#[test]
+fn kill9_between_a_failed_decryption_and_its_retry_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let log = dir.path().join("sottod.log");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let d = Sottod::start(&data, &log, "127.0.0.1:0");
+    ok(&a, &["--server", &d.url, "register", "alice"]);
+    ok(&b, &["--server", &d.url, "register", "bob"]);
+    ok(&a, &["send", "bob", "one"]);
+    ok(&b, &["sync"]);
+    ok(&a, &["send", "bob", "two"]);
+    let conversation = json_lines(&ok(&b, &["history", "alice", "--json"]))[0]["conversation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    d.kill9();
+
+    // The entry holding "two" is corrupt on the server: bob's listen records it as waiting...
+    let seq = flip_newest_entry(&data, &conversation);
+    let d = Sottod::start(&data, &log, "127.0.0.1:0");
+    let mut listen = Command::new(sotto_bin())
+        .arg("--home")
+        .arg(&b)
+        .args(["--server", &d.url, "listen", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(listen.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "listen ended early"
+        );
+        if line.contains("could not be decrypted yet") {
+            break;
+        }
+    }
+    // ...and is killed before any retry.
+    listen.kill().unwrap();
+    listen.wait().unwrap();
+    let items = json_lines(&ok(&b, &["history", "alice", "--json"]));
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(items[1]["seq"], seq);
+    assert_eq!(items[1]["id"], serde_json::Value::Null);
+    assert_eq!(items[1]["undecryptable"], "waiting");
+    assert_eq!(items[1]["sender"], "alice");
+    let plain = ok(&b, &["history", "alice"]);
+    assert!(
+        plain.contains("message could not be decrypted yet"),
+        "{plain}"
+    );
+    d.kill9();
+
+    // The server's copy is whole again (as if the corruption had been on the way): the next sync
+    // recovers it, in its place, once.
+    flip_newest_entry(&data, &conversation);
+    let d = Sottod::start(&data, &log, "127.0.0.1:0");
+    let out = json_lines(&ok(&b, &["--server", &d.url, "sync", "--json"]));
+    let recovered: Vec<_> = out.iter().filter(|v| v["event"] == "recovered").collect();
+    assert_eq!(recovered.len(), 1, "{out:?}");
+    assert_eq!(recovered[0]["seq"], seq);
+    let texts: Vec<_> = out.iter().filter_map(|v| v["text"].as_str()).collect();
+    assert_eq!(texts, ["two"]);
+    let items = json_lines(&ok(&b, &["history", "alice", "--json"]));
+    let texts: Vec<_> = items.iter().map(|v| v["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["one", "two"]);
+    assert_eq!(items[1]["seq"], seq);
+    assert!(json_lines(&ok(&b, &["--server", &d.url, "sync", "--json"])).is_empty());
+}

@@ -3,12 +3,14 @@
 //! The engine holds every rule of the client and does no IO; this crate gives it a store (SQLite
 //! under the device's home, [`SqliteStore`]), performs the HTTP exchanges it asks for (reqwest,
 //! rustls), keeps the WebSocket push channel open ([`Client::listen`]), and owns the clock and the
-//! back-off. A [`Client`] is one device.
+//! back-off. A [`Client`] is one device; it hands out handles per area: [`Client::account`],
+//! [`Client::devices`], [`Client::dm`], [`Client::group`], [`Client::groups`].
 //!
 //! ```text
 //! sqlite     the SQLite backend of the engine's store contract (and its migrations)
 //! transport  HTTP to sottod: TLS settings, 429 waits, errors mapped to ClientError
 //! listen     the push channel: frames to the engine, read positions back
+//! handles    Account, Devices, Dm, Group, Groups: the facade per area
 //! lib        Client: opens the store, steps the engine's tasks
 //! ```
 //!
@@ -21,10 +23,12 @@ use std::path::{Path, PathBuf};
 use sotto_engine::account::Registration;
 use sotto_engine::{Answer, Engine, Op, Step, Task};
 
+mod handles;
 mod listen;
 mod sqlite;
 mod transport;
 
+pub use handles::{Account, Devices, Dm, Group, Groups};
 pub use listen::ListenEvent;
 pub use sotto_engine;
 pub use sotto_engine::{
@@ -152,124 +156,46 @@ impl Client {
         }
     }
 
-    fn registration(&self) -> Result<Registration, ClientError> {
+    pub(crate) fn registration(&self) -> Result<Registration, ClientError> {
         Ok(Registration {
             server: self.transport()?.base.clone(),
             ca_pem: self.tls.ca_pem.clone(),
         })
     }
 
-    /// Registers a new account with this as its first device.
-    pub async fn register(&mut self, username: &str) -> Result<(), ClientError> {
-        let at = self.registration()?;
-        self.run(self.engine.register(username, at)).await
+    /// This device's account: register, link, link codes.
+    pub fn account(&self) -> Account<'_> {
+        Account(self)
     }
 
-    /// Creates a one-time link code for adding a new device to this account.
-    pub async fn create_link_code(&self) -> Result<String, ClientError> {
-        self.run(self.engine.create_link_code()).await
+    /// The account's devices: list, revoke.
+    pub fn devices(&self) -> Devices<'_> {
+        Devices(self)
     }
 
-    /// Registers this device under an existing account, using a link code from one of its devices.
-    pub async fn link(&mut self, code: &str) -> Result<(), ClientError> {
-        let at = self.registration()?;
-        self.run(self.engine.link(code, at)).await
+    /// The DM with `peer` (created on the first send).
+    pub fn dm<'a>(&'a self, peer: &'a str) -> Dm<'a> {
+        Dm { client: self, peer }
     }
 
-    /// This account's devices, each checked against the pinned identity key.
-    pub async fn devices(&self) -> Result<Vec<DeviceLine>, ClientError> {
-        self.run(self.engine.devices()).await
+    /// A group, by id or by its name where only one of this device's groups has it.
+    pub fn group<'a>(&'a self, group: &'a str) -> Group<'a> {
+        Group {
+            client: self,
+            group,
+        }
     }
 
-    /// Revokes a device of this account (see [`Engine::revoke_device`]).
-    pub async fn revoke_device(&self, device_id: &str) -> Result<SyncReport, ClientError> {
-        self.run(self.engine.revoke_device(device_id)).await
+    /// This device's groups: create, list.
+    pub fn groups(&self) -> Groups<'_> {
+        Groups(self)
     }
 
-    /// Fetches and applies everything pending.
+    /// Fetches and applies everything pending: welcomes, commits and messages; adds this account's
+    /// new devices to its conversations, removes revoked ones, re-sends the outbox, tops up key
+    /// packages.
     pub async fn sync(&self) -> Result<SyncReport, ClientError> {
         self.run(self.engine.sync()).await
-    }
-
-    /// Sends a DM to `peer`, creating the conversation on first use. Returns the sent message.
-    pub async fn send_dm(
-        &self,
-        peer: &str,
-        text: &str,
-    ) -> Result<(Message, SyncReport), ClientError> {
-        self.run(self.engine.send_dm(peer, text)).await
-    }
-
-    /// Sends a message to a group.
-    pub async fn send_group(
-        &self,
-        group: &str,
-        text: &str,
-    ) -> Result<(Message, SyncReport), ClientError> {
-        self.run(self.engine.send_group(group, text)).await
-    }
-
-    /// Creates a group (see [`Engine::create_group`]).
-    pub async fn create_group(
-        &self,
-        name: &str,
-        members: &[String],
-        pq_limit: usize,
-    ) -> Result<(String, SyncReport), ClientError> {
-        self.run(self.engine.create_group(name, members, pq_limit))
-            .await
-    }
-
-    /// Adds accounts to a group (admins only).
-    pub async fn group_add(
-        &self,
-        group: &str,
-        users: &[String],
-    ) -> Result<SyncReport, ClientError> {
-        self.run(self.engine.group_add(group, users)).await
-    }
-
-    /// Removes accounts from a group (admins only).
-    pub async fn group_remove(
-        &self,
-        group: &str,
-        users: &[String],
-    ) -> Result<SyncReport, ClientError> {
-        self.run(self.engine.group_remove(group, users)).await
-    }
-
-    /// Leaves a group.
-    pub async fn group_leave(&self, group: &str) -> Result<(), ClientError> {
-        self.run(self.engine.group_leave(group)).await
-    }
-
-    /// Renames a group (admins only).
-    pub async fn group_rename(&self, group: &str, name: &str) -> Result<SyncReport, ClientError> {
-        self.run(self.engine.group_rename(group, name)).await
-    }
-
-    /// Makes a member an admin (admins only).
-    pub async fn group_make_admin(
-        &self,
-        group: &str,
-        user: &str,
-    ) -> Result<SyncReport, ClientError> {
-        self.run(self.engine.group_make_admin(group, user)).await
-    }
-
-    /// Refreshes this device's keys in a group.
-    pub async fn group_update_keys(&self, group: &str) -> Result<SyncReport, ClientError> {
-        self.run(self.engine.group_update_keys(group)).await
-    }
-
-    /// The groups this device is in, as it knows them.
-    pub fn groups(&self) -> Result<Vec<GroupLine>, ClientError> {
-        self.engine.groups()
-    }
-
-    /// One group, by id or unique name.
-    pub fn group_info(&self, group: &str) -> Result<GroupLine, ClientError> {
-        self.engine.group_info(group)
     }
 
     /// Messages received but not yet shown; marks them shown.
@@ -285,16 +211,6 @@ impl Client {
     /// Messages received but not yet shown, oldest first.
     pub fn unshown(&self) -> Result<Vec<Message>, ClientError> {
         self.engine.unshown()
-    }
-
-    /// Every message of the DM with `peer`, oldest first.
-    pub fn history(&self, peer: &str) -> Result<Vec<Message>, ClientError> {
-        self.engine.history(peer)
-    }
-
-    /// Every message of a group, oldest first.
-    pub fn group_history(&self, group: &str) -> Result<Vec<Message>, ClientError> {
-        self.engine.group_history(group)
     }
 
     /// A local conversation's status and its detail.

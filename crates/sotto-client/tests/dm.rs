@@ -19,12 +19,13 @@ async fn two_users_two_devices_each_exactly_once_in_order_and_no_plaintext_on_se
     let b1 = registered(&dir.path().join("b1"), &url, "bob").await;
     let b2 = linked(&b1, &dir.path().join("b2"), &url).await;
     assert_eq!(a2.username().as_deref(), Some("alice"));
-    assert_eq!(a1.devices().await.unwrap().len(), 2);
+    assert_eq!(a1.devices().list().await.unwrap().len(), 2);
 
-    a1.send_dm("bob", "hello bob, secret-plaintext-one")
+    a1.dm("bob")
+        .send("hello bob, secret-plaintext-one")
         .await
         .unwrap();
-    a1.send_dm("bob", "second from alice").await.unwrap();
+    a1.dm("bob").send("second from alice").await.unwrap();
     assert_eq!(
         sync_texts(&b1).await,
         vec![
@@ -32,7 +33,8 @@ async fn two_users_two_devices_each_exactly_once_in_order_and_no_plaintext_on_se
             s("alice", "second from alice")
         ]
     );
-    b2.send_dm("alice", "hi alice from bob's phone")
+    b2.dm("alice")
+        .send("hi alice from bob's phone")
         .await
         .unwrap();
     assert_eq!(
@@ -91,7 +93,7 @@ async fn offline_device_catches_up_and_server_restart_loses_nothing() {
     let a = registered(&dir.path().join("a"), &url, "alice").await;
     let b = registered(&dir.path().join("b"), &url, "bob").await;
     for i in 0..5 {
-        a.send_dm("bob", &format!("m{i}")).await.unwrap();
+        a.dm("bob").send(&format!("m{i}")).await.unwrap();
     }
     // Kill the server (after every send was acknowledged) and start it again on the same data dir.
     server.stop().await;
@@ -103,12 +105,12 @@ async fn offline_device_catches_up_and_server_restart_loses_nothing() {
             .map(|i| s("alice", &format!("m{i}")))
             .collect::<Vec<_>>()
     );
-    b.send_dm("alice", "back").await.unwrap();
+    b.dm("alice").send("back").await.unwrap();
     assert_eq!(sync_texts(&a).await, vec![s("bob", "back")]);
     // Client state survives a restart of the client too.
     drop(b);
     let b = client(&dir.path().join("b"), &url);
-    a.send_dm("bob", "after restart").await.unwrap();
+    a.dm("bob").send("after restart").await.unwrap();
     assert_eq!(sync_texts(&b).await, vec![s("alice", "after restart")]);
     server.stop().await;
 }
@@ -121,8 +123,8 @@ async fn both_sides_starting_the_dm_at_once_converge_on_one_conversation() {
     let a = registered(&dir.path().join("a"), &url, "alice").await;
     let b = registered(&dir.path().join("b"), &url, "bob").await;
     let (ra, rb) = tokio::join!(
-        a.send_dm("bob", "from alice"),
-        b.send_dm("alice", "from bob")
+        a.dm("bob").send("from alice"),
+        b.dm("alice").send("from bob")
     );
     let (ma, _) = ra.unwrap();
     let (mb, _) = rb.unwrap();
@@ -139,7 +141,7 @@ async fn concurrent_commits_from_two_devices_converge_and_nothing_is_lost() {
     let url = server.url.clone();
     let a1 = registered(&dir.path().join("a1"), &url, "alice").await;
     let b1 = registered(&dir.path().join("b1"), &url, "bob").await;
-    a1.send_dm("bob", "before").await.unwrap();
+    a1.dm("bob").send("before").await.unwrap();
     assert_eq!(sync_texts(&b1).await, vec![s("alice", "before")]);
     // Both accounts link a new device; a1 and b1 then race to add them (same epoch).
     let a2 = linked(&a1, &dir.path().join("a2"), &url).await;
@@ -151,9 +153,9 @@ async fn concurrent_commits_from_two_devices_converge_and_nothing_is_lost() {
     b1.take_unshown().unwrap();
     // Everyone converged: a message from each device reaches every other device exactly once.
     assert_eq!(sync_texts(&a2).await, vec![]);
-    a2.send_dm("bob", "a2 here").await.unwrap();
+    a2.dm("bob").send("a2 here").await.unwrap();
     assert_eq!(sync_texts(&b2).await, vec![s("alice", "a2 here")]);
-    b2.send_dm("alice", "b2 here").await.unwrap();
+    b2.dm("alice").send("b2 here").await.unwrap();
     assert_eq!(
         sync_texts(&a1).await,
         vec![s("alice", "a2 here"), s("bob", "b2 here")]
@@ -193,7 +195,7 @@ async fn device_slipped_in_by_the_server_is_refused_and_reported() {
     let c = registered(&dir.path().join("c"), &url, "carol").await;
     // Carol pins bob's identity key on first contact.
     assert_eq!(
-        c.send_dm("bob", "hello").await.unwrap().1.warnings,
+        c.dm("bob").send("hello").await.unwrap().1.warnings,
         Vec::<String>::new()
     );
     // A malicious server adds a device to bob's account, certified by a key that is not bob's.
@@ -223,7 +225,7 @@ async fn device_slipped_in_by_the_server_is_refused_and_reported() {
         .unwrap();
     }
     // Bob's own client shows it as unverified and does not add it anywhere.
-    let devices = b.devices().await.unwrap();
+    let devices = b.devices().list().await.unwrap();
     assert!(devices.iter().any(|d| d.device_id == dev && !d.verified));
     let report = b.sync().await.unwrap();
     assert!(
@@ -233,7 +235,7 @@ async fn device_slipped_in_by_the_server_is_refused_and_reported() {
     );
     // A new conversation with bob leaves the fake device out and says so.
     let d = registered(&dir.path().join("d"), &url, "dave").await;
-    let (_, report) = d.send_dm("bob", "hi bob").await.unwrap();
+    let (_, report) = d.dm("bob").send("hi bob").await.unwrap();
     assert!(
         report.warnings.iter().any(|w| w.contains(&dev)),
         "{:?}",
@@ -270,7 +272,7 @@ async fn forged_ciphertext_in_the_log_is_reported_and_the_client_stays_usable() 
     let url = server.url.clone();
     let a = registered(&dir.path().join("a"), &url, "alice").await;
     let b = registered(&dir.path().join("b"), &url, "bob").await;
-    let (m, _) = a.send_dm("bob", "genuine").await.unwrap();
+    let (m, _) = a.dm("bob").send("genuine").await.unwrap();
     // Alice's device (or anyone holding its token) posts a tampered copy of a real message.
     let token = config_value(&dir.path().join("a"), "token");
     let http = http();
@@ -306,7 +308,7 @@ async fn forged_ciphertext_in_the_log_is_reported_and_the_client_stays_usable() 
     let report = b.sync().await.unwrap();
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     assert_eq!(b.take_unshown().unwrap().len(), 1);
-    a.send_dm("bob", "still working").await.unwrap();
+    a.dm("bob").send("still working").await.unwrap();
     assert_eq!(sync_texts(&b).await, vec![s("alice", "still working")]);
     server.stop().await;
 }
@@ -318,8 +320,8 @@ async fn a_send_whose_acknowledgement_was_lost_is_posted_again_and_received_once
     let url = server.url.clone();
     let a = registered(&dir.path().join("a"), &url, "alice").await;
     let b = registered(&dir.path().join("b"), &url, "bob").await;
-    a.send_dm("bob", "one").await.unwrap();
-    let (two, _) = a.send_dm("bob", "two").await.unwrap();
+    a.dm("bob").send("one").await.unwrap();
+    let (two, _) = a.dm("bob").send("two").await.unwrap();
     // The server stored "two", but pretend its answer never reached alice (process killed, network cut).
     {
         let conn = rusqlite::Connection::open(dir.path().join("a").join("sotto.db")).unwrap();
@@ -344,7 +346,8 @@ async fn a_send_whose_acknowledgement_was_lost_is_posted_again_and_received_once
         vec![s("alice", "one"), s("alice", "two")]
     );
     let texts: Vec<String> = a
-        .history("bob")
+        .dm("bob")
+        .history()
         .unwrap()
         .into_iter()
         .map(|m| m.text)

@@ -48,7 +48,8 @@ async fn twenty_users_with_one_or_two_devices_get_every_message_exactly_once() {
     let others: Vec<String> = (1..20).map(|i| format!("user{i:02}")).collect();
     let (gid, report) = devices[creator]
         .1
-        .create_group("twenty", &others, 100)
+        .groups()
+        .create("twenty", &others, 100)
         .await
         .unwrap();
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
@@ -58,7 +59,8 @@ async fn twenty_users_with_one_or_two_devices_get_every_message_exactly_once() {
         let idx = devices.iter().position(|(u, _)| u == who).unwrap();
         let (m, _) = devices[idx]
             .1
-            .send_group(&gid, &format!("hello from {who}"))
+            .group(&gid)
+            .send(&format!("hello from {who}"))
             .await
             .unwrap();
         assert_eq!(m.group.as_deref(), Some(gid.as_str()));
@@ -82,7 +84,7 @@ async fn twenty_users_with_one_or_two_devices_get_every_message_exactly_once() {
         // Nothing more on the next sync.
         c.sync().await.unwrap();
         assert!(c.take_unshown().unwrap().is_empty());
-        let info = c.group_info(&gid).unwrap();
+        let info = c.group(&gid).info().unwrap();
         assert_eq!(info.name, "twenty");
         assert_eq!(info.members.len(), 20);
         assert_eq!(
@@ -109,21 +111,23 @@ async fn removed_member_loses_access_and_new_member_sees_only_what_follows() {
     let carol = registered(&carol_home, &url, "carol").await;
     let dave = registered(&dir.path().join("d"), &url, "dave").await;
     let (gid, _) = alice
-        .create_group("team", &names(&["bob", "carol"]), 100)
+        .groups()
+        .create("team", &names(&["bob", "carol"]), 100)
         .await
         .unwrap();
-    alice.send_group(&gid, "before").await.unwrap();
+    alice.group(&gid).send("before").await.unwrap();
     assert_eq!(sync_texts(&carol).await, vec![pair("alice", "before")]);
     sync_texts(&bob).await;
 
-    alice.group_remove(&gid, &names(&["carol"])).await.unwrap();
-    alice.group_add(&gid, &names(&["dave"])).await.unwrap();
-    alice.send_group(&gid, "after").await.unwrap();
+    alice.group(&gid).remove(&names(&["carol"])).await.unwrap();
+    alice.group(&gid).add(&names(&["dave"])).await.unwrap();
+    alice.group(&gid).send("after").await.unwrap();
     assert_eq!(sync_texts(&bob).await, vec![pair("alice", "after")]);
     assert_eq!(sync_texts(&dave).await, vec![pair("alice", "after")]);
     // dave's history starts at his joining.
     let texts: Vec<String> = dave
-        .group_history(&gid)
+        .group(&gid)
+        .history()
         .unwrap()
         .into_iter()
         .map(|m| m.text)
@@ -131,7 +135,7 @@ async fn removed_member_loses_access_and_new_member_sees_only_what_follows() {
     assert_eq!(texts, ["after"]);
     // carol gets nothing more, knows she was removed, and the server refuses her the log.
     assert!(sync_texts(&carol).await.is_empty());
-    assert!(carol.groups().unwrap().is_empty());
+    assert!(carol.groups().list().unwrap().is_empty());
     assert_eq!(
         carol.conversation_status(&gid).unwrap().unwrap().0,
         "removed"
@@ -144,10 +148,10 @@ async fn removed_member_loses_access_and_new_member_sees_only_what_follows() {
         .unwrap();
     assert_eq!(resp.status(), 404);
     assert!(matches!(
-        carol.send_group(&gid, "still here?").await,
+        carol.group(&gid).send("still here?").await,
         Err(ClientError::Invalid(_))
     ));
-    let info = bob.group_info(&gid).unwrap();
+    let info = bob.group(&gid).info().unwrap();
     let members: Vec<&str> = info.members.iter().map(|(u, _)| u.as_str()).collect();
     assert_eq!(members, ["alice", "bob", "dave"]);
     server.stop().await;
@@ -163,63 +167,65 @@ async fn non_admin_changes_are_refused_and_admins_can_delegate() {
     let carol = registered(&dir.path().join("c"), &url, "carol").await;
     registered(&dir.path().join("d"), &url, "dave").await;
     let (gid, _) = alice
-        .create_group("team", &names(&["bob", "carol"]), 100)
+        .groups()
+        .create("team", &names(&["bob", "carol"]), 100)
         .await
         .unwrap();
     bob.sync().await.unwrap();
-    let epoch = bob.group_info(&gid).unwrap().epoch;
+    let epoch = bob.group(&gid).info().unwrap().epoch;
     // bob is not an admin: the server refuses each change, and nothing moves anywhere.
-    let e = bob.group_add(&gid, &names(&["dave"])).await.unwrap_err();
+    let e = bob.group(&gid).add(&names(&["dave"])).await.unwrap_err();
     assert!(is_forbidden(&e), "{e}");
     assert!(e.to_string().contains("not an admin"), "{e}");
     assert!(is_forbidden(
-        &bob.group_remove(&gid, &names(&["carol"]))
+        &bob.group(&gid)
+            .remove(&names(&["carol"]))
             .await
             .unwrap_err()
     ));
     assert!(is_forbidden(
-        &bob.group_rename(&gid, "bob's now").await.unwrap_err()
+        &bob.group(&gid).rename("bob's now").await.unwrap_err()
     ));
     assert!(is_forbidden(
-        &bob.group_make_admin(&gid, "carol").await.unwrap_err()
+        &bob.group(&gid).make_admin("carol").await.unwrap_err()
     ));
     for c in [&alice, &bob, &carol] {
         let r = c.sync().await.unwrap();
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-        let info = c.group_info(&gid).unwrap();
+        let info = c.group(&gid).info().unwrap();
         assert_eq!((info.epoch, info.name.as_str()), (epoch, "team"));
         assert_eq!(info.members.len(), 3);
     }
     // Unknown users, non-members and the last admin leaving get clear refusals.
     assert!(matches!(
-        alice.group_add(&gid, &names(&["nobody"])).await,
+        alice.group(&gid).add(&names(&["nobody"])).await,
         Err(ClientError::UnknownUser(_))
     ));
     assert!(matches!(
-        alice.group_make_admin(&gid, "dave").await,
+        alice.group(&gid).make_admin("dave").await,
         Err(ClientError::Invalid(_))
     ));
-    let e = alice.group_leave(&gid).await.unwrap_err();
+    let e = alice.group(&gid).leave().await.unwrap_err();
     assert!(e.to_string().contains("last admin"), "{e}");
     // alice makes bob an admin; bob can now rename, and everyone agrees.
-    alice.group_make_admin(&gid, "bob").await.unwrap();
-    bob.group_rename(&gid, "renamed by bob").await.unwrap();
+    alice.group(&gid).make_admin("bob").await.unwrap();
+    bob.group(&gid).rename("renamed by bob").await.unwrap();
     for c in [&alice, &bob, &carol] {
         c.sync().await.unwrap();
-        let info = c.group_info(&gid).unwrap();
+        let info = c.group(&gid).info().unwrap();
         assert_eq!(info.name, "renamed by bob");
         assert_eq!(info.admins, ["alice", "bob"]);
     }
     // Now alice may leave: she stops being a member at once, and bob (admin) removes her devices.
-    alice.group_leave(&gid).await.unwrap();
-    assert!(alice.groups().unwrap().is_empty());
+    alice.group(&gid).leave().await.unwrap();
+    assert!(alice.groups().list().unwrap().is_empty());
     bob.sync().await.unwrap();
     carol.sync().await.unwrap();
-    let info = carol.group_info(&gid).unwrap();
+    let info = carol.group(&gid).info().unwrap();
     let members: Vec<&str> = info.members.iter().map(|(u, _)| u.as_str()).collect();
     assert_eq!(members, ["bob", "carol"]);
     assert_eq!(info.admins, ["bob"]);
-    bob.send_group(&gid, "alice is gone").await.unwrap();
+    bob.group(&gid).send("alice is gone").await.unwrap();
     assert_eq!(sync_texts(&carol).await, vec![pair("bob", "alice is gone")]);
     assert!(sync_texts(&alice).await.is_empty());
     server.stop().await;
@@ -242,15 +248,19 @@ async fn ten_members_committing_at_once_converge() {
         );
     }
     let others: Vec<String> = (1..10).map(|i| format!("member{i}")).collect();
-    let (gid, _) = clients[0].create_group("busy", &others, 100).await.unwrap();
+    let (gid, _) = clients[0]
+        .groups()
+        .create("busy", &others, 100)
+        .await
+        .unwrap();
     for c in &clients {
         c.sync().await.unwrap();
     }
-    let start = clients[0].group_info(&gid).unwrap().epoch;
+    let start = clients[0].group(&gid).info().unwrap().epoch;
     // Every member refreshes its keys at the same moment: one commit wins each epoch, the others
     // catch up and redo theirs.
     let results =
-        futures_util::future::join_all(clients.iter().map(|c| c.group_update_keys(&gid))).await;
+        futures_util::future::join_all(clients.iter().map(|c| c.group(&gid).update_keys())).await;
     for r in &results {
         assert!(r.is_ok(), "{r:?}");
     }
@@ -260,14 +270,14 @@ async fn ten_members_committing_at_once_converge() {
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
         epochs.insert(
             c.username().unwrap().to_owned(),
-            c.group_info(&gid).unwrap().epoch,
+            c.group(&gid).info().unwrap().epoch,
         );
     }
     assert!(
         epochs.values().all(|e| *e == start + 10),
         "every commit landed once and everyone is at the same epoch: {epochs:?}"
     );
-    clients[7].send_group(&gid, "still in sync").await.unwrap();
+    clients[7].group(&gid).send("still in sync").await.unwrap();
     for (i, c) in clients.iter().enumerate() {
         if i != 7 {
             assert_eq!(sync_texts(c).await, vec![pair("member7", "still in sync")]);
@@ -286,26 +296,27 @@ async fn an_offline_member_catches_up_across_several_commits_and_new_devices_joi
     let carol = registered(&dir.path().join("c"), &url, "carol").await;
     let dave = registered(&dir.path().join("d"), &url, "dave").await;
     let (gid, _) = alice
-        .create_group("plans", &names(&["bob", "carol"]), 100)
+        .groups()
+        .create("plans", &names(&["bob", "carol"]), 100)
         .await
         .unwrap();
     carol.sync().await.unwrap();
     // carol goes offline; the group changes several times with messages in between.
-    alice.send_group(&gid, "one").await.unwrap();
-    alice.group_rename(&gid, "plans v2").await.unwrap();
-    alice.send_group(&gid, "two").await.unwrap();
-    alice.group_add(&gid, &names(&["dave"])).await.unwrap();
-    dave.send_group(&gid, "three").await.unwrap();
-    alice.group_make_admin(&gid, "bob").await.unwrap();
-    bob.group_remove(&gid, &names(&["dave"])).await.unwrap();
-    bob.send_group(&gid, "four").await.unwrap();
+    alice.group(&gid).send("one").await.unwrap();
+    alice.group(&gid).rename("plans v2").await.unwrap();
+    alice.group(&gid).send("two").await.unwrap();
+    alice.group(&gid).add(&names(&["dave"])).await.unwrap();
+    dave.group(&gid).send("three").await.unwrap();
+    alice.group(&gid).make_admin("bob").await.unwrap();
+    bob.group(&gid).remove(&names(&["dave"])).await.unwrap();
+    bob.group(&gid).send("four").await.unwrap();
     // bob links a new device: his first device adds it to the group (no admin needed for one's own
     // devices), and it receives what follows.
     let bob2 = linked(&bob, &dir.path().join("b2"), &url).await;
     let r = bob.sync().await.unwrap();
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     bob2.sync().await.unwrap();
-    alice.send_group(&gid, "five").await.unwrap();
+    alice.group(&gid).send("five").await.unwrap();
 
     assert_eq!(
         sync_texts(&carol).await,
@@ -317,7 +328,7 @@ async fn an_offline_member_catches_up_across_several_commits_and_new_devices_joi
             pair("alice", "five"),
         ]
     );
-    let info = carol.group_info(&gid).unwrap();
+    let info = carol.group(&gid).info().unwrap();
     assert_eq!(info.name, "plans v2");
     assert_eq!(info.admins, ["alice", "bob"]);
     let members: Vec<(&str, usize)> = info
@@ -328,7 +339,7 @@ async fn an_offline_member_catches_up_across_several_commits_and_new_devices_joi
     assert_eq!(members, [("alice", 1), ("bob", 2), ("carol", 1)]);
     assert_eq!(sync_texts(&bob2).await, vec![pair("alice", "five")]);
     dave.sync().await.unwrap();
-    assert!(dave.groups().unwrap().is_empty());
+    assert!(dave.groups().list().unwrap().is_empty());
     server.stop().await;
 }
 
@@ -341,11 +352,12 @@ async fn a_commit_whose_answer_was_lost_is_merged_by_the_next_sync() {
     let alice = registered(&alice_home, &url, "alice").await;
     let bob = registered(&dir.path().join("b"), &url, "bob").await;
     let (gid, _) = alice
-        .create_group("flaky", &names(&["bob"]), 100)
+        .groups()
+        .create("flaky", &names(&["bob"]), 100)
         .await
         .unwrap();
     bob.sync().await.unwrap();
-    let epoch = alice.group_info(&gid).unwrap().epoch;
+    let epoch = alice.group(&gid).info().unwrap().epoch;
     // The same device, through a proxy that loses the server's answer: the commit lands on the
     // server, the device only sees a failed request.
     let proxy = AnswerDropper::start(&url).await;
@@ -353,17 +365,17 @@ async fn a_commit_whose_answer_was_lost_is_merged_by_the_next_sync() {
     proxy
         .drop_answers
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let e = via_proxy.group_update_keys(&gid).await.unwrap_err();
+    let e = via_proxy.group(&gid).update_keys().await.unwrap_err();
     assert!(matches!(e, ClientError::Api { status: 502, .. }), "{e:?}");
     drop(via_proxy);
     // The next sync finds its own commit in the log and merges the pending commit it kept.
     let r = alice.sync().await.unwrap();
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-    assert_eq!(alice.group_info(&gid).unwrap().epoch, epoch + 1);
+    assert_eq!(alice.group(&gid).info().unwrap().epoch, epoch + 1);
     assert_eq!(alice.conversation_status(&gid).unwrap().unwrap().0, "ok");
-    alice.send_group(&gid, "still here").await.unwrap();
+    alice.group(&gid).send("still here").await.unwrap();
     assert_eq!(sync_texts(&bob).await, vec![pair("alice", "still here")]);
-    assert_eq!(bob.group_info(&gid).unwrap().epoch, epoch + 1);
+    assert_eq!(bob.group(&gid).info().unwrap().epoch, epoch + 1);
     server.stop().await;
 }
 
@@ -376,23 +388,25 @@ async fn a_member_removed_and_added_back_while_away_rejoins() {
     let bob = registered(&dir.path().join("b"), &url, "bob").await;
     registered(&dir.path().join("c"), &url, "carol").await;
     let (gid, _) = alice
-        .create_group("again", &names(&["bob", "carol"]), 100)
+        .groups()
+        .create("again", &names(&["bob", "carol"]), 100)
         .await
         .unwrap();
     bob.sync().await.unwrap();
     // While bob's device is away it is removed, then added back.
-    alice.group_remove(&gid, &names(&["bob"])).await.unwrap();
+    alice.group(&gid).remove(&names(&["bob"])).await.unwrap();
     alice
-        .send_group(&gid, "bob cannot read this")
+        .group(&gid)
+        .send("bob cannot read this")
         .await
         .unwrap();
-    alice.group_add(&gid, &names(&["bob"])).await.unwrap();
-    alice.send_group(&gid, "welcome back").await.unwrap();
+    alice.group(&gid).add(&names(&["bob"])).await.unwrap();
+    alice.group(&gid).send("welcome back").await.unwrap();
     // Its next sync takes the new welcome over its stale state and carries on.
     assert_eq!(sync_texts(&bob).await, vec![pair("alice", "welcome back")]);
     assert_eq!(bob.conversation_status(&gid).unwrap().unwrap().0, "ok");
-    assert_eq!(bob.group_info(&gid).unwrap().members.len(), 3);
-    bob.send_group(&gid, "glad to be back").await.unwrap();
+    assert_eq!(bob.group(&gid).info().unwrap().members.len(), 3);
+    bob.group(&gid).send("glad to be back").await.unwrap();
     assert_eq!(
         sync_texts(&alice).await,
         vec![pair("bob", "glad to be back")]
@@ -410,11 +424,12 @@ async fn a_revoked_device_loses_access_at_once_and_is_removed_from_every_convers
     let a2 = linked(&a1, &dir.path().join("a2"), &url).await;
     let bob = registered(&dir.path().join("bob"), &url, "bob").await;
     let (gid, _) = a1
-        .create_group("team", &names(&["bob"]), 100)
+        .groups()
+        .create("team", &names(&["bob"]), 100)
         .await
         .unwrap();
-    bob.send_dm("alice", "dm before").await.unwrap();
-    bob.send_group(&gid, "group before").await.unwrap();
+    bob.dm("alice").send("dm before").await.unwrap();
+    bob.group(&gid).send("group before").await.unwrap();
     for c in [&a1, &a2] {
         let mut got = sync_texts(c).await;
         got.sort();
@@ -440,7 +455,7 @@ async fn a_revoked_device_loses_access_at_once_and_is_removed_from_every_convers
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert!(ws.next().await.unwrap().unwrap().is_text()); // ready
 
-    let report = a1.revoke_device(&a2_id).await.unwrap();
+    let report = a1.devices().revoke(&a2_id).await.unwrap();
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     // At once: the token is refused and the push connection is closed.
     assert!(matches!(
@@ -463,15 +478,15 @@ async fn a_revoked_device_loses_access_at_once_and_is_removed_from_every_convers
         "the revoked device's connection stayed open"
     );
     // The account lists one device, and a1 committed a2's removal from the group's MLS tree.
-    let devices = a1.devices().await.unwrap();
+    let devices = a1.devices().list().await.unwrap();
     assert_eq!(devices.len(), 1);
     bob.sync().await.unwrap();
-    let info = bob.group_info(&gid).unwrap();
+    let info = bob.group(&gid).info().unwrap();
     let alice_devices = info.members.iter().find(|(u, _)| u == "alice").unwrap();
     assert_eq!(alice_devices.1, [a1.device_id().unwrap()]);
     // Later messages reach alice's remaining device; a2 cannot fetch anything.
-    bob.send_dm("alice", "dm after").await.unwrap();
-    bob.send_group(&gid, "group after").await.unwrap();
+    bob.dm("alice").send("dm after").await.unwrap();
+    bob.group(&gid).send("group after").await.unwrap();
     let mut got = sync_texts(&a1).await;
     got.sort();
     assert_eq!(got, [pair("bob", "dm after"), pair("bob", "group after")]);
@@ -492,7 +507,7 @@ async fn a_revoked_device_loses_access_at_once_and_is_removed_from_every_convers
     // Syncing again does not add it back; the last device cannot be revoked; unknown ids are
     // refused with a clear message.
     sync_texts(&a1).await;
-    let info = a1.group_info(&gid).unwrap();
+    let info = a1.group(&gid).info().unwrap();
     assert_eq!(
         info.members
             .iter()
@@ -503,7 +518,8 @@ async fn a_revoked_device_loses_access_at_once_and_is_removed_from_every_convers
         1
     );
     let e = bob
-        .revoke_device(&bob.device_id().unwrap())
+        .devices()
+        .revoke(&bob.device_id().unwrap())
         .await
         .unwrap_err();
     assert!(
@@ -516,9 +532,9 @@ async fn a_revoked_device_loses_access_at_once_and_is_removed_from_every_convers
         ),
         "{e}"
     );
-    let e = a1.revoke_device(&a2_id).await.unwrap_err();
+    let e = a1.devices().revoke(&a2_id).await.unwrap_err();
     assert!(e.to_string().contains("no device"), "{e}");
-    let e = a1.revoke_device("not-a-device").await.unwrap_err();
+    let e = a1.devices().revoke("not-a-device").await.unwrap_err();
     assert!(e.to_string().contains("not a device id"), "{e}");
     server.stop().await;
 }

@@ -45,8 +45,8 @@ async fn limits_answer_429_with_retry_after_and_lose_nothing() {
     let alice = registered(&dir.path().join("alice"), &url, "alice").await;
     let bob = registered(&dir.path().join("bob"), &url, "bob").await;
     let _carol = registered(&dir.path().join("carol"), &url, "carol").await;
-    let mut dave = client(&dir.path().join("dave"), &url);
-    let e = dave.register("dave").await.unwrap_err();
+    let dave = client(&dir.path().join("dave"), &url);
+    let e = dave.account().register("dave").await.unwrap_err();
     assert!(
         matches!(
             &e,
@@ -65,7 +65,7 @@ async fn limits_answer_429_with_retry_after_and_lose_nothing() {
         .await
         .unwrap();
     assert!(expect_429(resp).await > 5);
-    assert!(alice.devices().await.is_ok());
+    assert!(alice.devices().list().await.is_ok());
     let resp = http
         .get(format!("{url}/v1/accounts/dave"))
         .bearer_auth(token_of(&dir.path().join("alice")))
@@ -81,7 +81,7 @@ async fn limits_answer_429_with_retry_after_and_lose_nothing() {
     // Sends, per device (2/s): a burst of 12 is slowed down, not refused: the client waits out
     // the short Retry-After; bob gets every message exactly once, in order.
     for i in 0..12 {
-        alice.send_dm("bob", &format!("m{i}")).await.unwrap();
+        alice.dm("bob").send(&format!("m{i}")).await.unwrap();
     }
     let got = sync_texts(&bob).await;
     let want: Vec<(String, String)> = (0..12)
@@ -179,7 +179,7 @@ async fn a_full_disk_is_a_clean_error_the_server_keeps_serving_and_nothing_is_lo
     let big = "x".repeat(30 * 1024);
     let mut accepted = 0;
     let refused = loop {
-        match alice.send_dm("bob", &format!("{accepted} {big}")).await {
+        match alice.dm("bob").send(&format!("{accepted} {big}")).await {
             Ok(_) => accepted += 1,
             Err(e) => break e,
         }
@@ -268,7 +268,7 @@ async fn hostile_websocket_frames_close_only_the_offenders_connection() {
         .unwrap();
     closes(junk).await;
     // carol's connection is untouched: a DM to her arrives as a wake-up.
-    alice.send_dm("carol", "still there?").await.unwrap();
+    alice.dm("carol").send("still there?").await.unwrap();
     let woke = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
             if let Some(Ok(Message::Text(t))) = carol_ws.next().await {

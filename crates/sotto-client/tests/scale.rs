@@ -22,7 +22,7 @@ async fn two_nodes_share_state_race_fairly_and_push_across_nodes() {
     // Alice's devices talk to node A, bob's and alice's second device to node B.
     let a1 = registered(&dir.path().join("a1"), &a.url, "alice").await;
     let bob = registered(&dir.path().join("bob"), &b.url, "bob").await;
-    a1.send_dm("bob", "via node A").await.unwrap();
+    a1.dm("bob").send("via node A").await.unwrap();
     assert_eq!(sync_texts(&bob).await, vec![s("alice", "via node A")]);
 
     // A live push crosses nodes: bob listens on B, alice sends on A.
@@ -44,7 +44,7 @@ async fn two_nodes_share_state_race_fairly_and_push_across_nodes() {
     let got = local
         .run_until(async {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            a1.send_dm("bob", "live across nodes").await.unwrap();
+            a1.dm("bob").send("live across nodes").await.unwrap();
             tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv()).await
         })
         .await;
@@ -62,7 +62,7 @@ async fn two_nodes_share_state_race_fairly_and_push_across_nodes() {
     a1.take_unshown().unwrap();
     a2.take_unshown().unwrap();
     sync_texts(&a3).await;
-    a3.send_dm("bob", "third device").await.unwrap();
+    a3.dm("bob").send("third device").await.unwrap();
     for c in [&a1, &a2, &bob] {
         let got = sync_texts(c).await;
         assert_eq!(
@@ -89,8 +89,8 @@ async fn an_embedded_deployment_migrates_into_postgres_and_carries_on() {
     let (url, addr) = (server.url.clone(), server.addr());
     let a = registered(&dir.path().join("a"), &url, "alice").await;
     let b = registered(&dir.path().join("b"), &url, "bob").await;
-    a.send_dm("bob", "before migration").await.unwrap();
-    b.send_dm("alice", "read me later").await.unwrap();
+    a.dm("bob").send("before migration").await.unwrap();
+    b.dm("alice").send("read me later").await.unwrap();
     assert_eq!(sync_texts(&b).await, vec![s("alice", "before migration")]);
     server.stop().await;
 
@@ -110,7 +110,7 @@ async fn an_embedded_deployment_migrates_into_postgres_and_carries_on() {
 
     let server = Server::start_node(&pg, &schema, &nats, &addr).await;
     assert_eq!(sync_texts(&a).await, vec![s("bob", "read me later")]);
-    a.send_dm("bob", "after migration").await.unwrap();
+    a.dm("bob").send("after migration").await.unwrap();
     assert_eq!(sync_texts(&b).await, vec![s("alice", "after migration")]);
     server.stop().await;
     drop_schema(&pg, &schema).await;
@@ -131,12 +131,13 @@ async fn group_messages_and_commits_cross_nodes() {
     let carol = registered(&dir.path().join("carol"), &a.url, "carol").await;
     let dave = registered(&dir.path().join("dave"), &b.url, "dave").await;
     let (gid, _) = alice
-        .create_group("across", &["bob".into(), "carol".into()], 100)
+        .groups()
+        .create("across", &["bob".into(), "carol".into()], 100)
         .await
         .unwrap();
-    alice.send_group(&gid, "from node A").await.unwrap();
+    alice.group(&gid).send("from node A").await.unwrap();
     assert_eq!(sync_texts(&bob).await, vec![s("alice", "from node A")]);
-    bob.send_group(&gid, "from node B").await.unwrap();
+    bob.group(&gid).send("from node B").await.unwrap();
     assert_eq!(
         sync_texts(&carol).await,
         vec![s("alice", "from node A"), s("bob", "from node B")]
@@ -161,7 +162,7 @@ async fn group_messages_and_commits_cross_nodes() {
     let got = local
         .run_until(async {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            carol.send_group(&gid, "live to B").await.unwrap();
+            carol.group(&gid).send("live to B").await.unwrap();
             tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv()).await
         })
         .await;
@@ -173,13 +174,13 @@ async fn group_messages_and_commits_cross_nodes() {
 
     // Admin changes through node A, a second admin's through node B; concurrent commits from
     // members on both nodes converge.
-    alice.group_make_admin(&gid, "bob").await.unwrap();
-    bob.group_add(&gid, &["dave".into()]).await.unwrap();
-    let before = alice.group_info(&gid).unwrap().epoch;
+    alice.group(&gid).make_admin("bob").await.unwrap();
+    bob.group(&gid).add(&["dave".into()]).await.unwrap();
+    let before = alice.group(&gid).info().unwrap().epoch;
     let (r1, r2, r3) = tokio::join!(
-        alice.group_update_keys(&gid),
-        bob.group_update_keys(&gid),
-        carol.group_update_keys(&gid)
+        alice.group(&gid).update_keys(),
+        bob.group(&gid).update_keys(),
+        carol.group(&gid).update_keys()
     );
     r1.unwrap();
     r2.unwrap();
@@ -187,16 +188,16 @@ async fn group_messages_and_commits_cross_nodes() {
     for c in [&alice, &bob, &carol, &dave] {
         let r = c.sync().await.unwrap();
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-        let info = c.group_info(&gid).unwrap();
+        let info = c.group(&gid).info().unwrap();
         assert_eq!(info.members.len(), 4);
         assert!(info.epoch >= before + 3, "{} vs {before}", info.epoch);
     }
     let e: Vec<u64> = [&alice, &bob, &carol, &dave]
         .iter()
-        .map(|c| c.group_info(&gid).unwrap().epoch)
+        .map(|c| c.group(&gid).info().unwrap().epoch)
         .collect();
     assert!(e.windows(2).all(|w| w[0] == w[1]), "{e:?}");
-    dave.send_group(&gid, "joined via B").await.unwrap();
+    dave.group(&gid).send("joined via B").await.unwrap();
     for c in [&alice, &bob, &carol] {
         let got = sync_texts(c).await;
         assert_eq!(got.last(), Some(&s("dave", "joined via B")));
@@ -232,7 +233,7 @@ async fn database_errors_are_clean_errors_the_node_keeps_serving_and_nothing_is_
     let node = Server::start_node(&pg, &schema, &nats, "127.0.0.1:0").await;
     let alice = registered(&dir.path().join("alice"), &node.url, "alice").await;
     let bob = registered(&dir.path().join("bob"), &node.url, "bob").await;
-    alice.send_dm("bob", "before").await.unwrap();
+    alice.dm("bob").send("before").await.unwrap();
     // The database starts failing every append to the log: first as a full disk, then with an
     // internal error (a trigger, so the real server code meets real PostgreSQL errors).
     let fail_with = |code: &str| {
@@ -245,7 +246,8 @@ async fn database_errors_are_clean_errors_the_node_keeps_serving_and_nothing_is_
     };
     sql(&pg, &schema, &fail_with("53100")).await;
     let e = alice
-        .send_dm("bob", "during a full disk")
+        .dm("bob")
+        .send("during a full disk")
         .await
         .unwrap_err();
     let ClientError::Queued { reason, .. } = &e else {
@@ -264,7 +266,8 @@ async fn database_errors_are_clean_errors_the_node_keeps_serving_and_nothing_is_
     );
     sql(&pg, &schema, &fail_with("XX000")).await;
     let e = alice
-        .send_dm("bob", "during a broken database")
+        .dm("bob")
+        .send("during a broken database")
         .await
         .unwrap_err();
     let ClientError::Queued { reason, .. } = &e else {

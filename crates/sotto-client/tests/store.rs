@@ -82,7 +82,8 @@ async fn a_home_made_by_the_first_client_opens_and_carries_on() {
 
     // The old messages are all there, in order.
     let texts = |c: &sotto_client::Client, peer: &str| -> Vec<String> {
-        c.history(peer)
+        c.dm(peer)
+            .history()
             .unwrap()
             .into_iter()
             .map(|m| m.text)
@@ -97,7 +98,8 @@ async fn a_home_made_by_the_first_client_opens_and_carries_on() {
         ["hello from the old client", "old reply"]
     );
     let group_texts: Vec<String> = bob
-        .group_history(&group)
+        .group(&group)
+        .history()
         .unwrap()
         .into_iter()
         .map(|m| m.text)
@@ -105,17 +107,18 @@ async fn a_home_made_by_the_first_client_opens_and_carries_on() {
     assert_eq!(group_texts, ["old group message"]);
 
     // The migrated MLS state keeps working both ways, in the DM and in the group.
-    alice.send_dm("bob", "after the upgrade").await.unwrap();
+    alice.dm("bob").send("after the upgrade").await.unwrap();
     assert_eq!(
         support::sync_texts(&bob).await,
         [("alice".to_owned(), "after the upgrade".to_owned())]
     );
-    bob.send_dm("alice", "still here").await.unwrap();
+    bob.dm("alice").send("still here").await.unwrap();
     assert_eq!(
         support::sync_texts(&alice).await,
         [("bob".to_owned(), "still here".to_owned())]
     );
-    bob.send_group(&group, "group after the upgrade")
+    bob.group(&group)
+        .send("group after the upgrade")
         .await
         .unwrap();
     assert_eq!(
@@ -126,10 +129,11 @@ async fn a_home_made_by_the_first_client_opens_and_carries_on() {
     // welcome: a new member joins.
     let carol = support::registered(&dir.path().join("carol"), &server.url, "carol").await;
     alice
-        .group_add(&group, &["carol".to_owned()])
+        .group(&group)
+        .add(&["carol".to_owned()])
         .await
         .unwrap();
-    bob.send_group(&group, "welcome carol").await.unwrap();
+    bob.group(&group).send("welcome carol").await.unwrap();
     assert_eq!(
         support::sync_texts(&carol).await,
         [("bob".to_owned(), "welcome carol".to_owned())]

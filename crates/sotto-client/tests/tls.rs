@@ -69,16 +69,15 @@ async fn https_and_wss_with_a_private_ca_and_certificates_are_verified() {
     let url = tls_server(&dir.path().join("server"), &cert, &key).await;
 
     // alice registers over HTTPS trusting the test CA; it is remembered for later runs.
-    let mut alice =
-        Client::open_with(&dir.path().join("alice"), Some(&url), &with_ca(&ca)).unwrap();
-    alice.register("alice").await.unwrap();
+    let alice = Client::open_with(&dir.path().join("alice"), Some(&url), &with_ca(&ca)).unwrap();
+    alice.account().register("alice").await.unwrap();
     drop(alice);
     let alice = Client::open(&dir.path().join("alice"), None).unwrap();
-    let mut bob = Client::open_with(&dir.path().join("bob"), Some(&url), &with_ca(&ca)).unwrap();
-    bob.register("bob").await.unwrap();
+    let bob = Client::open_with(&dir.path().join("bob"), Some(&url), &with_ca(&ca)).unwrap();
+    bob.account().register("bob").await.unwrap();
 
     // A DM over HTTPS, and a live push over WSS.
-    alice.send_dm("bob", "over tls").await.unwrap();
+    alice.dm("bob").send("over tls").await.unwrap();
     let got = support::sync_texts(&bob).await;
     assert_eq!(got, [("alice".to_owned(), "over tls".to_owned())]);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -105,7 +104,7 @@ async fn https_and_wss_with_a_private_ca_and_certificates_are_verified() {
         });
     });
     assert_eq!(rx.recv().await.unwrap(), None, "wss connected");
-    alice.send_dm("bob", "pushed over wss").await.unwrap();
+    alice.dm("bob").send("pushed over wss").await.unwrap();
     let pushed = tokio::time::timeout(std::time::Duration::from_secs(20), async {
         loop {
             if let Some(Some(t)) = rx.recv().await {
@@ -124,12 +123,12 @@ async fn https_and_wss_with_a_private_ca_and_certificates_are_verified() {
         let home = dir
             .path()
             .join(format!("eve-{}", options.ca_cert.is_some()));
-        let mut eve = Client::open_with(&home, Some(&url), &options).unwrap();
-        let e = eve.register("eve").await.unwrap_err();
+        let eve = Client::open_with(&home, Some(&url), &options).unwrap();
+        let e = eve.account().register("eve").await.unwrap_err();
         assert!(e.to_string().contains("certificate"), "{e}");
     }
     assert!(matches!(
-        alice.devices().await,
+        alice.devices().list().await,
         Ok(d) if d.len() == 1
     ));
 }

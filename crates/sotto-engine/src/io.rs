@@ -261,6 +261,16 @@ impl<T: 'static> Task<T> {
         }
     }
 
+    /// A task whose result goes through `f`.
+    pub fn map<U: 'static>(self, f: impl FnOnce(T) -> U + 'static) -> Task<U> {
+        let fut = self.fut;
+        Task {
+            fut: Box::pin(async move { fut.await.map(f) }),
+            slot: self.slot,
+            done: self.done,
+        }
+    }
+
     /// Runs the task until it needs something or finishes. The first call takes `None`; every
     /// later one the answer to the [`Op`] the previous call handed out. Stepping a finished task
     /// reports an error instead of panicking.

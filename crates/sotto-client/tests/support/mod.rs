@@ -121,15 +121,15 @@ pub fn client(home: &Path, server: &str) -> Client {
 }
 
 pub async fn registered(home: &Path, server: &str, user: &str) -> Client {
-    let mut c = client(home, server);
-    c.register(user).await.unwrap();
+    let c = client(home, server);
+    c.account().register(user).await.unwrap();
     c
 }
 
 pub async fn linked(from: &Client, home: &Path, server: &str) -> Client {
-    let code = from.create_link_code().await.unwrap();
-    let mut c = client(home, server);
-    c.link(&code).await.unwrap();
+    let code = from.account().create_link_code().await.unwrap();
+    let c = client(home, server);
+    c.account().link(&code).await.unwrap();
     c
 }
 
