@@ -89,7 +89,18 @@ impl Client {
         options: &ConnectOptions,
     ) -> Result<Self, ClientError> {
         let store = SqliteStore::open(home)?;
-        let engine = Engine::new(Box::new(store))?;
+        Self::with_store(Box::new(store), home, server, options)
+    }
+
+    /// A client over any store that keeps the engine's contract (the in-memory one, say: a
+    /// device that keeps nothing after the process ends). `home` is only shown in `Debug`.
+    pub fn with_store(
+        store: Box<dyn sotto_engine::Store>,
+        home: &Path,
+        server: Option<&str>,
+        options: &ConnectOptions,
+    ) -> Result<Self, ClientError> {
+        let engine = Engine::new(store)?;
         let ca_pem = match &options.ca_cert {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
                 ClientError::Invalid(format!(

@@ -1,6 +1,7 @@
 //! The SQLite backend of the client store: the conformance suite every backend passes, durability
 //! across a reopen, and a device home written by the first client (schema 1, MLS state in
-//! `openmls_sqlite_storage`'s tables) opening, migrated, and carrying on with its conversations.
+//! `openmls_sqlite_storage`'s tables) opening, migrated, and carrying on with its conversations;
+//! and the same shell over the in-memory store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -157,5 +158,51 @@ async fn a_home_made_by_the_first_client_opens_and_carries_on() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, 2);
+    server.stop().await;
+}
+
+/// The same shell over the engine's in-memory store: two devices that keep nothing on disk set up
+/// a DM and a group with a SQLite-backed device, against a real sottod.
+#[tokio::test]
+async fn devices_on_the_in_memory_store_talk_to_devices_on_sqlite() {
+    use sotto_client::sotto_engine::MemoryStore;
+    use sotto_client::{Client, ConnectOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let memory = |name: &str| {
+        Client::with_store(
+            Box::new(MemoryStore::new()),
+            std::path::Path::new(name),
+            Some(&server.url),
+            &ConnectOptions::default(),
+        )
+        .unwrap()
+    };
+    let alice = memory("alice-in-memory");
+    alice.account().register("alice").await.unwrap();
+    let bob = memory("bob-in-memory");
+    bob.account().register("bob").await.unwrap();
+    let carol = support::registered(&dir.path().join("carol"), &server.url, "carol").await;
+
+    alice.dm("bob").send("from memory").await.unwrap();
+    assert_eq!(
+        support::sync_texts(&bob).await,
+        [("alice".to_owned(), "from memory".to_owned())]
+    );
+    let (g, _) = bob
+        .groups()
+        .create("mixed", &["alice".to_owned(), "carol".to_owned()], 100)
+        .await
+        .unwrap();
+    carol.group(&g).send("from sqlite").await.unwrap();
+    assert_eq!(
+        support::sync_texts(&alice).await,
+        [("carol".to_owned(), "from sqlite".to_owned())]
+    );
+    assert_eq!(
+        support::sync_texts(&bob).await,
+        [("carol".to_owned(), "from sqlite".to_owned())]
+    );
     server.stop().await;
 }
