@@ -338,6 +338,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 ListenEvent::Connected => eprintln!("connected"),
                 ListenEvent::Messages(m) => print_messages(&m, json),
                 ListenEvent::Warning(w) => warn(&[w]),
+                ListenEvent::Events(e) => print_events(&e, json),
                 ListenEvent::Disconnected(why) => eprintln!("disconnected: {why}; reconnecting"),
             });
             tokio::select! {

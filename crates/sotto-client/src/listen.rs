@@ -5,7 +5,7 @@ use futures_util::{SinkExt, StreamExt};
 use sotto_api::{ErrorCode, ServerFrame};
 use tokio_tungstenite::tungstenite;
 
-use crate::{Client, ClientError, Message};
+use crate::{Client, ClientError, Message, SyncEvent};
 
 /// How often `listen` tells the server how far it has read (the server prunes what every device
 /// has read; a late acknowledgement only delays that).
@@ -20,6 +20,8 @@ pub enum ListenEvent {
     Messages(Vec<Message>),
     /// A warning.
     Warning(String),
+    /// Messages that had not decrypted were recovered or given up.
+    Events(Vec<SyncEvent>),
     /// Lost the connection; retrying.
     Disconnected(String),
 }
@@ -84,6 +86,9 @@ impl Client {
                             Ok(report) => {
                                 for w in report.warnings {
                                     on_event(ListenEvent::Warning(w));
+                                }
+                                if !report.events.is_empty() {
+                                    on_event(ListenEvent::Events(report.events));
                                 }
                             }
                             Err(e @ ClientError::NotRegistered) => return Err(e),

@@ -3,7 +3,7 @@
 //!
 //! A commit refused with a 4xx (including a lost race) is dropped; one whose outcome is unknown
 //! (transport error, 5xx) stays pending and the next sync settles it: merged if the log holds it
-//! ([`crate::apply`]), dropped if the server's epoch never moved ([`Flow::resolve_pending`]).
+//! ([`crate::apply`]), dropped if the server's epoch never moved (`resolve_pending`, run by every sync).
 
 use sotto_api::*;
 use sotto_proto::group::GroupMetadata;

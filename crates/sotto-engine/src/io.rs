@@ -6,9 +6,9 @@
 //! socket, reads a clock or sleeps: a test can step a task by hand with any answers it likes, and the
 //! same task runs under tokio natively and under a JavaScript event loop in WebAssembly.
 //!
-//! Tasks are written as ordinary `async` code against [`Io`], whose only "IO" is parking the
+//! Tasks are written as ordinary `async` code against `Io`, whose only "IO" is parking the
 //! request in a slot shared with the task and waiting for the shell to fill in the answer; the
-//! compiler turns each flow into the state machine the shell steps. [`Io`]'s futures never register
+//! compiler turns each flow into the state machine the shell steps. `Io`'s futures never register
 //! a waker: only [`Task::step`] makes progress.
 
 use std::cell::RefCell;
