@@ -312,7 +312,9 @@ pub struct LogEntry {
     pub data: B64,
 }
 
-/// `GET /v1/conversations/{id}/log?after=SEQ&limit=N`.
+/// `GET /v1/conversations/{id}/log?after=SEQ&limit=N[&read=SEQ]`. The device's read position (what
+/// the server may prune once every member device has read it) is `after`, or `read` when that is
+/// smaller.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogPage {
     /// Entries with `seq > after`, in order.

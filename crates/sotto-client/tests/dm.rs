@@ -358,3 +358,32 @@ async fn a_send_whose_acknowledgement_was_lost_is_posted_again_and_received_once
     assert_eq!(sync_texts(&b).await, vec![]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_pin_that_cannot_be_read_refuses_the_account_instead_of_re_pinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let a = registered(&dir.path().join("a"), &server.url, "alice").await;
+    let _b = registered(&dir.path().join("b"), &server.url, "bob").await;
+    a.dm("bob").send("hello").await.unwrap();
+    // The stored pin of bob's key is damaged on alice's disk.
+    let db = rusqlite::Connection::open(dir.path().join("a/sotto.db")).unwrap();
+    db.execute(
+        "UPDATE sotto_pins SET identity_key = x'0102' WHERE username = 'bob'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let e = a.dm("bob").send("again").await.unwrap_err().to_string();
+    assert!(e.contains("pinned for bob is corrupt"), "{e}");
+    // Still damaged, not silently replaced by the server's key.
+    let db = rusqlite::Connection::open(dir.path().join("a/sotto.db")).unwrap();
+    let key: Vec<u8> = db
+        .query_row(
+            "SELECT identity_key FROM sotto_pins WHERE username = 'bob'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(key, [1, 2]);
+}

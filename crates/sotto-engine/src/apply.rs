@@ -47,8 +47,9 @@ enum Decrypted {
 }
 
 impl Flow {
-    /// Applies a conversation's log after the local cursor (and fetches again the entries still
-    /// waiting to be decrypted).
+    /// Applies a conversation's log after the local cursor. In a full sync, also fetches again the
+    /// entries still waiting to be decrypted and retries each once (per task: the catch-ups after
+    /// lost commit races and pushed wake-ups do not use up tries).
     pub(crate) async fn sync_conversation(
         &self,
         id: &str,
@@ -70,25 +71,46 @@ impl Flow {
         if local.status != ConversationStatus::Ok || !has_group {
             return Ok(());
         }
-        if known_last.is_some_and(|l| l <= local.cursor) && waiting.is_empty() {
+        let to_retry: BTreeSet<u64> = if self.full_sync.get() {
+            let done = self.retried.borrow();
+            waiting
+                .iter()
+                .copied()
+                .filter(|s| !done.contains(&(id.to_owned(), *s)))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        if known_last.is_some_and(|l| l <= local.cursor) && to_retry.is_empty() {
             return Ok(());
         }
-        let mut after = match waiting.first() {
+        // The read position told to the server stays before the oldest waiting entry, on every
+        // page, so that pruning keeps it for the retry.
+        let keep = waiting.first().map(|w| w - 1);
+        let mut after = match to_retry.first() {
             Some(w) => local.cursor.min(w - 1),
             None => local.cursor,
         };
         let mut seen = BTreeSet::new();
         loop {
-            let page: LogPage = self
-                .get(&format!("/v1/conversations/{id}/log?after={after}"))
-                .await?;
+            let path = match keep {
+                Some(k) => format!(
+                    "/v1/conversations/{id}/log?after={after}&read={}",
+                    k.min(after)
+                ),
+                None => format!("/v1/conversations/{id}/log?after={after}"),
+            };
+            let page: LogPage = self.get(&path).await?;
             let Some(last) = page.entries.last().map(|e| e.seq) else {
                 break;
             };
             for entry in &page.entries {
                 seen.insert(entry.seq);
-                if waiting.contains(&entry.seq) {
-                    self.retry_entry(id, &gid, entry, report).await?;
+                if entry.seq <= local.cursor {
+                    if to_retry.contains(&entry.seq) {
+                        self.retried.borrow_mut().insert((id.to_owned(), entry.seq));
+                        self.retry_entry(id, &gid, entry, report).await?;
+                    }
                     continue;
                 }
                 if self.apply_with_pins(id, &gid, entry, report).await? == Flowing::Stop {
@@ -100,13 +122,10 @@ impl Flow {
                 break;
             }
         }
-        // Waiting entries the server no longer holds (retention took them) cannot come back.
-        let gone: Vec<u64> = waiting
-            .iter()
-            .copied()
-            .filter(|s| *s <= after && !seen.contains(s))
-            .collect();
-        for seq in gone {
+        // The log was read from before every entry to retry to its head: one it did not hold
+        // (retention took it) cannot come back.
+        for seq in to_retry.difference(&seen).copied().collect::<Vec<_>>() {
+            self.retried.borrow_mut().insert((id.to_owned(), seq));
             self.record_failure(id, seq, "the server no longer holds it", true, report)
                 .await?;
         }
@@ -174,7 +193,7 @@ impl Flow {
             if entry.seq <= local.cursor {
                 return Ok(()); // another process of this device got here first
             }
-            if entry.seq > local.cursor + 1 {
+            if entry.seq > local.cursor.saturating_add(1) {
                 warning = Some(format!(
                     "conversation {id}: {} entries expired on the server before this device fetched them",
                     entry.seq - local.cursor - 1
@@ -274,6 +293,8 @@ impl Flow {
             Err(Error::Rollback) => {
                 if let Some((error, sender)) = failed {
                     self.record_first_failure(id, entry, sender, &error).await?;
+                    // Not tried again by the task that saw it fail.
+                    self.retried.borrow_mut().insert((id.to_owned(), entry.seq));
                     report.warnings.push(format!(
                         "conversation {id}: message {} could not be decrypted yet ({error}); it will be fetched again",
                         entry.seq

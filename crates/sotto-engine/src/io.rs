@@ -60,12 +60,22 @@ impl std::fmt::Debug for HttpRequest {
 }
 
 /// What the server answered: the status and the body's bytes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpReply {
     /// HTTP status.
     pub status: u16,
     /// The body (JSON, or empty).
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for HttpReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The body may hold a new device's token or a link bundle: its size only.
+        f.debug_struct("HttpReply")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 /// What a task needs from its shell.

@@ -206,6 +206,8 @@ impl Engine {
             Flow {
                 e: self.inner.clone(),
                 io: io.clone(),
+                full_sync: std::cell::Cell::new(false),
+                retried: RefCell::new(std::collections::BTreeSet::new()),
             },
             io,
         )
@@ -231,6 +233,10 @@ impl Engine {
 pub(crate) struct Flow {
     pub(crate) e: Rc<Inner>,
     pub(crate) io: Io,
+    /// Set by a full sync: waiting undecryptable entries are retried.
+    pub(crate) full_sync: std::cell::Cell<bool>,
+    /// (conversation, seq) of the undecryptable entries this task tried (each once).
+    pub(crate) retried: RefCell<std::collections::BTreeSet<(String, u64)>>,
 }
 
 impl Flow {

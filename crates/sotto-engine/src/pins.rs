@@ -31,9 +31,18 @@ impl Flow {
             ));
         }
         let now = self.io.now_secs().await;
-        self.with_tx(|tx, _| match Pins(tx).pinned_identity(&user) {
-            Some(pinned) if pinned != key => Err(Error::IdentityChanged(username.to_owned())),
-            Some(_) => Ok(()),
+        // Read the pin itself, not through `Trust`: a pin that cannot be read or parsed must refuse
+        // the account, never be replaced by whatever key the server sends now.
+        self.with_tx(|tx, _| match tx.pin(user.as_str())? {
+            Some(p) => {
+                let pinned = IdentityPublicKey::from_bytes(&p.identity_key).map_err(|_| {
+                    Error::Storage(format!("the identity key pinned for {username} is corrupt"))
+                })?;
+                if pinned != key {
+                    return Err(Error::IdentityChanged(username.to_owned()));
+                }
+                Ok(())
+            }
             None => Ok(tx.set_pin(&PinRecord {
                 username: username.to_owned(),
                 identity_key: key.to_bytes().to_vec(),

@@ -4,6 +4,8 @@
 //! next one expected, so the log stays the only truth. The shell tells the server how far this
 //! device has read ([`Engine::read_acks`], once a second) so the server can prune; the position
 //! stays before any entry still waiting to be decrypted, so the server keeps it for the retry.
+//! Waiting entries are retried by full syncs (the `ready`, `resync` and `devices` frames run one),
+//! not by every wake-up.
 
 use sotto_api::{ClientFrame, ServerFrame};
 

@@ -23,6 +23,7 @@ impl Engine {
 impl Flow {
     pub(crate) async fn sync(&self) -> Result<SyncReport, Error> {
         self.me()?;
+        self.full_sync.set(true);
         let mut report = SyncReport::default();
         self.process_inbox(&mut report).await?;
         let list: ConversationList = self.get("/v1/conversations").await?;

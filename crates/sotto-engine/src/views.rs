@@ -164,11 +164,18 @@ fn messages_only(items: Vec<HistoryItem>) -> Vec<Message> {
         .collect()
 }
 
-fn undecryptable_item(u: UndecryptableRecord) -> HistoryItem {
+/// An undecryptable entry as shown; in a conversation this device no longer follows nothing will
+/// retry it, so it shows as failed.
+fn undecryptable_item(u: UndecryptableRecord, followed: bool) -> HistoryItem {
+    let state = if followed {
+        u.state
+    } else {
+        crate::store::UndecryptableState::Failed
+    };
     HistoryItem::Undecryptable {
         id: None,
         seq: u.seq,
-        undecryptable: u.state.as_str(),
+        undecryptable: state.as_str(),
         sender: u.sender,
         sender_device: u.sender_device,
         conversation: u.conversation,
@@ -233,9 +240,11 @@ impl Engine {
     /// that did not decrypt in their places.
     pub fn history_items(&self, conversation: &str) -> Result<Vec<HistoryItem>, Error> {
         self.local().read(|tx, _| {
-            let group = tx
-                .conversation(conversation)?
-                .is_some_and(|c| c.kind != ConversationKind::Dm);
+            let c = tx.conversation(conversation)?;
+            let group = c.as_ref().is_some_and(|c| c.kind != ConversationKind::Dm);
+            let followed = c
+                .as_ref()
+                .is_some_and(|c| c.status == crate::store::ConversationStatus::Ok);
             let mut items: Vec<HistoryItem> = tx
                 .messages(conversation)?
                 .into_iter()
@@ -247,7 +256,7 @@ impl Engine {
             items.extend(
                 tx.undecryptable(conversation)?
                     .into_iter()
-                    .map(undecryptable_item),
+                    .map(|u| undecryptable_item(u, followed)),
             );
             items.sort_by_key(|i| i.seq().unwrap_or(u64::MAX));
             Ok(items)

@@ -701,13 +701,15 @@ pub async fn send(
     Ok(accepted)
 }
 
-/// A page of a conversation's log.
+/// A page of a conversation's log. `read` is how far the device has read (at most `after`): the
+/// server may prune what every member device has read.
 pub async fn log(
     state: &AppState,
     caller: &Caller,
     id: &str,
     after: u64,
     limit: Option<u32>,
+    read: u64,
 ) -> Result<LogPage, ApiError> {
     let limit = limit.unwrap_or(MAX_LOG_PAGE).clamp(1, MAX_LOG_PAGE);
     let (c, entries) = state
@@ -715,7 +717,7 @@ pub async fn log(
         .member_log(id, &caller.username, &caller.device_id, after, limit)
         .await?
         .ok_or_else(|| ApiError::not_found("no such conversation"))?;
-    state.cursors.note(id, &caller.device_id, after);
+    state.cursors.note(id, &caller.device_id, read.min(after));
     let more = entries.last().map(|e| e.seq < c.last_seq).unwrap_or(false);
     Ok(LogPage { entries, more })
 }

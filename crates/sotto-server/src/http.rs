@@ -282,6 +282,9 @@ struct LogQuery {
     #[serde(default)]
     after: u64,
     limit: Option<u32>,
+    /// How far the device has read, when that is before `after` (it is fetching on past an entry it
+    /// still needs kept, to retry it).
+    read: Option<u64>,
 }
 
 async fn log(
@@ -290,7 +293,8 @@ async fn log(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<LogPage> {
-    Ok(Json(ds::log(&s, &c, &id, q.after, q.limit).await?))
+    let read = q.read.map_or(q.after, |r| r.min(q.after));
+    Ok(Json(ds::log(&s, &c, &id, q.after, q.limit, read).await?))
 }
 
 async fn inbox(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<Inbox> {

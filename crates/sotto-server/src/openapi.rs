@@ -130,7 +130,7 @@ const OPS: &[Op] = &[
     op(
         "get",
         "/v1/conversations/{id}/log",
-        "Log entries after a sequence number (query: after, limit)",
+        "Log entries after a sequence number (query: after, limit, read)",
         true,
         None,
         Some(("200", "LogPage")),
@@ -247,6 +247,7 @@ pub fn document() -> Value {
                 vec![
                     json!({"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}}),
                     json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}),
+                    json!({"name": "read", "in": "query", "description": "how far this device has read, when before `after` (default `after`)", "schema": {"type": "integer", "minimum": 0}}),
                 ]
             } else {
                 vec![]
