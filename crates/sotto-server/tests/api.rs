@@ -1132,6 +1132,26 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
         .await;
     assert_eq!(page["entries"].as_array().unwrap().len(), 1);
 
+    // A fetch may say it has read less than it fetches past (`read`, a device keeping an entry
+    // it will retry): the read position is the smaller one, and a later plain fetch moves it on.
+    let alice_device = alice.keys.certificate().device_id.to_hex();
+    for (query, position) in [("after=2&read=1", 1), ("after=2", 2)] {
+        let (status, _) = t
+            .json(
+                Method::GET,
+                &format!("/v1/conversations/{id}/log?{query}"),
+                Some(&alice.token),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            t.state.cursors.get(&id, &alice_device),
+            Some(position),
+            "{query}"
+        );
+    }
+
     // Refusals carry the HTTP status and error body: a non-member (same 404 as over HTTP), a
     // message that is not MLS, a conversation that does not exist.
     e.send(&ClientFrame::Send {
