@@ -95,6 +95,16 @@ pub(crate) struct Inner {
     pub(crate) unacked: RefCell<BTreeMap<String, u64>>,
 }
 
+impl Inner {
+    /// The registered device's bearer token.
+    fn bearer(&self) -> Option<String> {
+        self.me
+            .borrow()
+            .as_ref()
+            .and_then(|m| m.token.as_ref().map(|t| t.as_str().to_owned()))
+    }
+}
+
 /// One device's client engine over its store.
 #[derive(Clone)]
 pub struct Engine {
@@ -174,15 +184,12 @@ impl Engine {
 
     /// The device's bearer token, for the shell's push connection. Never log it.
     pub fn dangerous_bearer_token(&self) -> Option<String> {
-        self.inner
-            .me
-            .borrow()
-            .as_ref()
-            .and_then(|m| m.token.as_ref().map(|t| t.as_str().to_owned()))
+        self.inner.bearer()
     }
 
-    /// A stored setting (the server URL, a CA certificate, ...).
-    pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    /// A stored setting. Private: some settings are the device's secrets (its signing seed, the
+    /// account's identity secret, the token); the shell reads only the ones below.
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let tx = self.inner.store.begin(false)?;
         Ok(tx.setting(key)?)
     }
@@ -249,11 +256,7 @@ impl Flow {
     }
 
     fn bearer(&self) -> Option<String> {
-        self.e
-            .me
-            .borrow()
-            .as_ref()
-            .and_then(|m| m.token.as_ref().map(|t| t.as_str().to_owned()))
+        self.e.bearer()
     }
 
     /// Runs `f` in one write transaction with an MLS provider over it: MLS state and the rest of
