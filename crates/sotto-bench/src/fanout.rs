@@ -13,7 +13,7 @@ use sotto_api::*;
 use sotto_proto::group::GroupMetadata;
 use sotto_proto::identity::unhex;
 use sotto_proto::mls::{Conversation, Trust, ValidKeyPackage, CLASSIC_CIPHERSUITE};
-use sotto_proto::{IdentityPublicKey, MessageContent, Username};
+use sotto_proto::{IdentityPublicKey, Username};
 use tokio::time::Instant;
 
 use crate::relay::{check, percentile, post_commit, register_with, Device};
@@ -193,11 +193,8 @@ pub async fn run(
     }
     let payloads: Vec<Vec<u8>> = (0..messages)
         .map(|_| {
-            group.encrypt(
-                &creator.provider,
-                &creator.keys,
-                &MessageContent::text("x".repeat(100).as_str(), 0, None),
-            )
+            let m = group.compose_text(&creator.provider, &creator.keys, &"x".repeat(100), 0)?;
+            group.encrypt(&creator.provider, &creator.keys, &m)
         })
         .collect::<Result<_, _>>()?;
     eprintln!("sending {messages} messages, one after another...");

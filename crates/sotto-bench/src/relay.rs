@@ -13,7 +13,7 @@ use openmls_traits::OpenMlsProvider as _;
 use sotto_api::*;
 use sotto_proto::identity::unhex;
 use sotto_proto::mls::{Conversation, DeviceKeys, Trust, ValidKeyPackage};
-use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, MessageContent, Username};
+use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, Username};
 use tokio::time::Instant;
 
 /// What the relay run measured.
@@ -187,11 +187,8 @@ async fn setup_pair(
     let text = "x".repeat(100);
     let payloads = (0..messages)
         .map(|_| {
-            group.encrypt(
-                &a.provider,
-                &a.keys,
-                &MessageContent::text(text.as_str(), 0, None),
-            )
+            let m = group.compose_text(&a.provider, &a.keys, &text, 0)?;
+            group.encrypt(&a.provider, &a.keys, &m)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Pair {

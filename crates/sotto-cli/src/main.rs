@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sotto_client::{Client, ClientError, HistoryItem, ListenEvent, Message, SyncEvent};
+use sotto_client::{
+    Action, Client, ClientError, HistoryItem, ListenEvent, Message, SyncEvent, Update,
+};
 
 /// Sotto: end-to-end-encrypted messaging.
 #[derive(Debug, Parser)]
@@ -59,6 +61,38 @@ enum Command {
         /// USERNAME TEXT, or TEXT with --group.
         #[arg(required = true, num_args = 1..=2, value_names = ["USERNAME", "TEXT"])]
         args: Vec<String>,
+    },
+    /// Reply to a message: `reply ID TEXT` (ID as `send`, `sync --json` or `history --json`
+    /// print it).
+    Reply {
+        /// The message replied to.
+        id: String,
+        /// The text.
+        text: String,
+    },
+    /// React to a message with an emoji (replacing your earlier reaction), or remove your
+    /// reaction: `react ID EMOJI`, `react --remove ID`.
+    React {
+        /// Remove your reaction instead.
+        #[arg(long)]
+        remove: bool,
+        /// The message.
+        id: String,
+        /// The emoji (one).
+        #[arg(required_unless_present = "remove", conflicts_with = "remove")]
+        emoji: Option<String>,
+    },
+    /// Edit a message you sent (within 24 hours, at most 10 times).
+    Edit {
+        /// The message (its first version's id).
+        id: String,
+        /// The new text.
+        text: String,
+    },
+    /// Delete a message you sent for everyone (within 24 hours); every device removes its text.
+    Unsend {
+        /// The message.
+        id: String,
     },
     /// Groups: create, change membership and metadata, list.
     Group {
@@ -182,6 +216,47 @@ fn print_messages(msgs: &[Message], json: bool) {
     let _ = out.flush();
 }
 
+fn print_updates(updates: &[Update], json: bool) {
+    let mut out = std::io::stdout().lock();
+    for u in updates {
+        let line = if json {
+            serde_json::to_string(u).unwrap_or_default()
+        } else {
+            match u {
+                Update::Reaction {
+                    message,
+                    user,
+                    emoji: Some(e),
+                    sent_at,
+                    ..
+                } => format!("[{sent_at}] {user} reacted {e} to {message}"),
+                Update::Reaction {
+                    message,
+                    user,
+                    emoji: None,
+                    sent_at,
+                    ..
+                } => format!("[{sent_at}] {user} removed their reaction to {message}"),
+                Update::Edit {
+                    message,
+                    user,
+                    text,
+                    sent_at,
+                    ..
+                } => format!("[{sent_at}] {user} edited {message}: {text}"),
+                Update::Unsend {
+                    message,
+                    user,
+                    sent_at,
+                    ..
+                } => format!("[{sent_at}] {user} unsent {message}"),
+            }
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+}
+
 fn print_events(events: &[SyncEvent], json: bool) {
     let mut out = std::io::stdout().lock();
     for e in events {
@@ -204,7 +279,18 @@ fn print_history(items: &[HistoryItem], json: bool) {
         let line = match item {
             _ if json => serde_json::to_string(item).unwrap_or_default(),
             HistoryItem::Message { message: m, .. } => {
-                format!("[{}] {}: {}", m.sent_at, m.sender, m.text)
+                let mut line = format!("[{}] {}: ", m.sent_at, m.sender);
+                line.push_str(m.text.as_deref().unwrap_or("[unsent]"));
+                if m.edits > 0 && !m.deleted {
+                    line.push_str(" (edited)");
+                }
+                for (emoji, users) in &m.reactions {
+                    line.push_str(&format!(" [{emoji} {}]", users.join(", ")));
+                }
+                if let Some(r) = &m.reply_to {
+                    line.push_str(&format!(" (reply to {r})"));
+                }
+                line
             }
             HistoryItem::Undecryptable {
                 seq,
@@ -313,7 +399,18 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let msgs = client.unshown()?;
             print_messages(&msgs, json);
             client.mark_shown(&msgs)?;
+            print_updates(&client.take_updates()?, json);
         }
+        Command::Reply { id, text } => act(&client, &id, Action::Reply(text), "sent").await?,
+        Command::React {
+            remove: true, id, ..
+        } => act(&client, &id, Action::Unreact, "removed reaction").await?,
+        Command::React { id, emoji, .. } => {
+            let emoji = emoji.unwrap_or_default();
+            act(&client, &id, Action::React(emoji), "reacted").await?
+        }
+        Command::Edit { id, text } => act(&client, &id, Action::Edit(text), "edited").await?,
+        Command::Unsend { id } => act(&client, &id, Action::Unsend, "unsent").await?,
         Command::History {
             group,
             username,
@@ -339,6 +436,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 ListenEvent::Messages(m) => print_messages(&m, json),
                 ListenEvent::Warning(w) => warn(&[w]),
                 ListenEvent::Events(e) => print_events(&e, json),
+                ListenEvent::Updates(u) => print_updates(&u, json),
                 ListenEvent::Disconnected(why) => eprintln!("disconnected: {why}; reconnecting"),
             });
             tokio::select! {
@@ -347,6 +445,14 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
     }
+    Ok(())
+}
+
+/// Acts on a message and prints `WHAT ID` (the id of the message sent for it).
+async fn act(client: &Client, id: &str, action: Action, what: &str) -> Result<(), ClientError> {
+    let (sent, report) = client.act(id, action).await?;
+    warn(&report.warnings);
+    println!("{what} {sent}");
     Ok(())
 }
 

@@ -720,3 +720,162 @@ fn kill9_between_a_failed_decryption_and_its_retry_loses_nothing() {
     assert_eq!(items[1]["seq"], seq);
     assert!(json_lines(&ok(&b, &["--server", &d.url, "sync", "--json"])).is_empty());
 }
+
+/// The history of a conversation on one device, as `history --json` prints it.
+fn history_of(home: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut a = vec!["history"];
+    a.extend_from_slice(args);
+    a.push("--json");
+    json_lines(&ok(home, &a))
+}
+
+fn sent_id(out: &str) -> String {
+    let id = out.trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(id.len(), 64, "a MIMI message id: {out:?}");
+    id
+}
+
+#[test]
+fn replies_reactions_edits_and_unsends_reach_every_device_of_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Sottod::start(&d.join("server"), &d.join("sottod.log"), "127.0.0.1:0");
+    let url = server.url.clone();
+    let (a1, a2, b1, b2, c1) = (
+        d.join("a1"),
+        d.join("a2"),
+        d.join("b1"),
+        d.join("b2"),
+        d.join("c1"),
+    );
+    ok(&a1, &["--server", &url, "register", "alice"]);
+    ok(&b1, &["--server", &url, "register", "bob"]);
+    ok(&c1, &["--server", &url, "register", "carol"]);
+    for (first, second) in [(&a1, &a2), (&b1, &b2)] {
+        let code = ok(first, &["device", "add"])
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned();
+        ok(second, &["--server", &url, "link", &code]);
+    }
+    let m = sent_id(&ok(&a1, &["send", "bob", "hi @bob, release 2.0 is out"]));
+    // Bob's phone replies; his laptop reacts; alice's phone reacts too.
+    let reply = sent_id(&ok(&b2, &["reply", &m, "congrats!"]));
+    ok(&b1, &["react", &m, "👍"]);
+    ok(&a2, &["react", &m, "❤"]);
+    ok(&a1, &["edit", &m, "hi @bob, release 2.1 is out"]);
+    let events = json_lines(&ok(&b1, &["sync", "--json"]));
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        types.contains(&"message") && types.contains(&"edit"),
+        "{events:?}"
+    );
+    let msg = events.iter().find(|e| e["id"] == m.as_str()).unwrap();
+    assert_eq!(msg["mentions_me"], true);
+    let r = events.iter().find(|e| e["id"] == reply.as_str()).unwrap();
+    assert_eq!(
+        r["reply_to"],
+        m.as_str(),
+        "bob's laptop sees his phone's reply"
+    );
+    let heart = events
+        .iter()
+        .find(|e| e["type"] == "reaction" && e["user"] == "alice")
+        .unwrap();
+    assert_eq!(heart["message"], m.as_str());
+    assert_eq!(heart["emoji"], "❤");
+    // Every device of both accounts shows the same conversation.
+    for (home, peer, me_mentioned) in [
+        (&a1, "bob", false),
+        (&a2, "bob", false),
+        (&b1, "alice", true),
+        (&b2, "alice", true),
+    ] {
+        ok(home, &["sync"]);
+        let h = history_of(home, &[peer]);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[0]["id"], m.as_str());
+        assert_eq!(h[0]["text"], "hi @bob, release 2.1 is out");
+        assert_eq!(h[0]["edits"], 1);
+        assert_eq!(h[0]["deleted"], false);
+        assert_eq!(h[0]["mentions_me"], me_mentioned);
+        assert_eq!(
+            h[0]["reactions"],
+            serde_json::json!({"👍": ["bob"], "❤": ["alice"]})
+        );
+        assert_eq!(h[1]["reply_to"], m.as_str());
+        assert_eq!(h[1]["sender"], "bob");
+    }
+    // One reaction per account: a new one replaces the old; removing takes it away.
+    ok(&b2, &["react", &m, "🎉"]);
+    ok(&a1, &["sync"]);
+    let h = history_of(&a1, &["bob"]);
+    assert_eq!(
+        h[0]["reactions"],
+        serde_json::json!({"🎉": ["bob"], "❤": ["alice"]})
+    );
+    ok(&a1, &["react", "--remove", &m]);
+    ok(&b1, &["sync"]);
+    assert_eq!(
+        history_of(&b1, &["alice"])[0]["reactions"],
+        serde_json::json!({"🎉": ["bob"]})
+    );
+    // Only the sender edits or unsends; reactions are one emoji; ids must exist.
+    fails(&b1, &["edit", &m, "hijacked"], "only alice may edit");
+    fails(&b1, &["unsend", &m], "only alice may unsend");
+    fails(&b1, &["react", &m, "not an emoji"], "reaction");
+    fails(&b1, &["react", &m, &"😀".repeat(2500)], "reaction");
+    fails(&b1, &["reply", &"ab".repeat(32), "x"], "no message");
+    // At most 10 edits.
+    for i in 2..=10 {
+        ok(&a1, &["edit", &m, &format!("version {i}")]);
+    }
+    fails(&a1, &["edit", &m, "eleven"], "edited 10 times");
+    // Unsend: every device keeps a tombstone without the text.
+    ok(&a2, &["unsend", &m]);
+    for (home, peer) in [(&a1, "bob"), (&a2, "bob"), (&b1, "alice")] {
+        ok(home, &["sync"]);
+        let h = history_of(home, &[peer]);
+        assert_eq!(h[0]["deleted"], true, "{h:?}");
+        assert_eq!(h[0]["text"], serde_json::Value::Null);
+        assert_eq!(h[0]["reactions"], serde_json::json!({}));
+        assert_eq!(h[1]["text"], "congrats!");
+    }
+    fails(&b1, &["react", &m, "👍"], "was unsent");
+    let unsent = json_lines(&ok(&b2, &["sync", "--json"]));
+    assert!(
+        unsent
+            .iter()
+            .any(|e| e["type"] == "unsend" && e["message"] == m.as_str() && e["user"] == "alice"),
+        "{unsent:?}"
+    );
+    let h = history_of(&b2, &["alice"]);
+    assert_eq!(
+        (h[0]["deleted"].clone(), h[0]["text"].clone()),
+        (serde_json::json!(true), serde_json::Value::Null)
+    );
+
+    // The same in a group of three.
+    let gid = ok(&a1, &["group", "create", "Team", "bob", "carol"])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let g = sent_id(&ok(&c1, &["send", "--group", &gid, "lunch? @alice"]));
+    ok(&a1, &["sync"]);
+    ok(&a1, &["react", &g, "👍"]);
+    ok(&b2, &["sync"]);
+    ok(&b2, &["reply", &g, "yes"]);
+    ok(&c1, &["edit", &g, "lunch at 1? @alice"]);
+    for home in [&a1, &a2, &b1, &b2, &c1] {
+        ok(home, &["sync"]);
+        let h = history_of(home, &["--group", &gid]);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[0]["text"], "lunch at 1? @alice");
+        assert_eq!(h[0]["edits"], 1);
+        assert_eq!(h[0]["reactions"], serde_json::json!({"👍": ["alice"]}));
+        assert_eq!(h[0]["mentions_me"], home == &a1 || home == &a2);
+        assert_eq!(h[1]["reply_to"], g.as_str());
+    }
+}

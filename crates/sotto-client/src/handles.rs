@@ -2,7 +2,10 @@
 //! itself (matrix-sdk's `client.encryption()`, `room.send_queue()`). Each handle borrows the client
 //! and steps the engine's tasks through it.
 
-use crate::{Client, ClientError, DeviceLine, GroupLine, HistoryItem, Message, SyncReport};
+use crate::{
+    Action, Client, ClientError, DeviceLine, GroupLine, HistoryItem, HistoryMessage, Message,
+    SyncReport,
+};
 
 /// This device's account: registering, linking, link codes.
 #[derive(Debug, Clone, Copy)]
@@ -60,9 +63,20 @@ impl Dm<'_> {
             .await
     }
 
-    /// Every message, oldest first.
-    pub fn history(self) -> Result<Vec<Message>, ClientError> {
+    /// Every message, oldest first, as it stands now (edited, unsent, reacted to).
+    pub fn history(self) -> Result<Vec<HistoryMessage>, ClientError> {
         self.client.engine.history(self.peer)
+    }
+
+    /// Acts on one of its messages: replies, reacts, edits, unsends (see [`Client::act`]).
+    pub async fn act(self, message_id: &str, action: Action) -> Result<String, ClientError> {
+        act_in(
+            self.client,
+            self.client.engine.dm_id(self.peer)?,
+            message_id,
+            action,
+        )
+        .await
     }
 
     /// The history with entries that did not decrypt in their places.
@@ -133,9 +147,15 @@ impl Group<'_> {
         self.client.engine.group_info(self.group)
     }
 
-    /// Every message, oldest first.
-    pub fn history(self) -> Result<Vec<Message>, ClientError> {
+    /// Every message, oldest first, as it stands now (edited, unsent, reacted to).
+    pub fn history(self) -> Result<Vec<HistoryMessage>, ClientError> {
         self.client.engine.group_history(self.group)
+    }
+
+    /// Acts on one of its messages: replies, reacts, edits, unsends (see [`Client::act`]).
+    pub async fn act(self, message_id: &str, action: Action) -> Result<String, ClientError> {
+        let id = self.info()?.id;
+        act_in(self.client, Some(id), message_id, action).await
     }
 
     /// The history with entries that did not decrypt in their places.
@@ -168,4 +188,20 @@ impl Groups<'_> {
     pub fn list(self) -> Result<Vec<GroupLine>, ClientError> {
         self.0.engine.groups()
     }
+}
+
+/// [`Client::act`], for a message that must be in conversation `conversation`.
+async fn act_in(
+    client: &Client,
+    conversation: Option<String>,
+    message_id: &str,
+    action: Action,
+) -> Result<String, ClientError> {
+    let held = client.engine.conversation_of(message_id)?;
+    if conversation.is_none() || held != conversation {
+        return Err(ClientError::Invalid(format!(
+            "message {message_id} is not in this conversation"
+        )));
+    }
+    Ok(client.act(message_id, action).await?.0)
 }

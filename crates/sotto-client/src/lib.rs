@@ -32,7 +32,8 @@ pub use handles::{Account, Devices, Dm, Group, Groups};
 pub use listen::ListenEvent;
 pub use sotto_engine;
 pub use sotto_engine::{
-    DeviceLine, GroupLine, HistoryItem, Message, SyncEvent, SyncReport, DEFAULT_PQ_GROUP_LIMIT,
+    Action, DeviceLine, GroupLine, HistoryItem, HistoryMessage, Message, SyncEvent, SyncReport,
+    Update, DEFAULT_PQ_GROUP_LIMIT,
 };
 pub use sqlite::SqliteStore;
 
@@ -222,6 +223,21 @@ impl Client {
     /// Messages received but not yet shown, oldest first.
     pub fn unshown(&self) -> Result<Vec<Message>, ClientError> {
         self.engine.unshown()
+    }
+
+    /// Reactions, edits and unsends received but not yet shown; marks them shown.
+    pub fn take_updates(&self) -> Result<Vec<Update>, ClientError> {
+        self.engine.take_updates()
+    }
+
+    /// Acts on a message by id, in whichever conversation holds it (a reply, a reaction, an
+    /// edit, an unsend; after a sync). Returns the id of the message sent for it.
+    pub async fn act(
+        &self,
+        message_id: &str,
+        action: Action,
+    ) -> Result<(String, SyncReport), ClientError> {
+        self.run(self.engine.act(message_id, action)).await
     }
 
     /// A local conversation's status and its detail.

@@ -5,7 +5,7 @@ use futures_util::{SinkExt, StreamExt};
 use sotto_api::{ErrorCode, ServerFrame};
 use tokio_tungstenite::tungstenite;
 
-use crate::{Client, ClientError, Message, SyncEvent};
+use crate::{Client, ClientError, Message, SyncEvent, Update};
 
 /// How often `listen` tells the server how far it has read (the server prunes what every device
 /// has read; a late acknowledgement only delays that).
@@ -22,6 +22,8 @@ pub enum ListenEvent {
     Warning(String),
     /// Messages that had not decrypted were recovered or given up.
     Events(Vec<SyncEvent>),
+    /// Reactions, edits and unsends.
+    Updates(Vec<Update>),
     /// Lost the connection; retrying.
     Disconnected(String),
 }
@@ -95,8 +97,12 @@ impl Client {
                             Err(e) => on_event(ListenEvent::Warning(e.to_string())),
                         }
                         let msgs = self.take_unshown()?;
+                        let updates = self.take_updates()?;
                         if !msgs.is_empty() {
                             on_event(ListenEvent::Messages(msgs));
+                        }
+                        if !updates.is_empty() {
+                            on_event(ListenEvent::Updates(updates));
                         }
                     }
                     on_event(ListenEvent::Disconnected("connection closed".into()));

@@ -12,8 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sotto_engine::store::mls::{labels, storage_key};
 use sotto_engine::store::{
-    ConversationKind, ConversationRecord, ConversationStatus, MessageRecord, PinRecord, Store,
-    StoreError, Tx, UndecryptableRecord, UndecryptableState,
+    ContentKind, ConversationKind, ConversationRecord, ConversationStatus, MessageRecord,
+    PinRecord, Store, StoreError, Tx, UndecryptableRecord, UndecryptableState,
 };
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -66,6 +66,17 @@ CREATE TABLE sotto_undecryptable (
     last_error TEXT NOT NULL,
     PRIMARY KEY (conversation, seq)
 );
+"#;
+
+/// Rich messages: what a stored message is (a text, or a reaction, edit or unsend acting on the
+/// `target` message), and the MIMI salt of one this device sent (to encode it again).
+const SCHEMA_3: &str = r#"
+ALTER TABLE sotto_messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+ALTER TABLE sotto_messages ADD COLUMN target TEXT;
+ALTER TABLE sotto_messages ADD COLUMN salt BLOB;
+UPDATE sotto_messages SET kind = 'unsupported' WHERE text IS NULL;
+CREATE INDEX sotto_messages_target ON sotto_messages(conversation, target) WHERE target IS NOT NULL;
+CREATE INDEX sotto_messages_id ON sotto_messages(message_id);
 "#;
 
 /// The tables `openmls_sqlite_storage` 0.3 created (all of them, used or not).
@@ -220,7 +231,7 @@ fn json_array(items: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// The newest schema this version writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Opens (creating, migrating) the database `home/sotto.db`.
 fn open_db(home: &Path) -> Result<Connection, StoreError> {
@@ -263,6 +274,7 @@ fn open_db(home: &Path) -> Result<Connection, StoreError> {
                 tx.execute_batch(SCHEMA_2).map_err(backend)?;
                 migrate_legacy_mls(&tx)?;
             }
+            3 => tx.execute_batch(SCHEMA_3).map_err(backend)?,
             _ => {}
         }
         tx.pragma_update(None, "user_version", version)
@@ -355,7 +367,7 @@ fn to_conversation(r: ConversationRow) -> Result<ConversationRecord, StoreError>
 }
 
 const CONVERSATION_COLUMNS: &str = "id, kind, peer, cursor, status, status_detail";
-const MESSAGE_COLUMNS: &str = "conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, local_order";
+const MESSAGE_COLUMNS: &str = "conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, local_order, kind, target, salt";
 
 fn message_of(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {
@@ -365,8 +377,20 @@ fn message_of(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         sender: r.get(3)?,
         sender_device: r.get(4)?,
         sent_at_ms: u64_of(r.get(5)?),
+        kind: {
+            let k: String = r.get(11)?;
+            ContentKind::parse(&k).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    11,
+                    rusqlite::types::Type::Text,
+                    "unknown message kind".into(),
+                )
+            })?
+        },
         text: r.get(6)?,
         reply_to: r.get(7)?,
+        target: r.get(12)?,
+        salt: r.get(13)?,
         outgoing: r.get::<_, i64>(8)? != 0,
         shown: r.get::<_, i64>(9)? != 0,
         local_order: u64_of(r.get(10)?),
@@ -503,8 +527,8 @@ impl Tx for SqliteTx<'_> {
     fn insert_message(&self, m: &MessageRecord) -> Result<bool, StoreError> {
         let n = self.exec(
             "INSERT OR IGNORE INTO sotto_messages
-             (conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, local_order)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+             (conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, kind, target, salt, local_order)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
                      (SELECT COALESCE(MAX(local_order), 0) + 1 FROM sotto_messages))",
             params![
                 m.conversation,
@@ -517,6 +541,9 @@ impl Tx for SqliteTx<'_> {
                 m.reply_to,
                 m.outgoing as i64,
                 m.shown as i64,
+                m.kind.as_str(),
+                m.target,
+                m.salt,
             ],
         )?;
         Ok(n == 1)
@@ -548,10 +575,49 @@ impl Tx for SqliteTx<'_> {
         .map(|_| ())
     }
 
-    fn mark_shown(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
+    fn message_by_id(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        Ok(self
+            .messages_where("message_id = ?1", "local_order", params![id])?
+            .pop())
+    }
+
+    fn messages_targeting(
+        &self,
+        conversation: &str,
+        target: &str,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        self.messages_where(
+            "conversation = ?1 AND target = ?2",
+            "COALESCE(seq, 9223372036854775807), local_order",
+            params![conversation, target],
+        )
+    }
+
+    fn set_message_text(
+        &self,
+        conversation: &str,
+        id: &str,
+        text: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.exec(
-            "UPDATE sotto_messages SET shown = 1 WHERE conversation = ?1 AND message_id = ?2",
+            "UPDATE sotto_messages SET text = ?3 WHERE conversation = ?1 AND message_id = ?2",
+            params![conversation, id, text],
+        )
+        .map(|_| ())
+    }
+
+    fn delete_message(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM sotto_messages WHERE conversation = ?1 AND message_id = ?2",
             params![conversation, id],
+        )
+        .map(|_| ())
+    }
+
+    fn set_shown(&self, conversation: &str, id: &str, shown: bool) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE sotto_messages SET shown = ?3 WHERE conversation = ?1 AND message_id = ?2",
+            params![conversation, id, shown as i64],
         )
         .map(|_| ())
     }

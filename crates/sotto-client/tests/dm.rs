@@ -350,7 +350,7 @@ async fn a_send_whose_acknowledgement_was_lost_is_posted_again_and_received_once
         .history()
         .unwrap()
         .into_iter()
-        .map(|m| m.text)
+        .map(|m| m.text.unwrap_or_default())
         .collect();
     assert_eq!(texts, ["one", "two"]);
     // And it is not posted a third time.

@@ -130,7 +130,7 @@ async fn removed_member_loses_access_and_new_member_sees_only_what_follows() {
         .history()
         .unwrap()
         .into_iter()
-        .map(|m| m.text)
+        .map(|m| m.text.unwrap_or_default())
         .collect();
     assert_eq!(texts, ["after"]);
     // carol gets nothing more, knows she was removed, and the server refuses her the log.

@@ -87,7 +87,7 @@ async fn a_home_made_by_the_first_client_opens_and_carries_on() {
             .history()
             .unwrap()
             .into_iter()
-            .map(|m| m.text)
+            .map(|m| m.text.unwrap_or_default())
             .collect()
     };
     assert_eq!(
@@ -103,7 +103,7 @@ async fn a_home_made_by_the_first_client_opens_and_carries_on() {
         .history()
         .unwrap()
         .into_iter()
-        .map(|m| m.text)
+        .map(|m| m.text.unwrap_or_default())
         .collect();
     assert_eq!(group_texts, ["old group message"]);
 
@@ -157,7 +157,7 @@ async fn a_home_made_by_the_first_client_opens_and_carries_on() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     server.stop().await;
 }
 

@@ -120,7 +120,7 @@ fn texts_and_seqs(c: &Client, peer: &str) -> Vec<(Option<u64>, String)> {
         .unwrap()
         .into_iter()
         .map(|i| match i {
-            HistoryItem::Message { message, seq } => (seq, message.text),
+            HistoryItem::Message { message, seq } => (seq, message.text.unwrap_or_default()),
             HistoryItem::Undecryptable {
                 seq, undecryptable, ..
             } => (Some(seq), format!("<{undecryptable}>")),
@@ -209,7 +209,7 @@ async fn a_message_flipped_on_the_way_is_recovered_by_the_next_sync_in_its_place
             .history()
             .unwrap()
             .into_iter()
-            .map(|m| m.text)
+            .map(|m| m.text.unwrap_or_default())
             .collect::<Vec<_>>(),
         ["one", "two", "three", "four"]
     );

@@ -17,11 +17,12 @@ use std::collections::BTreeSet;
 use sotto_api::*;
 use sotto_proto::group::Kind;
 use sotto_proto::mls::{Conversation, Incoming, MlsError};
-use sotto_proto::{Body, Username};
+use sotto_proto::Username;
 
 use crate::commits::in_flight_key;
 use crate::store::{
-    ConversationKind, ConversationStatus, MessageRecord, UndecryptableRecord, UndecryptableState,
+    ContentKind, ConversationKind, ConversationStatus, MessageRecord, UndecryptableRecord,
+    UndecryptableState,
 };
 use crate::{group_id_bytes, set_cursor, set_status, Error, Flow, Pins, SyncEvent, SyncReport};
 
@@ -42,7 +43,7 @@ pub(crate) enum Flowing {
 
 /// An application message's decryption, done inside a transaction that is kept only on success.
 enum Decrypted {
-    Ok(MessageRecord),
+    Ok(Box<MessageRecord>),
     Failed { error: String },
 }
 
@@ -188,6 +189,7 @@ impl Flow {
         let mut warning: Option<String> = None;
         let mut lost_setup = false;
         let mut failed: Option<(String, Option<String>)> = None;
+        let mut refused_content: Option<((ContentKind, String), String)> = None;
         let res = self.with_tx(|tx, p| {
             let Some(local) = tx.conversation(id)? else { return Ok(()) };
             if entry.seq <= local.cursor {
@@ -275,7 +277,10 @@ impl Flow {
                     let sender = sender_of(&g, &entry.sender_device);
                     match decrypt_into(&mut g, p, id, entry, &me.username) {
                         Decrypted::Ok(m) => {
-                            tx.insert_message(&m)?;
+                            let what = (m.kind, m.sender.clone());
+                            if let Some(why) = crate::rich::store_incoming(tx, *m)? {
+                                refused_content = Some((what, why));
+                            }
                         }
                         Decrypted::Failed { error } => {
                             // Keep nothing this attempt changed (no message key is used up);
@@ -305,6 +310,11 @@ impl Flow {
         }
         if let Some(w) = warning {
             report.warnings.push(w);
+        }
+        if let Some(((kind, sender), why)) = refused_content {
+            report
+                .warnings
+                .push(refusal(id, entry.seq, kind, &sender, &why));
         }
         if lost_setup {
             return Ok(Flowing::Stop);
@@ -359,6 +369,7 @@ impl Flow {
         let me = self.me()?;
         let mut failure: Option<String> = None;
         let mut recovered: Option<String> = None;
+        let mut refused_content: Option<((ContentKind, String), String)> = None;
         let res = self.with_tx(|tx, p| {
             let waiting = tx
                 .undecryptable(id)?
@@ -376,7 +387,10 @@ impl Flow {
             match decrypt_into(&mut g, p, id, entry, &me.username) {
                 Decrypted::Ok(m) => {
                     recovered = Some(m.id.clone());
-                    tx.insert_message(&m)?;
+                    let what = (m.kind, m.sender.clone());
+                    if let Some(why) = crate::rich::store_incoming(tx, *m)? {
+                        refused_content = Some((what, why));
+                    }
                     tx.delete_undecryptable(id, entry.seq)?;
                     Ok(())
                 }
@@ -386,6 +400,11 @@ impl Flow {
                 }
             }
         });
+        if let Some(((kind, sender), why)) = refused_content {
+            report
+                .warnings
+                .push(refusal(id, entry.seq, kind, &sender, &why));
+        }
         match res {
             Ok(()) => {
                 if let Some(message) = recovered {
@@ -450,6 +469,14 @@ impl Flow {
     }
 }
 
+/// The warning for a message refused by the content rules ([`crate::rich`]).
+fn refusal(id: &str, seq: u64, kind: ContentKind, sender: &str, why: &str) -> String {
+    format!(
+        "conversation {id}: refused the {} from {sender} at {seq}: {why}",
+        kind.as_str()
+    )
+}
+
 /// The account of the member device `device` (hex id), if it is in the group.
 fn sender_of(g: &Conversation, device: &str) -> Option<String> {
     g.members()
@@ -474,23 +501,23 @@ fn decrypt_into(
                     error: "it claims another sending device than the log names".into(),
                 };
             }
-            let (text, reply_to) = match &content.body {
-                Body::Text { text, reply_to } => (Some(text.clone()), reply_to.map(|r| r.to_hex())),
-                _ => (None, None),
-            };
-            Decrypted::Ok(MessageRecord {
+            let (kind, text, reply_to, target) = crate::rich::fields(&content.body);
+            Decrypted::Ok(Box::new(MessageRecord {
                 conversation: id.to_owned(),
                 id: content.id.to_hex(),
                 seq: Some(entry.seq),
                 sender: sender.username.to_string(),
                 sender_device: sender.device_id.to_hex(),
                 sent_at_ms: content.sent_at_ms,
+                kind,
                 text,
                 reply_to,
+                target,
+                salt: None,
                 outgoing: sender.username == *me,
                 shown: false,
                 local_order: 0,
-            })
+            }))
         }
         Ok(_) => Decrypted::Failed {
             error: "the entry is not an application message".into(),

@@ -34,7 +34,7 @@ impl Engine {
             check_text(&text)?;
             let mut report = f.sync().await?;
             let id = f.ensure_dm(&peer, &mut report).await?;
-            let message = f.send_text(&id, false, text, &mut report).await?;
+            let message = f.send_text(&id, false, text, None, &mut report).await?;
             Ok((message, report))
         })
     }

@@ -247,7 +247,7 @@ impl Engine {
             check_text(&text)?;
             let mut report = f.sync().await?;
             let id = f.resolve_group(&group)?;
-            let message = f.send_text(&id, true, text, &mut report).await?;
+            let message = f.send_text(&id, true, text, None, &mut report).await?;
             Ok((message, report))
         })
     }

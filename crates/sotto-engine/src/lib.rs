@@ -19,6 +19,7 @@
 //! apply       applying a conversation's log: commits, messages, undecryptable entries and retries
 //! inbox       applying welcomes
 //! outbox      sending a message (stored first, re-sent with the same id until acknowledged)
+//! rich        replies, reactions, edits, unsends, mentions: the rules, and what history shows
 //! dm          the DM-creation race and sending a DM
 //! groups      group creation, membership, admins, names, leaving, key updates
 //! sync        the order of a full sync
@@ -57,6 +58,7 @@ pub mod io;
 pub mod outbox;
 pub mod pins;
 pub mod push;
+pub mod rich;
 pub mod store;
 pub mod sync;
 pub mod views;
@@ -64,7 +66,10 @@ pub mod views;
 pub use error::Error;
 pub use io::{Answer, HttpReply, HttpRequest, Method, Op, Step, Task};
 pub use store::{MemoryStore, Store, StoreError, Tx};
-pub use views::{DeviceLine, GroupLine, HistoryItem, Message, SyncEvent, SyncReport};
+pub use views::{
+    Action, DeviceLine, GroupLine, HistoryItem, HistoryMessage, Message, SyncEvent, SyncReport,
+    Update,
+};
 
 use error::storage_err;
 use io::{json_body, Io};

@@ -5,12 +5,25 @@
 use sotto_api::*;
 use sotto_proto::identity::unhex;
 use sotto_proto::mls::Conversation;
-use sotto_proto::{Body, MessageContent, MessageId};
+use sotto_proto::{Body, MessageContent, MessageId, Username};
 
-use crate::store::{ConversationStatus, MessageRecord};
+use crate::store::{ContentKind, ConversationStatus, MessageRecord};
 use crate::{group_id_bytes, rfc3339_ms, Error, Flow, Message, SyncReport, MAX_ATTEMPTS};
 
 impl Flow {
+    /// Composes a message for conversation `id` (a fresh salt from its current epoch: the id is
+    /// fixed from here on).
+    pub(crate) async fn compose(&self, id: &str, body: Body) -> Result<MessageContent, Error> {
+        let me = self.me()?;
+        let gid = group_id_bytes(id)?;
+        let now = self.io.now_ms().await;
+        self.read(|_, p| {
+            let g = Conversation::load(p, &gid)?
+                .ok_or_else(|| Error::Protocol(format!("not a member of conversation {id}")))?;
+            Ok(g.compose(p, &me.username, body, now)?)
+        })
+    }
+
     /// Sends a text to conversation `id` (a group's id, or `None` for a DM) and returns the message
     /// as this device shows it.
     pub(crate) async fn send_text(
@@ -18,18 +31,30 @@ impl Flow {
         id: &str,
         group: bool,
         text: String,
+        reply_to: Option<MessageId>,
         report: &mut SyncReport,
     ) -> Result<Message, Error> {
         let me = self.me()?;
-        let content = MessageContent::text(&text, self.io.now_ms().await, None);
+        let content = self
+            .compose(
+                id,
+                Body::Text {
+                    text: text.clone(),
+                    reply_to,
+                },
+            )
+            .await?;
         self.post_message(id, &content, report).await?;
         Ok(Message {
+            kind: "message",
             id: content.id.to_hex(),
             conversation: id.to_owned(),
             group: group.then(|| id.to_owned()),
             sender: me.username.to_string(),
             sender_device: me.device_id.to_hex(),
+            mentions_me: crate::rich::mentions(&text, me.username.as_str()),
             text,
+            reply_to: reply_to.map(|r| r.to_hex()),
             sent_at: rfc3339_ms(content.sent_at_ms),
             outgoing: true,
         })
@@ -75,10 +100,7 @@ impl Flow {
         let me = self.me()?;
         let gid = group_id_bytes(id)?;
         let msg_id = content.id.to_hex();
-        let (text, reply_to) = match &content.body {
-            Body::Text { text, reply_to } => (Some(text.clone()), reply_to.map(|r| r.to_hex())),
-            _ => (None, None),
-        };
+        let (kind, text, reply_to, target) = crate::rich::fields(&content.body);
         for attempt in 0..MAX_ATTEMPTS {
             let bytes = self.with_tx(|tx, p| {
                 let keys = self.keys(tx)?;
@@ -92,8 +114,11 @@ impl Flow {
                     sender: me.username.to_string(),
                     sender_device: me.device_id.to_hex(),
                     sent_at_ms: content.sent_at_ms,
+                    kind,
                     text: text.clone(),
                     reply_to: reply_to.clone(),
+                    target: target.clone(),
+                    salt: content.salt().map(|s| s.to_vec()),
                     outgoing: true,
                     shown: true,
                     local_order: 0,
@@ -136,8 +161,12 @@ impl Flow {
                 if !followed {
                     continue;
                 }
-                if let Some(content) = content_of(&m) {
-                    out.push((m.conversation, content));
+                match content_of(&m, &me.username) {
+                    Some(content) => out.push((m.conversation, content)),
+                    None => report.warnings.push(format!(
+                        "message {} to conversation {} cannot be sent again (its stored copy does not decode)",
+                        m.id, m.conversation
+                    )),
                 }
             }
             Ok(out)
@@ -163,19 +192,31 @@ impl Flow {
     }
 }
 
-/// The content of a stored outgoing message, to post again.
-fn content_of(m: &MessageRecord) -> Option<MessageContent> {
-    let id: [u8; 16] = unhex(&m.id)?.try_into().ok()?;
+/// The content of a stored outgoing message, to post again: composed again from its fields and
+/// salt (the same bytes, so the same id), or for one stored by a version before MIMI content (no
+/// salt), the content v1 text it was.
+fn content_of(m: &MessageRecord, me: &Username) -> Option<MessageContent> {
+    let gid = unhex(&m.conversation)?;
+    if let Some(salt) = &m.salt {
+        let salt: [u8; 16] = salt.as_slice().try_into().ok()?;
+        let content =
+            MessageContent::new(crate::rich::body_of(m)?, m.sent_at_ms, salt, me, &gid).ok()?;
+        return (content.id.to_hex() == m.id).then_some(content);
+    }
+    let id = MessageId::from_hex(&m.id)?;
     let reply_to = match &m.reply_to {
-        Some(r) => Some(MessageId(unhex(r)?.try_into().ok()?)),
+        Some(r) => Some(MessageId::from_hex(r)?),
         None => None,
     };
-    Some(MessageContent {
-        id: MessageId(id),
-        sent_at_ms: m.sent_at_ms,
-        body: Body::Text {
-            text: m.text.clone()?,
-            reply_to,
-        },
-    })
+    (id.mimi().is_none() && m.kind == ContentKind::Text)
+        .then(|| {
+            let raw: [u8; 16] = id.as_bytes().try_into().ok()?;
+            Some(MessageContent::v1_text(
+                raw,
+                m.text.as_deref()?,
+                m.sent_at_ms,
+                reply_to,
+            ))
+        })
+        .flatten()
 }

@@ -2,13 +2,18 @@
 
 use serde::Serialize;
 
-use crate::store::{ConversationKind, MessageRecord, UndecryptableRecord};
+use std::collections::BTreeMap;
+
+use crate::store::{ContentKind, ConversationKind, MessageRecord, Tx, UndecryptableRecord};
 use crate::{rfc3339_ms, Engine, Error};
 
-/// A message as shown to the user.
+/// A message as shown to the user when it arrives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Message {
-    /// Sender-chosen message id (hex).
+    /// Always `message` (what `sync --json` prints as `type`).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Message id (hex: 64 digits, 32 for content v1).
     pub id: String,
     /// Conversation id.
     pub conversation: String,
@@ -20,10 +25,126 @@ pub struct Message {
     pub sender_device: String,
     /// The text.
     pub text: String,
+    /// The message it replies to.
+    pub reply_to: Option<String>,
+    /// Whether it mentions this device's account (`@username`).
+    pub mentions_me: bool,
     /// Sender's clock, RFC 3339.
     pub sent_at: String,
     /// Whether this device's account sent it.
     pub outgoing: bool,
+}
+
+/// A message as the history shows it now: edited, unsent, reacted to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryMessage {
+    /// Message id (hex).
+    pub id: String,
+    /// Conversation id.
+    pub conversation: String,
+    /// Group id for group messages; `None` for DMs.
+    pub group: Option<String>,
+    /// Sender's username.
+    pub sender: String,
+    /// Sender's device id.
+    pub sender_device: String,
+    /// The text as last edited; `None` once unsent (or for a kind this version does not show).
+    pub text: Option<String>,
+    /// Sender's clock, RFC 3339.
+    pub sent_at: String,
+    /// The message it replies to.
+    pub reply_to: Option<String>,
+    /// Reactions: emoji to the accounts that reacted with it (one reaction per account).
+    pub reactions: BTreeMap<String, Vec<String>>,
+    /// How many times it was edited.
+    pub edits: u32,
+    /// Whether it was unsent (deleted for everyone).
+    pub deleted: bool,
+    /// Accounts a device of which received it (from their delivery receipts).
+    pub delivered_to: Vec<String>,
+    /// Accounts that read it (from their read receipts).
+    pub read_by: Vec<String>,
+    /// Whether it mentions this device's account.
+    pub mentions_me: bool,
+    /// Whether this device's account sent it.
+    pub outgoing: bool,
+}
+
+/// A change to a message, shown when it arrives (from another account, or this account's other
+/// devices).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Update {
+    /// A reaction was added (or replaced the account's earlier one), or removed.
+    Reaction {
+        /// The message reacted to.
+        message: String,
+        /// The reaction's own id.
+        id: String,
+        /// Conversation id.
+        conversation: String,
+        /// Group id for group messages.
+        group: Option<String>,
+        /// Who reacted.
+        user: String,
+        /// From which device.
+        device: String,
+        /// The emoji; `None` when the reaction was removed.
+        emoji: Option<String>,
+        /// Sender's clock, RFC 3339.
+        sent_at: String,
+    },
+    /// A message was edited.
+    Edit {
+        /// The message edited (its first version).
+        message: String,
+        /// The edit's own id.
+        id: String,
+        /// Conversation id.
+        conversation: String,
+        /// Group id for group messages.
+        group: Option<String>,
+        /// Who edited it.
+        user: String,
+        /// From which device.
+        device: String,
+        /// The new text.
+        text: String,
+        /// Sender's clock, RFC 3339.
+        sent_at: String,
+    },
+    /// A message was unsent (deleted for everyone).
+    Unsend {
+        /// The message unsent.
+        message: String,
+        /// The unsend's own id.
+        id: String,
+        /// Conversation id.
+        conversation: String,
+        /// Group id for group messages.
+        group: Option<String>,
+        /// Who unsent it.
+        user: String,
+        /// From which device.
+        device: String,
+        /// Sender's clock, RFC 3339.
+        sent_at: String,
+    },
+}
+
+/// Something to do to a message (see [`Engine::act`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Reply with a text.
+    Reply(String),
+    /// React with an emoji (replacing this account's earlier reaction to it).
+    React(String),
+    /// Remove this account's reaction.
+    Unreact,
+    /// Replace the text (only the sender, within 24 hours, at most 10 times).
+    Edit(String),
+    /// Delete for everyone (only the sender, within 24 hours).
+    Unsend,
 }
 
 /// One line of a conversation's history: a message, or an entry that did not decrypt.
@@ -34,7 +155,7 @@ pub enum HistoryItem {
     Message {
         /// The message.
         #[serde(flatten)]
-        message: Message,
+        message: HistoryMessage,
         /// Its log sequence number.
         seq: Option<u64>,
     },
@@ -139,22 +260,107 @@ impl SyncReport {
     }
 }
 
-fn view(m: MessageRecord, group: bool) -> Message {
+fn view(m: MessageRecord, group: bool, me: &str) -> Message {
+    let text = match m.kind {
+        ContentKind::Unsupported => "[unsupported message kind]".to_owned(),
+        _ => m.text.unwrap_or_else(|| "[unsent]".into()),
+    };
     Message {
+        kind: "message",
         group: group.then(|| m.conversation.clone()),
         id: m.id,
         conversation: m.conversation,
         sender: m.sender,
         sender_device: m.sender_device,
-        text: m
-            .text
-            .unwrap_or_else(|| "[unsupported message kind]".into()),
+        mentions_me: crate::rich::mentions(&text, me),
+        text,
+        reply_to: m.reply_to,
         sent_at: rfc3339_ms(m.sent_at_ms),
         outgoing: m.outgoing,
     }
 }
 
-fn messages_only(items: Vec<HistoryItem>) -> Vec<Message> {
+fn update(m: MessageRecord, group: bool) -> Option<Update> {
+    let group = group.then(|| m.conversation.clone());
+    let sent_at = rfc3339_ms(m.sent_at_ms);
+    let message = m.target?;
+    Some(match m.kind {
+        ContentKind::Reaction | ContentKind::Unreact => Update::Reaction {
+            message,
+            id: m.id,
+            conversation: m.conversation,
+            group,
+            user: m.sender,
+            device: m.sender_device,
+            emoji: if m.kind == ContentKind::Reaction {
+                m.text
+            } else {
+                None
+            },
+            sent_at,
+        },
+        ContentKind::Edit => Update::Edit {
+            message,
+            id: m.id,
+            conversation: m.conversation,
+            group,
+            user: m.sender,
+            device: m.sender_device,
+            text: m.text.unwrap_or_default(),
+            sent_at,
+        },
+        ContentKind::Unsend => Update::Unsend {
+            message,
+            id: m.id,
+            conversation: m.conversation,
+            group,
+            user: m.sender,
+            device: m.sender_device,
+            sent_at,
+        },
+        _ => return None,
+    })
+}
+
+fn is_group(tx: &dyn Tx, conversation: &str) -> Result<bool, Error> {
+    Ok(tx
+        .conversation(conversation)?
+        .is_some_and(|c| c.kind != ConversationKind::Dm))
+}
+
+fn history_message(
+    tx: &dyn Tx,
+    m: MessageRecord,
+    group: bool,
+    me: &str,
+) -> Result<HistoryMessage, Error> {
+    let f = crate::rich::fold(tx, &m)?;
+    let text = match m.kind {
+        ContentKind::Unsupported => Some("[unsupported message kind]".to_owned()),
+        _ => f.text,
+    };
+    Ok(HistoryMessage {
+        group: group.then(|| m.conversation.clone()),
+        mentions_me: text
+            .as_deref()
+            .is_some_and(|t| crate::rich::mentions(t, me)),
+        id: m.id,
+        conversation: m.conversation,
+        sender: m.sender,
+        sender_device: m.sender_device,
+        text,
+        sent_at: rfc3339_ms(m.sent_at_ms),
+        reply_to: m.reply_to,
+        reactions: f.reactions,
+        edits: f.edits,
+        deleted: f.deleted,
+        delivered_to: Vec::new(),
+        read_by: Vec::new(),
+        outgoing: m.outgoing,
+    })
+}
+
+fn messages_only(items: Vec<HistoryItem>) -> Vec<HistoryMessage> {
     items
         .into_iter()
         .filter_map(|i| match i {
@@ -183,15 +389,24 @@ fn undecryptable_item(u: UndecryptableRecord, followed: bool) -> HistoryItem {
 }
 
 impl Engine {
+    fn my_name(&self) -> String {
+        self.local()
+            .me()
+            .map(|m| m.username.to_string())
+            .unwrap_or_default()
+    }
+
     /// Messages received but not yet shown, oldest first (see [`Engine::mark_shown`]).
     pub fn unshown(&self) -> Result<Vec<Message>, Error> {
+        let me = self.my_name();
         self.local().read(|tx, _| {
             let mut out = Vec::new();
             for m in tx.unshown_messages()? {
-                let group = tx
-                    .conversation(&m.conversation)?
-                    .is_some_and(|c| c.kind != ConversationKind::Dm);
-                out.push(view(m, group));
+                if !m.kind.is_message() {
+                    continue;
+                }
+                let group = is_group(tx, &m.conversation)?;
+                out.push(view(m, group, &me));
             }
             Ok(out)
         })
@@ -215,14 +430,43 @@ impl Engine {
         Ok(msgs)
     }
 
-    /// Every message of the DM with `peer`, oldest first.
-    pub fn history(&self, peer: &str) -> Result<Vec<Message>, Error> {
+    /// Reactions, edits and unsends received but not yet shown, oldest first; marks them shown.
+    pub fn take_updates(&self) -> Result<Vec<Update>, Error> {
+        self.local().with_tx(|tx, _| {
+            let mut out = Vec::new();
+            for m in tx.unshown_messages()? {
+                if m.kind.is_message() {
+                    continue;
+                }
+                tx.mark_shown(&m.conversation, &m.id)?;
+                let group = is_group(tx, &m.conversation)?;
+                out.extend(update(m, group));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every message of the DM with `peer`, oldest first, as it stands now.
+    pub fn history(&self, peer: &str) -> Result<Vec<HistoryMessage>, Error> {
         Ok(messages_only(self.dm_history_items(peer)?))
     }
 
-    /// Every message of a group, oldest first.
-    pub fn group_history(&self, group: &str) -> Result<Vec<Message>, Error> {
+    /// Every message of a group, oldest first, as it stands now.
+    pub fn group_history(&self, group: &str) -> Result<Vec<HistoryMessage>, Error> {
         Ok(messages_only(self.history_items(group)?))
+    }
+
+    /// The id of the DM with `peer`, if this device has one.
+    pub fn dm_id(&self, peer: &str) -> Result<Option<String>, Error> {
+        self.local()
+            .read(|tx, _| Ok(tx.dm_with(peer)?.map(|c| c.id)))
+    }
+
+    /// The conversation holding message `message_id`, if this device has it.
+    pub fn conversation_of(&self, message_id: &str) -> Result<Option<String>, Error> {
+        let id = message_id.to_ascii_lowercase();
+        self.local()
+            .read(|tx, _| Ok(tx.message_by_id(&id)?.map(|m| m.conversation)))
     }
 
     /// The DM with `peer`'s history, undecryptable entries in their places.
@@ -239,20 +483,22 @@ impl Engine {
     /// A conversation's history by log position (messages not yet acknowledged last), with entries
     /// that did not decrypt in their places.
     pub fn history_items(&self, conversation: &str) -> Result<Vec<HistoryItem>, Error> {
+        let me = self.my_name();
         self.local().read(|tx, _| {
             let c = tx.conversation(conversation)?;
             let group = c.as_ref().is_some_and(|c| c.kind != ConversationKind::Dm);
             let followed = c
                 .as_ref()
                 .is_some_and(|c| c.status == crate::store::ConversationStatus::Ok);
-            let mut items: Vec<HistoryItem> = tx
-                .messages(conversation)?
-                .into_iter()
-                .map(|m| HistoryItem::Message {
-                    seq: m.seq,
-                    message: view(m, group),
-                })
-                .collect();
+            let mut items = Vec::new();
+            for m in tx.messages(conversation)? {
+                if m.kind.is_message() {
+                    items.push(HistoryItem::Message {
+                        seq: m.seq,
+                        message: history_message(tx, m, group, &me)?,
+                    });
+                }
+            }
             items.extend(
                 tx.undecryptable(conversation)?
                     .into_iter()

@@ -10,7 +10,7 @@ use openmls_traits::OpenMlsProvider as _;
 use sotto_proto::mls::{
     Conversation, DeviceKeys, Incoming, PendingJoin, Trust, TrustedKeyPackage, ValidKeyPackage,
 };
-use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, MessageContent, Username};
+use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, Username};
 
 struct Pins(HashMap<Username, IdentityPublicKey>);
 impl Trust for Pins {
@@ -76,9 +76,8 @@ fn bench(c: &mut Criterion) {
     let text = "x".repeat(100);
     c.bench_function("dm_100B_encrypt_decrypt", |bench| {
         bench.iter(|| {
-            let ct = ga
-                .encrypt(&a.p, &a.keys, &MessageContent::text(text.as_str(), 0, None))
-                .unwrap();
+            let m = ga.compose_text(&a.p, &a.keys, &text, 0).unwrap();
+            let ct = ga.encrypt(&a.p, &a.keys, &m).unwrap();
             match gb.process(&b.p, &ct).unwrap() {
                 Incoming::Message { .. } => {}
                 _ => unreachable!(),

@@ -1,44 +1,135 @@
-//! The plaintext of a message: what MLS encrypts.
+//! The plaintext of a message: what MLS encrypts, and what it means to Sotto.
+//!
+//! Since content v2 the plaintext is one MIMI content message ([`crate::mimi`], deterministic
+//! CBOR) followed by zero padding. Its id is MIMI's: a hash of the sender's URI, the room's URI,
+//! the encoded message and its salt, so a receiver computes it from what MLS authenticated and a
+//! sender cannot choose it (nor claim another sender's). The URIs are not carried in the message:
+//! they come from the MLS credential and the group id ([`sender_uri`], [`room_uri`]).
+//!
+//! How Sotto's features map onto MIMI (the draft's own mapping):
 //!
 //! ```text
-//! content = version:u8(=1) id:[16] sent_at_ms:u64 kind:u8 payload:bytes  padding:zeros
+//! text        disposition render, text/plain;charset=utf-8          inReplyTo: the replied message
+//! reaction    disposition reaction, text/plain (one emoji)          inReplyTo: the message
+//! unreact     disposition reaction, null part, replaces: the reaction message, inReplyTo: the message
+//! edit        disposition render, text/plain, replaces: the first version
+//! unsend      disposition render, null part, replaces: the message
+//! receipts    application/mimi-message-status (draft-mahy-mimi-message-status)
+//! typing      application/vnd.sotto.typing, empty (sent as an ephemeral, never stored)
+//! ```
+//! The sender's clock rides in the private-use extension -1 (milliseconds since the Unix epoch).
+//!
+//! Content v1 (Sotto's own format, before MIMI) still decodes, so that messages already in device
+//! stores and server logs read as before:
+//!
+//! ```text
+//! v1      = version:u8(=1) id:[16] sent_at_ms:u64 kind:u8 payload:bytes  padding:zeros
 //! text    = text:bytes reply:u8(0|1) [reply_to:[16]]
 //! ```
-//! The encoding is padded with zeros to a fixed bucket size before encryption so that ciphertext
-//! lengths leak little about the text. Unknown `kind`s decode to [`Body::Unsupported`] so that newer
-//! clients can add content kinds (reactions, edits, receipts, attachments, ...) without breaking
-//! older ones.
+//!
+//! Both are padded with zeros to a bucket size before encryption, so that ciphertext lengths leak
+//! little about the text. A MIMI message starts with `0x87` (an array of 7), a v1 one with `0x01`.
 
 use rand::RngCore;
 
+use crate::cbor::{self, Dec};
 use crate::codec::{put_bytes, CodecError, Reader};
+use crate::identity::Username;
+use crate::mimi::{self, disposition, MimiContent, MimiId, NestedPart, Part};
 
-const VERSION: u8 = 1;
+const VERSION_1: u8 = 1;
+const MIMI_FIRST_BYTE: u8 = 0x87;
 const KIND_TEXT: u8 = 1;
 /// The longest text a message may carry, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 32 * 1024;
 const MAX_PAYLOAD: usize = MAX_TEXT_BYTES + 64;
+/// The longest reaction, in bytes of UTF-8: room for one emoji of any kind (a flag of a
+/// subdivision is 28 bytes), not for a sentence.
+pub const MAX_REACTION_BYTES: usize = 32;
+/// The media type of Sotto's text.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain;charset=utf-8";
+/// The media type of a typing indicator (a Sotto extension; MIMI has none).
+pub const TYPING_CONTENT_TYPE: &str = "application/vnd.sotto.typing";
+/// The private-use extension carrying the sender's clock.
+pub const SENT_AT_EXTENSION: i64 = -1;
+/// The provider part of Sotto's MIMI URIs (no federation yet, so no real domain).
+pub const PROVIDER: &str = "sotto.invalid";
 
-/// A random 128-bit message id, chosen by the sender; receivers de-duplicate by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(pub [u8; 16]);
+/// A user's MIMI URI.
+pub fn sender_uri(user: &Username) -> String {
+    format!("mimi://{PROVIDER}/u/{user}")
+}
 
-impl MessageId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        let mut b = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut b);
-        Self(b)
-    }
+/// A conversation's MIMI URI, from its MLS group id.
+pub fn room_uri(group_id: &[u8]) -> String {
+    format!("mimi://{PROVIDER}/r/{}", crate::identity::hex(group_id))
+}
 
-    /// The id as 32 hex digits.
-    pub fn to_hex(&self) -> String {
-        crate::identity::hex(&self.0)
+/// A message id: MIMI's 32 bytes, or the 16 random bytes a content v1 message carried.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({})", self.to_hex())
     }
 }
 
-/// What a message says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl MessageId {
+    /// A content v1 id.
+    pub fn v1(b: [u8; 16]) -> Self {
+        let mut bytes = [0u8; 32];
+        bytes[..16].copy_from_slice(&b);
+        Self { len: 16, bytes }
+    }
+
+    /// A fresh random content v1 id (for tests of the old format).
+    pub fn random_v1() -> Self {
+        let mut b = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        Self::v1(b)
+    }
+
+    /// The id as bytes (16 or 32 of them).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The MIMI id, for a MIMI message's id.
+    pub fn mimi(&self) -> Option<MimiId> {
+        (self.len == 32).then_some(MimiId(self.bytes))
+    }
+
+    /// The id as hex (64 digits, or 32 for content v1).
+    pub fn to_hex(&self) -> String {
+        crate::identity::hex(self.as_bytes())
+    }
+
+    /// Parses 64 or 32 hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let b = crate::identity::unhex(s)?;
+        match b.len() {
+            32 => Some(Self::from(MimiId(b.try_into().ok()?))),
+            16 => Some(Self::v1(b.try_into().ok()?)),
+            _ => None,
+        }
+    }
+}
+
+impl From<MimiId> for MessageId {
+    fn from(id: MimiId) -> Self {
+        Self {
+            len: 32,
+            bytes: id.0,
+        }
+    }
+}
+
+/// What a message says or does.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Body {
     /// A text message, optionally replying to an earlier one.
@@ -48,83 +139,379 @@ pub enum Body {
         /// The message this one replies to.
         reply_to: Option<MessageId>,
     },
-    /// A kind this version does not understand (sent by a newer client).
-    Unsupported {
-        /// The kind number.
-        kind: u8,
+    /// A reaction to a message (one per sender per message: a new one replaces the old).
+    Reaction {
+        /// The message reacted to.
+        to: MessageId,
+        /// The emoji.
+        emoji: String,
     },
+    /// Removes a reaction.
+    Unreact {
+        /// The message reacted to.
+        to: MessageId,
+        /// The reaction message removed.
+        reaction: MessageId,
+    },
+    /// A new version of a text message.
+    Edit {
+        /// The first version.
+        original: MessageId,
+        /// The new text.
+        text: String,
+        /// The message the original replies to, if any.
+        reply_to: Option<MessageId>,
+    },
+    /// Deletes a message for everyone.
+    Unsend {
+        /// The message.
+        original: MessageId,
+    },
+    /// Delivery or read receipts for messages of the conversation.
+    Receipts {
+        /// (message, status) pairs; statuses are [`mimi::status`] values.
+        report: Vec<(MessageId, u8)>,
+    },
+    /// The sender is typing.
+    Typing,
+    /// Content this version does not act on (an attachment, a new kind); shown as unsupported.
+    Unsupported {
+        /// What it is (a media type or a v1 kind), for the user.
+        what: String,
+    },
+}
+
+// Redacted: a body's text is message plaintext, and `{:?}` must never put it in a log.
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text { text, reply_to } => {
+                write!(f, "Text({} bytes, reply_to: {reply_to:?})", text.len())
+            }
+            Self::Reaction { to, .. } => write!(f, "Reaction(to: {to:?})"),
+            Self::Unreact { to, reaction } => write!(f, "Unreact(to: {to:?}, {reaction:?})"),
+            Self::Edit { original, text, .. } => {
+                write!(f, "Edit(of: {original:?}, {} bytes)", text.len())
+            }
+            Self::Unsend { original } => write!(f, "Unsend(of: {original:?})"),
+            Self::Receipts { report } => write!(f, "Receipts({} messages)", report.len()),
+            Self::Typing => f.write_str("Typing"),
+            Self::Unsupported { what } => write!(f, "Unsupported({what})"),
+        }
+    }
+}
+
+impl Body {
+    /// The MIMI message for this body.
+    fn to_mimi(&self, salt: [u8; 16], sent_at_ms: u64) -> Result<MimiContent, CodecError> {
+        let text_part = |d: u8, s: &str| NestedPart::single(d, TEXT_CONTENT_TYPE, s.into());
+        let mut m = match self {
+            Self::Text { text, reply_to } => {
+                check_text(text)?;
+                let mut m = MimiContent::new(salt, text_part(disposition::RENDER, text));
+                m.in_reply_to = mimi_ref(reply_to)?;
+                m
+            }
+            Self::Reaction { to, emoji } => {
+                check_reaction(emoji)?;
+                let mut m = MimiContent::new(salt, text_part(disposition::REACTION, emoji));
+                m.in_reply_to = mimi_ref(&Some(*to))?;
+                m
+            }
+            Self::Unreact { to, reaction } => {
+                let mut m = MimiContent::new(salt, NestedPart::null(disposition::REACTION));
+                m.in_reply_to = mimi_ref(&Some(*to))?;
+                m.replaces = mimi_ref(&Some(*reaction))?;
+                m
+            }
+            Self::Edit {
+                original,
+                text,
+                reply_to,
+            } => {
+                check_text(text)?;
+                let mut m = MimiContent::new(salt, text_part(disposition::RENDER, text));
+                m.replaces = mimi_ref(&Some(*original))?;
+                m.in_reply_to = mimi_ref(reply_to)?;
+                m
+            }
+            Self::Unsend { original } => {
+                let mut m = MimiContent::new(salt, NestedPart::null(disposition::RENDER));
+                m.replaces = mimi_ref(&Some(*original))?;
+                m
+            }
+            Self::Receipts { report } => {
+                if report.is_empty() || report.len() > mimi::MAX_STATUS_ENTRIES {
+                    return Err(CodecError::Invalid("receipt count"));
+                }
+                let ids = report
+                    .iter()
+                    .map(|(id, s)| Ok((id.mimi().ok_or(CodecError::Invalid("v1 id"))?, *s)))
+                    .collect::<Result<Vec<_>, CodecError>>()?;
+                MimiContent::new(
+                    salt,
+                    NestedPart::single(
+                        disposition::UNSPECIFIED,
+                        mimi::STATUS_CONTENT_TYPE,
+                        mimi::encode_status(&ids),
+                    ),
+                )
+            }
+            Self::Typing => MimiContent::new(
+                salt,
+                NestedPart::single(disposition::UNSPECIFIED, TYPING_CONTENT_TYPE, Vec::new()),
+            ),
+            Self::Unsupported { .. } => return Err(CodecError::Invalid("unsupported body")),
+        };
+        let mut at = Vec::with_capacity(9);
+        cbor::uint(&mut at, sent_at_ms);
+        m.extensions.push(mimi::Extension {
+            key: mimi::ExtensionKey::Int(SENT_AT_EXTENSION),
+            value: at,
+        });
+        Ok(m)
+    }
+
+    /// What a MIMI message means to Sotto. Errors are refusals: the message breaks a rule every
+    /// Sotto client enforces (invalid UTF-8, an over-long text or reaction, a reaction to nothing).
+    fn from_mimi(m: &MimiContent) -> Result<Self, CodecError> {
+        let reply_to = m.in_reply_to.map(MessageId::from);
+        let replaces = m.replaces.map(MessageId::from);
+        let d = m.body.disposition;
+        Ok(match &m.body.part {
+            Part::Single {
+                content_type,
+                content,
+            } if is_text(content_type) && (d == disposition::RENDER || d == 0) => {
+                let text = utf8(content)?;
+                check_text(&text)?;
+                match replaces {
+                    Some(original) => Self::Edit {
+                        original,
+                        text,
+                        reply_to,
+                    },
+                    None => Self::Text { text, reply_to },
+                }
+            }
+            Part::Single {
+                content_type,
+                content,
+            } if is_text(content_type) && d == disposition::REACTION => {
+                let emoji = utf8(content)?;
+                check_reaction(&emoji)?;
+                if replaces.is_some() {
+                    return Err(CodecError::Invalid("a reaction that replaces a message"));
+                }
+                Self::Reaction {
+                    to: reply_to.ok_or(CodecError::Invalid("a reaction to no message"))?,
+                    emoji,
+                }
+            }
+            Part::Null if d == disposition::REACTION => Self::Unreact {
+                to: reply_to.ok_or(CodecError::Invalid("an unreact of no message"))?,
+                reaction: replaces.ok_or(CodecError::Invalid("an unreact of no reaction"))?,
+            },
+            Part::Null => Self::Unsend {
+                original: replaces.ok_or(CodecError::Invalid("an empty message"))?,
+            },
+            Part::Single {
+                content_type,
+                content,
+            } if content_type == mimi::STATUS_CONTENT_TYPE => Self::Receipts {
+                report: mimi::decode_status(content)?
+                    .into_iter()
+                    .map(|(id, s)| (MessageId::from(id), s))
+                    .collect(),
+            },
+            Part::Single {
+                content_type,
+                content,
+            } if content_type == TYPING_CONTENT_TYPE && content.is_empty() => Self::Typing,
+            Part::Single { content_type, .. } => Self::Unsupported {
+                what: content_type.chars().take(64).collect(),
+            },
+            Part::External(e) => Self::Unsupported {
+                what: e.content_type.chars().take(64).collect(),
+            },
+            Part::Multi { .. } => Self::Unsupported {
+                what: "multipart".into(),
+            },
+        })
+    }
+}
+
+fn is_text(content_type: &str) -> bool {
+    let base = content_type.split(';').next().unwrap_or("").trim();
+    base.eq_ignore_ascii_case("text/plain") || base.eq_ignore_ascii_case("text/markdown")
+}
+
+fn utf8(b: &[u8]) -> Result<String, CodecError> {
+    String::from_utf8(b.to_vec()).map_err(|_| CodecError::Invalid("UTF-8"))
+}
+
+fn check_text(text: &str) -> Result<(), CodecError> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(CodecError::Invalid("text too long"));
+    }
+    Ok(())
+}
+
+/// A reaction is one emoji: short, and no spaces or control characters (which would let it pass
+/// for a sentence or hide a second reaction).
+fn check_reaction(emoji: &str) -> Result<(), CodecError> {
+    if emoji.is_empty() || emoji.len() > MAX_REACTION_BYTES {
+        return Err(CodecError::Invalid("reaction length"));
+    }
+    // Letters and digits only inside a keycap emoji (1️⃣ is '1', U+FE0F, U+20E3).
+    let keycap = emoji.ends_with('\u{20E3}');
+    if emoji
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || (c.is_ascii_alphanumeric() && !keycap))
+    {
+        return Err(CodecError::Invalid("reaction characters"));
+    }
+    Ok(())
+}
+
+fn mimi_ref(id: &Option<MessageId>) -> Result<Option<MimiId>, CodecError> {
+    match id {
+        None => Ok(None),
+        Some(id) => id.mimi().map(Some).ok_or(CodecError::Invalid(
+            "a MIMI message cannot refer to a v1 id",
+        )),
+    }
 }
 
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageContent {
-    /// Sender-chosen random id.
+    /// The message id (computed, for MIMI; carried, for v1).
     pub id: MessageId,
     /// Sender's clock, milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
     /// What it says.
     pub body: Body,
+    /// The encoding (MIMI CBOR, or v1), unpadded: re-sent as it is, so its id never changes.
+    encoded: Vec<u8>,
 }
 
 impl MessageContent {
-    /// A new text message with a fresh id.
-    pub fn text(text: impl Into<String>, sent_at_ms: u64, reply_to: Option<MessageId>) -> Self {
+    /// A new MIMI message from `sender` in the conversation whose MLS group id is `group_id`.
+    /// `salt` must be fresh for every message ([`crate::mls::Conversation::salt`]).
+    pub fn new(
+        body: Body,
+        sent_at_ms: u64,
+        salt: [u8; 16],
+        sender: &Username,
+        group_id: &[u8],
+    ) -> Result<Self, CodecError> {
+        let m = body.to_mimi(salt, sent_at_ms)?;
+        let encoded = m.to_bytes();
+        let id = MimiId::compute(&sender_uri(sender), &room_uri(group_id), &encoded, &salt)?;
+        Ok(Self {
+            id: id.into(),
+            sent_at_ms,
+            body,
+            encoded,
+        })
+    }
+
+    /// A text message in content v1, Sotto's format before MIMI (which clients no longer send);
+    /// kept to test that old messages still read.
+    pub fn v1_text(id: [u8; 16], text: &str, sent_at_ms: u64, reply_to: Option<MessageId>) -> Self {
+        let id = MessageId::v1(id);
+        let mut encoded = vec![VERSION_1];
+        encoded.extend_from_slice(id.as_bytes());
+        encoded.extend_from_slice(&sent_at_ms.to_be_bytes());
+        encoded.push(KIND_TEXT);
+        let mut payload = Vec::new();
+        put_bytes(&mut payload, text.as_bytes());
+        match reply_to {
+            Some(r) => {
+                payload.push(1);
+                // A v1 reply names a v1 id (16 bytes); a longer one is cut, as v1 could not hold it.
+                payload.extend_from_slice(&r.as_bytes()[..16]);
+            }
+            None => payload.push(0),
+        }
+        put_bytes(&mut encoded, &payload);
         Self {
-            id: MessageId::random(),
+            id,
             sent_at_ms,
             body: Body::Text {
-                text: text.into(),
+                text: text.to_owned(),
                 reply_to,
             },
+            encoded,
         }
     }
 
-    /// Encodes without padding. Fails for an over-long text or an unsupported body.
-    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        out.push(VERSION);
-        out.extend_from_slice(&self.id.0);
-        out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
-        match &self.body {
-            Body::Text { text, reply_to } => {
-                if text.len() > MAX_TEXT_BYTES {
-                    return Err(CodecError::Invalid("text too long"));
+    /// The encoding without padding.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// A MIMI message's salt: with the body, the clock and the URIs it gives back the same bytes
+    /// and id ([`MessageContent::new`]), which is how an outbox re-sends a message.
+    pub fn salt(&self) -> Option<[u8; 16]> {
+        // The encoding starts 0x87 (array of 7), 0x50 (16-byte string), then the salt.
+        match self.encoded.get(..18) {
+            Some([MIMI_FIRST_BYTE, 0x50, salt @ ..]) => salt.try_into().ok(),
+            _ => None,
+        }
+    }
+
+    /// The encoding, padded to the bucket size: the bytes to hand to MLS.
+    pub fn to_padded_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(padded_len(self.encoded.len()));
+        out.extend_from_slice(&self.encoded);
+        out.resize(padded_len(self.encoded.len()), 0);
+        out
+    }
+
+    /// Decodes padded plaintext from `sender` in the conversation with MLS group id `group_id`:
+    /// the content, then nothing but zero bytes.
+    pub fn from_padded_bytes(
+        bytes: &[u8],
+        sender: &Username,
+        group_id: &[u8],
+    ) -> Result<Self, CodecError> {
+        match bytes.first() {
+            Some(&VERSION_1) => Self::from_v1(bytes),
+            Some(&MIMI_FIRST_BYTE) => {
+                let mut d = Dec::new(bytes);
+                let m = MimiContent::decode(&mut d)?;
+                if d.rest().iter().any(|b| *b != 0) {
+                    return Err(CodecError::Invalid("padding"));
                 }
-                out.push(KIND_TEXT);
-                let mut payload = Vec::with_capacity(text.len() + 21);
-                put_bytes(&mut payload, text.as_bytes());
-                match reply_to {
-                    Some(id) => {
-                        payload.push(1);
-                        payload.extend_from_slice(&id.0);
-                    }
-                    None => payload.push(0),
-                }
-                put_bytes(out, &payload);
+                let encoded = bytes[..d.position()].to_vec();
+                let id =
+                    MimiId::compute(&sender_uri(sender), &room_uri(group_id), &encoded, &m.salt)?;
+                let sent_at_ms = match m.extension(SENT_AT_EXTENSION) {
+                    Some(v) => Dec::new(v).uint(u64::MAX, "sent at")?,
+                    None => 0,
+                };
+                Ok(Self {
+                    id: id.into(),
+                    sent_at_ms,
+                    body: Body::from_mimi(&m)?,
+                    encoded,
+                })
             }
-            Body::Unsupported { .. } => return Err(CodecError::Invalid("unsupported body")),
+            Some(v) => Err(CodecError::UnsupportedVersion(*v)),
+            None => Err(CodecError::Truncated),
         }
-        Ok(())
     }
 
-    /// Encodes and pads to the bucket size: the bytes to hand to MLS.
-    pub fn to_padded_bytes(&self) -> Result<Vec<u8>, CodecError> {
-        let mut out = Vec::with_capacity(256);
-        self.encode(&mut out)?;
-        out.resize(padded_len(out.len()), 0);
-        Ok(out)
-    }
-
-    /// Decodes padded plaintext: the content, then nothing but zero bytes.
-    pub fn from_padded_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
+    fn from_v1(bytes: &[u8]) -> Result<Self, CodecError> {
         let mut r = Reader::new(bytes);
-        let version = r.u8()?;
-        if version != VERSION {
-            return Err(CodecError::UnsupportedVersion(version));
-        }
-        let id = MessageId(r.array()?);
+        r.u8()?;
+        let id = MessageId::v1(r.array()?);
         let sent_at_ms = r.u64()?;
         let kind = r.u8()?;
         let payload = r.bytes(MAX_PAYLOAD)?;
+        let used = bytes.len() - r.rest().len();
         if r.rest().iter().any(|b| *b != 0) {
             return Err(CodecError::Invalid("padding"));
         }
@@ -132,23 +519,26 @@ impl MessageContent {
             KIND_TEXT => {
                 let mut p = Reader::new(payload);
                 let text = std::str::from_utf8(p.bytes(MAX_TEXT_BYTES)?)
-                    .map_err(|_| CodecError::Invalid("utf-8"))?
+                    .map_err(|_| CodecError::Invalid("UTF-8"))?
                     .to_owned();
                 let reply_to = match p.u8()? {
                     0 => None,
-                    1 => Some(MessageId(p.array()?)),
+                    1 => Some(MessageId::v1(p.array()?)),
                     _ => return Err(CodecError::Invalid("reply flag")),
                 };
                 p.finish()?;
                 Body::Text { text, reply_to }
             }
             0 => return Err(CodecError::Invalid("kind")),
-            kind => Body::Unsupported { kind },
+            kind => Body::Unsupported {
+                what: format!("content v1 kind {kind}"),
+            },
         };
         Ok(Self {
             id,
             sent_at_ms,
             body,
+            encoded: bytes[..used].to_vec(),
         })
     }
 }
@@ -168,69 +558,172 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn alice() -> Username {
+        Username::new("alice").unwrap()
+    }
+
+    fn send(body: Body) -> MessageContent {
+        MessageContent::new(body, 1_700_000_000_123, [7; 16], &alice(), &[9; 16]).unwrap()
+    }
+
+    fn receive(m: &MessageContent) -> Result<MessageContent, CodecError> {
+        MessageContent::from_padded_bytes(&m.to_padded_bytes(), &alice(), &[9; 16])
+    }
+
     #[test]
-    fn text_round_trips_through_padding() {
-        let m = MessageContent::text("hello", 1_700_000_000_123, Some(MessageId::random()));
-        let bytes = m.to_padded_bytes().unwrap();
-        assert_eq!(bytes.len(), 64);
-        assert_eq!(MessageContent::from_padded_bytes(&bytes).unwrap(), m);
+    fn every_body_round_trips_with_the_same_id() {
+        let to = send(Body::Text {
+            text: "hello".into(),
+            reply_to: None,
+        })
+        .id;
+        for body in [
+            Body::Text {
+                text: "hello".into(),
+                reply_to: Some(to),
+            },
+            Body::Reaction {
+                to,
+                emoji: "👍".into(),
+            },
+            Body::Unreact { to, reaction: to },
+            Body::Edit {
+                original: to,
+                text: "hullo".into(),
+                reply_to: None,
+            },
+            Body::Unsend { original: to },
+            Body::Receipts {
+                report: vec![(to, mimi::status::READ)],
+            },
+            Body::Typing,
+        ] {
+            let m = send(body);
+            let back = receive(&m).unwrap();
+            assert_eq!(back, m);
+            assert_eq!(back.id.as_bytes().len(), 32);
+            assert_eq!(back.id.as_bytes()[0], mimi::SHA256_ID);
+        }
+    }
+
+    #[test]
+    fn the_id_binds_sender_and_room() {
+        let m = send(Body::Text {
+            text: "hi".into(),
+            reply_to: None,
+        });
+        let bytes = m.to_padded_bytes();
+        let bob = Username::new("bob").unwrap();
+        let as_bob = MessageContent::from_padded_bytes(&bytes, &bob, &[9; 16]).unwrap();
+        let elsewhere = MessageContent::from_padded_bytes(&bytes, &alice(), &[8; 16]).unwrap();
+        assert_ne!(as_bob.id, m.id);
+        assert_ne!(elsewhere.id, m.id);
+    }
+
+    #[test]
+    fn v1_still_decodes() {
+        let r = MessageId::random_v1();
+        let m = MessageContent::v1_text([4; 16], "old", 5, Some(r));
+        let back = receive(&m).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.id.to_hex().len(), 32);
+        assert_eq!(MessageId::from_hex(&back.id.to_hex()), Some(back.id));
+        // An unknown v1 kind reads as unsupported.
+        let mut bytes = m.to_padded_bytes();
+        bytes[25] = 42;
+        let odd = MessageContent::from_padded_bytes(&bytes, &alice(), &[9; 16]).unwrap();
+        assert!(matches!(odd.body, Body::Unsupported { .. }));
+    }
+
+    #[test]
+    fn hostile_content_is_refused() {
+        let to = send(Body::Typing).id;
+        let long_emoji = Body::Reaction {
+            to,
+            emoji: "😀".repeat(2500),
+        };
+        assert!(MessageContent::new(long_emoji, 0, [0; 16], &alice(), &[9; 16]).is_err());
+        // Built by hand, as a modified client would.
+        let mut m = MimiContent::new(
+            [1; 16],
+            NestedPart::single(
+                disposition::REACTION,
+                TEXT_CONTENT_TYPE,
+                "😀".repeat(2500).into(),
+            ),
+        );
+        m.in_reply_to = to.mimi();
+        let hand = |m: &MimiContent| {
+            let mut b = m.to_bytes();
+            b.resize(padded_len(b.len()), 0);
+            MessageContent::from_padded_bytes(&b, &alice(), &[9; 16])
+        };
+        assert_eq!(hand(&m), Err(CodecError::Invalid("reaction length")));
+        m.body = NestedPart::single(disposition::RENDER, TEXT_CONTENT_TYPE, vec![0xc3, 0x28]);
+        assert_eq!(hand(&m), Err(CodecError::Invalid("UTF-8")));
+        m.body = NestedPart::single(disposition::REACTION, TEXT_CONTENT_TYPE, "👍".into());
+        m.in_reply_to = None;
+        assert_eq!(
+            hand(&m),
+            Err(CodecError::Invalid("a reaction to no message"))
+        );
+        m.body = NestedPart::null(disposition::RENDER);
+        assert_eq!(hand(&m), Err(CodecError::Invalid("an empty message")));
+        // Non-zero bytes after the message.
+        let mut b = send(Body::Typing).to_padded_bytes();
+        *b.last_mut().unwrap() = 1;
+        assert_eq!(
+            MessageContent::from_padded_bytes(&b, &alice(), &[9; 16]),
+            Err(CodecError::Invalid("padding"))
+        );
+    }
+
+    #[test]
+    fn debug_output_has_no_text() {
+        let m = send(Body::Text {
+            text: "secret words".into(),
+            reply_to: None,
+        });
+        let shown = format!("{m:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        let e = format!(
+            "{:?}",
+            Body::Edit {
+                original: m.id,
+                text: "secret".into(),
+                reply_to: None
+            }
+        );
+        assert!(!e.contains("secret"), "{e}");
     }
 
     #[test]
     fn lengths_fall_into_buckets() {
-        let a = MessageContent::text("a", 0, None)
-            .to_padded_bytes()
-            .unwrap();
-        let b = MessageContent::text("a".repeat(20), 0, None)
-            .to_padded_bytes()
-            .unwrap();
-        assert_eq!(a.len(), b.len());
+        let a = send(Body::Text {
+            text: "a".into(),
+            reply_to: None,
+        });
+        let b = send(Body::Text {
+            text: "a".repeat(10),
+            reply_to: None,
+        });
+        assert_eq!(a.to_padded_bytes().len(), b.to_padded_bytes().len());
         assert_eq!(padded_len(65), 128);
         assert_eq!(padded_len(4097), 8192);
-    }
-
-    #[test]
-    fn refuses_nonzero_padding_bad_version_and_long_text() {
-        let mut bytes = MessageContent::text("x", 0, None)
-            .to_padded_bytes()
-            .unwrap();
-        *bytes.last_mut().unwrap() = 1;
-        assert_eq!(
-            MessageContent::from_padded_bytes(&bytes),
-            Err(CodecError::Invalid("padding"))
-        );
-        bytes[0] = 9;
-        assert_eq!(
-            MessageContent::from_padded_bytes(&bytes),
-            Err(CodecError::UnsupportedVersion(9))
-        );
-        let long = MessageContent::text("x".repeat(MAX_TEXT_BYTES + 1), 0, None);
-        assert!(long.to_padded_bytes().is_err());
-    }
-
-    #[test]
-    fn unknown_kinds_decode_as_unsupported() {
-        let mut bytes = MessageContent::text("x", 0, None)
-            .to_padded_bytes()
-            .unwrap();
-        bytes[25] = 42;
-        let m = MessageContent::from_padded_bytes(&bytes).unwrap();
-        assert_eq!(m.body, Body::Unsupported { kind: 42 });
     }
 
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = MessageContent::from_padded_bytes(&bytes);
+            let _ = MessageContent::from_padded_bytes(&bytes, &alice(), &[1; 16]);
         }
 
         #[test]
-        fn text_round_trips(text in ".{0,300}", at in any::<u64>(), reply in any::<Option<[u8;16]>>()) {
-            let m = MessageContent { id: MessageId::random(), sent_at_ms: at,
-                body: Body::Text { text, reply_to: reply.map(MessageId) } };
-            let bytes = m.to_padded_bytes().unwrap();
+        fn text_round_trips(text in ".{0,300}", at in any::<u64>(), salt in any::<[u8; 16]>()) {
+            let m = MessageContent::new(Body::Text { text, reply_to: None }, at, salt, &alice(), &[2; 16]).unwrap();
+            let bytes = m.to_padded_bytes();
             prop_assert_eq!(bytes.len(), padded_len(bytes.len()));
-            prop_assert_eq!(MessageContent::from_padded_bytes(&bytes).unwrap(), m);
+            prop_assert_eq!(MessageContent::from_padded_bytes(&bytes, &alice(), &[2; 16]).unwrap(), m);
         }
     }
 }

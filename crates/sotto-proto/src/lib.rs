@@ -6,7 +6,9 @@
 //!
 //! ```text
 //! identity   account identity keys (Ed25519), device ids, usernames, device certificates
-//! content    the versioned, padded plaintext of a message (what MLS encrypts)
+//! content    the padded plaintext of a message (what MLS encrypts) and what it means
+//! mimi       the IETF MIMI content format and message status reports
+//! cbor       the deterministic CBOR both are written in
 //! link       one-time device-link codes and the encrypted account bundle they unlock
 //! group      group metadata (name, admins) and the membership policy
 //! mls        the MLS conversation wrapper over openmls (hybrid post-quantum ciphersuite)
@@ -17,11 +19,13 @@
 //! functions into validated types; none of them panic on any input.
 #![deny(missing_docs)]
 
+pub mod cbor;
 pub mod codec;
 pub mod content;
 pub mod group;
 pub mod identity;
 pub mod link;
+pub mod mimi;
 pub mod mls;
 
 pub use codec::CodecError;

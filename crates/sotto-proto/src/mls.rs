@@ -15,7 +15,7 @@ use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use thiserror::Error;
 
-use crate::content::MessageContent;
+use crate::content::{Body, MessageContent};
 use crate::group::{check_change, Change, GroupMetadata, Kind, Leaf, METADATA_EXTENSION_TYPE};
 use crate::identity::{
     AccountIdentity, DeviceCertificate, DeviceId, IdentityError, IdentityPublicKey, Username,
@@ -872,6 +872,62 @@ impl Conversation {
             .map_err(|e| internal(format!("{e:?}")))
     }
 
+    /// A fresh per-message salt for MIMI content, as the draft suggests: the first 16 bytes of
+    /// HMAC-SHA256 keyed with the MLS exporter secret `salt_base_secret` over a local random
+    /// nonce, so the salt is unpredictable even if the local random source is weak.
+    pub fn salt<P: OpenMlsProvider>(&self, provider: &P) -> Result<[u8; 16], MlsError> {
+        use hmac::{Hmac, Mac};
+        use rand::RngCore;
+        let base = zeroize::Zeroizing::new(
+            self.group
+                .export_secret(provider.crypto(), "salt_base_secret", &[], 32)
+                .map_err(|e| internal(format!("{e:?}")))?,
+        );
+        let mut nonce = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&base).map_err(internal)?;
+        mac.update(&nonce);
+        let out = mac.finalize().into_bytes();
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(&out[..16]);
+        Ok(salt)
+    }
+
+    /// A new message from `sender` in this conversation, with a fresh salt: its id is fixed from
+    /// here on (send [`MessageContent::encoded`] again, never a recomposed copy).
+    pub fn compose<P: OpenMlsProvider>(
+        &self,
+        provider: &P,
+        sender: &Username,
+        body: Body,
+        sent_at_ms: u64,
+    ) -> Result<MessageContent, MlsError> {
+        let salt = self.salt(provider)?;
+        MessageContent::new(
+            body,
+            sent_at_ms,
+            salt,
+            sender,
+            self.group.group_id().as_slice(),
+        )
+        .map_err(|e| MlsError::Malformed(format!("content: {e}")))
+    }
+
+    /// A text message from the device `keys` belong to: [`Conversation::compose`] for a text.
+    pub fn compose_text<P: OpenMlsProvider>(
+        &self,
+        provider: &P,
+        keys: &DeviceKeys,
+        text: &str,
+        sent_at_ms: u64,
+    ) -> Result<MessageContent, MlsError> {
+        let body = Body::Text {
+            text: text.to_owned(),
+            reply_to: None,
+        };
+        self.compose(provider, &keys.cert.username, body, sent_at_ms)
+    }
+
     /// Encrypts a message for the current epoch.
     pub fn encrypt<P: OpenMlsProvider>(
         &mut self,
@@ -879,11 +935,7 @@ impl Conversation {
         keys: &DeviceKeys,
         content: &MessageContent,
     ) -> Result<Vec<u8>, MlsError> {
-        let plaintext = zeroize::Zeroizing::new(
-            content
-                .to_padded_bytes()
-                .map_err(|e| MlsError::Malformed(e.to_string()))?,
-        );
+        let plaintext = zeroize::Zeroizing::new(content.to_padded_bytes());
         let msg = self
             .group
             .create_message(provider, &keys.signer, &plaintext)
@@ -910,8 +962,13 @@ impl Conversation {
                 let sender = sender.ok_or_else(|| {
                     MlsError::Rejected("sender credential is not a device certificate".into())
                 })?;
-                let content = MessageContent::from_padded_bytes(&app.into_bytes())
-                    .map_err(|e| MlsError::Malformed(format!("content: {e}")))?;
+                let plaintext = zeroize::Zeroizing::new(app.into_bytes());
+                let content = MessageContent::from_padded_bytes(
+                    &plaintext,
+                    &sender.username,
+                    self.group.group_id().as_slice(),
+                )
+                .map_err(|e| MlsError::Malformed(format!("content: {e}")))?;
                 Ok(Incoming::Message { sender, content })
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {

@@ -11,7 +11,7 @@ use sotto_proto::mls::{
     Changes, Conversation, DeviceKeys, Incoming, MlsError, PendingJoin, ServerGroup, Trust,
     TrustedKeyPackage, ValidKeyPackage, CLASSIC_CIPHERSUITE,
 };
-use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, MessageContent, Username};
+use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, Username};
 
 #[derive(Default)]
 struct Pins(HashMap<Username, IdentityPublicKey>);
@@ -169,10 +169,9 @@ impl World {
 
     fn send(&mut self, who: &str, text: &str) -> Vec<u8> {
         let d = self.devs.get_mut(who).unwrap();
-        d.g.as_mut()
-            .unwrap()
-            .encrypt(&d.p, &d.keys, &MessageContent::text(text, 1, None))
-            .unwrap()
+        let g = d.g.as_mut().unwrap();
+        let m = g.compose_text(&d.p, &d.keys, text, 1).unwrap();
+        g.encrypt(&d.p, &d.keys, &m).unwrap()
     }
 
     fn read(&mut self, who: &str, ct: &[u8]) -> Result<String, MlsError> {

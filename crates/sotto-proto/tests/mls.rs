@@ -7,7 +7,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use sotto_proto::mls::{
     Conversation, DeviceKeys, Incoming, MlsError, PendingJoin, Trust, ValidKeyPackage,
 };
-use sotto_proto::{AccountIdentity, Body, DeviceId, IdentityPublicKey, MessageContent, Username};
+use sotto_proto::{AccountIdentity, Body, DeviceId, IdentityPublicKey, Username};
 
 #[derive(Default)]
 struct Pins(HashMap<Username, IdentityPublicKey>);
@@ -85,7 +85,7 @@ fn dm_between_two_accounts_round_trips() {
     assert_eq!(gb1.epoch(), 1);
     assert_eq!(gb1.members().len(), 3);
 
-    let m = MessageContent::text("hi bob", 5, None);
+    let m = ga.compose_text(&a.p, &a.keys, "hi bob", 5).unwrap();
     let ct = ga.encrypt(&a.p, &a.keys, &m).unwrap();
     let env = sotto_proto::mls::Envelope::parse(&ct).unwrap();
     assert!(!env.is_commit);
@@ -108,9 +108,8 @@ fn dm_between_two_accounts_round_trips() {
         gb1.process(&b1.p, b"garbage"),
         Err(MlsError::Malformed(_))
     ));
-    let reply = gb1
-        .encrypt(&b1.p, &b1.keys, &MessageContent::text("hey", 6, None))
-        .unwrap();
+    let hey = gb1.compose_text(&b1.p, &b1.keys, "hey", 6).unwrap();
+    let reply = gb1.encrypt(&b1.p, &b1.keys, &hey).unwrap();
     match ga.process(&a.p, &reply).unwrap() {
         Incoming::Message { content, .. } => {
             assert!(matches!(content.body, Body::Text { ref text, .. } if text == "hey"))

@@ -11,7 +11,7 @@ use openmls_traits::OpenMlsProvider as _;
 use serde_json::{json, Value};
 use sotto_api::*;
 use sotto_proto::mls::{Conversation, DeviceKeys, Trust, ValidKeyPackage};
-use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, MessageContent, Username};
+use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, Username};
 use sotto_server::{app, AppState, Config, SqliteStore};
 use tower::ServiceExt;
 
@@ -709,9 +709,8 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         "bad_request",
     )
     .await;
-    let ct = g
-        .encrypt(&alice.p, &alice.keys, &MessageContent::text("hi", 0, None))
-        .unwrap();
+    let hi = g.compose_text(&alice.p, &alice.keys, "hi", 0).unwrap();
+    let ct = g.encrypt(&alice.p, &alice.keys, &hi).unwrap();
     let (s, v) = t
         .json(
             Method::POST,
@@ -730,9 +729,8 @@ async fn conversations_enforce_membership_the_commit_rule_and_framing() {
         None,
     )
     .unwrap();
-    let ct2 = other
-        .encrypt(&alice.p, &alice.keys, &MessageContent::text("x", 0, None))
-        .unwrap();
+    let x = other.compose_text(&alice.p, &alice.keys, "x", 0).unwrap();
+    let ct2 = other.encrypt(&alice.p, &alice.keys, &x).unwrap();
     t.expect_err(
         Method::POST,
         &messages,
@@ -1065,8 +1063,8 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
     assert_eq!(s, StatusCode::OK, "{v}");
     g.merge_pending(&alice.p).unwrap();
     let mut msg = |text: &str| {
-        g.encrypt(&alice.p, &alice.keys, &MessageContent::text(text, 0, None))
-            .unwrap()
+        let m = g.compose_text(&alice.p, &alice.keys, text, 0).unwrap();
+        g.encrypt(&alice.p, &alice.keys, &m).unwrap()
     };
     let (m1, m2) = (msg("hello"), msg("again"));
 

@@ -18,6 +18,7 @@ pub fn run(make: &dyn Fn() -> Box<dyn Store>) {
         ("one_dm_per_peer", one_dm_per_peer),
         ("messages_dedup_and_order", messages_dedup_and_order),
         ("outbox", outbox),
+        ("actions", actions),
         ("history_order", history_order),
         ("undecryptable", undecryptable),
         ("mls_state", mls_state),
@@ -58,8 +59,11 @@ fn msg(conv: &str, id: &str, seq: Option<u64>, outgoing: bool, device: &str) -> 
         sender: "alice".into(),
         sender_device: device.into(),
         sent_at_ms: 1_700_000_000_000,
+        kind: ContentKind::Text,
         text: Some(format!("text {id}")),
         reply_to: None,
+        target: None,
+        salt: None,
         outgoing,
         shown: false,
         local_order: 0,
@@ -250,8 +254,9 @@ fn messages_dedup_and_order(s: &dyn Store) {
 
 fn outbox(s: &dyn Store) {
     write(s, |tx| {
-        tx.insert_message(&msg("c", "out1", None, true, "me"))
-            .unwrap();
+        let mut out1 = msg("c", "out1", None, true, "me");
+        out1.salt = Some(vec![7; 16]);
+        tx.insert_message(&out1).unwrap();
         tx.insert_message(&msg("c", "out2", None, true, "me"))
             .unwrap();
         tx.insert_message(&msg("c", "other-device", None, true, "other"))
@@ -260,13 +265,10 @@ fn outbox(s: &dyn Store) {
             .unwrap();
     });
     read(s, |tx| {
-        let ids: Vec<String> = tx
-            .unsent_messages("me")
-            .unwrap()
-            .into_iter()
-            .map(|m| m.id)
-            .collect();
+        let unsent = tx.unsent_messages("me").unwrap();
+        let ids: Vec<&str> = unsent.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["out1", "out2"]);
+        assert_eq!(unsent[0].salt.as_deref(), Some(&[7; 16][..]));
     });
     write(s, |tx| {
         tx.set_message_seq("c", "out1", 10).unwrap();
@@ -274,9 +276,79 @@ fn outbox(s: &dyn Store) {
         tx.delete_unsent_message("c", "out2").unwrap();
     });
     read(s, |tx| {
-        assert_eq!(tx.message("c", "out1").unwrap().unwrap().seq, Some(10));
+        let out1 = tx.message("c", "out1").unwrap().unwrap();
+        assert_eq!(out1.seq, Some(10));
+        assert_eq!(out1.salt.as_deref(), Some(&[7; 16][..]));
         assert_eq!(tx.message("c", "out2").unwrap(), None);
         assert!(tx.unsent_messages("me").unwrap().is_empty());
+    });
+}
+
+/// Actions (reactions, edits, unsends) are found by their target; texts can be replaced or wiped;
+/// messages are found by id alone; an action can be deleted and re-flagged unshown.
+fn actions(s: &dyn Store) {
+    write(s, |tx| {
+        tx.insert_message(&msg("c", "m1", Some(1), false, "d"))
+            .unwrap();
+        for (id, seq, kind) in [
+            ("r1", Some(3), ContentKind::Reaction),
+            ("e1", Some(2), ContentKind::Edit),
+            ("u1", None, ContentKind::Unsend),
+        ] {
+            let mut a = msg("c", id, seq, false, "d");
+            a.kind = kind;
+            a.target = Some("m1".into());
+            a.reply_to = Some("r0".into());
+            tx.insert_message(&a).unwrap();
+        }
+        let mut other = msg("c2", "r2", Some(1), false, "d");
+        other.kind = ContentKind::Reaction;
+        other.target = Some("m1".into());
+        tx.insert_message(&other).unwrap();
+    });
+    read(s, |tx| {
+        let ids: Vec<String> = tx
+            .messages_targeting("c", "m1")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(
+            ids,
+            ["e1", "r1", "u1"],
+            "by seq, unacknowledged last; one conversation"
+        );
+        let r1 = tx.message("c", "r1").unwrap().unwrap();
+        assert_eq!(r1.kind, ContentKind::Reaction);
+        assert_eq!(r1.reply_to.as_deref(), Some("r0"));
+        assert_eq!(tx.message_by_id("r2").unwrap().unwrap().conversation, "c2");
+        assert_eq!(tx.message_by_id("nope").unwrap(), None);
+    });
+    write(s, |tx| {
+        tx.set_message_text("c", "m1", None).unwrap();
+        tx.set_message_text("c", "e1", Some("new")).unwrap();
+        tx.delete_message("c", "r1").unwrap();
+        tx.mark_shown("c", "u1").unwrap();
+        tx.set_shown("c", "u1", false).unwrap();
+        tx.set_shown("c", "e1", true).unwrap();
+    });
+    read(s, |tx| {
+        assert_eq!(tx.message("c", "m1").unwrap().unwrap().text, None);
+        assert_eq!(
+            tx.message("c", "e1").unwrap().unwrap().text.as_deref(),
+            Some("new")
+        );
+        assert_eq!(tx.message("c", "r1").unwrap(), None);
+        let unshown: Vec<String> = tx
+            .unshown_messages()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert!(
+            unshown.contains(&"u1".to_owned()) && !unshown.contains(&"e1".to_owned()),
+            "{unshown:?}"
+        );
     });
 }
 

@@ -102,6 +102,19 @@ fn by_seq_then_order(a: &MessageRecord, b: &MessageRecord) -> std::cmp::Ordering
 }
 
 impl MemoryTx<'_> {
+    /// Changes a stored message in place (no-op if absent), with its undo entry.
+    fn update(&self, conversation: &str, id: &str, f: impl FnOnce(&mut MessageRecord)) {
+        let key = (conversation.to_owned(), id.to_owned());
+        let mut s = self.state.borrow_mut();
+        let Some(m) = s.messages.get_mut(&key) else {
+            return;
+        };
+        let old = m.clone();
+        f(m);
+        drop(s);
+        self.log(Undo::Message(key, Some(old)));
+    }
+
     fn log(&self, u: Undo) {
         self.undo.borrow_mut().push(u);
     }
@@ -219,15 +232,7 @@ impl Tx for MemoryTx<'_> {
     }
 
     fn set_message_seq(&self, conversation: &str, id: &str, seq: u64) -> Result<(), StoreError> {
-        let key = (conversation.to_owned(), id.to_owned());
-        let mut s = self.state.borrow_mut();
-        let Some(m) = s.messages.get_mut(&key) else {
-            return Ok(());
-        };
-        let old = m.clone();
-        m.seq = Some(seq);
-        drop(s);
-        self.log(Undo::Message(key, Some(old)));
+        self.update(conversation, id, |m| m.seq = Some(seq));
         Ok(())
     }
 
@@ -242,16 +247,54 @@ impl Tx for MemoryTx<'_> {
         Ok(())
     }
 
-    fn mark_shown(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
+    fn message_by_id(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        Ok(self
+            .state
+            .borrow()
+            .messages
+            .values()
+            .find(|m| m.id == id)
+            .cloned())
+    }
+
+    fn messages_targeting(
+        &self,
+        conversation: &str,
+        target: &str,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut v: Vec<MessageRecord> = self
+            .state
+            .borrow()
+            .messages
+            .values()
+            .filter(|m| m.conversation == conversation && m.target.as_deref() == Some(target))
+            .cloned()
+            .collect();
+        v.sort_by(by_seq_then_order);
+        Ok(v)
+    }
+
+    fn set_message_text(
+        &self,
+        conversation: &str,
+        id: &str,
+        text: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.update(conversation, id, |m| m.text = text.map(str::to_owned));
+        Ok(())
+    }
+
+    fn delete_message(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
         let key = (conversation.to_owned(), id.to_owned());
-        let mut s = self.state.borrow_mut();
-        let Some(m) = s.messages.get_mut(&key) else {
-            return Ok(());
-        };
-        let old = m.clone();
-        m.shown = true;
-        drop(s);
-        self.log(Undo::Message(key, Some(old)));
+        let old = self.state.borrow_mut().messages.remove(&key);
+        if old.is_some() {
+            self.log(Undo::Message(key, old));
+        }
+        Ok(())
+    }
+
+    fn set_shown(&self, conversation: &str, id: &str, shown: bool) -> Result<(), StoreError> {
+        self.update(conversation, id, |m| m.shown = shown);
         Ok(())
     }
 

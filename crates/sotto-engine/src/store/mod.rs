@@ -142,7 +142,57 @@ impl ConversationRecord {
     }
 }
 
-/// A stored message.
+/// What a stored message is: a message shown in the history, or an action on one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentKind {
+    /// A text (with `reply_to` when it is a reply).
+    Text,
+    /// A reaction (`text`: the emoji) to `target`.
+    Reaction,
+    /// Removes the reaction `reply_to` from `target`.
+    Unreact,
+    /// A new text for `target`.
+    Edit,
+    /// Deletes `target` for everyone.
+    Unsend,
+    /// Content this version does not show.
+    Unsupported,
+}
+
+impl ContentKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Reaction => "reaction",
+            Self::Unreact => "unreact",
+            Self::Edit => "edit",
+            Self::Unsend => "unsend",
+            Self::Unsupported => "unsupported",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "text" => Self::Text,
+            "reaction" => Self::Reaction,
+            "unreact" => Self::Unreact,
+            "edit" => Self::Edit,
+            "unsend" => Self::Unsend,
+            "unsupported" => Self::Unsupported,
+            _ => return None,
+        })
+    }
+
+    /// Whether it is a message of the history (not an action on one).
+    pub fn is_message(self) -> bool {
+        matches!(self, Self::Text | Self::Unsupported)
+    }
+}
+
+/// A stored message, or an action on one (a reaction, an edit, an unsend).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord {
     /// Conversation id.
@@ -157,10 +207,17 @@ pub struct MessageRecord {
     pub sender_device: String,
     /// Sender's clock.
     pub sent_at_ms: u64,
-    /// The text (`None`: a content kind this version does not show).
+    /// What it is.
+    pub kind: ContentKind,
+    /// The text, or a reaction's emoji (`None`: unsent, or a kind with no text).
     pub text: Option<String>,
-    /// The message it replies to.
+    /// The message it replies to (for an unreact: the reaction it removes).
     pub reply_to: Option<String>,
+    /// The message an action acts on.
+    pub target: Option<String>,
+    /// For a message this device sent: the MIMI salt it was composed with, so that it can be
+    /// encoded again byte for byte (same id) if it must be posted again.
+    pub salt: Option<Vec<u8>>,
     /// Whether this device's account sent it.
     pub outgoing: bool,
     /// Whether the user has been shown it.
@@ -267,8 +324,30 @@ pub trait Tx {
     fn set_message_seq(&self, conversation: &str, id: &str, seq: u64) -> Result<(), StoreError>;
     /// Deletes a message the server never acknowledged (no-op once it has a seq).
     fn delete_unsent_message(&self, conversation: &str, id: &str) -> Result<(), StoreError>;
+    /// A message of any conversation by id (ids are hashes: unique across conversations).
+    fn message_by_id(&self, id: &str) -> Result<Option<MessageRecord>, StoreError>;
+    /// The actions on `target` in `conversation`, by seq (unacknowledged ones last), then
+    /// `local_order`.
+    fn messages_targeting(
+        &self,
+        conversation: &str,
+        target: &str,
+    ) -> Result<Vec<MessageRecord>, StoreError>;
+    /// Replaces a message's text (`None`: removes it, for an unsend).
+    fn set_message_text(
+        &self,
+        conversation: &str,
+        id: &str,
+        text: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// Deletes a stored action (one refused once its target arrived).
+    fn delete_message(&self, conversation: &str, id: &str) -> Result<(), StoreError>;
+    /// Marks a message shown or not shown.
+    fn set_shown(&self, conversation: &str, id: &str, shown: bool) -> Result<(), StoreError>;
     /// Marks a message shown.
-    fn mark_shown(&self, conversation: &str, id: &str) -> Result<(), StoreError>;
+    fn mark_shown(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
+        self.set_shown(conversation, id, true)
+    }
     /// Messages not yet shown, by `local_order`.
     fn unshown_messages(&self) -> Result<Vec<MessageRecord>, StoreError>;
     /// A conversation's messages by seq (unacknowledged ones last), then `local_order`.

@@ -1,0 +1,481 @@
+//! Rich messages: replies, reactions, edits, unsends and mentions, as rules over stored records.
+//!
+//! Every reaction, edit and unsend is stored as a record of its own that names the message it acts
+//! on (`target`); what the history shows is folded from the message and its records
+//! ([`fold`]). A record is checked against its target before it is stored ([`check_incoming`]):
+//! - only the original sender may edit or unsend, within [`RECEIVE_WINDOW_MS`] of sending, at
+//!   most [`MAX_EDITS`] times; a sender's own client allows only [`SEND_WINDOW_MS`];
+//! - reactions and edits act on messages, not on other actions, and not on unsent messages;
+//! - a reply may not close a loop of replies.
+//!
+//! A record whose target has not arrived yet is kept, hidden, and checked when the target arrives
+//! ([`settle_waiting`]): applied and shown then, or dropped with a warning. Nothing is lost for
+//! arriving early, and nothing unchecked is ever shown.
+//!
+//! Times are the senders' clocks as carried in the content. The server's acceptance time is not on
+//! the wire yet (see DESIGN.md, "Rich messages").
+
+use std::collections::BTreeMap;
+
+use sotto_proto::{Body, MessageId};
+
+use crate::store::{ContentKind, MessageRecord, Tx};
+use crate::Error;
+
+/// How long after sending a sender's own client lets it edit or unsend.
+pub const SEND_WINDOW_MS: u64 = 24 * 3600 * 1000;
+/// How long after sending a receiving client accepts an edit or unsend.
+pub const RECEIVE_WINDOW_MS: u64 = 48 * 3600 * 1000;
+/// How many times a message may be edited.
+pub const MAX_EDITS: usize = 10;
+/// How far a reply chain is followed looking for a loop.
+const MAX_REPLY_CHAIN: usize = 256;
+
+/// The stored fields of a body: (kind, text, reply_to, target).
+pub(crate) fn fields(body: &Body) -> (ContentKind, Option<String>, Option<String>, Option<String>) {
+    let hex = |id: &MessageId| id.to_hex();
+    match body {
+        Body::Text { text, reply_to } => (
+            ContentKind::Text,
+            Some(text.clone()),
+            reply_to.as_ref().map(hex),
+            None,
+        ),
+        Body::Reaction { to, emoji } => (
+            ContentKind::Reaction,
+            Some(emoji.clone()),
+            None,
+            Some(hex(to)),
+        ),
+        Body::Unreact { to, reaction } => (
+            ContentKind::Unreact,
+            None,
+            Some(hex(reaction)),
+            Some(hex(to)),
+        ),
+        Body::Edit {
+            original,
+            text,
+            reply_to,
+        } => (
+            ContentKind::Edit,
+            Some(text.clone()),
+            reply_to.as_ref().map(hex),
+            Some(hex(original)),
+        ),
+        Body::Unsend { original } => (ContentKind::Unsend, None, None, Some(hex(original))),
+        _ => (ContentKind::Unsupported, None, None, None),
+    }
+}
+
+/// The body a stored record was made from (the inverse of [`fields`]).
+pub(crate) fn body_of(m: &MessageRecord) -> Option<Body> {
+    let id = |s: &Option<String>| s.as_deref().and_then(MessageId::from_hex);
+    Some(match m.kind {
+        ContentKind::Text => Body::Text {
+            text: m.text.clone()?,
+            reply_to: match &m.reply_to {
+                Some(r) => Some(MessageId::from_hex(r)?),
+                None => None,
+            },
+        },
+        ContentKind::Reaction => Body::Reaction {
+            to: id(&m.target)?,
+            emoji: m.text.clone()?,
+        },
+        ContentKind::Unreact => Body::Unreact {
+            to: id(&m.target)?,
+            reaction: id(&m.reply_to)?,
+        },
+        ContentKind::Edit => Body::Edit {
+            original: id(&m.target)?,
+            text: m.text.clone()?,
+            reply_to: match &m.reply_to {
+                Some(r) => Some(MessageId::from_hex(r)?),
+                None => None,
+            },
+        },
+        ContentKind::Unsend => Body::Unsend {
+            original: id(&m.target)?,
+        },
+        ContentKind::Unsupported => return None,
+    })
+}
+
+/// What to do with an incoming record.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Store it and show it.
+    Apply,
+    /// Its target has not arrived: store it hidden, check it when the target comes.
+    Wait,
+    /// Break a rule: drop it, with the reason.
+    Refuse(String),
+}
+
+/// Checks a record that arrived from the log against what this device has.
+pub(crate) fn check_incoming(tx: &dyn Tx, rec: &MessageRecord) -> Result<Verdict, Error> {
+    match rec.kind {
+        ContentKind::Text => {
+            if let Some(why) = reply_loop(tx, rec)? {
+                return Ok(Verdict::Refuse(why));
+            }
+            Ok(Verdict::Apply)
+        }
+        ContentKind::Unsupported => Ok(Verdict::Apply),
+        _ => {
+            let Some(target) = rec.target.as_deref() else {
+                return Ok(Verdict::Refuse("an action on no message".into()));
+            };
+            match tx.message(&rec.conversation, target)? {
+                None => Ok(Verdict::Wait),
+                Some(t) => Ok(match check_action(tx, &t, rec, RECEIVE_WINDOW_MS)? {
+                    None => Verdict::Apply,
+                    Some(why) => Verdict::Refuse(why),
+                }),
+            }
+        }
+    }
+}
+
+/// A reply that leads back to itself (only possible with content v1's sender-chosen ids; MIMI ids
+/// are hashes of what they refer to).
+fn reply_loop(tx: &dyn Tx, rec: &MessageRecord) -> Result<Option<String>, Error> {
+    let mut next = rec.reply_to.clone();
+    for _ in 0..MAX_REPLY_CHAIN {
+        let Some(id) = next else { return Ok(None) };
+        if id == rec.id {
+            return Ok(Some("its replies form a loop".into()));
+        }
+        next = tx.message(&rec.conversation, &id)?.and_then(|m| m.reply_to);
+    }
+    Ok(Some("its chain of replies is too long".into()))
+}
+
+/// Why `rec` may not act on `target`, if it may not. `window`: how long after the target was sent
+/// an edit or unsend is allowed.
+pub(crate) fn check_action(
+    tx: &dyn Tx,
+    target: &MessageRecord,
+    rec: &MessageRecord,
+    window: u64,
+) -> Result<Option<String>, Error> {
+    if !target.kind.is_message() {
+        return Ok(Some(format!(
+            "it acts on a {}, not on a message",
+            target.kind.as_str()
+        )));
+    }
+    let deleted = is_unsent(tx, target)?;
+    let what = rec.kind.as_str();
+    match rec.kind {
+        ContentKind::Reaction | ContentKind::Unreact if deleted => {
+            return Ok(Some(format!("a {what} on an unsent message")));
+        }
+        ContentKind::Edit | ContentKind::Unsend => {
+            if rec.sender != target.sender {
+                return Ok(Some(format!(
+                    "{} may not {what} a message {} sent",
+                    rec.sender, target.sender
+                )));
+            }
+            if deleted {
+                return Ok(Some(format!("an {what} of an unsent message")));
+            }
+            if rec.sent_at_ms.saturating_sub(target.sent_at_ms) > window {
+                return Ok(Some(format!(
+                    "an {what} more than {} hours after the message was sent",
+                    window / 3_600_000
+                )));
+            }
+            if rec.kind == ContentKind::Edit {
+                let edits = tx
+                    .messages_targeting(&target.conversation, &target.id)?
+                    .into_iter()
+                    .filter(|a| a.kind == ContentKind::Edit && a.id != rec.id)
+                    .count();
+                if edits >= MAX_EDITS {
+                    return Ok(Some(format!(
+                        "a message may be edited at most {MAX_EDITS} times"
+                    )));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(None)
+}
+
+fn is_unsent(tx: &dyn Tx, target: &MessageRecord) -> Result<bool, Error> {
+    Ok(tx
+        .messages_targeting(&target.conversation, &target.id)?
+        .iter()
+        .any(|a| a.kind == ContentKind::Unsend))
+}
+
+/// Carries out what an accepted record does to what is stored: an unsend removes the text of the
+/// message and of every edit of it, keeping the records as tombstones.
+pub(crate) fn apply_effects(tx: &dyn Tx, rec: &MessageRecord) -> Result<(), Error> {
+    if rec.kind != ContentKind::Unsend {
+        return Ok(());
+    }
+    let Some(target) = rec.target.as_deref() else {
+        return Ok(());
+    };
+    tx.set_message_text(&rec.conversation, target, None)?;
+    for a in tx.messages_targeting(&rec.conversation, target)? {
+        if a.kind == ContentKind::Edit {
+            tx.set_message_text(&rec.conversation, &a.id, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores an incoming record as its verdict says. Returns the refusal, if any, for a warning.
+pub(crate) fn store_incoming(tx: &dyn Tx, mut rec: MessageRecord) -> Result<Option<String>, Error> {
+    match check_incoming(tx, &rec)? {
+        Verdict::Refuse(why) => Ok(Some(why)),
+        Verdict::Wait => {
+            rec.shown = true; // hidden until its target arrives and it is checked
+            tx.insert_message(&rec)?;
+            Ok(None)
+        }
+        Verdict::Apply => {
+            if tx.insert_message(&rec)? {
+                apply_effects(tx, &rec)?;
+                if rec.kind.is_message() {
+                    return settle_waiting(tx, &rec);
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// A message arrived: the records that came before it and waited for it are checked in log order,
+/// then applied and shown, or dropped. Returns the refusals, joined, for a warning.
+pub(crate) fn settle_waiting(tx: &dyn Tx, target: &MessageRecord) -> Result<Option<String>, Error> {
+    let mut refused = Vec::new();
+    // Records already there are all waiting ones (the target is new). Take them all out, then put
+    // back each that passes, in log order, so each is checked against the ones before it only.
+    let waiting = tx.messages_targeting(&target.conversation, &target.id)?;
+    for a in &waiting {
+        tx.delete_message(&a.conversation, &a.id)?;
+    }
+    for a in waiting {
+        match check_action(tx, target, &a, RECEIVE_WINDOW_MS)? {
+            Some(why) => refused.push(format!("{} from {}: {why}", a.kind.as_str(), a.sender)),
+            None => {
+                let mut shown = a;
+                shown.shown = false;
+                tx.insert_message(&shown)?;
+                apply_effects(tx, &shown)?;
+            }
+        }
+    }
+    Ok((!refused.is_empty()).then(|| refused.join("; ")))
+}
+
+/// A message as the history shows it, folded from its record and the actions on it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Folded {
+    pub text: Option<String>,
+    pub edits: u32,
+    pub deleted: bool,
+    pub reactions: BTreeMap<String, Vec<String>>,
+    /// Each account's current reaction: (reaction id, emoji).
+    pub by_user: BTreeMap<String, (String, String)>,
+}
+
+/// Folds a message's actions into what it shows.
+pub(crate) fn fold(tx: &dyn Tx, m: &MessageRecord) -> Result<Folded, Error> {
+    let mut f = Folded {
+        text: m.text.clone(),
+        ..Folded::default()
+    };
+    for a in tx.messages_targeting(&m.conversation, &m.id)? {
+        match a.kind {
+            ContentKind::Edit => {
+                f.edits += 1;
+                if a.text.is_some() {
+                    f.text = a.text.clone();
+                }
+            }
+            ContentKind::Unsend => f.deleted = true,
+            ContentKind::Reaction => {
+                if let Some(emoji) = &a.text {
+                    f.by_user
+                        .insert(a.sender.clone(), (a.id.clone(), emoji.clone()));
+                }
+            }
+            ContentKind::Unreact
+                if f.by_user.get(&a.sender).map(|(id, _)| id) == a.reply_to.as_ref() =>
+            {
+                f.by_user.remove(&a.sender);
+            }
+            _ => {}
+        }
+    }
+    if f.deleted {
+        f.text = None;
+        f.by_user.clear();
+    }
+    for (user, (_, emoji)) in &f.by_user {
+        f.reactions
+            .entry(emoji.clone())
+            .or_default()
+            .push(user.clone());
+    }
+    Ok(f)
+}
+
+/// Whether `text` mentions `@user` (as a whole word: what follows is not a username character).
+pub(crate) fn mentions(text: &str, user: &str) -> bool {
+    let needle = format!("@{user}");
+    let is_name = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c);
+    text.match_indices(&needle).any(|(i, _)| {
+        let before_ok = text[..i].chars().next_back().is_none_or(|c| !is_name(c));
+        let rest = &text[i + needle.len()..];
+        // A trailing '.' ends a sentence, not the name.
+        let after_ok = match rest.chars().next() {
+            None => true,
+            Some('.') => rest[1..].chars().next().is_none_or(|c| !is_name(c)),
+            Some(c) => !is_name(c),
+        };
+        before_ok && after_ok
+    })
+}
+
+impl crate::Engine {
+    /// Acts on the message `message_id` (hex, as `send`, `sync --json` and `history --json` print
+    /// it), in whichever conversation holds it: a reply, a reaction, an edit, an unsend (after a
+    /// sync). Returns the id of the message sent for it.
+    ///
+    /// The rules every receiver enforces are checked here first, so that a refusal is an error now
+    /// instead of a message everyone drops: only the sender edits or unsends, within
+    /// [`SEND_WINDOW_MS`], at most [`MAX_EDITS`] edits; nothing acts on an unsent message.
+    pub fn act(
+        &self,
+        message_id: &str,
+        action: crate::Action,
+    ) -> crate::Task<(String, crate::SyncReport)> {
+        let message_id = message_id.to_ascii_lowercase();
+        self.task(move |f| async move {
+            let me = f.me()?;
+            if let crate::Action::Reply(text) | crate::Action::Edit(text) = &action {
+                crate::dm::check_text(text)?;
+            }
+            let mut report = f.sync().await?;
+            let target = f
+                .read(|tx, _| Ok(tx.message_by_id(&message_id)?))?
+                .filter(|m| m.kind.is_message())
+                .ok_or_else(|| Error::Invalid(format!("no message {message_id} on this device")))?;
+            let conv = target.conversation.clone();
+            let followed = f.read(|tx, _| {
+                Ok(tx
+                    .conversation(&conv)?
+                    .is_some_and(|c| c.status == crate::store::ConversationStatus::Ok))
+            })?;
+            if !followed {
+                return Err(Error::Invalid(format!(
+                    "message {message_id} is in a conversation this device no longer follows"
+                )));
+            }
+            let to = MessageId::from_hex(&target.id)
+                .filter(|id| id.mimi().is_some())
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "message {message_id} was sent by a version of Sotto before MIMI content and cannot be acted on"
+                    ))
+                })?;
+            let now = f.io.now_ms().await;
+            let (folded, deleted) = f.read(|tx, _| {
+                let folded = fold(tx, &target)?;
+                let deleted = folded.deleted;
+                Ok((folded, deleted))
+            })?;
+            if deleted {
+                return Err(Error::Invalid(format!("message {message_id} was unsent")));
+            }
+            let mine = target.sender == me.username.as_str();
+            let own_only = |what: &str| -> Result<(), Error> {
+                if !mine {
+                    return Err(Error::Invalid(format!(
+                        "only {} may {what} message {message_id}",
+                        target.sender
+                    )));
+                }
+                if now.saturating_sub(target.sent_at_ms) > SEND_WINDOW_MS {
+                    return Err(Error::Invalid(format!(
+                        "message {message_id} is more than 24 hours old and can no longer be {what}ed"
+                    )));
+                }
+                Ok(())
+            };
+            let body = match action {
+                crate::Action::Reply(text) => Body::Text {
+                    text,
+                    reply_to: Some(to),
+                },
+                crate::Action::React(emoji) => Body::Reaction { to, emoji },
+                crate::Action::Unreact => {
+                    let (reaction, _) = folded
+                        .by_user
+                        .get(me.username.as_str())
+                        .ok_or_else(|| {
+                            Error::Invalid(format!("you have not reacted to message {message_id}"))
+                        })?;
+                    let reaction = MessageId::from_hex(reaction)
+                        .ok_or_else(|| Error::Storage("a stored reaction id is not hex".into()))?;
+                    Body::Unreact { to, reaction }
+                }
+                crate::Action::Edit(text) => {
+                    own_only("edit")?;
+                    if folded.edits as usize >= MAX_EDITS {
+                        return Err(Error::Invalid(format!(
+                            "message {message_id} was edited {MAX_EDITS} times already"
+                        )));
+                    }
+                    Body::Edit {
+                        original: to,
+                        text,
+                        reply_to: target.reply_to.as_deref().and_then(MessageId::from_hex),
+                    }
+                }
+                crate::Action::Unsend => {
+                    own_only("unsend")?;
+                    Body::Unsend { original: to }
+                }
+            };
+            let content = f.compose(&conv, body).await.map_err(|e| match e {
+                Error::Mls(m) => Error::Invalid(m.to_string()),
+                e => e,
+            })?;
+            f.post_message(&conv, &content, &mut report).await?;
+            // This device applies its own action as a receiver would.
+            f.with_tx(|tx, _| {
+                if let Some(rec) = tx.message(&conv, &content.id.to_hex())? {
+                    apply_effects(tx, &rec)?;
+                }
+                Ok(())
+            })?;
+            Ok((content.id.to_hex(), report))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions;
+
+    #[test]
+    fn mentions_are_whole_words() {
+        assert!(mentions("hi @bob", "bob"));
+        assert!(mentions("@bob, look", "bob"));
+        assert!(mentions("thanks @bob.", "bob"));
+        assert!(!mentions("hi @bobby", "bob"));
+        assert!(!mentions("mail bob@bob2", "bob"));
+        assert!(!mentions("hi bob", "bob"));
+        assert!(!mentions("@bob.smith", "bob"));
+    }
+}
