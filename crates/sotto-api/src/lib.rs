@@ -427,6 +427,20 @@ pub enum ServerFrame {
     },
     /// Wake-ups for this connection were dropped (it read too slowly): sync every conversation.
     Resync,
+    /// An ephemeral application message (a typing indicator) from a member device, relayed to the
+    /// conversation's connected devices and never stored: a device that is not connected never
+    /// gets it. `seq` is the conversation's last sequence number when it was relayed: a device
+    /// behind it applies the log first; one past it drops the message as stale.
+    Ephemeral {
+        /// Conversation id.
+        id: String,
+        /// The conversation's last sequence number at relay time.
+        seq: u64,
+        /// The sending device.
+        sender_device: String,
+        /// The MLS application message.
+        message: B64,
+    },
     /// The answer to [`ClientFrame::Send`]: the message is durable at `seq`.
     Sent {
         /// The client's reference from the request.
@@ -507,6 +521,10 @@ fn push_u64(out: &mut String, mut n: u64) {
         out.push(char::from(d));
     }
 }
+
+/// The largest ephemeral message (`POST /v1/conversations/{id}/ephemeral`): a typing indicator
+/// is one padded bucket of MLS ciphertext.
+pub const MAX_EPHEMERAL_BYTES: usize = 1024;
 
 /// Application messages up to this many bytes travel inside [`ServerFrame::Entry`].
 pub const MAX_INLINE_ENTRY: usize = 2048;

@@ -94,6 +94,16 @@ enum Command {
         /// The message.
         id: String,
     },
+    /// Send one typing indicator: `typing USERNAME` or `typing --group GROUP` (only devices
+    /// connected now see it; nothing is stored).
+    Typing {
+        /// A group (id, or its name if unique) instead of a user.
+        #[arg(long)]
+        group: Option<String>,
+        /// The other account of a DM.
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        username: Option<String>,
+    },
     /// Groups: create, change membership and metadata, list.
     Group {
         #[command(subcommand)]
@@ -250,6 +260,14 @@ fn print_updates(updates: &[Update], json: bool) {
                     sent_at,
                     ..
                 } => format!("[{sent_at}] {user} unsent {message}"),
+                Update::Typing {
+                    user, group: None, ..
+                } => format!("{user} is typing"),
+                Update::Typing {
+                    user,
+                    group: Some(g),
+                    ..
+                } => format!("{user} is typing (group {g})"),
             }
         };
         let _ = writeln!(out, "{line}");
@@ -411,6 +429,18 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         }
         Command::Edit { id, text } => act(&client, &id, Action::Edit(text), "edited").await?,
         Command::Unsend { id } => act(&client, &id, Action::Unsend, "unsent").await?,
+        Command::Typing { group, username } => {
+            match (group, username) {
+                (Some(g), _) => client.group(&g).typing().await?,
+                (None, Some(u)) => client.dm(&u).typing().await?,
+                (None, None) => {
+                    return Err(ClientError::Invalid(
+                        "usage: sotto typing USERNAME, or sotto typing --group GROUP".into(),
+                    ))
+                }
+            }
+            println!("typing");
+        }
         Command::History {
             group,
             username,

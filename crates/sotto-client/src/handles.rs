@@ -79,6 +79,13 @@ impl Dm<'_> {
         .await
     }
 
+    /// Sends one typing indicator (ephemeral: only devices connected now see it).
+    pub async fn typing(self) -> Result<(), ClientError> {
+        self.client
+            .run(self.client.engine.typing_dm(self.peer))
+            .await
+    }
+
     /// The history with entries that did not decrypt in their places.
     pub fn history_items(self) -> Result<Vec<HistoryItem>, ClientError> {
         self.client.engine.dm_history_items(self.peer)
@@ -156,6 +163,13 @@ impl Group<'_> {
     pub async fn act(self, message_id: &str, action: Action) -> Result<String, ClientError> {
         let id = self.info()?.id;
         act_in(self.client, Some(id), message_id, action).await
+    }
+
+    /// Sends one typing indicator (ephemeral: only devices connected now see it).
+    pub async fn typing(self) -> Result<(), ClientError> {
+        self.client
+            .run(self.client.engine.typing_group(self.group))
+            .await
     }
 
     /// The history with entries that did not decrypt in their places.

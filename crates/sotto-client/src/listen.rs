@@ -22,7 +22,7 @@ pub enum ListenEvent {
     Warning(String),
     /// Messages that had not decrypted were recovered or given up.
     Events(Vec<SyncEvent>),
-    /// Reactions, edits and unsends.
+    /// Reactions, edits, unsends and typing indicators.
     Updates(Vec<Update>),
     /// Lost the connection; retrying.
     Disconnected(String),
@@ -91,6 +91,9 @@ impl Client {
                                 }
                                 if !report.events.is_empty() {
                                     on_event(ListenEvent::Events(report.events));
+                                }
+                                if !report.updates.is_empty() {
+                                    on_event(ListenEvent::Updates(report.updates));
                                 }
                             }
                             Err(e @ ClientError::NotRegistered) => return Err(e),

@@ -34,6 +34,7 @@ async fn limits_answer_429_with_retry_after_and_lose_nothing() {
             connect_per_ip: None,
             claim_per_ip: None,
             send_per_ip: None,
+            ephemeral_per_device: Some(Rate::per_min(2)),
         },
         ..Config::default()
     };
@@ -88,6 +89,11 @@ async fn limits_answer_429_with_retry_after_and_lose_nothing() {
         .map(|i| ("alice".to_owned(), format!("m{i}")))
         .collect();
     assert_eq!(got, want);
+    // Typing indicators, per device (2/min): the third is refused with a clear reason.
+    alice.dm("bob").typing().await.unwrap();
+    alice.dm("bob").typing().await.unwrap();
+    let e = alice.dm("bob").typing().await.unwrap_err();
+    assert!(e.to_string().contains("too many typing indicators"), "{e}");
     // ... and the server did refuse the excess: right after the burst, a raw send is a 429.
     let alice_token = token_of(&dir.path().join("alice"));
     let list: serde_json::Value = http

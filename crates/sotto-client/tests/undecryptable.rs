@@ -308,3 +308,85 @@ async fn a_message_corrupt_on_the_server_is_given_up_after_the_bound_and_later_o
     );
     server.stop().await;
 }
+
+/// A reaction, an edit and a forged edit that arrive before the message they act on (which did
+/// not decrypt at first) are kept hidden, then applied or refused when it arrives.
+#[tokio::test]
+async fn actions_that_arrive_before_their_message_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let proxy = FlipProxy::start(&server.url).await;
+    let alice = registered(&dir.path().join("a"), &server.url, "alice").await;
+    let bob = registered(&dir.path().join("b"), &server.url, "bob").await;
+    let carol = registered(&dir.path().join("c"), &server.url, "carol").await;
+    let gid = alice
+        .groups()
+        .create("Team", &["bob".into(), "carol".into()], 16)
+        .await
+        .unwrap()
+        .0;
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    let (x, _) = alice.group(&gid).send("lunch at 12?").await.unwrap();
+    bob.sync().await.unwrap();
+    alice
+        .act(&x.id, sotto_client::Action::Edit("lunch at 1?".into()))
+        .await
+        .unwrap();
+    bob.act(&x.id, sotto_client::Action::React("👍".into()))
+        .await
+        .unwrap();
+    bob.act(&x.id, sotto_client::Action::Reply("sure".into()))
+        .await
+        .unwrap();
+    let original = sotto_proto::MessageId::from_hex(&x.id).unwrap();
+    bob.run(bob.engine().dangerous_send_unchecked(
+        &gid,
+        sotto_proto::Body::Edit {
+            original,
+            text: "lunch cancelled".into(),
+            reply_to: None,
+        },
+    ))
+    .await
+    .unwrap();
+
+    // Carol fetches everything at once; the message itself does not decrypt on the way.
+    let carol_via_proxy = client(&dir.path().join("c"), &proxy.url);
+    proxy.arm(&alice.device_id().unwrap());
+    carol_via_proxy.sync().await.unwrap();
+    assert_eq!(proxy.flipped.lock().unwrap().len(), 1);
+    assert_eq!(
+        shown_texts(&carol),
+        ["sure"],
+        "the reply shows; the message waits"
+    );
+    assert!(
+        carol.take_updates().unwrap().is_empty(),
+        "nothing acting on a message this device does not have is shown"
+    );
+
+    // The next sync recovers it: the early actions are checked against it in log order.
+    let report = carol.sync().await.unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("refused the edit from bob") && w.contains("bob may not edit")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(shown_texts(&carol), ["lunch at 12?"]);
+    let updates = carol.take_updates().unwrap();
+    assert_eq!(updates.len(), 2, "{updates:?}");
+    let h = carol.group(&gid).history().unwrap();
+    assert_eq!(h[0].id, x.id);
+    assert_eq!(h[0].text.as_deref(), Some("lunch at 1?"));
+    assert_eq!(h[0].edits, 1);
+    assert_eq!(
+        h[0].reactions.get("👍").cloned(),
+        Some(vec!["bob".to_owned()])
+    );
+    assert_eq!(h[1].reply_to.as_deref(), Some(x.id.as_str()));
+    server.stop().await;
+}

@@ -21,8 +21,7 @@ use sotto_proto::Username;
 
 use crate::commits::in_flight_key;
 use crate::store::{
-    ContentKind, ConversationKind, ConversationStatus, MessageRecord, UndecryptableRecord,
-    UndecryptableState,
+    ConversationKind, ConversationStatus, MessageRecord, UndecryptableRecord, UndecryptableState,
 };
 use crate::{group_id_bytes, set_cursor, set_status, Error, Flow, Pins, SyncEvent, SyncReport};
 
@@ -189,7 +188,7 @@ impl Flow {
         let mut warning: Option<String> = None;
         let mut lost_setup = false;
         let mut failed: Option<(String, Option<String>)> = None;
-        let mut refused_content: Option<((ContentKind, String), String)> = None;
+        let mut refused_content: Vec<crate::rich::Refusal> = Vec::new();
         let res = self.with_tx(|tx, p| {
             let Some(local) = tx.conversation(id)? else { return Ok(()) };
             if entry.seq <= local.cursor {
@@ -277,10 +276,7 @@ impl Flow {
                     let sender = sender_of(&g, &entry.sender_device);
                     match decrypt_into(&mut g, p, id, entry, &me.username) {
                         Decrypted::Ok(m) => {
-                            let what = (m.kind, m.sender.clone());
-                            if let Some(why) = crate::rich::store_incoming(tx, *m)? {
-                                refused_content = Some((what, why));
-                            }
+                            refused_content = crate::rich::store_incoming(tx, *m)?;
                         }
                         Decrypted::Failed { error } => {
                             // Keep nothing this attempt changed (no message key is used up);
@@ -311,10 +307,8 @@ impl Flow {
         if let Some(w) = warning {
             report.warnings.push(w);
         }
-        if let Some(((kind, sender), why)) = refused_content {
-            report
-                .warnings
-                .push(refusal(id, entry.seq, kind, &sender, &why));
+        for r in refused_content {
+            report.warnings.push(refusal(id, &r));
         }
         if lost_setup {
             return Ok(Flowing::Stop);
@@ -369,7 +363,7 @@ impl Flow {
         let me = self.me()?;
         let mut failure: Option<String> = None;
         let mut recovered: Option<String> = None;
-        let mut refused_content: Option<((ContentKind, String), String)> = None;
+        let mut refused_content: Vec<crate::rich::Refusal> = Vec::new();
         let res = self.with_tx(|tx, p| {
             let waiting = tx
                 .undecryptable(id)?
@@ -387,10 +381,7 @@ impl Flow {
             match decrypt_into(&mut g, p, id, entry, &me.username) {
                 Decrypted::Ok(m) => {
                     recovered = Some(m.id.clone());
-                    let what = (m.kind, m.sender.clone());
-                    if let Some(why) = crate::rich::store_incoming(tx, *m)? {
-                        refused_content = Some((what, why));
-                    }
+                    refused_content = crate::rich::store_incoming(tx, *m)?;
                     tx.delete_undecryptable(id, entry.seq)?;
                     Ok(())
                 }
@@ -400,10 +391,8 @@ impl Flow {
                 }
             }
         });
-        if let Some(((kind, sender), why)) = refused_content {
-            report
-                .warnings
-                .push(refusal(id, entry.seq, kind, &sender, &why));
+        for r in refused_content {
+            report.warnings.push(refusal(id, &r));
         }
         match res {
             Ok(()) => {
@@ -470,10 +459,13 @@ impl Flow {
 }
 
 /// The warning for a message refused by the content rules ([`crate::rich`]).
-fn refusal(id: &str, seq: u64, kind: ContentKind, sender: &str, why: &str) -> String {
+fn refusal(id: &str, r: &crate::rich::Refusal) -> String {
+    let at = r.seq.map(|s| format!(" at {s}")).unwrap_or_default();
     format!(
-        "conversation {id}: refused the {} from {sender} at {seq}: {why}",
-        kind.as_str()
+        "conversation {id}: refused the {} from {}{at}: {}",
+        r.kind.as_str(),
+        r.sender,
+        r.why
     )
 }
 

@@ -21,6 +21,7 @@
 //! outbox      sending a message (stored first, re-sent with the same id until acknowledged)
 //! rich        replies, reactions, edits, unsends, mentions: the rules, and what history shows
 //! dm          the DM-creation race and sending a DM
+//! ephemeral   typing indicators: relayed to connected devices, never stored
 //! groups      group creation, membership, admins, names, leaving, key updates
 //! sync        the order of a full sync
 //! push        pushed frames and read positions
@@ -51,6 +52,7 @@ pub mod apply;
 pub mod commits;
 pub mod devices;
 pub mod dm;
+pub mod ephemeral;
 mod error;
 pub mod groups;
 pub mod inbox;

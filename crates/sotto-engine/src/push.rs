@@ -34,6 +34,15 @@ impl Engine {
                     f.note_read(&id);
                     r?;
                 }
+                ServerFrame::Ephemeral {
+                    id,
+                    seq,
+                    sender_device,
+                    message,
+                } => {
+                    f.apply_ephemeral(&id, seq, &sender_device, &message.0, &mut report)
+                        .await?;
+                }
                 // Answers to sends over the socket; the engine posts none there.
                 ServerFrame::Sent { .. } | ServerFrame::Refused { .. } => {}
             }

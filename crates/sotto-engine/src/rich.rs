@@ -231,14 +231,39 @@ pub(crate) fn apply_effects(tx: &dyn Tx, rec: &MessageRecord) -> Result<(), Erro
     Ok(())
 }
 
-/// Stores an incoming record as its verdict says. Returns the refusal, if any, for a warning.
-pub(crate) fn store_incoming(tx: &dyn Tx, mut rec: MessageRecord) -> Result<Option<String>, Error> {
+/// A record dropped for breaking a rule, for the user's warning.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    /// What it was.
+    pub kind: ContentKind,
+    /// Who sent it.
+    pub sender: String,
+    /// Its place in the log.
+    pub seq: Option<u64>,
+    /// Which rule it broke.
+    pub why: String,
+}
+
+impl Refusal {
+    fn of(rec: &MessageRecord, why: String) -> Self {
+        Self {
+            kind: rec.kind,
+            sender: rec.sender.clone(),
+            seq: rec.seq,
+            why,
+        }
+    }
+}
+
+/// Stores an incoming record as its verdict says. Returns what was refused (this record, or
+/// records that waited for it), for warnings.
+pub(crate) fn store_incoming(tx: &dyn Tx, mut rec: MessageRecord) -> Result<Vec<Refusal>, Error> {
     match check_incoming(tx, &rec)? {
-        Verdict::Refuse(why) => Ok(Some(why)),
+        Verdict::Refuse(why) => Ok(vec![Refusal::of(&rec, why)]),
         Verdict::Wait => {
             rec.shown = true; // hidden until its target arrives and it is checked
             tx.insert_message(&rec)?;
-            Ok(None)
+            Ok(Vec::new())
         }
         Verdict::Apply => {
             if tx.insert_message(&rec)? {
@@ -247,14 +272,14 @@ pub(crate) fn store_incoming(tx: &dyn Tx, mut rec: MessageRecord) -> Result<Opti
                     return settle_waiting(tx, &rec);
                 }
             }
-            Ok(None)
+            Ok(Vec::new())
         }
     }
 }
 
 /// A message arrived: the records that came before it and waited for it are checked in log order,
-/// then applied and shown, or dropped. Returns the refusals, joined, for a warning.
-pub(crate) fn settle_waiting(tx: &dyn Tx, target: &MessageRecord) -> Result<Option<String>, Error> {
+/// then applied and shown, or dropped. Returns the ones dropped.
+pub(crate) fn settle_waiting(tx: &dyn Tx, target: &MessageRecord) -> Result<Vec<Refusal>, Error> {
     let mut refused = Vec::new();
     // Records already there are all waiting ones (the target is new). Take them all out, then put
     // back each that passes, in log order, so each is checked against the ones before it only.
@@ -264,7 +289,7 @@ pub(crate) fn settle_waiting(tx: &dyn Tx, target: &MessageRecord) -> Result<Opti
     }
     for a in waiting {
         match check_action(tx, target, &a, RECEIVE_WINDOW_MS)? {
-            Some(why) => refused.push(format!("{} from {}: {why}", a.kind.as_str(), a.sender)),
+            Some(why) => refused.push(Refusal::of(&a, why)),
             None => {
                 let mut shown = a;
                 shown.shown = false;
@@ -273,7 +298,7 @@ pub(crate) fn settle_waiting(tx: &dyn Tx, target: &MessageRecord) -> Result<Opti
             }
         }
     }
-    Ok((!refused.is_empty()).then(|| refused.join("; ")))
+    Ok(refused)
 }
 
 /// A message as the history shows it, folded from its record and the actions on it.
@@ -347,6 +372,21 @@ pub(crate) fn mentions(text: &str, user: &str) -> bool {
 }
 
 impl crate::Engine {
+    /// Sends `body` to conversation `conversation` as it is, skipping this client's own checks of
+    /// the content rules (after a sync). Every honest receiver enforces the rules anyway, which is
+    /// what this is for: it stands in for a modified client in tests, and it lets an app send
+    /// content kinds of its own. Returns the message id.
+    pub fn dangerous_send_unchecked(&self, conversation: &str, body: Body) -> crate::Task<String> {
+        let conversation = conversation.to_owned();
+        self.task(move |f| async move {
+            f.me()?;
+            let mut report = f.sync().await?;
+            let content = f.compose(&conversation, body).await?;
+            f.post_message(&conversation, &content, &mut report).await?;
+            Ok(content.id.to_hex())
+        })
+    }
+
     /// Acts on the message `message_id` (hex, as `send`, `sync --json` and `history --json` print
     /// it), in whichever conversation holds it: a reply, a reaction, an edit, an unsend (after a
     /// sync). Returns the id of the message sent for it.

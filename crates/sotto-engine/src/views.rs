@@ -113,6 +113,17 @@ pub enum Update {
         /// Sender's clock, RFC 3339.
         sent_at: String,
     },
+    /// Someone is typing (ephemeral: only devices connected at the time see it).
+    Typing {
+        /// Conversation id.
+        conversation: String,
+        /// Group id for group messages.
+        group: Option<String>,
+        /// Who is typing.
+        user: String,
+        /// On which device.
+        device: String,
+    },
     /// A message was unsent (deleted for everyone).
     Unsend {
         /// The message unsent.
@@ -250,6 +261,9 @@ pub struct SyncReport {
     pub warnings: Vec<String>,
     /// Recoveries and give-ups of undecryptable messages.
     pub events: Vec<SyncEvent>,
+    /// Ephemeral updates (typing indicators), which are never stored, so only a report carries
+    /// them.
+    pub updates: Vec<Update>,
 }
 
 impl SyncReport {
@@ -257,6 +271,7 @@ impl SyncReport {
     pub fn extend(&mut self, other: SyncReport) {
         self.warnings.extend(other.warnings);
         self.events.extend(other.events);
+        self.updates.extend(other.updates);
     }
 }
 

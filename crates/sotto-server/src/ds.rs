@@ -656,6 +656,36 @@ pub async fn leave(state: &AppState, caller: &Caller, id: &str) -> Result<(), Ap
     Ok(())
 }
 
+/// Relays an ephemeral application message (a typing indicator) to the conversation's other
+/// member devices that are connected. Nothing is stored, logged or queued: a device that is not
+/// connected never sees it.
+pub async fn ephemeral(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    req: SendRequest,
+) -> Result<(), ApiError> {
+    if req.message.0.len() > MAX_EPHEMERAL_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "an ephemeral message is at most {MAX_EPHEMERAL_BYTES} bytes"
+        )));
+    }
+    check_envelope(id, &req.message.0, false)?;
+    let c = member_conversation(state, caller, id).await?;
+    let mut devices = state.store.wake_list(id).await?;
+    devices.retain(|d| *d != caller.device_id);
+    state.bus.publish(
+        devices,
+        ServerFrame::Ephemeral {
+            id: id.to_owned(),
+            seq: c.last_seq,
+            sender_device: caller.device_id.clone(),
+            message: req.message,
+        },
+    );
+    Ok(())
+}
+
 /// Appends an application message sent in the current epoch.
 pub async fn send(
     state: &AppState,

@@ -79,6 +79,13 @@ limit_class!(
     "Messages and commits, per device and per IP."
 );
 
+limit_class!(
+    EphemeralLimit,
+    Some(Class::Ephemeral),
+    None,
+    "Ephemeral messages (typing indicators), per device."
+);
+
 /// Takes a token from a rate-limit bucket before the body is read, so refused floods cost no
 /// parsing; answers 429 `rate_limited` with `Retry-After` when the bucket is empty.
 #[derive(Debug)]
@@ -276,6 +283,17 @@ async fn send(
     Ok(Json(ds::send(&s, &c, &id, req, None).await?))
 }
 
+async fn ephemeral(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    ApiPath(id): ApiPath<String>,
+    _: Limited<EphemeralLimit>,
+    ApiJson(req): ApiJson<SendRequest>,
+) -> Result<StatusCode, ApiError> {
+    ds::ephemeral(&s, &c, &id, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
@@ -397,6 +415,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/conversations/{id}/leave"),
     ("post", "/v1/conversations/{id}/commits"),
     ("post", "/v1/conversations/{id}/messages"),
+    ("post", "/v1/conversations/{id}/ephemeral"),
     ("get", "/v1/conversations/{id}/log"),
     ("get", "/v1/inbox"),
     ("post", "/v1/inbox/ack"),
@@ -423,6 +442,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/leave", post(leave))
         .route("/v1/conversations/{id}/commits", post(commit))
         .route("/v1/conversations/{id}/messages", post(send))
+        .route("/v1/conversations/{id}/ephemeral", post(ephemeral))
         .route("/v1/conversations/{id}/log", get(log))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/ack", post(ack_inbox))

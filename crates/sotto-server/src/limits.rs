@@ -82,6 +82,8 @@ pub enum Class {
     ClaimIp,
     /// Messages and commits, per IP.
     SendIp,
+    /// Ephemeral messages (typing indicators), per device.
+    Ephemeral,
 }
 
 impl Class {
@@ -94,6 +96,7 @@ impl Class {
             Class::ConnectIp => "connections from your address",
             Class::ClaimIp => "key-package claims from your address",
             Class::SendIp => "messages from your address",
+            Class::Ephemeral => "typing indicators",
         }
     }
 }
@@ -115,6 +118,8 @@ pub struct Limits {
     pub claim_per_ip: Option<Rate>,
     /// Messages and commits per IP address.
     pub send_per_ip: Option<Rate>,
+    /// Ephemeral messages (typing indicators) per device.
+    pub ephemeral_per_device: Option<Rate>,
 }
 
 impl Default for Limits {
@@ -131,6 +136,8 @@ impl Default for Limits {
             // machine with many devices from flooding.
             claim_per_ip: Some(Rate::per_min(3000)),
             send_per_ip: Some(Rate::per_sec(500)),
+            // A client sends one every few seconds while the user types.
+            ephemeral_per_device: Some(Rate::per_min(60)),
         }
     }
 }
@@ -146,6 +153,7 @@ impl Limits {
             connect_per_ip: None,
             claim_per_ip: None,
             send_per_ip: None,
+            ephemeral_per_device: None,
         }
     }
 
@@ -158,6 +166,7 @@ impl Limits {
             Class::ConnectIp => self.connect_per_ip,
             Class::ClaimIp => self.claim_per_ip,
             Class::SendIp => self.send_per_ip,
+            Class::Ephemeral => self.ephemeral_per_device,
         }
     }
 }

@@ -73,6 +73,9 @@ struct Args {
     /// Messages and commits per IP address.
     #[arg(long, env = "SOTTO_LIMIT_SEND_IP", default_value = "500/s")]
     limit_send_ip: Limit,
+    /// Ephemeral messages (typing indicators) per device.
+    #[arg(long, env = "SOTTO_LIMIT_EPHEMERAL", default_value = "60/min")]
+    limit_ephemeral: Limit,
     /// Turn every rate limit off (load tests against your own server).
     #[arg(long, env = "SOTTO_NO_RATE_LIMITS")]
     no_rate_limits: bool,
@@ -228,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
                 connect_per_ip: args.limit_connect_ip.0,
                 claim_per_ip: args.limit_claim_ip.0,
                 send_per_ip: args.limit_send_ip.0,
+                ephemeral_per_device: args.limit_ephemeral.0,
             }
         },
     };

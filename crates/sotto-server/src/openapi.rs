@@ -128,6 +128,14 @@ const OPS: &[Op] = &[
         Some(("200", "Accepted")),
     ),
     op(
+        "post",
+        "/v1/conversations/{id}/ephemeral",
+        "Relay an MLS application message (a typing indicator, at most 1 KiB) to the conversation's connected devices as an ephemeral frame; never stored",
+        true,
+        Some("SendRequest"),
+        None,
+    ),
+    op(
         "get",
         "/v1/conversations/{id}/log",
         "Log entries after a sequence number (query: after, limit, read)",
@@ -178,7 +186,7 @@ const OPS: &[Op] = &[
     op(
         "get",
         "/v1/ws",
-        "WebSocket channel. Server frames {type: ready|conversation|entry|inbox|devices|resync|sent|refused}; client frames (at most 4 KiB) {type: read, id, seq} (read position) and {type: send, ref, id, message} (post a message as POST .../messages does, answered by sent or refused with the same ref; at most 64 unanswered)",
+        "WebSocket channel. Server frames {type: ready|conversation|entry|ephemeral|inbox|devices|resync|sent|refused}; client frames (at most 4 KiB) {type: read, id, seq} (read position) and {type: send, ref, id, message} (post a message as POST .../messages does, answered by sent or refused with the same ref; at most 64 unanswered)",
         true,
         None,
         None,
