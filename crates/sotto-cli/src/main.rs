@@ -104,6 +104,21 @@ enum Command {
         #[arg(required_unless_present = "group", conflicts_with = "group")]
         username: Option<String>,
     },
+    /// Mark everything received in a conversation as read and send read receipts (if on):
+    /// `read USERNAME` or `read --group GROUP`.
+    Read {
+        /// A group (id, or its name if unique) instead of a user.
+        #[arg(long)]
+        group: Option<String>,
+        /// The other account of a DM.
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        username: Option<String>,
+    },
+    /// This device's settings.
+    Settings {
+        #[command(subcommand)]
+        command: SettingsCommand,
+    },
     /// Groups: create, change membership and metadata, list.
     Group {
         #[command(subcommand)]
@@ -194,6 +209,16 @@ enum GroupCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum SettingsCommand {
+    /// Read receipts: `on` (the default) or `off`. Reciprocal: off, you neither send nor see them.
+    ReadReceipts {
+        /// `on` or `off`; omitted, print the current value.
+        #[arg(value_parser = ["on", "off"])]
+        value: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DeviceCommand {
     /// Create a one-time link code (valid 10 minutes) for a new device; printed as the last line.
     Add,
@@ -268,6 +293,12 @@ fn print_updates(updates: &[Update], json: bool) {
                     group: Some(g),
                     ..
                 } => format!("{user} is typing (group {g})"),
+                Update::Receipt {
+                    message,
+                    user,
+                    status,
+                    ..
+                } => format!("{user}: {status} {message}"),
             }
         };
         let _ = writeln!(out, "{line}");
@@ -429,6 +460,28 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         }
         Command::Edit { id, text } => act(&client, &id, Action::Edit(text), "edited").await?,
         Command::Unsend { id } => act(&client, &id, Action::Unsend, "unsent").await?,
+        Command::Read { group, username } => {
+            let (n, report) = match (group, username) {
+                (Some(g), _) => client.group(&g).mark_read().await?,
+                (None, Some(u)) => client.dm(&u).mark_read().await?,
+                (None, None) => {
+                    return Err(ClientError::Invalid(
+                        "usage: sotto read USERNAME, or sotto read --group GROUP".into(),
+                    ))
+                }
+            };
+            warn(&report.warnings);
+            println!("read {n}");
+        }
+        Command::Settings {
+            command: SettingsCommand::ReadReceipts { value },
+        } => {
+            if let Some(v) = value {
+                client.set_read_receipts(v == "on")?;
+            }
+            let on = client.read_receipts()?;
+            println!("read-receipts {}", if on { "on" } else { "off" });
+        }
         Command::Typing { group, username } => {
             match (group, username) {
                 (Some(g), _) => client.group(&g).typing().await?,

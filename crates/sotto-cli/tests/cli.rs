@@ -116,6 +116,14 @@ fn fails(home: &Path, args: &[&str], needle: &str) {
     );
 }
 
+/// The message lines of `sync --json` (it also prints receipts, reactions, edits, unsends).
+fn messages(s: &str) -> Vec<serde_json::Value> {
+    json_lines(s)
+        .into_iter()
+        .filter(|v| v["type"] == "message")
+        .collect()
+}
+
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -176,7 +184,7 @@ fn walkthrough_with_two_devices_per_user_kill9_and_no_plaintext_at_rest_or_in_lo
 
     ok(&a1, &["send", "bob", "first secret words"]);
     ok(&b2, &["send", "alice", "reply from the phone"]);
-    let got = json_lines(&ok(&b1, &["sync", "--json"]));
+    let got = messages(&ok(&b1, &["sync", "--json"]));
     let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["first secret words", "reply from the phone"]);
     for m in &got {
@@ -204,7 +212,7 @@ fn walkthrough_with_two_devices_per_user_kill9_and_no_plaintext_at_rest_or_in_lo
     fails(&a1, &["send", "bob", "while down"], "unreachable");
     let server = Sottod::start(&data, &log, &addr);
     ok(&a2, &["send", "bob", "after restart"]);
-    let texts: Vec<String> = json_lines(&ok(&b2, &["sync", "--json"]))
+    let texts: Vec<String> = messages(&ok(&b2, &["sync", "--json"]))
         .iter()
         .map(|m| m["text"].as_str().unwrap().to_owned())
         .collect();
@@ -399,7 +407,7 @@ fn two_sottod_nodes_one_killed_mid_sends_clients_finish_through_the_other() {
         "node A died mid-sends and alice carried on through node B"
     );
 
-    let got = json_lines(&ok(&bob, &["sync", "--json"]));
+    let got = messages(&ok(&bob, &["sync", "--json"]));
     let ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
     for id in &acknowledged {
         assert_eq!(
@@ -436,7 +444,7 @@ fn group_commands_follow_the_contract() {
     let gid = created.lines().last().unwrap().trim().to_owned();
     assert_eq!(gid.len(), 32, "the group id is the last line: {created:?}");
     ok(&a, &["send", "--group", &gid, "first chapter tonight"]);
-    let got = json_lines(&ok(&b, &["sync", "--json"]));
+    let got = messages(&ok(&b, &["sync", "--json"]));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["group"], gid.as_str());
     assert_eq!(got[0]["text"], "first chapter tonight");
@@ -470,11 +478,11 @@ fn group_commands_follow_the_contract() {
     let list = ok(&a, &["group", "list"]);
     assert!(list.trim_end().ends_with("\t2"), "{list}");
     ok(&b, &["send", "--group", &gid, "see you"]);
-    let got = json_lines(&ok(&a, &["sync", "--json"]));
+    let got = messages(&ok(&a, &["sync", "--json"]));
     assert_eq!(got.last().unwrap()["text"], "see you");
     // Those who left or were removed get nothing sent afterwards.
     for home in [&e, &c] {
-        let got = json_lines(&ok(home, &["sync", "--json"]));
+        let got = messages(&ok(home, &["sync", "--json"]));
         assert!(got.iter().all(|m| m["text"] != "see you"), "{got:?}");
     }
 }
@@ -483,7 +491,9 @@ fn group_commands_follow_the_contract() {
 fn stored_messages(home: &Path) -> Vec<(String, String)> {
     let db = rusqlite::Connection::open(home.join("sotto.db")).unwrap();
     let mut stmt = db
-        .prepare("SELECT message_id, text FROM sotto_messages ORDER BY local_order")
+        .prepare(
+            "SELECT message_id, text FROM sotto_messages WHERE kind = 'text' ORDER BY local_order",
+        )
         .unwrap();
     stmt.query_map([], |r| {
         Ok((
@@ -583,11 +593,13 @@ fn kill9_during_a_flood_of_sends_then_killed_syncs_lose_and_duplicate_nothing() 
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             // A line cut by the kill is not a message.
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                printed.push(v);
+                if v["type"] == "message" {
+                    printed.push(v);
+                }
             }
         }
     }
-    printed.extend(json_lines(&ok(&bob, &["sync", "--json"])));
+    printed.extend(messages(&ok(&bob, &["sync", "--json"])));
 
     // Every message, acknowledged or resent, is in bob's store exactly once and was shown.
     let stored = stored_messages(&bob);
@@ -878,4 +890,87 @@ fn replies_reactions_edits_and_unsends_reach_every_device_of_every_member() {
         assert_eq!(h[0]["mentions_me"], home == &a1 || home == &a2);
         assert_eq!(h[1]["reply_to"], g.as_str());
     }
+}
+
+#[test]
+fn delivery_and_read_receipts_reach_the_sender_and_stay_off_both_ways_when_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Sottod::start(&d.join("server"), &d.join("sottod.log"), "127.0.0.1:0");
+    let url = server.url.clone();
+    let (a1, a2, b1, b2) = (d.join("a1"), d.join("a2"), d.join("b1"), d.join("b2"));
+    ok(&a1, &["--server", &url, "register", "alice"]);
+    ok(&b1, &["--server", &url, "register", "bob"]);
+    for (first, second) in [(&a1, &a2), (&b1, &b2)] {
+        let code = ok(first, &["device", "add"])
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned();
+        ok(second, &["--server", &url, "link", &code]);
+    }
+    let m = sent_id(&ok(&a1, &["send", "bob", "did you get this?"]));
+    // Bob's laptop receives it: its sync sends a delivery receipt.
+    ok(&b1, &["sync"]);
+    let events = json_lines(&ok(&a1, &["sync", "--json"]));
+    let delivered = events
+        .iter()
+        .find(|e| e["type"] == "receipt" && e["message"] == m.as_str())
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(delivered["status"], "delivered");
+    assert_eq!(delivered["user"], "bob");
+    let h = history_of(&a1, &["bob"]);
+    assert_eq!(h[0]["delivered_to"], serde_json::json!(["bob"]));
+    assert_eq!(h[0]["read_by"], serde_json::json!([]));
+    // Bob reads it on his phone; alice's devices both see it read.
+    assert_eq!(ok(&b2, &["read", "alice"]).trim(), "read 1");
+    for home in [&a1, &a2] {
+        ok(home, &["sync"]);
+        assert_eq!(
+            history_of(home, &["bob"])[0]["read_by"],
+            serde_json::json!(["bob"])
+        );
+    }
+    // Bob's laptop learns it was read on his phone: nothing left to report.
+    ok(&b1, &["sync"]);
+    assert_eq!(ok(&b1, &["read", "alice"]).trim(), "read 0");
+
+    // Alice turns read receipts off: she sends none and sees none.
+    assert_eq!(
+        ok(&a1, &["settings", "read-receipts"]).trim(),
+        "read-receipts on"
+    );
+    assert_eq!(
+        ok(&a1, &["settings", "read-receipts", "off"]).trim(),
+        "read-receipts off"
+    );
+    assert_eq!(
+        history_of(&a1, &["bob"])[0]["read_by"],
+        serde_json::json!([]),
+        "reciprocal"
+    );
+    let n = sent_id(&ok(&b1, &["send", "alice", "and this?"]));
+    ok(&a1, &["sync"]);
+    assert_eq!(ok(&a1, &["read", "bob"]).trim(), "read 1");
+    let events = json_lines(&ok(&b1, &["sync", "--json"]));
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "receipt" && e["status"] == "read"),
+        "{events:?}"
+    );
+    let h = history_of(&b1, &["alice"]);
+    assert_eq!(h[1]["id"], n.as_str());
+    assert_eq!(
+        h[1]["delivered_to"],
+        serde_json::json!(["alice"]),
+        "delivery receipts stay on"
+    );
+    assert_eq!(h[1]["read_by"], serde_json::json!([]));
+    let o = sotto(&a1, &["settings", "read-receipts", "maybe"]);
+    assert!(
+        !o.ok && o.stderr.contains("invalid value 'maybe'"),
+        "{}",
+        o.stderr
+    );
 }

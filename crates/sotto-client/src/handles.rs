@@ -86,6 +86,14 @@ impl Dm<'_> {
             .await
     }
 
+    /// Marks everything received here as read and sends the read receipts (if read receipts are
+    /// on). Returns how many messages it marked.
+    pub async fn mark_read(self) -> Result<(usize, SyncReport), ClientError> {
+        self.client
+            .run(self.client.engine.mark_read_dm(self.peer))
+            .await
+    }
+
     /// The history with entries that did not decrypt in their places.
     pub fn history_items(self) -> Result<Vec<HistoryItem>, ClientError> {
         self.client.engine.dm_history_items(self.peer)
@@ -169,6 +177,14 @@ impl Group<'_> {
     pub async fn typing(self) -> Result<(), ClientError> {
         self.client
             .run(self.client.engine.typing_group(self.group))
+            .await
+    }
+
+    /// Marks everything received here as read and sends the read receipts (if read receipts are
+    /// on). Returns how many messages it marked.
+    pub async fn mark_read(self) -> Result<(usize, SyncReport), ClientError> {
+        self.client
+            .run(self.client.engine.mark_read_group(self.group))
             .await
     }
 

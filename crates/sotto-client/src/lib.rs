@@ -225,7 +225,17 @@ impl Client {
         self.engine.unshown()
     }
 
-    /// Reactions, edits and unsends received but not yet shown; marks them shown.
+    /// Whether this device sends and shows read receipts.
+    pub fn read_receipts(&self) -> Result<bool, ClientError> {
+        self.engine.read_receipts()
+    }
+
+    /// Turns read receipts on or off (they are reciprocal: off, none are sent or shown).
+    pub fn set_read_receipts(&self, on: bool) -> Result<(), ClientError> {
+        self.engine.set_read_receipts(on)
+    }
+
+    /// Reactions, edits, unsends and receipts received but not yet shown; marks them shown.
     pub fn take_updates(&self) -> Result<Vec<Update>, ClientError> {
         self.engine.take_updates()
     }

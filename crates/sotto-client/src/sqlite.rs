@@ -77,6 +77,13 @@ ALTER TABLE sotto_messages ADD COLUMN salt BLOB;
 UPDATE sotto_messages SET kind = 'unsupported' WHERE text IS NULL;
 CREATE INDEX sotto_messages_target ON sotto_messages(conversation, target) WHERE target IS NOT NULL;
 CREATE INDEX sotto_messages_id ON sotto_messages(message_id);
+CREATE TABLE sotto_receipts (
+    conversation TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    PRIMARY KEY (conversation, message_id, username)
+);
 "#;
 
 /// The tables `openmls_sqlite_storage` 0.3 created (all of them, used or not).
@@ -640,6 +647,69 @@ impl Tx for SqliteTx<'_> {
             "local_order",
             params![sender_device],
         )
+    }
+
+    fn put_receipt(
+        &self,
+        conversation: &str,
+        message: &str,
+        user: &str,
+        status: u8,
+    ) -> Result<bool, StoreError> {
+        let n = self.exec(
+            "INSERT INTO sotto_receipts (conversation, message_id, username, status)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (conversation, message_id, username)
+             DO UPDATE SET status = excluded.status WHERE excluded.status > sotto_receipts.status",
+            params![conversation, message, user, i64::from(status)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn receipts(&self, conversation: &str, message: &str) -> Result<Vec<(String, u8)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT username, status FROM sotto_receipts
+                 WHERE conversation = ?1 AND message_id = ?2 ORDER BY username",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![conversation, message], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)?;
+        rows.into_iter()
+            .map(|(u, s)| Ok((u, u8::try_from(s).map_err(|_| corrupt("receipt status"))?)))
+            .collect()
+    }
+
+    fn unreceipted(
+        &self,
+        conversation: &str,
+        user: &str,
+        status: u8,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT m.message_id FROM sotto_messages m
+                 LEFT JOIN sotto_receipts r ON r.conversation = m.conversation
+                     AND r.message_id = m.message_id AND r.username = ?2
+                 WHERE m.conversation = ?1 AND m.outgoing = 0 AND m.seq IS NOT NULL
+                     AND m.kind = 'text'
+                     AND (r.status IS NULL OR r.status < ?3)
+                 ORDER BY m.seq, m.local_order",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![conversation, user, i64::from(status)], |r| r.get(0))
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(backend)?;
+        Ok(rows)
     }
 
     fn put_undecryptable(&self, u: &UndecryptableRecord) -> Result<(), StoreError> {

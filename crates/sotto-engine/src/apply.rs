@@ -43,7 +43,12 @@ pub(crate) enum Flowing {
 /// An application message's decryption, done inside a transaction that is kept only on success.
 enum Decrypted {
     Ok(Box<MessageRecord>),
-    Failed { error: String },
+    /// Content that never belongs in the log (a typing indicator a server wrote there): the
+    /// entry is passed over and nothing is stored.
+    Ignored,
+    Failed {
+        error: String,
+    },
 }
 
 impl Flow {
@@ -278,6 +283,7 @@ impl Flow {
                         Decrypted::Ok(m) => {
                             refused_content = crate::rich::store_incoming(tx, *m)?;
                         }
+                        Decrypted::Ignored => {}
                         Decrypted::Failed { error } => {
                             // Keep nothing this attempt changed (no message key is used up);
                             // record the entry as waiting in a transaction of its own.
@@ -382,6 +388,10 @@ impl Flow {
                 Decrypted::Ok(m) => {
                     recovered = Some(m.id.clone());
                     refused_content = crate::rich::store_incoming(tx, *m)?;
+                    tx.delete_undecryptable(id, entry.seq)?;
+                    Ok(())
+                }
+                Decrypted::Ignored => {
                     tx.delete_undecryptable(id, entry.seq)?;
                     Ok(())
                 }
@@ -492,6 +502,9 @@ fn decrypt_into(
                 return Decrypted::Failed {
                     error: "it claims another sending device than the log names".into(),
                 };
+            }
+            if matches!(content.body, sotto_proto::Body::Typing) {
+                return Decrypted::Ignored;
             }
             let (kind, text, reply_to, target) = crate::rich::fields(&content.body);
             Decrypted::Ok(Box::new(MessageRecord {

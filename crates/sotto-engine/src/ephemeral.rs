@@ -16,8 +16,29 @@ use sotto_api::{SendRequest, B64};
 use sotto_proto::mls::{Conversation, Incoming};
 use sotto_proto::Body;
 
-use crate::store::{ConversationKind, ConversationStatus};
+use crate::store::{ConversationKind, ConversationStatus, Tx};
 use crate::{group_id_bytes, Engine, Error, Flow, SyncReport, Task, Update};
+
+/// At most this many typing indicators between two messages this device sends in a conversation:
+/// each moves the device's ratchet by one, and a member that was offline for all of them must
+/// skip them all (openmls skips at most 1,000) to read the next message.
+pub const MAX_TYPING_BETWEEN_MESSAGES: u64 = 500;
+
+fn typing_key(conversation: &str) -> String {
+    format!("typing_since_message:{conversation}")
+}
+
+fn typing_count(tx: &dyn Tx, conversation: &str) -> Result<u64, Error> {
+    Ok(tx
+        .setting(&typing_key(conversation))?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// Called when this device sends a message to `conversation`: typing may start again.
+pub(crate) fn reset_typing(tx: &dyn Tx, conversation: &str) -> Result<(), Error> {
+    Ok(tx.delete_setting(&typing_key(conversation))?)
+}
 
 impl Engine {
     /// Sends one typing indicator to the DM with `peer` (which must exist).
@@ -60,6 +81,13 @@ impl Flow {
         let content = self.compose(id, Body::Typing).await?;
         let gid = group_id_bytes(id)?;
         let bytes = self.with_tx(|tx, p| {
+            let sent = typing_count(tx, id)?;
+            if sent >= MAX_TYPING_BETWEEN_MESSAGES {
+                return Err(Error::Invalid(format!(
+                    "{MAX_TYPING_BETWEEN_MESSAGES} typing indicators since your last message here: send a message first"
+                )));
+            }
+            tx.set_setting(&typing_key(id), &(sent + 1).to_be_bytes())?;
             let keys = self.keys(tx)?;
             let mut g = Conversation::load(p, &gid)?
                 .ok_or_else(|| Error::Protocol(format!("not a member of conversation {id}")))?;
@@ -96,6 +124,8 @@ impl Flow {
         }
         if local.cursor < seq {
             self.sync_conversation(id, Some(seq), report).await?;
+            self.note_read(id);
+            self.send_delivery_receipts_in(id, report).await;
             let cursor = self.read(|tx, _| Ok(tx.conversation(id)?.map(|c| c.cursor)))?;
             if cursor != Some(seq) {
                 return Ok(());

@@ -20,6 +20,7 @@
 //! inbox       applying welcomes
 //! outbox      sending a message (stored first, re-sent with the same id until acknowledged)
 //! rich        replies, reactions, edits, unsends, mentions: the rules, and what history shows
+//! receipts    delivery and read receipts (MIMI message status), the read-receipt setting
 //! dm          the DM-creation race and sending a DM
 //! ephemeral   typing indicators: relayed to connected devices, never stored
 //! groups      group creation, membership, admins, names, leaving, key updates
@@ -60,6 +61,7 @@ pub mod io;
 pub mod outbox;
 pub mod pins;
 pub mod push;
+pub mod receipts;
 pub mod rich;
 pub mod store;
 pub mod sync;

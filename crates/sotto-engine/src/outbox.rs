@@ -107,7 +107,7 @@ impl Flow {
                 let mut g = Conversation::load(p, &gid)?
                     .ok_or_else(|| Error::Protocol(format!("not a member of conversation {id}")))?;
                 let bytes = g.encrypt(p, &keys, content)?;
-                tx.insert_message(&MessageRecord {
+                let record = MessageRecord {
                     conversation: id.to_owned(),
                     id: msg_id.clone(),
                     seq: None,
@@ -122,7 +122,13 @@ impl Flow {
                     outgoing: true,
                     shown: true,
                     local_order: 0,
-                })?;
+                };
+                // The sender's own device applies what it sends as a receiver would, in the same
+                // transaction (an unsend's text is gone from here even while it is queued).
+                if tx.insert_message(&record)? {
+                    crate::rich::apply_effects(tx, &record)?;
+                }
+                crate::ephemeral::reset_typing(tx, id)?;
                 Ok(bytes)
             })?;
             *stored = true;
@@ -152,6 +158,7 @@ impl Flow {
     /// Posts again this device's messages whose acknowledgement never arrived.
     pub(crate) async fn resend_pending(&self, report: &mut SyncReport) -> Result<(), Error> {
         let me = self.me()?;
+        let mut drop_unsendable: Vec<(String, String)> = Vec::new();
         let pending: Vec<(String, MessageContent)> = self.read(|tx, _| {
             let mut out = Vec::new();
             for m in tx.unsent_messages(&me.device_id.to_hex())? {
@@ -163,14 +170,25 @@ impl Flow {
                 }
                 match content_of(&m, &me.username) {
                     Some(content) => out.push((m.conversation, content)),
-                    None => report.warnings.push(format!(
-                        "message {} to conversation {} cannot be sent again (its stored copy does not decode)",
-                        m.id, m.conversation
-                    )),
+                    None => {
+                        report.warnings.push(format!(
+                            "message {} to conversation {} cannot be sent again (what is stored of it does not encode to it) and is dropped",
+                            m.id, m.conversation
+                        ));
+                        drop_unsendable.push((m.conversation, m.id));
+                    }
                 }
             }
             Ok(out)
         })?;
+        if !drop_unsendable.is_empty() {
+            self.with_tx(|tx, _| {
+                for (conv, id) in &drop_unsendable {
+                    tx.delete_unsent_message(conv, id)?;
+                }
+                Ok(())
+            })?;
+        }
         for (conv, content) in pending {
             match self.post_message(&conv, &content, report).await {
                 Ok(_) => {}

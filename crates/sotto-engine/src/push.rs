@@ -28,11 +28,13 @@ impl Engine {
                     let r = f.sync_conversation(&id, Some(seq), &mut report).await;
                     f.note_read(&id);
                     r?;
+                    f.send_delivery_receipts_in(&id, &mut report).await;
                 }
                 ServerFrame::Entry { id, entry } => {
                     let r = f.apply_pushed(&id, &entry, &mut report).await;
                     f.note_read(&id);
                     r?;
+                    f.send_delivery_receipts_in(&id, &mut report).await;
                 }
                 ServerFrame::Ephemeral {
                     id,
@@ -61,7 +63,7 @@ impl Engine {
 
 impl Flow {
     /// Remembers how far this device has read a conversation (never past a waiting entry).
-    fn note_read(&self, id: &str) {
+    pub(crate) fn note_read(&self, id: &str) {
         let pos = self.read(|tx, _| {
             let Some(c) = tx.conversation(id)? else {
                 return Ok(None);

@@ -64,6 +64,15 @@ pub(crate) fn fields(body: &Body) -> (ContentKind, Option<String>, Option<String
             Some(hex(original)),
         ),
         Body::Unsend { original } => (ContentKind::Unsend, None, None, Some(hex(original))),
+        Body::Receipts { report } => {
+            let list: Vec<(String, u8)> = report.iter().map(|(id, s)| (hex(id), *s)).collect();
+            (
+                ContentKind::Receipt,
+                serde_json::to_string(&list).ok(),
+                None,
+                None,
+            )
+        }
         _ => (ContentKind::Unsupported, None, None, None),
     }
 }
@@ -98,6 +107,12 @@ pub(crate) fn body_of(m: &MessageRecord) -> Option<Body> {
         ContentKind::Unsend => Body::Unsend {
             original: id(&m.target)?,
         },
+        ContentKind::Receipt => Body::Receipts {
+            report: receipt_list(m)?
+                .into_iter()
+                .map(|(id, s)| Some((MessageId::from_hex(&id)?, s)))
+                .collect::<Option<Vec<_>>>()?,
+        },
         ContentKind::Unsupported => return None,
     })
 }
@@ -122,7 +137,7 @@ pub(crate) fn check_incoming(tx: &dyn Tx, rec: &MessageRecord) -> Result<Verdict
             }
             Ok(Verdict::Apply)
         }
-        ContentKind::Unsupported => Ok(Verdict::Apply),
+        ContentKind::Unsupported | ContentKind::Receipt => Ok(Verdict::Apply),
         _ => {
             let Some(target) = rec.target.as_deref() else {
                 return Ok(Verdict::Refuse("an action on no message".into()));
@@ -182,7 +197,12 @@ pub(crate) fn check_action(
             if deleted {
                 return Ok(Some(format!("an {what} of an unsent message")));
             }
-            if rec.sent_at_ms.saturating_sub(target.sent_at_ms) > window {
+            if rec.sent_at_ms < target.sent_at_ms {
+                return Ok(Some(format!(
+                    "an {what} that claims to be older than the message"
+                )));
+            }
+            if rec.sent_at_ms - target.sent_at_ms > window {
                 return Ok(Some(format!(
                     "an {what} more than {} hours after the message was sent",
                     window / 3_600_000
@@ -216,6 +236,9 @@ fn is_unsent(tx: &dyn Tx, target: &MessageRecord) -> Result<bool, Error> {
 /// Carries out what an accepted record does to what is stored: an unsend removes the text of the
 /// message and of every edit of it, keeping the records as tombstones.
 pub(crate) fn apply_effects(tx: &dyn Tx, rec: &MessageRecord) -> Result<(), Error> {
+    if rec.kind == ContentKind::Receipt {
+        return apply_receipts(tx, rec);
+    }
     if rec.kind != ContentKind::Unsend {
         return Ok(());
     }
@@ -253,6 +276,30 @@ impl Refusal {
             why,
         }
     }
+}
+
+/// The (message id, status) pairs of a stored receipt record.
+pub(crate) fn receipt_list(m: &MessageRecord) -> Option<Vec<(String, u8)>> {
+    serde_json::from_str(m.text.as_deref()?).ok()
+}
+
+/// Records what a receipt says: its sender's account delivered or read those messages (not its
+/// own: nobody receipts their own message). Other statuses are not used.
+fn apply_receipts(tx: &dyn Tx, rec: &MessageRecord) -> Result<(), Error> {
+    for (id, status) in receipt_list(rec).unwrap_or_default() {
+        if !(status == sotto_proto::mimi::status::DELIVERED
+            || status == sotto_proto::mimi::status::READ)
+        {
+            continue;
+        }
+        let own = tx
+            .message(&rec.conversation, &id)?
+            .is_some_and(|m| m.sender == rec.sender);
+        if !own {
+            tx.put_receipt(&rec.conversation, &id, &rec.sender, status)?;
+        }
+    }
+    Ok(())
 }
 
 /// Stores an incoming record as its verdict says. Returns what was refused (this record, or
@@ -484,6 +531,13 @@ impl crate::Engine {
                 }
                 crate::Action::Unsend => {
                     own_only("unsend")?;
+                    if target.seq.is_none() {
+                        // It may or may not have reached the server; its outbox copy must stay
+                        // whole until it has, so that it is sent once and then unsent.
+                        return Err(Error::Invalid(format!(
+                            "message {message_id} has not reached the server yet; unsend it after the next sotto sync"
+                        )));
+                    }
                     Body::Unsend { original: to }
                 }
             };
@@ -492,13 +546,6 @@ impl crate::Engine {
                 e => e,
             })?;
             f.post_message(&conv, &content, &mut report).await?;
-            // This device applies its own action as a receiver would.
-            f.with_tx(|tx, _| {
-                if let Some(rec) = tx.message(&conv, &content.id.to_hex())? {
-                    apply_effects(tx, &rec)?;
-                }
-                Ok(())
-            })?;
             Ok((content.id.to_hex(), report))
         })
     }

@@ -51,6 +51,7 @@ impl Flow {
         }
         self.reconcile_devices(&mut report).await?;
         self.resend_pending(&mut report).await?;
+        self.send_delivery_receipts(&mut report).await?;
         self.replenish_key_packages().await?;
         Ok(report)
     }

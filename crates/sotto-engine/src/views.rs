@@ -113,6 +113,21 @@ pub enum Update {
         /// Sender's clock, RFC 3339.
         sent_at: String,
     },
+    /// A receipt: an account's device received, or the account read, a message.
+    Receipt {
+        /// The message.
+        message: String,
+        /// Conversation id.
+        conversation: String,
+        /// Group id for group messages.
+        group: Option<String>,
+        /// Whose receipt.
+        user: String,
+        /// From which device.
+        device: String,
+        /// `delivered` or `read`.
+        status: &'static str,
+    },
     /// Someone is typing (ephemeral: only devices connected at the time see it).
     Typing {
         /// Conversation id.
@@ -337,6 +352,39 @@ fn update(m: MessageRecord, group: bool) -> Option<Update> {
     })
 }
 
+/// One update per message a receipt record names (that this device has, and whose sender is not
+/// the receipt's).
+fn receipt_updates(
+    tx: &dyn Tx,
+    m: &MessageRecord,
+    group: bool,
+    read_receipts: bool,
+) -> Result<Vec<Update>, Error> {
+    let mut out = Vec::new();
+    for (id, status) in crate::rich::receipt_list(m).unwrap_or_default() {
+        let status = match status {
+            sotto_proto::mimi::status::DELIVERED => "delivered",
+            sotto_proto::mimi::status::READ if read_receipts => "read",
+            _ => continue,
+        };
+        let Some(target) = tx.message(&m.conversation, &id)? else {
+            continue;
+        };
+        if target.sender == m.sender {
+            continue;
+        }
+        out.push(Update::Receipt {
+            message: id,
+            conversation: m.conversation.clone(),
+            group: group.then(|| m.conversation.clone()),
+            user: m.sender.clone(),
+            device: m.sender_device.clone(),
+            status,
+        });
+    }
+    Ok(out)
+}
+
 fn is_group(tx: &dyn Tx, conversation: &str) -> Result<bool, Error> {
     Ok(tx
         .conversation(conversation)?
@@ -348,8 +396,24 @@ fn history_message(
     m: MessageRecord,
     group: bool,
     me: &str,
+    read_receipts: bool,
 ) -> Result<HistoryMessage, Error> {
     let f = crate::rich::fold(tx, &m)?;
+    let receipts = tx.receipts(&m.conversation, &m.id)?;
+    let with = |least: u8| -> Vec<String> {
+        receipts
+            .iter()
+            .filter(|(u, s)| *s >= least && *u != m.sender)
+            .map(|(u, _)| u.clone())
+            .collect()
+    };
+    let delivered_to = with(sotto_proto::mimi::status::DELIVERED);
+    // Reciprocal: with read receipts off, nobody's show.
+    let read_by = if read_receipts {
+        with(sotto_proto::mimi::status::READ)
+    } else {
+        Vec::new()
+    };
     let text = match m.kind {
         ContentKind::Unsupported => Some("[unsupported message kind]".to_owned()),
         _ => f.text,
@@ -369,8 +433,8 @@ fn history_message(
         reactions: f.reactions,
         edits: f.edits,
         deleted: f.deleted,
-        delivered_to: Vec::new(),
-        read_by: Vec::new(),
+        delivered_to,
+        read_by,
         outgoing: m.outgoing,
     })
 }
@@ -445,8 +509,10 @@ impl Engine {
         Ok(msgs)
     }
 
-    /// Reactions, edits and unsends received but not yet shown, oldest first; marks them shown.
+    /// Reactions, edits, unsends and receipts received but not yet shown, oldest first; marks
+    /// them shown. Read receipts only while read receipts are on (they are reciprocal).
     pub fn take_updates(&self) -> Result<Vec<Update>, Error> {
+        let read_receipts = self.local().read_receipts_on()?;
         self.local().with_tx(|tx, _| {
             let mut out = Vec::new();
             for m in tx.unshown_messages()? {
@@ -455,7 +521,11 @@ impl Engine {
                 }
                 tx.mark_shown(&m.conversation, &m.id)?;
                 let group = is_group(tx, &m.conversation)?;
-                out.extend(update(m, group));
+                if m.kind == ContentKind::Receipt {
+                    out.extend(receipt_updates(tx, &m, group, read_receipts)?);
+                } else {
+                    out.extend(update(m, group));
+                }
             }
             Ok(out)
         })
@@ -499,6 +569,7 @@ impl Engine {
     /// that did not decrypt in their places.
     pub fn history_items(&self, conversation: &str) -> Result<Vec<HistoryItem>, Error> {
         let me = self.my_name();
+        let read_receipts = self.local().read_receipts_on()?;
         self.local().read(|tx, _| {
             let c = tx.conversation(conversation)?;
             let group = c.as_ref().is_some_and(|c| c.kind != ConversationKind::Dm);
@@ -510,7 +581,7 @@ impl Engine {
                 if m.kind.is_message() {
                     items.push(HistoryItem::Message {
                         seq: m.seq,
-                        message: history_message(tx, m, group, &me)?,
+                        message: history_message(tx, m, group, &me, read_receipts)?,
                     });
                 }
             }

@@ -97,10 +97,16 @@ pub fn boolean(out: &mut Vec<u8>, b: bool) {
 }
 
 /// Reads deterministic CBOR from a slice, front to back.
-#[derive(Debug)]
 pub struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,
+}
+
+// Redacted: the buffer may be message plaintext.
+impl std::fmt::Debug for Dec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dec({} of {} bytes)", self.pos, self.buf.len())
+    }
 }
 
 impl<'a> Dec<'a> {

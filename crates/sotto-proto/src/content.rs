@@ -384,7 +384,7 @@ fn mimi_ref(id: &Option<MessageId>) -> Result<Option<MimiId>, CodecError> {
 }
 
 /// A decoded message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MessageContent {
     /// The message id (computed, for MIMI; carried, for v1).
     pub id: MessageId,
@@ -394,6 +394,18 @@ pub struct MessageContent {
     pub body: Body,
     /// The encoding (MIMI CBOR, or v1), unpadded: re-sent as it is, so its id never changes.
     encoded: Vec<u8>,
+}
+
+// Redacted: the encoding is the plaintext.
+impl std::fmt::Debug for MessageContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageContent")
+            .field("id", &self.id)
+            .field("sent_at_ms", &self.sent_at_ms)
+            .field("body", &self.body)
+            .field("encoded", &format_args!("{} bytes", self.encoded.len()))
+            .finish()
+    }
 }
 
 impl MessageContent {
@@ -686,6 +698,9 @@ mod tests {
         });
         let shown = format!("{m:?}");
         assert!(!shown.contains("secret"), "{shown}");
+        // Not as bytes either ("secret" is 115, 101, 99, ...).
+        assert!(!shown.contains("115, 101, 99"), "{shown}");
+        assert!(shown.len() < 300, "{shown}");
         let e = format!(
             "{:?}",
             Body::Edit {
@@ -710,6 +725,21 @@ mod tests {
         assert_eq!(a.to_padded_bytes().len(), b.to_padded_bytes().len());
         assert_eq!(padded_len(65), 128);
         assert_eq!(padded_len(4097), 8192);
+    }
+
+    /// What the server sees does not change size: a 100-byte text pads to the same bucket in MIMI
+    /// content as it did in content v1 (the relay benchmark's message).
+    #[test]
+    fn a_100_byte_text_pads_as_it_did_in_v1() {
+        let text = "x".repeat(100);
+        let mimi = send(Body::Text {
+            text: text.clone(),
+            reply_to: None,
+        });
+        let v1 = MessageContent::v1_text([1; 16], &text, 1_700_000_000_123, None);
+        assert!(mimi.encoded().len() > v1.encoded().len());
+        assert_eq!(mimi.to_padded_bytes().len(), 256);
+        assert_eq!(v1.to_padded_bytes().len(), 256);
     }
 
     proptest! {

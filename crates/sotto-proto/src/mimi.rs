@@ -96,12 +96,19 @@ impl ExtensionKey {
 }
 
 /// One extension: its key and its value as encoded CBOR.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Extension {
     /// The key.
     pub key: ExtensionKey,
     /// The value's CBOR encoding (one well-formed item).
     pub value: Vec<u8>,
+}
+
+// Redacted: an extension's value is part of the plaintext.
+impl std::fmt::Debug for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Extension({:?}, {} bytes)", self.key, self.value.len())
+    }
 }
 
 /// The standard dispositions (others are kept as numbers).
@@ -132,7 +139,7 @@ pub enum PartSemantics {
 }
 
 /// A body part reached through a URL (an attachment, a conference).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ExternalPart {
     /// Media type.
     pub content_type: String,
@@ -158,6 +165,17 @@ pub struct ExternalPart {
     pub description: String,
     /// A file name.
     pub filename: String,
+}
+
+// Redacted: the key opens the content, and the URL, names and hash describe it.
+impl std::fmt::Debug for ExternalPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalPart")
+            .field("content_type", &self.content_type)
+            .field("size", &self.size)
+            .field("enc_alg", &self.enc_alg)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for ExternalPart {

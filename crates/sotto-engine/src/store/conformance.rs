@@ -19,6 +19,7 @@ pub fn run(make: &dyn Fn() -> Box<dyn Store>) {
         ("messages_dedup_and_order", messages_dedup_and_order),
         ("outbox", outbox),
         ("actions", actions),
+        ("receipts", receipts),
         ("history_order", history_order),
         ("undecryptable", undecryptable),
         ("mls_state", mls_state),
@@ -349,6 +350,48 @@ fn actions(s: &dyn Store) {
             unshown.contains(&"u1".to_owned()) && !unshown.contains(&"e1".to_owned()),
             "{unshown:?}"
         );
+    });
+}
+
+/// Receipts only rise; `unreceipted` lists other accounts' acknowledged messages without one.
+fn receipts(s: &dyn Store) {
+    write(s, |tx| {
+        tx.insert_message(&msg("c", "in1", Some(1), false, "d"))
+            .unwrap();
+        tx.insert_message(&msg("c", "in2", Some(2), false, "d"))
+            .unwrap();
+        tx.insert_message(&msg("c", "mine", Some(3), true, "me"))
+            .unwrap();
+        tx.insert_message(&msg("c", "pending", None, false, "d"))
+            .unwrap();
+        let mut r = msg("c", "r", Some(4), false, "d");
+        r.kind = ContentKind::Receipt;
+        tx.insert_message(&r).unwrap();
+        tx.insert_message(&msg("c2", "other", Some(1), false, "d"))
+            .unwrap();
+    });
+    read(s, |tx| {
+        assert_eq!(tx.unreceipted("c", "me", 1).unwrap(), ["in1", "in2"]);
+    });
+    write(s, |tx| {
+        assert!(tx.put_receipt("c", "in1", "me", 1).unwrap());
+        assert!(tx.put_receipt("c", "in1", "me", 2).unwrap());
+        assert!(
+            !tx.put_receipt("c", "in1", "me", 1).unwrap(),
+            "never goes down"
+        );
+        assert!(tx.put_receipt("c", "in2", "me", 1).unwrap());
+        assert!(tx.put_receipt("c", "in1", "bob", 1).unwrap());
+    });
+    read(s, |tx| {
+        assert!(tx.unreceipted("c", "me", 1).unwrap().is_empty());
+        assert_eq!(tx.unreceipted("c", "me", 2).unwrap(), ["in2"]);
+        assert_eq!(tx.unreceipted("c", "bob", 1).unwrap(), ["in2"]);
+        assert_eq!(
+            tx.receipts("c", "in1").unwrap(),
+            [("bob".to_owned(), 1), ("me".to_owned(), 2)]
+        );
+        assert!(tx.receipts("c2", "in1").unwrap().is_empty());
     });
 }
 

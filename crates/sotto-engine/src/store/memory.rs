@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    ConversationKind, ConversationRecord, MessageRecord, PinRecord, Store, StoreError, Tx,
-    UndecryptableRecord,
+    ContentKind, ConversationKind, ConversationRecord, MessageRecord, PinRecord, Store, StoreError,
+    Tx, UndecryptableRecord,
 };
 
 #[derive(Default)]
@@ -18,6 +18,7 @@ struct State {
     conversations: BTreeMap<String, ConversationRecord>,
     messages: BTreeMap<(String, String), MessageRecord>,
     undecryptable: BTreeMap<(String, u64), UndecryptableRecord>,
+    receipts: BTreeMap<(String, String, String), u8>,
     mls: BTreeMap<Vec<u8>, Vec<u8>>,
     next_order: u64,
 }
@@ -28,6 +29,7 @@ enum Undo {
     Conversation(String, Option<ConversationRecord>),
     Message((String, String), Option<MessageRecord>),
     Undecryptable((String, u64), Option<UndecryptableRecord>),
+    Receipt((String, String, String), Option<u8>),
     Mls(Vec<u8>, Option<Vec<u8>>),
     Order(u64),
 }
@@ -90,6 +92,7 @@ impl Drop for MemoryTx<'_> {
                 Undo::Conversation(k, v) => restore(&mut s.conversations, k, v),
                 Undo::Message(k, v) => restore(&mut s.messages, k, v),
                 Undo::Undecryptable(k, v) => restore(&mut s.undecryptable, k, v),
+                Undo::Receipt(k, v) => restore(&mut s.receipts, k, v),
                 Undo::Mls(k, v) => restore(&mut s.mls, k, v),
                 Undo::Order(o) => s.next_order = o,
             }
@@ -335,6 +338,60 @@ impl Tx for MemoryTx<'_> {
             .collect();
         v.sort_by_key(|m| m.local_order);
         Ok(v)
+    }
+
+    fn put_receipt(
+        &self,
+        conversation: &str,
+        message: &str,
+        user: &str,
+        status: u8,
+    ) -> Result<bool, StoreError> {
+        let key = (conversation.to_owned(), message.to_owned(), user.to_owned());
+        let mut s = self.state.borrow_mut();
+        let old = s.receipts.get(&key).copied();
+        if old.is_some_and(|o| o >= status) {
+            return Ok(false);
+        }
+        s.receipts.insert(key.clone(), status);
+        drop(s);
+        self.log(Undo::Receipt(key, old));
+        Ok(true)
+    }
+
+    fn receipts(&self, conversation: &str, message: &str) -> Result<Vec<(String, u8)>, StoreError> {
+        Ok(self
+            .state
+            .borrow()
+            .receipts
+            .iter()
+            .filter(|((c, m, _), _)| c == conversation && m == message)
+            .map(|((_, _, u), s)| (u.clone(), *s))
+            .collect())
+    }
+
+    fn unreceipted(
+        &self,
+        conversation: &str,
+        user: &str,
+        status: u8,
+    ) -> Result<Vec<String>, StoreError> {
+        let s = self.state.borrow();
+        let mut v: Vec<&MessageRecord> = s
+            .messages
+            .values()
+            .filter(|m| {
+                m.conversation == conversation
+                    && !m.outgoing
+                    && m.seq.is_some()
+                    && m.kind == ContentKind::Text
+                    && s.receipts
+                        .get(&(conversation.to_owned(), m.id.clone(), user.to_owned()))
+                        .is_none_or(|r| *r < status)
+            })
+            .collect();
+        v.sort_by(|a, b| by_seq_then_order(a, b));
+        Ok(v.into_iter().map(|m| m.id.clone()).collect())
     }
 
     fn put_undecryptable(&self, u: &UndecryptableRecord) -> Result<(), StoreError> {

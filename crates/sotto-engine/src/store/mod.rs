@@ -156,6 +156,8 @@ pub enum ContentKind {
     Edit,
     /// Deletes `target` for everyone.
     Unsend,
+    /// Delivery or read receipts (`text`: the report, as JSON `[[id, status], ...]`).
+    Receipt,
     /// Content this version does not show.
     Unsupported,
 }
@@ -169,6 +171,7 @@ impl ContentKind {
             Self::Unreact => "unreact",
             Self::Edit => "edit",
             Self::Unsend => "unsend",
+            Self::Receipt => "receipt",
             Self::Unsupported => "unsupported",
         }
     }
@@ -181,6 +184,7 @@ impl ContentKind {
             "unreact" => Self::Unreact,
             "edit" => Self::Edit,
             "unsend" => Self::Unsend,
+            "receipt" => Self::Receipt,
             "unsupported" => Self::Unsupported,
             _ => return None,
         })
@@ -354,6 +358,27 @@ pub trait Tx {
     fn messages(&self, conversation: &str) -> Result<Vec<MessageRecord>, StoreError>;
     /// The outbox: messages sent by `sender_device` without a seq, by `local_order`.
     fn unsent_messages(&self, sender_device: &str) -> Result<Vec<MessageRecord>, StoreError>;
+
+    /// Records that `user` reached `status` (1 delivered, 2 read) for a message; a lower status
+    /// than the one recorded changes nothing. Returns whether it rose.
+    fn put_receipt(
+        &self,
+        conversation: &str,
+        message: &str,
+        user: &str,
+        status: u8,
+    ) -> Result<bool, StoreError>;
+    /// The accounts with a receipt for a message, and their highest status, by account.
+    fn receipts(&self, conversation: &str, message: &str) -> Result<Vec<(String, u8)>, StoreError>;
+    /// The text messages of other accounts in `conversation` (acknowledged ones) that `user` has
+    /// no receipt of `status` or higher for, by seq. (Only texts: content this version cannot
+    /// show is not reported read, and no automatic kind can set off receipts back and forth.)
+    fn unreceipted(
+        &self,
+        conversation: &str,
+        user: &str,
+        status: u8,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Inserts or replaces an undecryptable entry.
     fn put_undecryptable(&self, u: &UndecryptableRecord) -> Result<(), StoreError>;
