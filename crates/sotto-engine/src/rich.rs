@@ -553,7 +553,94 @@ impl crate::Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::mentions;
+    use super::*;
+    use crate::store::{MemoryStore, Store};
+
+    const HOUR: u64 = 3_600_000;
+
+    fn rec(
+        id: &str,
+        kind: ContentKind,
+        sender: &str,
+        at: u64,
+        target: Option<&str>,
+    ) -> MessageRecord {
+        MessageRecord {
+            conversation: "c".into(),
+            id: id.into(),
+            seq: Some(1),
+            sender: sender.into(),
+            sender_device: "d".into(),
+            sent_at_ms: at,
+            kind,
+            text: Some("t".into()),
+            reply_to: None,
+            target: target.map(str::to_owned),
+            salt: None,
+            outgoing: false,
+            shown: false,
+            local_order: 0,
+        }
+    }
+
+    /// The receive-side windows and limits, on the clocks the records carry.
+    #[test]
+    fn edit_and_unsend_windows_and_the_edit_limit() {
+        let store = MemoryStore::new();
+        let tx = store.begin(true).unwrap();
+        let t0 = 1_700_000_000_000;
+        tx.insert_message(&rec("m", ContentKind::Text, "alice", t0, None))
+            .unwrap();
+        let verdict = |r: &MessageRecord| check_incoming(tx.as_ref(), r).unwrap();
+        let edit = |id: &str, at: u64| rec(id, ContentKind::Edit, "alice", at, Some("m"));
+        assert_eq!(verdict(&edit("e1", t0 + 47 * HOUR)), Verdict::Apply);
+        assert!(
+            matches!(verdict(&edit("e2", t0 + 49 * HOUR)), Verdict::Refuse(w) if w.contains("48 hours"))
+        );
+        assert!(matches!(verdict(&edit("e3", t0 - 1)), Verdict::Refuse(w) if w.contains("older")));
+        let other = rec("e4", ContentKind::Edit, "bob", t0 + HOUR, Some("m"));
+        assert!(matches!(verdict(&other), Verdict::Refuse(w) if w.contains("bob may not edit")));
+        let unsend = rec(
+            "u1",
+            ContentKind::Unsend,
+            "alice",
+            t0 + 49 * HOUR,
+            Some("m"),
+        );
+        assert!(matches!(verdict(&unsend), Verdict::Refuse(w) if w.contains("48 hours")));
+        // Ten edits are taken; the eleventh is refused.
+        for i in 0..MAX_EDITS {
+            let e = edit(&format!("ok{i}"), t0 + HOUR);
+            assert_eq!(store_incoming(tx.as_ref(), e).unwrap().len(), 0);
+        }
+        assert!(
+            matches!(verdict(&edit("more", t0 + HOUR)), Verdict::Refuse(w) if w.contains("at most 10"))
+        );
+        // An action on an action, and on nothing yet.
+        let on_edit = rec("r", ContentKind::Reaction, "bob", t0, Some("ok0"));
+        assert!(matches!(verdict(&on_edit), Verdict::Refuse(w) if w.contains("not on a message")));
+        let early = rec("r2", ContentKind::Reaction, "bob", t0, Some("later"));
+        assert_eq!(verdict(&early), Verdict::Wait);
+    }
+
+    /// Content v1's ids are chosen by the sender, so a modified client could make replies loop.
+    #[test]
+    fn a_reply_loop_is_refused() {
+        let store = MemoryStore::new();
+        let tx = store.begin(true).unwrap();
+        let mut a = rec("a", ContentKind::Text, "bob", 1, None);
+        a.reply_to = Some("b".into());
+        assert_eq!(check_incoming(tx.as_ref(), &a).unwrap(), Verdict::Apply);
+        tx.insert_message(&a).unwrap();
+        let mut b = rec("b", ContentKind::Text, "bob", 2, None);
+        b.reply_to = Some("a".into());
+        assert!(
+            matches!(check_incoming(tx.as_ref(), &b).unwrap(), Verdict::Refuse(w) if w.contains("loop"))
+        );
+        let mut c = rec("c", ContentKind::Text, "bob", 3, None);
+        c.reply_to = Some("a".into());
+        assert_eq!(check_incoming(tx.as_ref(), &c).unwrap(), Verdict::Apply);
+    }
 
     #[test]
     fn mentions_are_whole_words() {
