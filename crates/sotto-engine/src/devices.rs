@@ -6,7 +6,6 @@ use sotto_proto::mls::Conversation;
 use sotto_proto::{DeviceCertificate, DeviceId};
 
 use crate::commits::Plan;
-use crate::store::ConversationStatus;
 use crate::{group_id_bytes, DeviceLine, Engine, Error, Flow, SyncReport, Task, MAX_ATTEMPTS};
 
 impl Engine {
@@ -93,15 +92,7 @@ impl Flow {
                 )),
             }
         }
-        let ids: Vec<String> = self.read(|tx, _| {
-            Ok(tx
-                .conversations()?
-                .into_iter()
-                .filter(|c| c.status == ConversationStatus::Ok)
-                .map(|c| c.id)
-                .collect())
-        })?;
-        for id in ids {
+        for id in self.followed_conversations()? {
             if let Err(e) = self
                 .remove_revoked_devices(&id, &acc.revoked_devices, report)
                 .await

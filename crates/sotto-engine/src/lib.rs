@@ -256,6 +256,18 @@ pub(crate) struct Flow {
 }
 
 impl Flow {
+    /// The ids of the conversations this device follows.
+    pub(crate) fn followed_conversations(&self) -> Result<Vec<String>, Error> {
+        self.read(|tx, _| {
+            Ok(tx
+                .conversations()?
+                .into_iter()
+                .filter(|c| c.status == ConversationStatus::Ok)
+                .map(|c| c.id)
+                .collect())
+        })
+    }
+
     pub(crate) fn me(&self) -> Result<Rc<Me>, Error> {
         self.e.me.borrow().clone().ok_or(Error::NotRegistered)
     }

@@ -85,15 +85,7 @@ impl Flow {
         &self,
         report: &mut SyncReport,
     ) -> Result<(), Error> {
-        let ids: Vec<String> = self.read(|tx, _| {
-            Ok(tx
-                .conversations()?
-                .into_iter()
-                .filter(|c| c.status == ConversationStatus::Ok)
-                .map(|c| c.id)
-                .collect())
-        })?;
-        for id in ids {
+        for id in self.followed_conversations()? {
             self.send_delivery_receipts_in(&id, report).await;
         }
         Ok(())

@@ -181,7 +181,9 @@ pub(crate) fn check_action(
             target.kind.as_str()
         )));
     }
-    let deleted = is_unsent(tx, target)?;
+    // One read of the actions already on the target serves both checks below.
+    let actions = tx.messages_targeting(&target.conversation, &target.id)?;
+    let deleted = actions.iter().any(|a| a.kind == ContentKind::Unsend);
     let what = rec.kind.as_str();
     match rec.kind {
         ContentKind::Reaction | ContentKind::Unreact if deleted => {
@@ -209,9 +211,8 @@ pub(crate) fn check_action(
                 )));
             }
             if rec.kind == ContentKind::Edit {
-                let edits = tx
-                    .messages_targeting(&target.conversation, &target.id)?
-                    .into_iter()
+                let edits = actions
+                    .iter()
                     .filter(|a| a.kind == ContentKind::Edit && a.id != rec.id)
                     .count();
                 if edits >= MAX_EDITS {
@@ -224,13 +225,6 @@ pub(crate) fn check_action(
         _ => {}
     }
     Ok(None)
-}
-
-fn is_unsent(tx: &dyn Tx, target: &MessageRecord) -> Result<bool, Error> {
-    Ok(tx
-        .messages_targeting(&target.conversation, &target.id)?
-        .iter()
-        .any(|a| a.kind == ContentKind::Unsend))
 }
 
 /// Carries out what an accepted record does to what is stored: an unsend removes the text of the
@@ -476,12 +470,8 @@ impl crate::Engine {
                     ))
                 })?;
             let now = f.io.now_ms().await;
-            let (folded, deleted) = f.read(|tx, _| {
-                let folded = fold(tx, &target)?;
-                let deleted = folded.deleted;
-                Ok((folded, deleted))
-            })?;
-            if deleted {
+            let folded = f.read(|tx, _| fold(tx, &target))?;
+            if folded.deleted {
                 return Err(Error::Invalid(format!("message {message_id} was unsent")));
             }
             let mine = target.sender == me.username.as_str();
