@@ -477,7 +477,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             command: SettingsCommand::ReadReceipts { value },
         } => {
             if let Some(v) = value {
-                client.set_read_receipts(v == "on")?;
+                let report = client.set_read_receipts(v == "on").await?;
+                warn(&report.warnings);
             }
             let on = client.read_receipts()?;
             println!("read-receipts {}", if on { "on" } else { "off" });

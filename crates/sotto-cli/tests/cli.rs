@@ -949,6 +949,12 @@ fn delivery_and_read_receipts_reach_the_sender_and_stay_off_both_ways_when_off()
         serde_json::json!([]),
         "reciprocal"
     );
+    // It is an account setting: her phone turns it off too.
+    ok(&a2, &["sync"]);
+    assert_eq!(
+        ok(&a2, &["settings", "read-receipts"]).trim(),
+        "read-receipts off"
+    );
     let n = sent_id(&ok(&b1, &["send", "alice", "and this?"]));
     ok(&a1, &["sync"]);
     assert_eq!(ok(&a1, &["read", "bob"]).trim(), "read 1");
@@ -958,6 +964,15 @@ fn delivery_and_read_receipts_reach_the_sender_and_stay_off_both_ways_when_off()
             .iter()
             .any(|e| e["type"] == "receipt" && e["status"] == "read"),
         "{events:?}"
+    );
+    ok(&a2, &["sync"]);
+    assert_eq!(ok(&a2, &["read", "bob"]).trim(), "read 1");
+    let events = json_lines(&ok(&b1, &["sync", "--json"]));
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "receipt" && e["status"] == "read"),
+        "none from her phone either: {events:?}"
     );
     let h = history_of(&b1, &["alice"]);
     assert_eq!(h[1]["id"], n.as_str());

@@ -230,9 +230,10 @@ impl Client {
         self.engine.read_receipts()
     }
 
-    /// Turns read receipts on or off (they are reciprocal: off, none are sent or shown).
-    pub fn set_read_receipts(&self, on: bool) -> Result<(), ClientError> {
-        self.engine.set_read_receipts(on)
+    /// Turns read receipts on or off for the account, on this device and (through the account's
+    /// own-devices group) on its other devices. They are reciprocal: off, none are sent or shown.
+    pub async fn set_read_receipts(&self, on: bool) -> Result<SyncReport, ClientError> {
+        self.run(self.engine.set_read_receipts(on)).await
     }
 
     /// Reactions, edits, unsends and receipts received but not yet shown; marks them shown.

@@ -266,3 +266,67 @@ async fn a_modified_clients_forged_edit_and_unsend_are_refused_by_every_receiver
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn account_settings_reach_every_own_device_and_nobody_else_can_set_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let a1 = registered(&dir.path().join("a1"), &server.url, "alice").await;
+    let a2 = linked(&a1, &dir.path().join("a2"), &server.url).await;
+    let b = registered(&dir.path().join("b"), &server.url, "bob").await;
+    a1.dm("bob").send("hi").await.unwrap();
+    b.sync().await.unwrap();
+
+    // Off on the laptop: the phone follows at its next sync.
+    assert!(a2.read_receipts().unwrap());
+    a1.set_read_receipts(false).await.unwrap();
+    assert!(!a1.read_receipts().unwrap());
+    a2.sync().await.unwrap();
+    assert!(!a2.read_receipts().unwrap(), "synced to the other device");
+    // The own-devices group is no conversation to show.
+    assert!(a2.groups().list().unwrap().is_empty());
+
+    // A device linked later learns it from the device that adds it to the group.
+    let a3 = linked(&a1, &dir.path().join("a3"), &server.url).await;
+    assert!(a3.read_receipts().unwrap(), "not in the group yet");
+    a2.sync().await.unwrap();
+    a3.sync().await.unwrap();
+    assert!(
+        !a3.read_receipts().unwrap(),
+        "sent again for the new device"
+    );
+
+    // The last change in the log wins on every device, whichever device made it.
+    a3.set_read_receipts(true).await.unwrap();
+    a1.set_read_receipts(false).await.unwrap();
+    a2.set_read_receipts(true).await.unwrap();
+    for d in [&a1, &a2, &a3] {
+        d.sync().await.unwrap();
+        assert!(d.read_receipts().unwrap());
+    }
+
+    // Bob's modified client sends alice "settings" in their DM: refused, nothing changes.
+    let dm = b.engine().dm_id("alice").unwrap().unwrap();
+    let forged = Body::Settings {
+        settings: vec![(
+            "read_receipts".into(),
+            sotto_proto::SettingValue::Bool(false),
+        )],
+    };
+    b.run(b.engine().dangerous_send_unchecked(&dm, forged))
+        .await
+        .unwrap();
+    for d in [&a1, &a2] {
+        let report = d.sync().await.unwrap();
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("refused") && w.contains("own-devices group")),
+            "{:?}",
+            report.warnings
+        );
+        assert!(d.read_receipts().unwrap(), "unchanged");
+    }
+    server.stop().await;
+}

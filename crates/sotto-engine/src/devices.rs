@@ -206,6 +206,8 @@ impl Flow {
                 Ok(g.add_devices(p, &keys, &kps)?)
             })?;
             match self.post_commit(id, bundle).await {
+                // The new devices cannot read the settings sent before they joined.
+                Ok(_) if self.is_own_group(id)? => return self.send_all_settings(id, report).await,
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_stale_epoch() => {
                     self.backoff_after_lost_race(attempt).await;

@@ -297,6 +297,20 @@ impl Flow {
     ) -> Result<(String, SyncReport), Error> {
         let me = self.me()?;
         let meta = GroupMetadata::new(name, me.username.clone()).map_err(|_| invalid_name())?;
+        self.create_group_with(meta, members, pq_limit, ConversationKind::Group)
+            .await
+    }
+
+    /// Creates a group with metadata `meta`, the given accounts' devices and this account's
+    /// devices, and records it locally as `kind`.
+    pub(crate) async fn create_group_with(
+        &self,
+        meta: GroupMetadata,
+        members: &[String],
+        pq_limit: usize,
+        kind: ConversationKind,
+    ) -> Result<(String, SyncReport), Error> {
+        let me = self.me()?;
         let mut users: Vec<String> = Vec::new();
         for m in members {
             let u = Username::new(m).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -339,7 +353,7 @@ impl Flow {
         let bundle = self.with_tx(|tx, p| {
             let keys = self.keys(tx)?;
             let mut g = Conversation::create(p, &keys, &gid, suite, Some(&meta))?;
-            upsert_conversation(tx, &info.id, ConversationKind::Group, None)?;
+            upsert_conversation(tx, &info.id, kind, None)?;
             Ok(g.add_devices(p, &keys, &kps)?)
         })?;
         match self.post_commit(&info.id, bundle).await {

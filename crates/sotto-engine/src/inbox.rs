@@ -3,6 +3,7 @@
 use sotto_api::*;
 use sotto_proto::mls::{Conversation, PendingJoin, Trust};
 
+use crate::store::mls::Provider;
 use crate::store::{ConversationKind, ConversationStatus};
 use crate::{
     group_id_bytes, set_cursor, set_status, upsert_conversation, Error, Flow, Pins, SyncReport,
@@ -80,6 +81,10 @@ impl Flow {
                         return Err(Error::PinNeeded(unknown));
                     }
                     join.accept(p, &Pins(tx))?;
+                    let kind = match own_devices_kind(p, &gid, &me.username)? {
+                        Some(own) => own,
+                        None => kind,
+                    };
                     upsert_conversation(tx, &item.conversation, kind, dm_peer.as_deref())?;
                     set_status(tx, &item.conversation, ConversationStatus::Ok, "")?;
                     set_cursor(tx, &item.conversation, item.seq)?;
@@ -116,4 +121,32 @@ impl Flow {
         }
         Ok(())
     }
+}
+
+/// For a group joined just now: `Own` if it is this account's own-devices group, `None` if it is
+/// no own-devices group. One that names another account, or holds another account's device, is
+/// refused (the transaction rolls back, and the invitation is dropped with a warning).
+fn own_devices_kind(
+    p: &Provider<'_>,
+    gid: &[u8],
+    me: &sotto_proto::Username,
+) -> Result<Option<ConversationKind>, Error> {
+    let Some(g) = Conversation::load(p, gid)? else {
+        return Ok(None);
+    };
+    let Some(owner) = g.metadata().and_then(|m| m.own_devices_of.clone()) else {
+        return Ok(None);
+    };
+    if owner != *me {
+        return Err(Error::Protocol(format!(
+            "it is the own-devices group of another account ({owner})"
+        )));
+    }
+    if let Some(m) = g.members().into_iter().find(|m| m.cert.username != *me) {
+        return Err(Error::Protocol(format!(
+            "your own-devices group holds a device of {}",
+            m.cert.username
+        )));
+    }
+    Ok(Some(ConversationKind::Own))
 }

@@ -63,6 +63,7 @@ pub mod pins;
 pub mod push;
 pub mod receipts;
 pub mod rich;
+pub mod settings;
 pub mod store;
 pub mod sync;
 pub mod views;

@@ -19,20 +19,14 @@ use sotto_proto::{Body, MessageId};
 use crate::store::ConversationStatus;
 use crate::{Engine, Error, Flow, SyncReport, Task};
 
-/// The setting that turns read receipts off (`off`); on when absent.
+/// The setting that turns read receipts off (`off`); on when absent. It is an account setting,
+/// synced to the account's other devices ([`crate::settings`]).
 pub(crate) const READ_RECEIPTS_SETTING: &str = "read_receipts";
 
 impl Engine {
     /// Whether this device sends and shows read receipts.
     pub fn read_receipts(&self) -> Result<bool, Error> {
         self.local().read_receipts_on()
-    }
-
-    /// Turns read receipts on or off on this device.
-    pub fn set_read_receipts(&self, on: bool) -> Result<(), Error> {
-        self.local().with_tx(|tx, _| {
-            Ok(tx.set_setting(READ_RECEIPTS_SETTING, if on { b"on" } else { b"off" })?)
-        })
     }
 
     /// Marks everything received in the DM with `peer` as read, and sends the read receipts

@@ -73,6 +73,12 @@ pub(crate) fn fields(body: &Body) -> (ContentKind, Option<String>, Option<String
                 None,
             )
         }
+        Body::Settings { settings } => (
+            ContentKind::Settings,
+            Some(crate::settings::to_json(settings)),
+            None,
+            None,
+        ),
         _ => (ContentKind::Unsupported, None, None, None),
     }
 }
@@ -113,6 +119,9 @@ pub(crate) fn body_of(m: &MessageRecord) -> Option<Body> {
                 .map(|(id, s)| Some((MessageId::from_hex(&id)?, s)))
                 .collect::<Option<Vec<_>>>()?,
         },
+        ContentKind::Settings => Body::Settings {
+            settings: crate::settings::from_json(m.text.as_deref()?)?,
+        },
         ContentKind::Unsupported => return None,
     })
 }
@@ -138,6 +147,10 @@ pub(crate) fn check_incoming(tx: &dyn Tx, rec: &MessageRecord) -> Result<Verdict
             Ok(Verdict::Apply)
         }
         ContentKind::Unsupported | ContentKind::Receipt => Ok(Verdict::Apply),
+        ContentKind::Settings => Ok(match crate::settings::check_incoming(tx, rec)? {
+            None => Verdict::Apply,
+            Some(why) => Verdict::Refuse(why),
+        }),
         _ => {
             let Some(target) = rec.target.as_deref() else {
                 return Ok(Verdict::Refuse("an action on no message".into()));
@@ -232,6 +245,9 @@ pub(crate) fn check_action(
 pub(crate) fn apply_effects(tx: &dyn Tx, rec: &MessageRecord) -> Result<(), Error> {
     if rec.kind == ContentKind::Receipt {
         return apply_receipts(tx, rec);
+    }
+    if rec.kind == ContentKind::Settings {
+        return crate::settings::recompute(tx);
     }
     if rec.kind != ContentKind::Unsend {
         return Ok(());

@@ -63,7 +63,7 @@ impl Flow {
             Ok(tx
                 .conversations()?
                 .into_iter()
-                .filter(|c| c.kind == ConversationKind::Group)
+                .filter(|c| c.kind != ConversationKind::Dm)
                 .filter(|c| c.status != ConversationStatus::Left)
                 .filter(|c| !list.conversations.iter().any(|l| l.id == c.id))
                 .map(|c| (c.id, c.status))

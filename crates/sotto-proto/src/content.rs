@@ -50,6 +50,13 @@ pub const MAX_REACTION_BYTES: usize = 32;
 pub const TEXT_CONTENT_TYPE: &str = "text/plain;charset=utf-8";
 /// The media type of a typing indicator (a Sotto extension; MIMI has none).
 pub const TYPING_CONTENT_TYPE: &str = "application/vnd.sotto.typing";
+/// Media type of account settings, sent among one account's own devices: a CBOR map from setting
+/// names to values.
+pub const SETTINGS_CONTENT_TYPE: &str = "application/vnd.sotto.account-settings+cbor";
+/// Most settings one message carries.
+pub const MAX_SETTINGS: usize = 32;
+/// Longest setting name, in bytes.
+pub const MAX_SETTING_NAME: usize = 64;
 /// The private-use extension carrying the sender's clock.
 pub const SENT_AT_EXTENSION: i64 = -1;
 /// The provider part of Sotto's MIMI URIs (no federation yet, so no real domain).
@@ -174,6 +181,14 @@ pub enum Body {
     },
     /// The sender is typing.
     Typing,
+    /// Account settings from one of the account's own devices: each named setting's new value.
+    /// Names are lowercase ASCII with `_`; values of kinds this version does not know are left
+    /// out when decoding, so a newer device's settings do not stop an older one from taking the
+    /// rest.
+    Settings {
+        /// (name, value) pairs, names unique.
+        settings: Vec<(String, SettingValue)>,
+    },
     /// Content this version does not act on (an attachment, a new kind); shown as unsupported.
     Unsupported {
         /// What it is (a media type or a v1 kind), for the user.
@@ -196,6 +211,7 @@ impl std::fmt::Debug for Body {
             Self::Unsend { original } => write!(f, "Unsend(of: {original:?})"),
             Self::Receipts { report } => write!(f, "Receipts({} messages)", report.len()),
             Self::Typing => f.write_str("Typing"),
+            Self::Settings { settings } => write!(f, "Settings({settings:?})"),
             Self::Unsupported { what } => write!(f, "Unsupported({what})"),
         }
     }
@@ -260,6 +276,14 @@ impl Body {
             Self::Typing => MimiContent::new(
                 salt,
                 NestedPart::single(disposition::UNSPECIFIED, TYPING_CONTENT_TYPE, Vec::new()),
+            ),
+            Self::Settings { settings } => MimiContent::new(
+                salt,
+                NestedPart::single(
+                    disposition::UNSPECIFIED,
+                    SETTINGS_CONTENT_TYPE,
+                    encode_settings(settings)?,
+                ),
             ),
             Self::Unsupported { .. } => return Err(CodecError::Invalid("unsupported body")),
         };
@@ -328,6 +352,12 @@ impl Body {
                 content_type,
                 content,
             } if content_type == TYPING_CONTENT_TYPE && content.is_empty() => Self::Typing,
+            Part::Single {
+                content_type,
+                content,
+            } if content_type == SETTINGS_CONTENT_TYPE => Self::Settings {
+                settings: decode_settings(content)?,
+            },
             Part::Single { content_type, .. } => Self::Unsupported {
                 what: content_type.chars().take(64).collect(),
             },
@@ -339,6 +369,91 @@ impl Body {
             },
         })
     }
+}
+
+/// A setting's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingValue {
+    /// On or off.
+    Bool(bool),
+    /// A number (a duration, a count).
+    Uint(u64),
+}
+
+fn check_setting_name(name: &str) -> Result<(), CodecError> {
+    if name.is_empty()
+        || name.len() > MAX_SETTING_NAME
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        return Err(CodecError::Invalid("setting name"));
+    }
+    Ok(())
+}
+
+/// The CBOR text-string encoding of a setting name (its map key).
+fn setting_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 2);
+    cbor::text(&mut k, name);
+    k
+}
+
+fn encode_settings(settings: &[(String, SettingValue)]) -> Result<Vec<u8>, CodecError> {
+    if settings.is_empty() || settings.len() > MAX_SETTINGS {
+        return Err(CodecError::Invalid("setting count"));
+    }
+    let mut pairs = Vec::with_capacity(settings.len());
+    for (name, value) in settings {
+        check_setting_name(name)?;
+        pairs.push((setting_key(name), *value));
+    }
+    // Deterministic CBOR: keys in bytewise order of their encodings, each once.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(CodecError::Invalid("repeated setting"));
+    }
+    let mut out = Vec::new();
+    cbor::map(&mut out, pairs.len());
+    for (key, value) in pairs {
+        out.extend_from_slice(&key);
+        match value {
+            SettingValue::Bool(b) => cbor::boolean(&mut out, b),
+            SettingValue::Uint(n) => cbor::uint(&mut out, n),
+        }
+    }
+    Ok(out)
+}
+
+fn decode_settings(bytes: &[u8]) -> Result<Vec<(String, SettingValue)>, CodecError> {
+    const FALSE: u8 = 0xf4;
+    const TRUE: u8 = 0xf5;
+    let mut d = cbor::Dec::new(bytes);
+    let n = d.map(MAX_SETTINGS, "setting count")?;
+    let mut out = Vec::with_capacity(n);
+    let mut last: Option<Vec<u8>> = None;
+    for _ in 0..n {
+        let name = d.text(MAX_SETTING_NAME, "setting name")?.to_owned();
+        check_setting_name(&name)?;
+        let key = setting_key(&name);
+        if last.as_ref().is_some_and(|l| *l >= key) {
+            return Err(CodecError::Invalid("settings out of order or repeated"));
+        }
+        last = Some(key);
+        let value = match d.rest().first().copied() {
+            Some(FALSE | TRUE) => Some(SettingValue::Bool(d.boolean("setting")?)),
+            Some(b) if b >> 5 == 0 => Some(SettingValue::Uint(d.uint(u64::MAX, "setting")?)),
+            _ => {
+                d.value(4)?; // a kind of value this version does not know
+                None
+            }
+        };
+        if let Some(v) = value {
+            out.push((name, v));
+        }
+    }
+    if !d.rest().is_empty() {
+        return Err(CodecError::Invalid("bytes after the settings"));
+    }
+    Ok(out)
 }
 
 fn is_text(content_type: &str) -> bool {
@@ -609,6 +724,12 @@ mod tests {
                 report: vec![(to, mimi::status::READ)],
             },
             Body::Typing,
+            Body::Settings {
+                settings: vec![
+                    ("default_timer".into(), SettingValue::Uint(3600)),
+                    ("read_receipts".into(), SettingValue::Bool(false)),
+                ],
+            },
         ] {
             let m = send(body);
             let back = receive(&m).unwrap();
@@ -687,6 +808,60 @@ mod tests {
         assert_eq!(
             MessageContent::from_padded_bytes(&b, &alice(), &[9; 16]),
             Err(CodecError::Invalid("padding"))
+        );
+    }
+
+    #[test]
+    fn settings_are_strict_and_skip_unknown_kinds_of_value() {
+        let enc = |pairs: &[(&str, SettingValue)]| {
+            encode_settings(
+                &pairs
+                    .iter()
+                    .map(|(n, v)| ((*n).to_owned(), *v))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // Written in deterministic order whatever the input order.
+        let a = enc(&[
+            ("zz", SettingValue::Bool(true)),
+            ("a", SettingValue::Uint(1)),
+        ])
+        .unwrap();
+        let b = enc(&[
+            ("a", SettingValue::Uint(1)),
+            ("zz", SettingValue::Bool(true)),
+        ])
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(decode_settings(&a).unwrap().len(), 2);
+        assert!(enc(&[]).is_err());
+        assert!(enc(&[("Bad", SettingValue::Bool(true))]).is_err());
+        assert!(enc(&[
+            ("a", SettingValue::Bool(true)),
+            ("a", SettingValue::Bool(false))
+        ])
+        .is_err());
+        // Out of order, repeated, or trailing bytes: refused.
+        let mut m = Vec::new();
+        cbor::map(&mut m, 2);
+        cbor::text(&mut m, "zz");
+        cbor::boolean(&mut m, true);
+        cbor::text(&mut m, "a");
+        cbor::boolean(&mut m, true);
+        assert!(decode_settings(&m).is_err());
+        let mut t = a.clone();
+        t.push(0);
+        assert!(decode_settings(&t).is_err());
+        // A text value (a newer kind) is skipped; the rest is taken.
+        let mut m = Vec::new();
+        cbor::map(&mut m, 2);
+        cbor::text(&mut m, "a");
+        cbor::text(&mut m, "dark");
+        cbor::text(&mut m, "bb");
+        cbor::boolean(&mut m, false);
+        assert_eq!(
+            decode_settings(&m).unwrap(),
+            vec![("bb".to_owned(), SettingValue::Bool(false))]
         );
     }
 

@@ -24,6 +24,7 @@ const VERSION: u8 = 1;
 const TAG_NAME: u8 = 1;
 const TAG_ADMINS: u8 = 2;
 const TAG_DISAPPEAR: u8 = 3;
+const TAG_OWN_DEVICES: u8 = 4;
 const MAX_FIELD: usize = 1 << 20;
 
 /// What all members of a group agree on besides membership.
@@ -35,6 +36,9 @@ pub struct GroupMetadata {
     pub admins: Vec<Username>,
     /// Disappearing-message timer in seconds (0 = off). Carried, not yet acted on.
     pub disappear_after_secs: u32,
+    /// Set for the group of one account's own devices, which carries its account settings: only
+    /// that account's devices are ever members, and the field never changes.
+    pub own_devices_of: Option<Username>,
     /// Fields from a newer version, kept verbatim.
     unknown: Vec<(u8, Vec<u8>)>,
 }
@@ -55,8 +59,20 @@ impl GroupMetadata {
             name: name.to_owned(),
             admins: vec![creator],
             disappear_after_secs: 0,
+            own_devices_of: None,
             unknown: Vec::new(),
         })
+    }
+
+    /// Metadata for the group of `account`'s own devices.
+    pub fn own_devices(account: Username) -> Self {
+        Self {
+            name: "own devices".to_owned(),
+            admins: vec![account.clone()],
+            disappear_after_secs: 0,
+            own_devices_of: Some(account),
+            unknown: Vec::new(),
+        }
     }
 
     /// The same metadata renamed.
@@ -100,6 +116,9 @@ impl GroupMetadata {
         if self.disappear_after_secs != 0 {
             field(TAG_DISAPPEAR, &self.disappear_after_secs.to_be_bytes());
         }
+        if let Some(a) = &self.own_devices_of {
+            field(TAG_OWN_DEVICES, a.as_str().as_bytes());
+        }
         for (tag, value) in &self.unknown {
             field(*tag, value);
         }
@@ -114,7 +133,7 @@ impl GroupMetadata {
         if v != VERSION {
             return Err(CodecError::UnsupportedVersion(v));
         }
-        let (mut name, mut admins, mut disappear) = (None, None, None);
+        let (mut name, mut admins, mut disappear, mut own) = (None, None, None, None);
         let mut unknown: Vec<(u8, Vec<u8>)> = Vec::new();
         let mut seen = Vec::new();
         while !r.rest_is_empty() {
@@ -151,6 +170,13 @@ impl GroupMetadata {
                     let b: [u8; 4] = value.try_into().map_err(|_| CodecError::Invalid("timer"))?;
                     disappear = Some(u32::from_be_bytes(b));
                 }
+                TAG_OWN_DEVICES => {
+                    let u = std::str::from_utf8(value)
+                        .map_err(|_| CodecError::Invalid("own-devices account"))?;
+                    own = Some(
+                        Username::new(u).map_err(|_| CodecError::Invalid("own-devices account"))?,
+                    );
+                }
                 other => unknown.push((other, value.to_vec())),
             }
         }
@@ -163,6 +189,7 @@ impl GroupMetadata {
             name,
             admins,
             disappear_after_secs: disappear.unwrap_or(0),
+            own_devices_of: own,
             unknown,
         })
     }
@@ -237,6 +264,21 @@ pub fn check_change(
         }
         Kind::Group => {
             let before = metadata_before.ok_or("the group has no metadata")?;
+            if let Some(own) = &before.own_devices_of {
+                if change.sender != own {
+                    return Err(format!(
+                        "only {own}'s devices change {own}'s own-devices group"
+                    ));
+                }
+                if let Some(a) = change.added.iter().find(|a| *a != own) {
+                    return Err(format!("{own}'s own-devices group cannot add {a}"));
+                }
+            }
+            if let Some(Ok(m)) = &change.new_metadata {
+                if m.own_devices_of != before.own_devices_of {
+                    return Err("a group cannot become or stop being an own-devices group".into());
+                }
+            }
             let admin = before.is_admin(change.sender);
             if !admin {
                 if change.new_metadata.is_some() {
@@ -375,6 +417,27 @@ mod tests {
         let mut c = base(&alice);
         c.removed = vec![1, 2];
         assert!(check_change(&Kind::Group, &leaves, Some(&m), &c).is_ok());
+        // an own-devices group: only its account commits, adds only its devices, stays one
+        let own = GroupMetadata::own_devices(alice.clone());
+        assert_eq!(GroupMetadata::decode(&own.encode()).unwrap(), own);
+        let mine = vec![Leaf {
+            index: 0,
+            account: alice.clone(),
+        }];
+        let mut c = base(&alice);
+        c.added = vec![alice.clone()];
+        assert!(check_change(&Kind::Group, &mine, Some(&own), &c).is_ok());
+        c.added = vec![bob.clone()];
+        assert!(check_change(&Kind::Group, &mine, Some(&own), &c).is_err());
+        let mut c = base(&bob);
+        c.removed = vec![0];
+        assert!(check_change(&Kind::Group, &mine, Some(&own), &c).is_err());
+        let mut c = base(&alice);
+        c.new_metadata = Some(Ok(GroupMetadata::new("x", alice.clone()).unwrap()));
+        assert!(check_change(&Kind::Group, &mine, Some(&own), &c).is_err());
+        let mut c = base(&alice);
+        c.new_metadata = Some(Ok(GroupMetadata::own_devices(alice.clone())));
+        assert!(check_change(&Kind::Group, &leaves, Some(&m), &c).is_err());
         // DM rules
         let dm = Kind::Dm([u("alice"), u("bob")]);
         let mut c = base(&alice);

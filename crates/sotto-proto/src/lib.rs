@@ -29,7 +29,7 @@ pub mod mimi;
 pub mod mls;
 
 pub use codec::CodecError;
-pub use content::{Body, MessageContent, MessageId};
+pub use content::{Body, MessageContent, MessageId, SettingValue};
 pub use identity::{
     AccountIdentity, DeviceCertificate, DeviceId, IdentityError, IdentityPublicKey, Username,
 };

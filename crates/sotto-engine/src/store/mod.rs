@@ -48,14 +48,18 @@ pub enum ConversationKind {
     Dm,
     /// A group with a name and admins.
     Group,
+    /// The group of this account's own devices, which carries its account settings (never
+    /// listed as a conversation).
+    Own,
 }
 
 impl ConversationKind {
-    /// The stored and wire spelling (`dm`, `group`).
+    /// The stored and wire spelling (`dm`, `group`, `own`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Dm => "dm",
             Self::Group => "group",
+            Self::Own => "own",
         }
     }
 
@@ -64,6 +68,7 @@ impl ConversationKind {
         match s {
             "dm" => Some(Self::Dm),
             "group" => Some(Self::Group),
+            "own" => Some(Self::Own),
             _ => None,
         }
     }
@@ -158,6 +163,8 @@ pub enum ContentKind {
     Unsend,
     /// Delivery or read receipts (`text`: the report, as JSON `[[id, status], ...]`).
     Receipt,
+    /// Account settings from one of this account's devices (`text`: JSON `[[name, value], ...]`).
+    Settings,
     /// Content this version does not show.
     Unsupported,
 }
@@ -172,6 +179,7 @@ impl ContentKind {
             Self::Edit => "edit",
             Self::Unsend => "unsend",
             Self::Receipt => "receipt",
+            Self::Settings => "settings",
             Self::Unsupported => "unsupported",
         }
     }
@@ -185,6 +193,7 @@ impl ContentKind {
             "edit" => Self::Edit,
             "unsend" => Self::Unsend,
             "receipt" => Self::Receipt,
+            "settings" => Self::Settings,
             "unsupported" => Self::Unsupported,
             _ => return None,
         })

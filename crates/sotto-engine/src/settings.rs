@@ -1,0 +1,224 @@
+//! Account settings, synced to the account's own devices.
+//!
+//! An account's devices share a group of their own (its metadata names the account:
+//! [`GroupMetadata::own_devices`]), created by the first device that changes a setting. The
+//! server and every member hold it to its rule: only that account's devices are ever in it. A
+//! change is an application message there ([`Body::Settings`]), stored as a record of kind
+//! `settings` like any other, so one that cannot go out now is sent by the next sync.
+//!
+//! What a device uses is folded from those records ([`recompute`]): for each setting, the last
+//! value in log order, with this device's own unsent changes last. The device that adds a new
+//! device to the group sends every setting again right after, since the new device cannot read
+//! what was sent before it joined.
+//!
+//! A settings record from another account, or outside an own-devices group, is refused.
+
+use std::collections::BTreeMap;
+
+use sotto_proto::group::GroupMetadata;
+use sotto_proto::{Body, SettingValue};
+
+use crate::receipts::READ_RECEIPTS_SETTING;
+use crate::store::{ContentKind, ConversationKind, ConversationStatus, MessageRecord, Tx};
+use crate::{Engine, Error, Flow, SyncReport, Task};
+
+/// The name of the read-receipts setting on the wire.
+pub const READ_RECEIPTS: &str = "read_receipts";
+
+/// The settings this version knows, as (wire name, this device's setting key).
+const KNOWN: &[(&str, &str)] = &[(READ_RECEIPTS, READ_RECEIPTS_SETTING)];
+
+/// A stored settings record's text.
+pub(crate) fn to_json(settings: &[(String, SettingValue)]) -> String {
+    let list: Vec<(&str, serde_json::Value)> = settings
+        .iter()
+        .map(|(n, v)| {
+            let v = match v {
+                SettingValue::Bool(b) => serde_json::Value::Bool(*b),
+                SettingValue::Uint(n) => serde_json::Value::from(*n),
+            };
+            (n.as_str(), v)
+        })
+        .collect();
+    serde_json::to_string(&list).unwrap_or_default()
+}
+
+/// The settings of a stored record's text (the inverse of [`to_json`]).
+pub(crate) fn from_json(text: &str) -> Option<Vec<(String, SettingValue)>> {
+    let list: Vec<(String, serde_json::Value)> = serde_json::from_str(text).ok()?;
+    list.into_iter()
+        .map(|(n, v)| {
+            let v = match v {
+                serde_json::Value::Bool(b) => SettingValue::Bool(b),
+                v => SettingValue::Uint(v.as_u64()?),
+            };
+            Some((n, v))
+        })
+        .collect()
+}
+
+/// This device's value of a known setting, as it goes on the wire.
+fn local_value(tx: &dyn Tx, name: &str) -> Result<Option<SettingValue>, Error> {
+    Ok(match name {
+        READ_RECEIPTS => Some(SettingValue::Bool(
+            tx.setting(READ_RECEIPTS_SETTING)?.as_deref() != Some(b"off"),
+        )),
+        _ => None,
+    })
+}
+
+/// Stores a known setting's value on this device; others are passed over.
+fn set_local(tx: &dyn Tx, name: &str, value: SettingValue) -> Result<(), Error> {
+    let Some((_, key)) = KNOWN.iter().find(|(n, _)| *n == name) else {
+        return Ok(());
+    };
+    match value {
+        SettingValue::Bool(on) => tx.set_setting(key, if on { b"on" } else { b"off" })?,
+        SettingValue::Uint(_) => {} // no known setting is a number yet
+    }
+    Ok(())
+}
+
+/// Why an incoming settings record is refused, if it is.
+pub(crate) fn check_incoming(tx: &dyn Tx, rec: &MessageRecord) -> Result<Option<String>, Error> {
+    let own = tx
+        .conversation(&rec.conversation)?
+        .is_some_and(|c| c.kind == ConversationKind::Own);
+    if !own {
+        return Ok(Some(
+            "account settings outside the account's own-devices group".into(),
+        ));
+    }
+    if !rec.outgoing {
+        return Ok(Some(format!(
+            "account settings from another account ({})",
+            rec.sender
+        )));
+    }
+    Ok(None)
+}
+
+/// Sets this device's account settings from the settings records of its own-devices groups: for
+/// each setting, the last value in log order (unsent ones last).
+pub(crate) fn recompute(tx: &dyn Tx) -> Result<(), Error> {
+    let mut latest: BTreeMap<String, SettingValue> = BTreeMap::new();
+    let mut own: Vec<String> = tx
+        .conversations()?
+        .into_iter()
+        .filter(|c| c.kind == ConversationKind::Own)
+        .map(|c| c.id)
+        .collect();
+    own.sort();
+    for id in own {
+        // `messages` lists in log order, unsent ones last.
+        for m in tx.messages(&id)? {
+            if m.kind != ContentKind::Settings {
+                continue;
+            }
+            for (name, value) in m.text.as_deref().and_then(from_json).unwrap_or_default() {
+                latest.insert(name, value);
+            }
+        }
+    }
+    for (name, value) in latest {
+        set_local(tx, &name, value)?;
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Turns read receipts on or off for the account: on this device at once, and on its other
+    /// devices through the account's own-devices group (created on first use).
+    pub fn set_read_receipts(&self, on: bool) -> Task<SyncReport> {
+        self.task(move |f| async move {
+            f.change_settings(vec![(READ_RECEIPTS.to_owned(), SettingValue::Bool(on))])
+                .await
+        })
+    }
+}
+
+impl Flow {
+    /// The own-devices groups this device is in.
+    pub(crate) fn own_groups(&self) -> Result<Vec<String>, Error> {
+        self.read(|tx, _| {
+            let mut v: Vec<String> = tx
+                .conversations()?
+                .into_iter()
+                .filter(|c| c.kind == ConversationKind::Own && c.status == ConversationStatus::Ok)
+                .map(|c| c.id)
+                .collect();
+            v.sort();
+            Ok(v)
+        })
+    }
+
+    /// Whether conversation `id` is an own-devices group.
+    pub(crate) fn is_own_group(&self, id: &str) -> Result<bool, Error> {
+        self.read(|tx, _| {
+            Ok(tx
+                .conversation(id)?
+                .is_some_and(|c| c.kind == ConversationKind::Own))
+        })
+    }
+
+    /// Sends setting changes to every own-devices group of this account (two devices may each
+    /// have created one before they knew of each other), creating one if there is none.
+    async fn change_settings(
+        &self,
+        settings: Vec<(String, SettingValue)>,
+    ) -> Result<SyncReport, Error> {
+        let mut report = self.sync().await?;
+        let mut groups = self.own_groups()?;
+        if groups.is_empty() {
+            let me = self.me()?;
+            let meta = GroupMetadata::own_devices(me.username.clone());
+            let (id, r) = self
+                .create_group_with(meta, &[], usize::MAX, ConversationKind::Own)
+                .await?;
+            report.extend(r);
+            groups.push(id);
+        }
+        for id in groups {
+            self.send_settings(&id, settings.clone(), &mut report)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    /// Sends every known setting's value on this device to own-devices group `id` (for a device
+    /// just added, which cannot read what was sent before). Catches up on the group first, so as
+    /// not to send back a value another device has just changed.
+    pub(crate) async fn send_all_settings(
+        &self,
+        id: &str,
+        report: &mut SyncReport,
+    ) -> Result<(), Error> {
+        self.sync_conversation(id, None, report).await?;
+        let settings = self.read(|tx, _| {
+            let mut v = Vec::new();
+            for (name, _) in KNOWN {
+                if let Some(value) = local_value(tx, name)? {
+                    v.push(((*name).to_owned(), value));
+                }
+            }
+            Ok(v)
+        })?;
+        if settings.is_empty() {
+            return Ok(());
+        }
+        self.send_settings(id, settings, report).await
+    }
+
+    async fn send_settings(
+        &self,
+        id: &str,
+        settings: Vec<(String, SettingValue)>,
+        report: &mut SyncReport,
+    ) -> Result<(), Error> {
+        let content = self.compose(id, Body::Settings { settings }).await?;
+        match self.post_message(id, &content, report).await {
+            Ok(_) | Err(Error::Queued { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
