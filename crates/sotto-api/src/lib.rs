@@ -285,6 +285,9 @@ pub struct Accepted {
     pub seq: u64,
     /// The conversation's epoch after it.
     pub epoch: u64,
+    /// When the server accepted it (see [`LogEntry::accepted_at`]).
+    #[serde(default)]
+    pub accepted_at: u64,
 }
 
 /// Kind of a log entry.
@@ -310,6 +313,10 @@ pub struct LogEntry {
     pub sender_device: String,
     /// The MLS message.
     pub data: B64,
+    /// When the server accepted it, in Unix seconds: the time every member measures the edit and
+    /// unsend windows on (a sender's own clock is its to set). 0 from a server before this field.
+    #[serde(default)]
+    pub accepted_at: u64,
 }
 
 /// `GET /v1/conversations/{id}/log?after=SEQ&limit=N[&read=SEQ]`. The device's read position (what
@@ -475,7 +482,7 @@ impl ServerFrame {
         };
         use base64::Engine;
         let mut out = String::with_capacity(
-            112 + id.len() + entry.sender_device.len() + entry.data.0.len().div_ceil(3) * 4,
+            140 + id.len() + entry.sender_device.len() + entry.data.0.len().div_ceil(3) * 4,
         );
         out.push_str(r#"{"type":"entry","id":"#);
         push_json_str(&mut out, id);
@@ -490,7 +497,9 @@ impl ServerFrame {
         push_json_str(&mut out, &entry.sender_device);
         out.push_str(r#","data":""#);
         base64::engine::general_purpose::STANDARD.encode_string(&entry.data.0, &mut out);
-        out.push_str("\"}}");
+        out.push_str(r#"","accepted_at":"#);
+        push_u64(&mut out, entry.accepted_at);
+        out.push_str("}}");
         out
     }
 }
@@ -668,6 +677,7 @@ mod tests {
                 kind,
                 sender_device: sender.into(),
                 data: B64(data),
+                accepted_at: epoch.wrapping_add(seq),
             },
         }
     }
@@ -692,7 +702,11 @@ mod tests {
             },
             ServerFrame::Sent {
                 reference: 9,
-                accepted: Accepted { seq: 1, epoch: 2 },
+                accepted: Accepted {
+                    seq: 1,
+                    epoch: 2,
+                    accepted_at: 1_700_000_000,
+                },
             },
         ];
         for f in frames {
@@ -834,7 +848,7 @@ mod tests {
 
         #[test]
         fn log_entries_round_trip(seq in any::<u64>(), epoch in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let e = LogEntry { seq, epoch, kind: EntryKind::Message, sender_device: "d".into(), data: B64(data) };
+            let e = LogEntry { seq, epoch, kind: EntryKind::Message, sender_device: "d".into(), data: B64(data), accepted_at: seq / 2 };
             let back: LogEntry = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
             prop_assert_eq!(back, e);
         }

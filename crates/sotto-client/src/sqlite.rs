@@ -86,6 +86,12 @@ CREATE TABLE sotto_receipts (
 );
 "#;
 
+/// The server's acceptance time of each message (Unix seconds; 0 for one stored before, or not
+/// acknowledged yet): the edit and unsend windows are measured on it.
+const SCHEMA_4: &str = r#"
+ALTER TABLE sotto_messages ADD COLUMN accepted_at INTEGER NOT NULL DEFAULT 0;
+"#;
+
 /// The tables `openmls_sqlite_storage` 0.3 created (all of them, used or not).
 const LEGACY_TABLES: &[&str] = &[
     "openmls_encryption_keys",
@@ -238,7 +244,7 @@ fn json_array(items: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// The newest schema this version writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Opens (creating, migrating) the database `home/sotto.db`.
 fn open_db(home: &Path) -> Result<Connection, StoreError> {
@@ -282,6 +288,7 @@ fn open_db(home: &Path) -> Result<Connection, StoreError> {
                 migrate_legacy_mls(&tx)?;
             }
             3 => tx.execute_batch(SCHEMA_3).map_err(backend)?,
+            4 => tx.execute_batch(SCHEMA_4).map_err(backend)?,
             _ => {}
         }
         tx.pragma_update(None, "user_version", version)
@@ -374,7 +381,7 @@ fn to_conversation(r: ConversationRow) -> Result<ConversationRecord, StoreError>
 }
 
 const CONVERSATION_COLUMNS: &str = "id, kind, peer, cursor, status, status_detail";
-const MESSAGE_COLUMNS: &str = "conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, local_order, kind, target, salt";
+const MESSAGE_COLUMNS: &str = "conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, local_order, kind, target, salt, accepted_at";
 
 fn message_of(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {
@@ -401,6 +408,7 @@ fn message_of(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         outgoing: r.get::<_, i64>(8)? != 0,
         shown: r.get::<_, i64>(9)? != 0,
         local_order: u64_of(r.get(10)?),
+        accepted_at: u64_of(r.get(14)?),
     })
 }
 
@@ -534,8 +542,8 @@ impl Tx for SqliteTx<'_> {
     fn insert_message(&self, m: &MessageRecord) -> Result<bool, StoreError> {
         let n = self.exec(
             "INSERT OR IGNORE INTO sotto_messages
-             (conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, kind, target, salt, local_order)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+             (conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, kind, target, salt, accepted_at, local_order)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
                      (SELECT COALESCE(MAX(local_order), 0) + 1 FROM sotto_messages))",
             params![
                 m.conversation,
@@ -551,6 +559,7 @@ impl Tx for SqliteTx<'_> {
                 m.kind.as_str(),
                 m.target,
                 m.salt,
+                i64_of(m.accepted_at),
             ],
         )?;
         Ok(n == 1)
@@ -566,10 +575,17 @@ impl Tx for SqliteTx<'_> {
             .pop())
     }
 
-    fn set_message_seq(&self, conversation: &str, id: &str, seq: u64) -> Result<(), StoreError> {
+    fn set_message_seq(
+        &self,
+        conversation: &str,
+        id: &str,
+        seq: u64,
+        accepted_at: u64,
+    ) -> Result<(), StoreError> {
         self.exec(
-            "UPDATE sotto_messages SET seq = ?3 WHERE conversation = ?1 AND message_id = ?2",
-            params![conversation, id, i64_of(seq)],
+            "UPDATE sotto_messages SET seq = ?3, accepted_at = ?4
+             WHERE conversation = ?1 AND message_id = ?2",
+            params![conversation, id, i64_of(seq), i64_of(accepted_at)],
         )
         .map(|_| ())
     }

@@ -191,19 +191,26 @@ async fn typing_reaches_connected_devices_only_and_is_never_stored() {
     }
 }
 
-#[tokio::test]
-async fn a_modified_clients_forged_edit_and_unsend_are_refused_by_every_receiver() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server")).await;
-    let a = registered(&dir.path().join("a"), &server.url, "alice").await;
-    let b = registered(&dir.path().join("b"), &server.url, "bob").await;
-    let c = registered(&dir.path().join("c"), &server.url, "carol").await;
+/// Alice, bob and carol (homes `a`, `b`, `c` under `dir`) and the group "Team" alice made for
+/// the three of them.
+async fn team(dir: &Path, server: &Server) -> (Client, Client, Client, String) {
+    let a = registered(&dir.join("a"), &server.url, "alice").await;
+    let b = registered(&dir.join("b"), &server.url, "bob").await;
+    let c = registered(&dir.join("c"), &server.url, "carol").await;
     let gid = a
         .groups()
         .create("Team", &["bob".into(), "carol".into()], 16)
         .await
         .unwrap()
         .0;
+    (a, b, c, gid)
+}
+
+#[tokio::test]
+async fn a_modified_clients_forged_edit_and_unsend_are_refused_by_every_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let (a, b, c, gid) = team(dir.path(), &server).await;
     let (m, _) = a.group(&gid).send("the plan is A").await.unwrap();
     b.sync().await.unwrap();
     c.sync().await.unwrap();
@@ -328,5 +335,74 @@ async fn account_settings_reach_every_own_device_and_nobody_else_can_set_them() 
         );
         assert!(d.read_receipts().unwrap(), "unchanged");
     }
+    server.stop().await;
+}
+
+/// Moves a stored message back in time on one device, as if it had been sent `hours` earlier.
+/// With `sender_clock`, its sender's claimed time too; without it, only the server's time.
+fn age_message(home: &Path, id: &str, hours: i64, sender_clock: bool) {
+    let db = rusqlite::Connection::open(home.join("sotto.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let secs = hours * 3600;
+    let n = db
+        .execute(
+            "UPDATE sotto_messages SET accepted_at = accepted_at - ?2,
+                 sent_at_ms = sent_at_ms - ?3
+             WHERE message_id = ?1 AND accepted_at > 0",
+            rusqlite::params![id, secs, if sender_clock { secs * 1000 } else { 0 }],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "the message is stored with the server's time");
+}
+
+#[tokio::test]
+async fn edit_windows_run_on_the_servers_clock_24_h_to_send_48_h_to_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let home = |n: &str| dir.path().join(n);
+    let (a, b, c, gid) = team(dir.path(), &server).await;
+    let (m, _) = a.group(&gid).send("meet at 10").await.unwrap();
+    let (fresh, _) = a.group(&gid).send("bring the slides").await.unwrap();
+    b.sync().await.unwrap();
+    c.sync().await.unwrap();
+
+    // The sender's own client: 24 h after sending, no more edits or unsends.
+    age_message(&home("a"), &m.id, 25, true);
+    for action in [Action::Edit("meet at 11".into()), Action::Unsend] {
+        let err = a.act(&m.id, action).await.unwrap_err();
+        assert!(err.to_string().contains("24 hours"), "{err}");
+    }
+    a.act(&fresh.id, Action::Edit("bring the slides, please".into()))
+        .await
+        .unwrap();
+
+    // Receivers: 48 h on the server's times. Bob's copy of the message was accepted 49 h before
+    // the edit that alice's modified client now sends; carol's, a moment before. Bob's copy
+    // keeps the sender's claimed time, so on the sender's clock he would take it.
+    age_message(&home("b"), &m.id, 49, false);
+    let original = MessageId::from_hex(&m.id).unwrap();
+    let edit = Body::Edit {
+        original,
+        text: "meet at 11".into(),
+        reply_to: None,
+    };
+    a.run(a.engine().dangerous_send_unchecked(&gid, edit))
+        .await
+        .unwrap();
+    let report = b.sync().await.unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("refused") && w.contains("48 hours")),
+        "{:?}",
+        report.warnings
+    );
+    let h = b.group(&gid).history().unwrap();
+    assert_eq!((h[0].text.as_deref(), h[0].edits), (Some("meet at 10"), 0));
+    assert_eq!(h[1].text.as_deref(), Some("bring the slides, please"));
+    c.sync().await.unwrap();
+    let h = c.group(&gid).history().unwrap();
+    assert_eq!((h[0].text.as_deref(), h[0].edits), (Some("meet at 11"), 1));
     server.stop().await;
 }

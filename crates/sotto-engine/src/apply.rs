@@ -522,6 +522,7 @@ fn decrypt_into(
                 outgoing: sender.username == *me,
                 shown: false,
                 local_order: 0,
+                accepted_at: entry.accepted_at,
             }))
         }
         Ok(_) => Decrypted::Failed {

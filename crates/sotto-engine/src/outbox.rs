@@ -122,6 +122,7 @@ impl Flow {
                     outgoing: true,
                     shown: true,
                     local_order: 0,
+                    accepted_at: 0,
                 };
                 // The sender's own device applies what it sends as a receiver would, in the same
                 // transaction (an unsend's text is gone from here even while it is queued).
@@ -142,7 +143,9 @@ impl Flow {
                 .await;
             match res {
                 Ok(acc) => {
-                    self.with_tx(|tx, _| Ok(tx.set_message_seq(id, &msg_id, acc.seq)?))?;
+                    self.with_tx(|tx, _| {
+                        Ok(tx.set_message_seq(id, &msg_id, acc.seq, acc.accepted_at)?)
+                    })?;
                     return Ok(acc);
                 }
                 Err(e) if e.is_stale_epoch() => {

@@ -12,8 +12,9 @@
 //! ([`settle_waiting`]): applied and shown then, or dropped with a warning. Nothing is lost for
 //! arriving early, and nothing unchecked is ever shown.
 //!
-//! Times are the senders' clocks as carried in the content. The server's acceptance time is not on
-//! the wire yet (see DESIGN.md, "Rich messages").
+//! Windows are measured on the server's acceptance times of the two log entries
+//! ([`sotto_api::LogEntry::accepted_at`]), which every member sees alike and no sender can set;
+//! only for records stored before servers said (0) on the senders' clocks carried in the content.
 
 use std::collections::BTreeMap;
 
@@ -212,12 +213,20 @@ pub(crate) fn check_action(
             if deleted {
                 return Ok(Some(format!("an {what} of an unsent message")));
             }
-            if rec.sent_at_ms < target.sent_at_ms {
-                return Ok(Some(format!(
-                    "an {what} that claims to be older than the message"
-                )));
-            }
-            if rec.sent_at_ms - target.sent_at_ms > window {
+            let elapsed = match (target.accepted_at, rec.accepted_at) {
+                // The server's clock, the same for every member, and not the sender's to set.
+                (t, r) if t > 0 && r > 0 => r.saturating_sub(t).saturating_mul(1000),
+                // Stored before servers said (or not acknowledged yet): the senders' clocks.
+                _ => {
+                    if rec.sent_at_ms < target.sent_at_ms {
+                        return Ok(Some(format!(
+                            "an {what} that claims to be older than the message"
+                        )));
+                    }
+                    rec.sent_at_ms - target.sent_at_ms
+                }
+            };
+            if elapsed > window {
                 return Ok(Some(format!(
                     "an {what} more than {} hours after the message was sent",
                     window / 3_600_000
@@ -238,6 +247,16 @@ pub(crate) fn check_action(
         _ => {}
     }
     Ok(None)
+}
+
+/// When a message was sent, in Unix milliseconds: the server's acceptance time once it is known,
+/// else the sender's clock.
+fn sent_time(m: &MessageRecord) -> u64 {
+    if m.accepted_at > 0 {
+        m.accepted_at.saturating_mul(1000)
+    } else {
+        m.sent_at_ms
+    }
 }
 
 /// Carries out what an accepted record does to what is stored: an unsend removes the text of the
@@ -498,7 +517,7 @@ impl crate::Engine {
                         target.sender
                     )));
                 }
-                if now.saturating_sub(target.sent_at_ms) > SEND_WINDOW_MS {
+                if now.saturating_sub(sent_time(&target)) > SEND_WINDOW_MS {
                     return Err(Error::Invalid(format!(
                         "message {message_id} is more than 24 hours old and can no longer be {what}ed"
                     )));
@@ -586,10 +605,11 @@ mod tests {
             outgoing: false,
             shown: false,
             local_order: 0,
+            accepted_at: 0,
         }
     }
 
-    /// The receive-side windows and limits, on the clocks the records carry.
+    /// The receive-side windows and limits, on the senders' clocks (no server times stored).
     #[test]
     fn edit_and_unsend_windows_and_the_edit_limit() {
         let store = MemoryStore::new();
@@ -627,6 +647,34 @@ mod tests {
         assert!(matches!(verdict(&on_edit), Verdict::Refuse(w) if w.contains("not on a message")));
         let early = rec("r2", ContentKind::Reaction, "bob", t0, Some("later"));
         assert_eq!(verdict(&early), Verdict::Wait);
+    }
+
+    /// With the server's acceptance times known, the windows are measured on them: a sender that
+    /// lies about its clock changes nothing.
+    #[test]
+    fn windows_use_the_servers_times_when_known() {
+        let store = MemoryStore::new();
+        let tx = store.begin(true).unwrap();
+        let t0 = 1_700_000_000_000;
+        let s0 = t0 / 1000;
+        let mut m = rec("m", ContentKind::Text, "alice", t0, None);
+        m.accepted_at = s0;
+        tx.insert_message(&m).unwrap();
+        let verdict = |r: &MessageRecord| check_incoming(tx.as_ref(), r).unwrap();
+        // Accepted 49 h later, though its sender claims one hour: refused.
+        let mut late = rec("e1", ContentKind::Edit, "alice", t0 + HOUR, Some("m"));
+        late.accepted_at = s0 + 49 * 3600;
+        assert!(matches!(verdict(&late), Verdict::Refuse(w) if w.contains("48 hours")));
+        let mut unsend = rec("u1", ContentKind::Unsend, "alice", t0, Some("m"));
+        unsend.accepted_at = s0 + 48 * 3600 + 1;
+        assert!(matches!(verdict(&unsend), Verdict::Refuse(w) if w.contains("48 hours")));
+        // Accepted within 48 h, though its sender claims a week, or a time before the message.
+        let mut ok = rec("e2", ContentKind::Edit, "alice", t0 + 168 * HOUR, Some("m"));
+        ok.accepted_at = s0 + 47 * 3600;
+        assert_eq!(verdict(&ok), Verdict::Apply);
+        ok.sent_at_ms = t0 - HOUR;
+        assert_eq!(verdict(&ok), Verdict::Apply);
+        assert_eq!(sent_time(&m), t0);
     }
 
     /// Content v1's ids are chosen by the sender, so a modified client could make replies loop.

@@ -718,6 +718,7 @@ pub async fn send(
                 kind: EntryKind::Message,
                 sender_device: caller.device_id.clone(),
                 data: req.message,
+                accepted_at: accepted.accepted_at,
             },
         }
     } else {

@@ -171,6 +171,11 @@ async fn conformance(s: Arc<dyn Store>) {
         s.append_message("c0ffee", "alice", "a1", 0, b"x").await,
         Err(StoreError::StaleEpoch { current: 1 })
     ));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut times = Vec::new();
     for i in 0..3u8 {
         let a = s
             .append_message("c0ffee", "bob", "b1", 1, &[i])
@@ -178,6 +183,11 @@ async fn conformance(s: Arc<dyn Store>) {
             .unwrap()
             .unwrap();
         assert_eq!((a.accepted.seq, a.accepted.epoch), (2 + u64::from(i), 1));
+        assert!(
+            a.accepted.accepted_at >= before,
+            "the server's acceptance time"
+        );
+        times.push(a.accepted.accepted_at);
         let mut wake = a.wake;
         wake.sort();
         assert_eq!(
@@ -202,6 +212,11 @@ async fn conformance(s: Arc<dyn Store>) {
     let log = s.log_after("c0ffee", 1, 2).await.unwrap();
     assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(log[0].data.0, vec![0]);
+    assert_eq!(
+        log.iter().map(|e| e.accepted_at).collect::<Vec<_>>(),
+        times[..2],
+        "the log says when each entry was accepted"
+    );
     assert_eq!(s.conversation("c0ffee").await.unwrap().unwrap().last_seq, 4);
 
     // Concurrency: one winner per epoch, gap-free sequence numbers.

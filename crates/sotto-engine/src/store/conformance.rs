@@ -68,6 +68,7 @@ fn msg(conv: &str, id: &str, seq: Option<u64>, outgoing: bool, device: &str) -> 
         outgoing,
         shown: false,
         local_order: 0,
+        accepted_at: seq.map_or(0, |s| 1_700_000_000 + s),
     }
 }
 
@@ -272,13 +273,17 @@ fn outbox(s: &dyn Store) {
         assert_eq!(unsent[0].salt.as_deref(), Some(&[7; 16][..]));
     });
     write(s, |tx| {
-        tx.set_message_seq("c", "out1", 10).unwrap();
+        tx.set_message_seq("c", "out1", 10, 1_700_000_123).unwrap();
         tx.delete_unsent_message("c", "out1").unwrap(); // acknowledged: kept
         tx.delete_unsent_message("c", "out2").unwrap();
     });
     read(s, |tx| {
         let out1 = tx.message("c", "out1").unwrap().unwrap();
-        assert_eq!(out1.seq, Some(10));
+        assert_eq!((out1.seq, out1.accepted_at), (Some(10), 1_700_000_123));
+        assert_eq!(
+            tx.message("c", "in").unwrap().unwrap().accepted_at,
+            1_700_000_003
+        );
         assert_eq!(out1.salt.as_deref(), Some(&[7; 16][..]));
         assert_eq!(tx.message("c", "out2").unwrap(), None);
         assert!(tx.unsent_messages("me").unwrap().is_empty());

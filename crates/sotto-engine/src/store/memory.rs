@@ -234,8 +234,17 @@ impl Tx for MemoryTx<'_> {
             .cloned())
     }
 
-    fn set_message_seq(&self, conversation: &str, id: &str, seq: u64) -> Result<(), StoreError> {
-        self.update(conversation, id, |m| m.seq = Some(seq));
+    fn set_message_seq(
+        &self,
+        conversation: &str,
+        id: &str,
+        seq: u64,
+        accepted_at: u64,
+    ) -> Result<(), StoreError> {
+        self.update(conversation, id, |m| {
+            m.seq = Some(seq);
+            m.accepted_at = accepted_at;
+        });
         Ok(())
     }
 

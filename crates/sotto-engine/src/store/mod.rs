@@ -237,6 +237,9 @@ pub struct MessageRecord {
     pub shown: bool,
     /// The order in which this device stored it (set by the store on insert).
     pub local_order: u64,
+    /// When the server accepted it, in Unix seconds (0: not acknowledged yet, or stored before
+    /// servers said). The edit and unsend windows are measured on it.
+    pub accepted_at: u64,
 }
 
 /// Where a log entry that did not decrypt stands.
@@ -333,8 +336,14 @@ pub trait Tx {
     fn insert_message(&self, m: &MessageRecord) -> Result<bool, StoreError>;
     /// A message by (conversation, id).
     fn message(&self, conversation: &str, id: &str) -> Result<Option<MessageRecord>, StoreError>;
-    /// Records the sequence number the server gave a message.
-    fn set_message_seq(&self, conversation: &str, id: &str, seq: u64) -> Result<(), StoreError>;
+    /// Records the sequence number and acceptance time the server gave a message.
+    fn set_message_seq(
+        &self,
+        conversation: &str,
+        id: &str,
+        seq: u64,
+        accepted_at: u64,
+    ) -> Result<(), StoreError>;
     /// Deletes a message the server never acknowledged (no-op once it has a seq).
     fn delete_unsent_message(&self, conversation: &str, id: &str) -> Result<(), StoreError>;
     /// A message of any conversation by id (ids are hashes: unique across conversations).

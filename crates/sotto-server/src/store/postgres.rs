@@ -501,14 +501,15 @@ async fn insert_log(
     kind: EntryKind,
     sender: &str,
     data: &[u8],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
+    let at = now();
     tx.execute(
         "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&conversation, &seq, &as_i64(epoch), &(kind_code(kind) as i16), &sender, &data, &now()],
+        &[&conversation, &seq, &as_i64(epoch), &(kind_code(kind) as i16), &sender, &data, &at],
     )
     .await
     .map_err(backend)?;
-    Ok(())
+    Ok(as_u64(at))
 }
 
 /// How a batch went.
@@ -565,9 +566,10 @@ async fn run_appends(pool: &Pool, batch: Vec<AppendJob>) {
 /// checks membership and epoch, numbers the messages per conversation in queue order, bumps each
 /// conversation's `last_seq` once and inserts the entries.
 async fn append_batch(c: &mut deadpool_postgres::Object, batch: &[AppendJob]) -> BatchOutcome {
-    match write_batch(c, batch).await {
+    let created_at = now();
+    match write_batch(c, batch, created_at).await {
         Ok(Some((rows, wake_rows))) => {
-            BatchOutcome::Done(answer_batch(c, batch, rows, wake_rows).await)
+            BatchOutcome::Done(answer_batch(c, batch, rows, wake_rows, created_at).await)
         }
         Ok(None) => BatchOutcome::NotWritten,
         Err(e) => BatchOutcome::Unknown(e),
@@ -579,6 +581,7 @@ async fn append_batch(c: &mut deadpool_postgres::Object, batch: &[AppendJob]) ->
 async fn write_batch(
     c: &mut deadpool_postgres::Object,
     batch: &[AppendJob],
+    created_at: i64,
 ) -> Result<Option<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>)>, StoreError> {
     let conversations: Vec<&str> = batch.iter().map(|j| j.conversation.as_str()).collect();
     let devices: Vec<&str> = batch.iter().map(|j| j.device.as_str()).collect();
@@ -586,7 +589,6 @@ async fn write_batch(
     let epochs: Vec<i64> = batch.iter().map(|j| as_i64(j.epoch)).collect();
     let data: Vec<&[u8]> = batch.iter().map(|j| j.data.as_slice()).collect();
     let kind = kind_code(EntryKind::Message) as i16;
-    let created_at = now();
     let Ok(tx) = c.transaction().await else {
         return Ok(None);
     };
@@ -675,6 +677,7 @@ async fn answer_batch(
     batch: &[AppendJob],
     rows: Vec<tokio_postgres::Row>,
     wake_rows: Vec<tokio_postgres::Row>,
+    created_at: i64,
 ) -> Vec<Result<Option<Appended>, StoreError>> {
     let mut wake: HashMap<String, Vec<String>> = HashMap::new();
     for r in wake_rows {
@@ -699,6 +702,7 @@ async fn answer_batch(
                 accepted: Accepted {
                     seq: as_u64(seq),
                     epoch: job.epoch,
+                    accepted_at: as_u64(created_at),
                 },
                 wake,
             })
@@ -740,6 +744,7 @@ async fn append_one(
         )
         .await
         .map_err(backend)?;
+    let created_at = now();
     let row = c
         .query_one(
             &stmt,
@@ -750,7 +755,7 @@ async fn append_one(
                 &as_i64(job.epoch),
                 &(kind_code(EntryKind::Message) as i16),
                 &job.data,
-                &now(),
+                &created_at,
             ],
         )
         .await
@@ -769,6 +774,7 @@ async fn append_one(
         accepted: Accepted {
             seq: as_u64(seq),
             epoch: job.epoch,
+            accepted_at: as_u64(created_at),
         },
         wake,
     }))
@@ -1120,7 +1126,7 @@ impl Store for PostgresStore {
             return Err(stale_or_missing(&tx, conversation).await);
         };
         let (seq, epoch, kind): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
-        insert_log(
+        let accepted_at = insert_log(
             &tx,
             conversation,
             seq,
@@ -1154,6 +1160,7 @@ impl Store for PostgresStore {
         Ok(Accepted {
             seq: as_u64(seq),
             epoch: as_u64(epoch),
+            accepted_at,
         })
     }
 
@@ -1201,7 +1208,7 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT seq, epoch, kind, sender_device, data FROM log
+                "SELECT seq, epoch, kind, sender_device, data, created_at FROM log
                  WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                 &[&conversation, &as_i64(after), &i64::from(limit)],
             )
@@ -1215,6 +1222,7 @@ impl Store for PostgresStore {
                 kind: kind_from_code(i64::from(r.get::<_, i16>(2))),
                 sender_device: r.get(3),
                 data: B64(r.get(4)),
+                accepted_at: as_u64(r.get(5)),
             })
             .collect())
     }

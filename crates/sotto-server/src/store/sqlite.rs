@@ -514,7 +514,7 @@ fn append_hot(conn: &Connection, hot: &mut Hot, job: AppendJob) -> (Answer, bool
         }
         let seq = c.last_seq + 1;
         // One statement: all or nothing without a savepoint. `last_seq` is written by the flush.
-        insert_log(
+        let accepted_at = insert_log(
             conn,
             &conversation,
             seq,
@@ -530,7 +530,11 @@ fn append_hot(conn: &Connection, hot: &mut Hot, job: AppendJob) -> (Answer, bool
             hot.dirty.push(conversation);
         }
         Ok(Some(Appended {
-            accepted: Accepted { seq, epoch },
+            accepted: Accepted {
+                seq,
+                epoch,
+                accepted_at,
+            },
             wake,
         }))
     })();
@@ -1145,6 +1149,7 @@ fn read_log(
             kind: kind_from_code(r.get(1)?),
             sender_device: r.get(2)?,
             data: B64(r.get(3)?),
+            accepted_at: as_u64(r.get(4)?),
         })
     };
     // One snapshot for the index and the rows: a prune only ever removes a conversation's oldest
@@ -1152,20 +1157,22 @@ fn read_log(
     let snapshot = Snapshot::begin(conn)?;
     let mut out = conn
         .prepare_cached(
-            "SELECT l.epoch, l.kind, l.sender_device, l.data, i.seq
+            "SELECT l.epoch, l.kind, l.sender_device, l.data, l.created_at, i.seq
              FROM log_index i JOIN log l ON l.id = i.row
              WHERE i.conversation_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
         )
         .and_then(|mut s| {
             s.query_map(params![conversation, as_i64(after), limit], |r| {
-                entry(as_u64(r.get(4)?), r)
+                entry(as_u64(r.get(5)?), r)
             })?
             .collect::<Result<Vec<_>, _>>()
         })
         .map_err(backend)?;
     let last = out.last().map_or(after, |e| e.seq);
     let mut by_id = conn
-        .prepare_cached("SELECT epoch, kind, sender_device, data FROM log WHERE id = ?1")
+        .prepare_cached(
+            "SELECT epoch, kind, sender_device, data, created_at FROM log WHERE id = ?1",
+        )
         .map_err(backend)?;
     for &(seq, row) in recent.iter().filter(|(seq, _)| *seq > last) {
         if out.len() >= limit as usize {
@@ -1244,7 +1251,8 @@ fn insert_log(
     kind: EntryKind,
     sender: &str,
     data: &[u8],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
+    let at = now();
     tx.prepare_cached(
         "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -1257,13 +1265,13 @@ fn insert_log(
             kind_code(kind),
             sender,
             data,
-            now()
+            at
         ])
     })
     .map_err(backend)?;
     let row = tx.last_insert_rowid();
     NEW_LOG_ROWS.with(|r| r.borrow_mut().push((conversation.to_owned(), seq, row)));
-    Ok(())
+    Ok(as_u64(at))
 }
 
 #[async_trait]
@@ -1589,7 +1597,7 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let seq = next_seq(tx, &conversation, commit.epoch)?;
             let new_epoch = commit.epoch + 1;
-            insert_log(
+            let accepted_at = insert_log(
                 tx,
                 &conversation,
                 seq,
@@ -1638,6 +1646,7 @@ impl Store for SqliteStore {
             Ok(Accepted {
                 seq,
                 epoch: new_epoch,
+                accepted_at,
             })
         })
         .await
