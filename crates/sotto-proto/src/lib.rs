@@ -19,6 +19,7 @@
 //! functions into validated types; none of them panic on any input.
 #![deny(missing_docs)]
 
+pub mod attachment;
 pub mod cbor;
 pub mod codec;
 pub mod content;
