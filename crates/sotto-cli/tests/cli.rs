@@ -130,16 +130,19 @@ fn json_lines(s: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every file at or under `path`.
+fn files_under(path: &Path) -> Vec<PathBuf> {
+    if !path.is_dir() {
+        return vec![path.to_owned()];
+    }
+    std::fs::read_dir(path)
+        .unwrap()
+        .flat_map(|e| files_under(&e.unwrap().path()))
+        .collect()
+}
+
 fn assert_absent(path: &Path, needles: &[&str]) {
-    let paths: Vec<PathBuf> = if path.is_dir() {
-        std::fs::read_dir(path)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect()
-    } else {
-        vec![path.to_owned()]
-    };
-    for p in paths {
+    for p in files_under(path) {
         let bytes = std::fs::read(&p).unwrap();
         for n in needles {
             assert!(

@@ -382,8 +382,8 @@ async fn ws(
     }
 }
 
-async fn openapi() -> impl IntoResponse {
-    Json(crate::openapi::document())
+async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    Json(crate::openapi::document_with(state.blobs.max_file_bytes))
 }
 
 async fn health() -> &'static str {
@@ -425,6 +425,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/ws"),
     ("get", "/openapi.json"),
     ("get", "/health"),
+    ("post", "/v1/blobs"),
+    ("options", "/v1/blobs"),
+    ("get", "/v1/blobs/{id}"),
+    ("head", "/v1/blobs/{id}"),
+    ("patch", "/v1/blobs/{id}"),
+    ("delete", "/v1/blobs/{id}"),
 ];
 
 /// The router.
@@ -452,6 +458,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ws", get(ws))
         .route("/openapi.json", get(openapi))
         .route("/health", get(health))
+        .merge(crate::blobs::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -4,6 +4,7 @@
 //! http     thin axum handlers: authenticate, parse, call ds
 //! ds       the delivery-service rules (commit rule, membership, key packages, links), no HTTP
 //! store    the Store trait and its SQLite and PostgreSQL backends
+//! blobs    attachment blobs: resumable uploads (tus) and ranged downloads, in an object store
 //! bus      wake-ups: the local Hub of WebSocket connections and the Bus that reaches it
 //! ws       the push channel
 //! openapi  the OpenAPI document of the HTTP API
@@ -20,6 +21,7 @@ use axum::serve::Listener;
 use axum::Router;
 use tokio::sync::watch;
 
+pub mod blobs;
 pub mod bus;
 pub mod ds;
 pub mod error;
@@ -164,6 +166,8 @@ pub struct AppState {
     pub cursors: Arc<Cursors>,
     /// Rate limits.
     pub limiter: Arc<limits::RateLimiter>,
+    /// Attachment blobs (in memory unless [`AppState::with_blobs`] says where).
+    pub blobs: Arc<blobs::Blobs>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -190,12 +194,19 @@ impl AppState {
                 bus,
                 hub,
                 limiter: Arc::new(limits::RateLimiter::new(config.limits.clone())),
+                blobs: Arc::new(blobs::Blobs::memory(blobs::DEFAULT_MAX_FILE_BYTES)),
                 config: Arc::new(config),
                 shutdown: rx,
                 cursors: Arc::new(Cursors::default()),
             },
             tx,
         )
+    }
+
+    /// The same state with its blobs kept in `blobs`.
+    pub fn with_blobs(mut self, blobs: blobs::Blobs) -> Self {
+        self.blobs = Arc::new(blobs);
+        self
     }
 
     /// Single-node state over `store` with the in-process bus.

@@ -82,6 +82,12 @@ struct Args {
     /// Lifetime of device link codes in seconds.
     #[arg(long, env = "SOTTO_LINK_TTL", default_value_t = 600)]
     link_ttl_secs: i64,
+    /// Directory for attachment blobs (default: DATA_DIR/blobs).
+    #[arg(long, env = "SOTTO_BLOB_DIR")]
+    blob_dir: Option<PathBuf>,
+    /// Largest attachment in MiB (at most 2048).
+    #[arg(long, env = "SOTTO_MAX_FILE_MB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=2048))]
+    max_file_mb: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -236,6 +242,14 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let (state, stop_push) = AppState::new(store, bus, hub, config);
+    let blob_dir = args
+        .blob_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("blobs"));
+    let state = state.with_blobs(
+        sotto_server::blobs::Blobs::local(&blob_dir, args.max_file_mb * 1024 * 1024)
+            .with_context(|| format!("opening blob dir {}", blob_dir.display()))?,
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

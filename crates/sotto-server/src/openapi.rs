@@ -193,6 +193,54 @@ const OPS: &[Op] = &[
     ),
     op("get", "/openapi.json", "This document", false, None, None),
     op("get", "/health", "Liveness", false, None, None),
+    op(
+        "post",
+        "/v1/blobs",
+        "Create a resumable upload (tus 1.0 creation) of an encrypted attachment for a conversation this device is a member of; answers 201 with Location. A file over the limit (x-max-file-bytes, and Tus-Max-Size from OPTIONS) is refused with 413 before any byte is sent",
+        true,
+        None,
+        None,
+    ),
+    op(
+        "options",
+        "/v1/blobs",
+        "tus discovery: Tus-Version, Tus-Extension (creation, termination) and Tus-Max-Size",
+        false,
+        None,
+        None,
+    ),
+    op(
+        "head",
+        "/v1/blobs/{id}",
+        "How much of an upload has arrived (Upload-Offset, Upload-Length): where to resume",
+        true,
+        None,
+        None,
+    ),
+    op(
+        "patch",
+        "/v1/blobs/{id}",
+        "Append to an upload at Upload-Offset (Content-Type application/offset+octet-stream); 409 if the offset is not the upload's; the last byte finishes the blob",
+        true,
+        None,
+        None,
+    ),
+    op(
+        "delete",
+        "/v1/blobs/{id}",
+        "Remove an upload or blob (its uploading device only)",
+        true,
+        None,
+        None,
+    ),
+    op(
+        "get",
+        "/v1/blobs/{id}",
+        "Download a finished blob, whole or one Range (206), as a member device of its conversation; 404 otherwise",
+        true,
+        None,
+        None,
+    ),
 ];
 
 fn obj(required: &[&str], props: Value) -> Value {
@@ -239,8 +287,42 @@ fn reference(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-/// The document.
+/// The document, with the default file size limit.
 pub fn document() -> Value {
+    document_with(crate::blobs::DEFAULT_MAX_FILE_BYTES)
+}
+
+/// The headers a blob operation takes.
+fn blob_headers(method: &str) -> Vec<Value> {
+    let h = |name: &str, required: bool, schema: Value| json!({"name": name, "in": "header", "required": required, "schema": schema});
+    let tus = h(
+        "Tus-Resumable",
+        true,
+        json!({"type": "string", "enum": ["1.0.0"]}),
+    );
+    let n = json!({"type": "integer", "minimum": 0});
+    match method {
+        "post" => vec![
+            tus,
+            h("Upload-Length", true, n),
+            h(
+                "Upload-Metadata",
+                true,
+                json!({"type": "string", "description": "conversation BASE64(id)"}),
+            ),
+        ],
+        "patch" => vec![tus, h("Upload-Offset", true, n)],
+        "get" => vec![h(
+            "Range",
+            false,
+            json!({"type": "string", "pattern": "^bytes=[0-9]*-[0-9]*$"}),
+        )],
+        _ => vec![],
+    }
+}
+
+/// The document, announcing `max_file_bytes` as the largest attachment.
+pub fn document_with(max_file_bytes: u64) -> Value {
     let mut paths = Map::new();
     let err = json!({"description": "error", "content": {"application/json": {"schema": reference("Error")}}});
     for o in OPS {
@@ -257,10 +339,15 @@ pub fn document() -> Value {
                     json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}),
                     json!({"name": "read", "in": "query", "description": "how far this device has read, when before `after` (default `after`)", "schema": {"type": "integer", "minimum": 0}}),
                 ]
+            } else if o.path.starts_with("/v1/blobs") {
+                blob_headers(o.method)
             } else {
                 vec![]
             })
             .collect();
+        if o.path == "/v1/blobs" && o.method == "post" {
+            operation.insert("x-max-file-bytes".into(), json!(max_file_bytes));
+        }
         if !params.is_empty() {
             operation.insert("parameters".into(), Value::Array(params));
         }

@@ -101,6 +101,9 @@ impl T {
     ) -> Value {
         let (s, v) = self.call(method.clone(), path, token, body).await;
         assert_eq!(s, status, "{method} {path}: {v}");
+        if method == Method::HEAD {
+            return v; // a HEAD response has no body to carry the error (RFC 9110)
+        }
         assert_eq!(v["code"], code, "{method} {path}: {v}");
         assert!(v["message"].is_string());
         v
@@ -286,7 +289,7 @@ async fn every_route_answers_garbage_with_a_4xx_json_error() {
                     for body in &garbage {
                         let (s, v) = t.call(m.clone(), &path, token, Some(body.clone())).await;
                         assert!(!s.is_server_error(), "{method} {path}: {s} {v}");
-                        if s.is_client_error() {
+                        if s.is_client_error() && m != Method::HEAD {
                             assert!(
                                 v["code"].is_string() && v["message"].is_string(),
                                 "{method} {path}: {s} {v}"
@@ -348,6 +351,7 @@ async fn authentication_is_required_and_checked() {
             "/health",
         ]
         .contains(path)
+            || *method == "options"
         {
             continue;
         }

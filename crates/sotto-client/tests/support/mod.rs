@@ -41,7 +41,12 @@ impl Server {
         };
         let store = SqliteStore::open_with(data_dir, options).unwrap();
         let (state, stop_push) = AppState::single_node(Arc::new(store), config);
-        Self::serve(state, stop_push, data_dir, addr).await
+        let blobs = sotto_server::blobs::Blobs::local(
+            &data_dir.join("blobs"),
+            sotto_server::blobs::DEFAULT_MAX_FILE_BYTES,
+        )
+        .unwrap();
+        Self::serve(state.with_blobs(blobs), stop_push, data_dir, addr).await
     }
 
     /// A node over PostgreSQL (schema `schema`) with wake-ups over NATS.
