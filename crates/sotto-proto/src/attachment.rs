@@ -89,9 +89,20 @@ pub enum AttachmentError {
     Key,
 }
 
+/// The largest file a message may announce (2 GiB; servers choose their own limit below it).
+pub const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
 /// A file's key. Zeroed on drop; never printed.
 #[derive(Clone)]
 pub struct FileKey(Zeroizing<[u8; 32]>);
+
+impl PartialEq for FileKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0[..] == other.0[..]
+    }
+}
+
+impl Eq for FileKey {}
 
 impl std::fmt::Debug for FileKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

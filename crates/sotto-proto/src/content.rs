@@ -32,10 +32,11 @@
 
 use rand::RngCore;
 
+use crate::attachment::FileKey;
 use crate::cbor::{self, Dec};
 use crate::codec::{put_bytes, CodecError, Reader};
 use crate::identity::Username;
-use crate::mimi::{self, disposition, MimiContent, MimiId, NestedPart, Part};
+use crate::mimi::{self, disposition, MimiContent, MimiId, NestedPart, Part, PartSemantics};
 
 const VERSION_1: u8 = 1;
 const MIMI_FIRST_BYTE: u8 = 0x87;
@@ -135,6 +136,111 @@ impl From<MimiId> for MessageId {
     }
 }
 
+/// Where a file sent as an attachment is, and how to open it ([`crate::attachment`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// The blob's id on the server (64 hex digits).
+    pub blob: String,
+    /// The file key.
+    pub key: FileKey,
+    /// The file's size in bytes (before padding).
+    pub size: u64,
+    /// SHA-256 of the whole blob.
+    pub hash: [u8; 32],
+    /// Media type, as the sender gave it.
+    pub content_type: String,
+    /// File name, as the sender gave it (no directories).
+    pub name: String,
+}
+
+// Redacted: key, name, hash and blob id all describe or open the file.
+impl std::fmt::Debug for FileRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileRef({}, {} bytes)", self.content_type, self.size)
+    }
+}
+
+/// Where a blob is, as an `ExternalPart` URL names it: `mimi://sotto.invalid/b/ID`.
+const BLOB_URL_PREFIX: &str = "mimi://sotto.invalid/b/";
+/// Longest file name, in bytes.
+pub const MAX_FILE_NAME: usize = 255;
+
+impl FileRef {
+    /// Why this reference is not one every Sotto client takes.
+    fn check(&self) -> Result<(), CodecError> {
+        if self.blob.len() != 64
+            || !self
+                .blob
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(CodecError::Invalid("attachment blob id"));
+        }
+        if self.size > crate::attachment::MAX_FILE_BYTES {
+            return Err(CodecError::Invalid("attachment size"));
+        }
+        let ct = &self.content_type;
+        if ct.is_empty()
+            || ct.len() > 127
+            || !ct.contains('/')
+            || !ct.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        {
+            return Err(CodecError::Invalid("attachment content type"));
+        }
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > MAX_FILE_NAME
+            || n == "."
+            || n == ".."
+            || n.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+        {
+            return Err(CodecError::Invalid("attachment file name"));
+        }
+        Ok(())
+    }
+
+    fn to_external(&self) -> mimi::ExternalPart {
+        mimi::ExternalPart {
+            content_type: self.content_type.clone(),
+            url: format!("{BLOB_URL_PREFIX}{}", self.blob),
+            expires: 0,
+            size: self.size,
+            enc_alg: crate::attachment::ENC_ALG,
+            key: self.key.as_bytes().to_vec(),
+            nonce: Vec::new(),
+            aad: Vec::new(),
+            hash_alg: crate::attachment::HASH_ALG,
+            content_hash: self.hash.to_vec(),
+            description: String::new(),
+            filename: self.name.clone(),
+        }
+    }
+
+    fn from_external(e: &mimi::ExternalPart) -> Result<Self, CodecError> {
+        let blob = e
+            .url
+            .strip_prefix(BLOB_URL_PREFIX)
+            .ok_or(CodecError::Invalid("attachment URL"))?;
+        if !e.nonce.is_empty() || !e.aad.is_empty() || e.hash_alg != crate::attachment::HASH_ALG {
+            return Err(CodecError::Invalid("attachment parameters"));
+        }
+        let f = Self {
+            blob: blob.to_owned(),
+            key: FileKey::from_bytes(&e.key).map_err(|_| CodecError::Invalid("attachment key"))?,
+            size: e.size,
+            hash: e
+                .content_hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| CodecError::Invalid("attachment hash"))?,
+            content_type: e.content_type.clone(),
+            name: e.filename.clone(),
+        };
+        f.check()?;
+        Ok(f)
+    }
+}
+
 /// What a message says or does.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -179,6 +285,15 @@ pub enum Body {
         /// (message, status) pairs; statuses are [`mimi::status`] values.
         report: Vec<(MessageId, u8)>,
     },
+    /// A file, with an optional caption, optionally replying to an earlier message.
+    File {
+        /// Where it is and how to open it.
+        file: Box<FileRef>,
+        /// Text shown with it.
+        caption: Option<String>,
+        /// The message this one replies to.
+        reply_to: Option<MessageId>,
+    },
     /// The sender is typing.
     Typing,
     /// Account settings from one of the account's own devices: each named setting's new value.
@@ -210,6 +325,11 @@ impl std::fmt::Debug for Body {
             }
             Self::Unsend { original } => write!(f, "Unsend(of: {original:?})"),
             Self::Receipts { report } => write!(f, "Receipts({} messages)", report.len()),
+            Self::File { file, caption, .. } => write!(
+                f,
+                "File({file:?}, caption: {} bytes)",
+                caption.as_ref().map_or(0, String::len)
+            ),
             Self::Typing => f.write_str("Typing"),
             Self::Settings { settings } => write!(f, "Settings({settings:?})"),
             Self::Unsupported { what } => write!(f, "Unsupported({what})"),
@@ -272,6 +392,35 @@ impl Body {
                         mimi::encode_status(&ids),
                     ),
                 )
+            }
+            Self::File {
+                file,
+                caption,
+                reply_to,
+            } => {
+                file.check()?;
+                let ext = NestedPart {
+                    disposition: disposition::ATTACHMENT,
+                    language: String::new(),
+                    part: Part::External(Box::new(file.to_external())),
+                };
+                let body = match caption {
+                    None => ext,
+                    Some(c) => {
+                        check_text(c)?;
+                        NestedPart {
+                            disposition: disposition::RENDER,
+                            language: String::new(),
+                            part: Part::Multi {
+                                semantics: PartSemantics::ProcessAll,
+                                parts: vec![text_part(disposition::RENDER, c), ext],
+                            },
+                        }
+                    }
+                };
+                let mut m = MimiContent::new(salt, body);
+                m.in_reply_to = mimi_ref(reply_to)?;
+                m
             }
             Self::Typing => MimiContent::new(
                 salt,
@@ -361,6 +510,28 @@ impl Body {
             Part::Single { content_type, .. } => Self::Unsupported {
                 what: content_type.chars().take(64).collect(),
             },
+            Part::External(e) if e.enc_alg == crate::attachment::ENC_ALG => Self::File {
+                file: Box::new(FileRef::from_external(e)?),
+                caption: None,
+                reply_to,
+            },
+            Part::Multi {
+                semantics: PartSemantics::ProcessAll,
+                parts,
+            } if is_captioned_file(parts) => {
+                let (Part::Single { content, .. }, Part::External(e)) =
+                    (&parts[0].part, &parts[1].part)
+                else {
+                    return Err(CodecError::Invalid("attachment"));
+                };
+                let caption = utf8(content)?;
+                check_text(&caption)?;
+                Self::File {
+                    file: Box::new(FileRef::from_external(e)?),
+                    caption: Some(caption),
+                    reply_to,
+                }
+            }
             Part::External(e) => Self::Unsupported {
                 what: e.content_type.chars().take(64).collect(),
             },
@@ -454,6 +625,13 @@ fn decode_settings(bytes: &[u8]) -> Result<Vec<(String, SettingValue)>, CodecErr
         return Err(CodecError::Invalid("bytes after the settings"));
     }
     Ok(out)
+}
+
+/// A text followed by a Sotto attachment: a file with a caption.
+fn is_captioned_file(parts: &[NestedPart]) -> bool {
+    matches!(parts, [text, file]
+        if matches!(&text.part, Part::Single { content_type, .. } if is_text(content_type))
+            && matches!(&file.part, Part::External(e) if e.enc_alg == crate::attachment::ENC_ALG))
 }
 
 fn is_text(content_type: &str) -> bool {
@@ -724,6 +902,16 @@ mod tests {
                 report: vec![(to, mimi::status::READ)],
             },
             Body::Typing,
+            Body::File {
+                file: Box::new(file_ref()),
+                caption: None,
+                reply_to: None,
+            },
+            Body::File {
+                file: Box::new(file_ref()),
+                caption: Some("the plan".into()),
+                reply_to: Some(to),
+            },
             Body::Settings {
                 settings: vec![
                     ("default_timer".into(), SettingValue::Uint(3600)),
@@ -809,6 +997,70 @@ mod tests {
             MessageContent::from_padded_bytes(&b, &alice(), &[9; 16]),
             Err(CodecError::Invalid("padding"))
         );
+    }
+
+    fn file_ref() -> FileRef {
+        FileRef {
+            blob: "ab".repeat(32),
+            key: FileKey::random(),
+            size: 1234,
+            hash: [7; 32],
+            content_type: "image/png".into(),
+            name: "cat.png".into(),
+        }
+    }
+
+    #[test]
+    fn attachments_are_checked_both_ways() {
+        for bad in [
+            FileRef {
+                blob: "zz".repeat(32),
+                ..file_ref()
+            },
+            FileRef {
+                name: "../etc/passwd".into(),
+                ..file_ref()
+            },
+            FileRef {
+                name: "a\nb".into(),
+                ..file_ref()
+            },
+            FileRef {
+                content_type: "png".into(),
+                ..file_ref()
+            },
+            FileRef {
+                size: crate::attachment::MAX_FILE_BYTES + 1,
+                ..file_ref()
+            },
+        ] {
+            let body = Body::File {
+                file: Box::new(bad),
+                caption: None,
+                reply_to: None,
+            };
+            assert!(MessageContent::new(body, 0, [0; 16], &alice(), &[9; 16]).is_err());
+        }
+        // Built by hand with a short key: refused by the receiver.
+        let mut e = file_ref().to_external();
+        e.key.truncate(16);
+        let m = MimiContent::new(
+            [1; 16],
+            NestedPart {
+                disposition: disposition::ATTACHMENT,
+                language: String::new(),
+                part: Part::External(Box::new(e)),
+            },
+        );
+        let mut b = m.to_bytes();
+        b.resize(padded_len(b.len()), 0);
+        assert_eq!(
+            MessageContent::from_padded_bytes(&b, &alice(), &[9; 16]),
+            Err(CodecError::Invalid("attachment key"))
+        );
+        // Nothing of the reference shows in Debug.
+        let shown = format!("{:?}", file_ref());
+        assert!(!shown.contains("cat") && !shown.contains("abab"), "{shown}");
     }
 
     #[test]
