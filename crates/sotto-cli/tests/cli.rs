@@ -744,6 +744,23 @@ fn history_of(home: &Path, args: &[&str]) -> Vec<serde_json::Value> {
     json_lines(&ok(home, &a))
 }
 
+/// Links a new device at `second` to the account of `first`, with a code from `first`.
+fn link_device(first: &Path, second: &Path, url: &str) {
+    let code = ok(first, &["device", "add"])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    ok(second, &["--server", url, "link", &code]);
+}
+
+/// Whether a sync's events include a read receipt.
+fn any_read_receipt(events: &[serde_json::Value]) -> bool {
+    events
+        .iter()
+        .any(|e| e["type"] == "receipt" && e["status"] == "read")
+}
+
 fn sent_id(out: &str) -> String {
     let id = out.trim().rsplit(' ').next().unwrap().to_owned();
     assert_eq!(id.len(), 64, "a MIMI message id: {out:?}");
@@ -767,12 +784,7 @@ fn replies_reactions_edits_and_unsends_reach_every_device_of_every_member() {
     ok(&b1, &["--server", &url, "register", "bob"]);
     ok(&c1, &["--server", &url, "register", "carol"]);
     for (first, second) in [(&a1, &a2), (&b1, &b2)] {
-        let code = ok(first, &["device", "add"])
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned();
-        ok(second, &["--server", &url, "link", &code]);
+        link_device(first, second, &url);
     }
     let m = sent_id(&ok(&a1, &["send", "bob", "hi @bob, release 2.0 is out"]));
     // Bob's phone replies; his laptop reacts; alice's phone reacts too.
@@ -905,12 +917,7 @@ fn delivery_and_read_receipts_reach_the_sender_and_stay_off_both_ways_when_off()
     ok(&a1, &["--server", &url, "register", "alice"]);
     ok(&b1, &["--server", &url, "register", "bob"]);
     for (first, second) in [(&a1, &a2), (&b1, &b2)] {
-        let code = ok(first, &["device", "add"])
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned();
-        ok(second, &["--server", &url, "link", &code]);
+        link_device(first, second, &url);
     }
     let m = sent_id(&ok(&a1, &["send", "bob", "did you get this?"]));
     // Bob's laptop receives it: its sync sends a delivery receipt.
@@ -962,19 +969,12 @@ fn delivery_and_read_receipts_reach_the_sender_and_stay_off_both_ways_when_off()
     ok(&a1, &["sync"]);
     assert_eq!(ok(&a1, &["read", "bob"]).trim(), "read 1");
     let events = json_lines(&ok(&b1, &["sync", "--json"]));
-    assert!(
-        !events
-            .iter()
-            .any(|e| e["type"] == "receipt" && e["status"] == "read"),
-        "{events:?}"
-    );
+    assert!(!any_read_receipt(&events), "{events:?}");
     ok(&a2, &["sync"]);
     assert_eq!(ok(&a2, &["read", "bob"]).trim(), "read 1");
     let events = json_lines(&ok(&b1, &["sync", "--json"]));
     assert!(
-        !events
-            .iter()
-            .any(|e| e["type"] == "receipt" && e["status"] == "read"),
+        !any_read_receipt(&events),
         "none from her phone either: {events:?}"
     );
     let h = history_of(&b1, &["alice"]);

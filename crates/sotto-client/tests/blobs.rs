@@ -8,21 +8,8 @@ mod support;
 
 use base64::Engine as _;
 use sotto_proto::attachment::{self, FileKey};
-use support::{http, registered, token_of, Server};
+use support::{files, http, registered, token_of, Server};
 use tokio::io::AsyncWriteExt;
-
-fn every_file(dir: &std::path::Path) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(every_file(&p));
-        } else {
-            out.push(std::fs::read(&p).unwrap());
-        }
-    }
-    out
-}
 
 #[tokio::test]
 async fn a_blob_uploads_resumably_and_downloads_to_member_devices_only() {
@@ -214,7 +201,7 @@ async fn a_blob_uploads_resumably_and_downloads_to_member_devices_only() {
     assert_eq!(h.get(url(&loc)).send().await.unwrap().status(), 401);
 
     // The server's files hold no trace of the plaintext.
-    for f in every_file(&server.data_dir) {
+    for (_, f) in files(&server.data_dir) {
         assert!(
             !f.windows(marker.len()).any(|w| w == marker),
             "the marker is in the server's files"
@@ -239,8 +226,8 @@ async fn a_blob_uploads_resumably_and_downloads_to_member_devices_only() {
             .status(),
         404
     );
-    assert!(every_file(&server.data_dir.join("blobs"))
+    assert!(files(&server.data_dir.join("blobs"))
         .iter()
-        .all(|f| f.len() < 1000));
+        .all(|(_, f)| f.len() < 1000));
     server.stop().await;
 }

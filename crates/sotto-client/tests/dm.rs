@@ -73,13 +73,7 @@ async fn two_users_two_devices_each_exactly_once_in_order_and_no_plaintext_on_se
 }
 
 fn assert_no_plaintext(dir: &std::path::Path, needles: &[&str]) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            assert_no_plaintext(&path, needles); // the blob store's tree
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
+    for (_, bytes) in support::files(dir) {
         for n in needles {
             assert!(
                 !bytes.windows(n.len()).any(|w| w == n.as_bytes()),

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use sotto_api::ServerFrame;
 use sotto_client::{Action, Client, Update};
 use sotto_proto::{Body, MessageId};
-use support::{linked, registered, Server};
+use support::{files, linked, registered, Server};
 use tokio_tungstenite::tungstenite;
 
 type Ws =
@@ -60,20 +60,6 @@ async fn typing_seen(ws: &mut Ws, c: &Client) -> (Vec<u8>, Vec<Update>) {
         }
         c.run(c.engine().handle_frame(frame)).await.unwrap();
     }
-}
-
-/// Every file under `dir`, read whole.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-        }
-    }
-    out
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

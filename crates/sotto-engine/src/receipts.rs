@@ -57,7 +57,7 @@ impl Engine {
 
 impl Flow {
     pub(crate) fn read_receipts_on(&self) -> Result<bool, Error> {
-        self.read(|tx, _| Ok(tx.setting(READ_RECEIPTS_SETTING)?.as_deref() != Some(b"off")))
+        self.read(|tx, _| crate::settings::switch_on(tx, READ_RECEIPTS_SETTING))
     }
 
     async fn mark_read(&self, id: &str, report: &mut SyncReport) -> Result<usize, Error> {

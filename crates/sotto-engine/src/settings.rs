@@ -57,14 +57,9 @@ pub(crate) fn from_json(text: &str) -> Option<Vec<(String, SettingValue)>> {
         .collect()
 }
 
-/// This device's value of a known setting, as it goes on the wire.
-fn local_value(tx: &dyn Tx, name: &str) -> Result<Option<SettingValue>, Error> {
-    Ok(match name {
-        READ_RECEIPTS => Some(SettingValue::Bool(
-            tx.setting(READ_RECEIPTS_SETTING)?.as_deref() != Some(b"off"),
-        )),
-        _ => None,
-    })
+/// A switch stored on this device: on unless stored `off`.
+pub(crate) fn switch_on(tx: &dyn Tx, key: &str) -> Result<bool, Error> {
+    Ok(tx.setting(key)?.as_deref() != Some(b"off"))
 }
 
 /// Stores a known setting's value on this device; others are passed over.
@@ -195,17 +190,14 @@ impl Flow {
     ) -> Result<(), Error> {
         self.sync_conversation(id, None, report).await?;
         let settings = self.read(|tx, _| {
-            let mut v = Vec::new();
-            for (name, _) in KNOWN {
-                if let Some(value) = local_value(tx, name)? {
-                    v.push(((*name).to_owned(), value));
-                }
-            }
-            Ok(v)
+            // Every known setting is a switch so far.
+            KNOWN
+                .iter()
+                .map(|(name, key)| {
+                    Ok(((*name).to_owned(), SettingValue::Bool(switch_on(tx, key)?)))
+                })
+                .collect::<Result<Vec<_>, Error>>()
         })?;
-        if settings.is_empty() {
-            return Ok(());
-        }
         self.send_settings(id, settings, report).await
     }
 

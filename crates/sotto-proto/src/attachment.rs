@@ -92,6 +92,11 @@ pub enum AttachmentError {
 /// The largest file a message may announce (2 GiB; servers choose their own limit below it).
 pub const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
+/// Whether `s` is a blob id as servers make them: 32 random bytes, as 64 lowercase hex digits.
+pub fn is_blob_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// A file's key. Zeroed on drop; never printed.
 #[derive(Clone)]
 pub struct FileKey(Zeroizing<[u8; 32]>);

@@ -168,12 +168,7 @@ pub const MAX_FILE_NAME: usize = 255;
 impl FileRef {
     /// Why this reference is not one every Sotto client takes.
     fn check(&self) -> Result<(), CodecError> {
-        if self.blob.len() != 64
-            || !self
-                .blob
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !crate::attachment::is_blob_id(&self.blob) {
             return Err(CodecError::Invalid("attachment blob id"));
         }
         if self.size > crate::attachment::MAX_FILE_BYTES {

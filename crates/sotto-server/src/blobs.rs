@@ -66,7 +66,8 @@ struct Meta {
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    tracing::warn!(error = %e, "blob store failure");
+    // The store's errors name paths, and a blob id in a path is a capability: not for the log.
+    tracing::warn!(error = %without_ids(&e.to_string()), "blob store failure");
     ApiError::new(
         ErrorCode::Internal,
         "the blob store failed; nothing was changed",
@@ -89,9 +90,33 @@ fn blob_path(id: &str) -> Path {
     Path::from(format!("blob/{id}"))
 }
 
-/// A blob id: 64 lowercase hex digits (anything else is no blob: 404 without a lookup).
+/// `s` with every run of 64 or more hex digits (a blob id) replaced by `<id>`.
+fn without_ids(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        out.push_str(if run.len() >= 64 {
+            "<id>"
+        } else {
+            run.as_str()
+        });
+        run.clear();
+    };
+    for c in s.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// A blob id (anything else is no blob: 404 without a lookup).
 fn check_id(id: &str) -> Result<(), ApiError> {
-    if id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if sotto_proto::attachment::is_blob_id(id) {
         Ok(())
     } else {
         Err(not_found())
@@ -309,7 +334,7 @@ async fn create(
         .ok_or_else(|| ApiError::not_found("no such conversation"))?;
     let mut raw = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
-    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let id = sotto_proto::identity::hex(&raw);
     let meta = Meta {
         conversation,
         username: caller.username,
@@ -577,4 +602,25 @@ async fn download(
         .map_err(internal)?;
     let body = Body::from_stream(got.into_stream());
     Ok((status, h, body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_errors_carry_no_blob_id() {
+        let id = "ab".repeat(32);
+        let e = format!("Object at location blob/{id} not found: No such file");
+        let shown = without_ids(&e);
+        assert!(!shown.contains(&id), "{shown}");
+        assert_eq!(
+            shown,
+            "Object at location blob/<id> not found: No such file"
+        );
+        assert_eq!(
+            without_ids("part/00000000000000000042"),
+            "part/00000000000000000042"
+        );
+    }
 }

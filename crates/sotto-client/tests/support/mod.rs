@@ -101,6 +101,20 @@ impl Server {
     }
 }
 
+/// Every file under `dir` (recursively), read whole: (path, bytes).
+pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
 /// A plain HTTP client for calling the API directly (reqwest is built with rustls and no default
 /// crypto provider: install ring's, as sotto-client uses).
 pub fn http() -> reqwest::Client {
