@@ -224,6 +224,30 @@ impl Encryptor {
         rand::rngs::OsRng.fill_bytes(&mut header[12..12 + PREFIX_LEN]);
         let commit = key.commitment(&header).finalize().into_bytes();
         header[COMMITTED..].copy_from_slice(&commit);
+        Self::start(key, size, header)
+    }
+
+    /// Starts encrypting again with the header of an earlier run ([`Encryptor::header`]): the
+    /// same key, header and file give the same blob byte for byte, so an upload cut off part way
+    /// can go on where the server's copy ends. The header must be one made for `key`.
+    pub fn resume(key: &FileKey, size: u64, header: &[u8]) -> Result<Self, AttachmentError> {
+        check_header(key, header)?;
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(header);
+        Ok(Self::start(key, size, h))
+    }
+
+    /// The blob's header (not secret: it is the blob's first bytes).
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        self.header
+    }
+
+    /// SHA-256 of the blob bytes produced so far.
+    pub fn hash_so_far(&self) -> [u8; 32] {
+        self.hash.clone().finalize().into()
+    }
+
+    fn start(key: &FileKey, size: u64, header: [u8; HEADER_LEN]) -> Self {
         Self {
             stream: key.stream(&header[12..12 + PREFIX_LEN]),
             header,
@@ -527,6 +551,39 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn a_resumed_encryption_gives_the_same_blob_and_only_with_its_key() {
+        let key = FileKey::random();
+        let f = file(3 * SEGMENT + 5);
+        let (blob, hash) = {
+            let mut e = Encryptor::new(&key, f.len() as u64);
+            let mut out = Vec::new();
+            e.push(&f, &mut out).unwrap();
+            let header = e.header();
+            assert_eq!(&out[..HEADER_LEN], &header[..]);
+            assert_eq!(e.hash_so_far(), <[u8; 32]>::from(Sha256::digest(&out)));
+            let hash = loop {
+                if let Some(h) = e.finish_step(&mut out).unwrap() {
+                    break h;
+                }
+            };
+            (out, hash)
+        };
+        let mut again = Encryptor::resume(&key, f.len() as u64, &blob[..HEADER_LEN]).unwrap();
+        let mut out = Vec::new();
+        again.push(&f, &mut out).unwrap();
+        let h2 = loop {
+            if let Some(h) = again.finish_step(&mut out).unwrap() {
+                break h;
+            }
+        };
+        assert_eq!((out, h2), (blob.clone(), hash));
+        assert_eq!(
+            Encryptor::resume(&FileKey::random(), f.len() as u64, &blob[..HEADER_LEN]).err(),
+            Some(AttachmentError::Commitment)
+        );
     }
 
     #[test]

@@ -160,6 +160,42 @@ impl std::fmt::Debug for FileRef {
     }
 }
 
+/// A small image shown before a file is downloaded: a MIMI part of disposition `preview` beside
+/// the file's `ExternalPart`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Preview {
+    /// `image/png` or `image/jpeg`.
+    pub content_type: String,
+    /// The image.
+    pub data: Vec<u8>,
+}
+
+/// Largest preview image, in bytes.
+pub const MAX_PREVIEW_BYTES: usize = 16 * 1024;
+
+impl std::fmt::Debug for Preview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Preview({}, {} bytes)",
+            self.content_type,
+            self.data.len()
+        )
+    }
+}
+
+impl Preview {
+    fn check(&self) -> Result<(), CodecError> {
+        if !matches!(self.content_type.as_str(), "image/png" | "image/jpeg") {
+            return Err(CodecError::Invalid("preview type"));
+        }
+        if self.data.is_empty() || self.data.len() > MAX_PREVIEW_BYTES {
+            return Err(CodecError::Invalid("preview size"));
+        }
+        Ok(())
+    }
+}
+
 /// Where a blob is, as an `ExternalPart` URL names it: `mimi://sotto.invalid/b/ID`.
 const BLOB_URL_PREFIX: &str = "mimi://sotto.invalid/b/";
 /// Longest file name, in bytes.
@@ -288,6 +324,8 @@ pub enum Body {
         caption: Option<String>,
         /// The message this one replies to.
         reply_to: Option<MessageId>,
+        /// A small image shown before the download.
+        preview: Option<Preview>,
     },
     /// The sender is typing.
     Typing,
@@ -392,25 +430,37 @@ impl Body {
                 file,
                 caption,
                 reply_to,
+                preview,
             } => {
                 file.check()?;
-                let ext = NestedPart {
+                let mut parts = Vec::with_capacity(3);
+                if let Some(c) = caption {
+                    check_text(c)?;
+                    parts.push(text_part(disposition::RENDER, c));
+                }
+                parts.push(NestedPart {
                     disposition: disposition::ATTACHMENT,
                     language: String::new(),
                     part: Part::External(Box::new(file.to_external())),
-                };
-                let body = match caption {
-                    None => ext,
-                    Some(c) => {
-                        check_text(c)?;
-                        NestedPart {
-                            disposition: disposition::RENDER,
-                            language: String::new(),
-                            part: Part::Multi {
-                                semantics: PartSemantics::ProcessAll,
-                                parts: vec![text_part(disposition::RENDER, c), ext],
-                            },
-                        }
+                });
+                if let Some(p) = preview {
+                    p.check()?;
+                    parts.push(NestedPart::single(
+                        disposition::PREVIEW,
+                        &p.content_type,
+                        p.data.clone(),
+                    ));
+                }
+                let body = if parts.len() == 1 {
+                    parts.remove(0)
+                } else {
+                    NestedPart {
+                        disposition: disposition::RENDER,
+                        language: String::new(),
+                        part: Part::Multi {
+                            semantics: PartSemantics::ProcessAll,
+                            parts,
+                        },
                     }
                 };
                 let mut m = MimiContent::new(salt, body);
@@ -509,22 +559,33 @@ impl Body {
                 file: Box::new(FileRef::from_external(e)?),
                 caption: None,
                 reply_to,
+                preview: None,
             },
             Part::Multi {
                 semantics: PartSemantics::ProcessAll,
                 parts,
-            } if is_captioned_file(parts) => {
-                let (Part::Single { content, .. }, Part::External(e)) =
-                    (&parts[0].part, &parts[1].part)
-                else {
+            } if file_parts(parts).is_some() => {
+                let Some((caption, e, preview)) = file_parts(parts) else {
                     return Err(CodecError::Invalid("attachment"));
                 };
-                let caption = utf8(content)?;
-                check_text(&caption)?;
+                let caption = caption.map(utf8).transpose()?;
+                if let Some(c) = &caption {
+                    check_text(c)?;
+                }
+                let preview = preview
+                    .map(|(content_type, data)| {
+                        let p = Preview {
+                            content_type: content_type.to_owned(),
+                            data: data.to_vec(),
+                        };
+                        p.check().map(|()| p)
+                    })
+                    .transpose()?;
                 Self::File {
                     file: Box::new(FileRef::from_external(e)?),
-                    caption: Some(caption),
+                    caption,
                     reply_to,
+                    preview,
                 }
             }
             Part::External(e) => Self::Unsupported {
@@ -623,10 +684,55 @@ fn decode_settings(bytes: &[u8]) -> Result<Vec<(String, SettingValue)>, CodecErr
 }
 
 /// A text followed by a Sotto attachment: a file with a caption.
-fn is_captioned_file(parts: &[NestedPart]) -> bool {
-    matches!(parts, [text, file]
-        if matches!(&text.part, Part::Single { content_type, .. } if is_text(content_type))
-            && matches!(&file.part, Part::External(e) if e.enc_alg == crate::attachment::ENC_ALG))
+/// The parts of a file message, in this order: an optional caption (text), the file (an
+/// `ExternalPart` of ours), an optional preview (disposition `preview`). Anything else is some
+/// other multipart.
+type FileParts<'a> = (
+    Option<&'a [u8]>,
+    &'a mimi::ExternalPart,
+    Option<(&'a str, &'a [u8])>,
+);
+
+fn file_parts(parts: &[NestedPart]) -> Option<FileParts<'_>> {
+    let mut rest = parts;
+    let mut caption = None;
+    if let [first, tail @ ..] = rest {
+        if let Part::Single {
+            content_type,
+            content,
+        } = &first.part
+        {
+            if is_text(content_type) && first.disposition != disposition::PREVIEW {
+                caption = Some(content.as_slice());
+                rest = tail;
+            }
+        }
+    }
+    let [file, tail @ ..] = rest else {
+        return None;
+    };
+    let Part::External(e) = &file.part else {
+        return None;
+    };
+    if e.enc_alg != crate::attachment::ENC_ALG {
+        return None;
+    }
+    let preview = match tail {
+        [] => None,
+        [p] if p.disposition == disposition::PREVIEW => match &p.part {
+            Part::Single {
+                content_type,
+                content,
+            } => Some((content_type.as_str(), content.as_slice())),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    if caption.is_none() && preview.is_none() {
+        // A lone ExternalPart is not wrapped in a multipart.
+        return None;
+    }
+    Some((caption, e.as_ref(), preview))
 }
 
 fn is_text(content_type: &str) -> bool {
@@ -901,11 +1007,31 @@ mod tests {
                 file: Box::new(file_ref()),
                 caption: None,
                 reply_to: None,
+                preview: None,
             },
             Body::File {
                 file: Box::new(file_ref()),
                 caption: Some("the plan".into()),
                 reply_to: Some(to),
+                preview: None,
+            },
+            Body::File {
+                file: Box::new(file_ref()),
+                caption: None,
+                reply_to: None,
+                preview: Some(Preview {
+                    content_type: "image/jpeg".into(),
+                    data: vec![0xff, 0xd8, 0xff],
+                }),
+            },
+            Body::File {
+                file: Box::new(file_ref()),
+                caption: Some("the cat".into()),
+                reply_to: None,
+                preview: Some(Preview {
+                    content_type: "image/png".into(),
+                    data: vec![0x89, b'P', b'N', b'G'],
+                }),
             },
             Body::Settings {
                 settings: vec![
@@ -1033,6 +1159,29 @@ mod tests {
                 file: Box::new(bad),
                 caption: None,
                 reply_to: None,
+                preview: None,
+            };
+            assert!(MessageContent::new(body, 0, [0; 16], &alice(), &[9; 16]).is_err());
+        }
+        for bad in [
+            Preview {
+                content_type: "image/svg+xml".into(),
+                data: vec![1],
+            },
+            Preview {
+                content_type: "image/png".into(),
+                data: vec![0; MAX_PREVIEW_BYTES + 1],
+            },
+            Preview {
+                content_type: "image/png".into(),
+                data: Vec::new(),
+            },
+        ] {
+            let body = Body::File {
+                file: Box::new(file_ref()),
+                caption: None,
+                reply_to: None,
+                preview: Some(bad),
             };
             assert!(MessageContent::new(body, 0, [0; 16], &alice(), &[9; 16]).is_err());
         }

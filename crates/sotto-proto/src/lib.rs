@@ -30,7 +30,7 @@ pub mod mimi;
 pub mod mls;
 
 pub use codec::CodecError;
-pub use content::{Body, FileRef, MessageContent, MessageId, SettingValue};
+pub use content::{Body, FileRef, MessageContent, MessageId, Preview, SettingValue};
 pub use identity::{
     AccountIdentity, DeviceCertificate, DeviceId, IdentityError, IdentityPublicKey, Username,
 };
