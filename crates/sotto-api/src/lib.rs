@@ -276,6 +276,11 @@ pub struct CommitRequest {
 pub struct SendRequest {
     /// The MLS PrivateMessage.
     pub message: B64,
+    /// The attachment blobs the message names (`/v1/blobs`), so that the server keeps them as
+    /// long as the message and no longer: finished uploads of the sender's account for this
+    /// conversation. Uploads no message names are removed after a day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<String>,
 }
 
 /// A durable, accepted log entry.

@@ -214,6 +214,7 @@ pub async fn run(
                 .bearer_auth(token.as_str())
                 .json(&SendRequest {
                     message: B64(payload),
+                    attachments: Vec::new(),
                 })
                 .send()
                 .await?,

@@ -529,6 +529,7 @@ pub async fn run(
                 .bearer_auth(&token)
                 .json(&SendRequest {
                     message: B64(payload),
+                    attachments: Vec::new(),
                 })
                 .send()
                 .await;

@@ -58,9 +58,32 @@ enum Command {
         /// Send to this group (id, or its name if unique) instead of a user.
         #[arg(long)]
         group: Option<String>,
-        /// USERNAME TEXT, or TEXT with --group.
-        #[arg(required = true, num_args = 1..=2, value_names = ["USERNAME", "TEXT"])]
+        /// Send this file (encrypted on this device; TEXT, if given, is its caption). An upload
+        /// cut off part way resumes when the same command runs again.
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
+        /// The file's media type (default: guessed from its content and name).
+        #[arg(long = "type", value_name = "TYPE", requires = "file")]
+        content_type: Option<String>,
+        /// Print the sent message as JSON (and no progress bar).
+        #[arg(long)]
+        json: bool,
+        /// USERNAME TEXT, or TEXT with --group (TEXT is optional with --file).
+        #[arg(num_args = 0..=2, value_names = ["USERNAME", "TEXT"])]
         args: Vec<String>,
+    },
+    /// Download a message's file: `download ID [--out PATH]`. A download cut off part way
+    /// resumes; nothing is written to PATH unless the whole file verified.
+    Download {
+        /// The message carrying the file (as `sync --json` or `history --json` print it).
+        id: String,
+        /// Where to write it (a directory, or a file path; default: the file's name here). An
+        /// existing file is never overwritten.
+        #[arg(long, value_name = "PATH")]
+        out: Option<std::path::PathBuf>,
+        /// Print the result as JSON (and no progress bar).
+        #[arg(long)]
+        json: bool,
     },
     /// Reply to a message: `reply ID TEXT` (ID as `send`, `sync --json` or `history --json`
     /// print it).
@@ -236,15 +259,95 @@ fn default_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".sotto"))
 }
 
+/// A progress bar on stderr for transfers of more than a few MB, hidden when stderr is not a
+/// terminal or the output is JSON.
+struct Bar {
+    quiet: bool,
+    what: &'static str,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+/// Transfers smaller than this show no bar.
+const BAR_FROM: u64 = 4 * 1024 * 1024;
+
+impl Bar {
+    fn new(json: bool, what: &'static str) -> Self {
+        use std::io::IsTerminal as _;
+        Self {
+            quiet: json || !std::io::stderr().is_terminal(),
+            what,
+            bar: None,
+        }
+    }
+
+    fn update(&mut self, p: sotto_client::Progress) {
+        if self.quiet || p.total < BAR_FROM {
+            return;
+        }
+        let what = self.what;
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(p.total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_message(if p.resumed_from > 0 {
+                format!("{what} (resumed)")
+            } else {
+                what.to_owned()
+            });
+            b
+        });
+        bar.set_position(p.done);
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// A file's line in text output: ` [file NAME, SIZE, TYPE]`.
+fn file_note(files: &[sotto_client::AttachmentView]) -> String {
+    files
+        .iter()
+        .map(|a| {
+            format!(
+                " [file {}, {} bytes, {}{}]",
+                a.name,
+                a.size,
+                a.content_type,
+                if a.downloaded { ", downloaded" } else { "" }
+            )
+        })
+        .collect()
+}
+
 fn print_messages(msgs: &[Message], json: bool) {
     let mut out = std::io::stdout().lock();
     for m in msgs {
         let line = if json {
             serde_json::to_string(m).unwrap_or_default()
         } else if let Some(g) = &m.group {
-            format!("[{}] {} (group {}): {}", m.sent_at, m.sender, g, m.text)
+            format!(
+                "[{}] {} (group {}): {}{}",
+                m.sent_at,
+                m.sender,
+                g,
+                m.text,
+                file_note(&m.attachments)
+            )
         } else {
-            format!("[{}] {}: {}", m.sent_at, m.sender, m.text)
+            format!(
+                "[{}] {}: {}{}",
+                m.sent_at,
+                m.sender,
+                m.text,
+                file_note(&m.attachments)
+            )
         };
         let _ = writeln!(out, "{line}");
     }
@@ -329,7 +432,12 @@ fn print_history(items: &[HistoryItem], json: bool) {
             _ if json => serde_json::to_string(item).unwrap_or_default(),
             HistoryItem::Message { message: m, .. } => {
                 let mut line = format!("[{}] {}: ", m.sent_at, m.sender);
-                line.push_str(m.text.as_deref().unwrap_or("[unsent]"));
+                match (&m.text, m.attachments.is_empty()) {
+                    (Some(t), _) => line.push_str(t),
+                    (None, false) => {}
+                    (None, true) => line.push_str("[unsent]"),
+                }
+                line.push_str(&file_note(&m.attachments));
                 if m.edits > 0 && !m.deleted {
                     line.push_str(" (edited)");
                 }
@@ -420,7 +528,51 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 );
             }
         }
-        Command::Send { group, args } => {
+        Command::Send {
+            group,
+            file: Some(path),
+            content_type,
+            json,
+            args,
+        } => {
+            let usage = || {
+                ClientError::Invalid(
+                    "usage: sotto send USERNAME --file PATH [TEXT], or sotto send --group GROUP --file PATH [TEXT]"
+                        .into(),
+                )
+            };
+            let (to, caption) = match (&group, args.as_slice()) {
+                (Some(_), []) => (None, None),
+                (Some(_), [text]) => (None, Some(text.clone())),
+                (None, [user]) => (Some(user.clone()), None),
+                (None, [user, text]) => (Some(user.clone()), Some(text.clone())),
+                _ => return Err(usage()),
+            };
+            let file = sotto_client::FileToSend {
+                path,
+                caption,
+                content_type,
+                name: None,
+            };
+            let mut bar = Bar::new(json, "uploading");
+            let mut progress = |p: sotto_client::Progress| bar.update(p);
+            let sent = match (&group, &to) {
+                (Some(g), _) => client.group(g).send_file(&file, &mut progress).await,
+                (None, Some(u)) => client.dm(u).send_file(&file, &mut progress).await,
+                (None, None) => return Err(usage()),
+            };
+            bar.finish();
+            let (msg, report) = sent?;
+            warn(&report.warnings);
+            if json {
+                println!("{}", serde_json::to_string(&msg).unwrap_or_default());
+            } else {
+                println!("sent {}", msg.id);
+            }
+        }
+        Command::Send {
+            group, args, json, ..
+        } => {
             let (msg, report) = match (group, args.as_slice()) {
                 (Some(g), [text]) => client.group(&g).send(text).await?,
                 (None, [username, text]) => client.dm(username).send(text).await?,
@@ -436,7 +588,26 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             };
             warn(&report.warnings);
-            println!("sent {}", msg.id);
+            if json {
+                println!("{}", serde_json::to_string(&msg).unwrap_or_default());
+            } else {
+                println!("sent {}", msg.id);
+            }
+        }
+        Command::Download { id, out, json } => {
+            let mut bar = Bar::new(json, "downloading");
+            let mut progress = |p: sotto_client::Progress| bar.update(p);
+            let got = client.download(&id, out.as_deref(), &mut progress).await;
+            bar.finish();
+            let path = got?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": id, "path": path.to_string_lossy()})
+                );
+            } else {
+                println!("saved {}", path.display());
+            }
         }
         Command::Group { command } => group(&client, command).await?,
         Command::Sync { json } => {

@@ -23,17 +23,19 @@ use std::path::{Path, PathBuf};
 use sotto_engine::account::Registration;
 use sotto_engine::{Answer, Engine, Op, Step, Task};
 
+mod files;
 mod handles;
 mod listen;
 mod sqlite;
 mod transport;
 
+pub use files::{guess_content_type, make_preview, FileToSend, Progress, PATCH_BYTES};
 pub use handles::{Account, Devices, Dm, Group, Groups};
 pub use listen::ListenEvent;
 pub use sotto_engine;
 pub use sotto_engine::{
-    Action, DeviceLine, GroupLine, HistoryItem, HistoryMessage, Message, SyncEvent, SyncReport,
-    Update, DEFAULT_PQ_GROUP_LIMIT,
+    Action, AttachmentView, DeviceLine, GroupLine, HistoryItem, HistoryMessage, Message, SyncEvent,
+    SyncReport, Update, DEFAULT_PQ_GROUP_LIMIT,
 };
 pub use sqlite::SqliteStore;
 
@@ -142,7 +144,7 @@ impl Client {
         self.engine.device_id()
     }
 
-    fn transport(&self) -> Result<&Transport, ClientError> {
+    pub(crate) fn transport(&self) -> Result<&Transport, ClientError> {
         self.transport.as_ref().ok_or(ClientError::NoServer)
     }
 

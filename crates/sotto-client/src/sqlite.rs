@@ -12,8 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sotto_engine::store::mls::{labels, storage_key};
 use sotto_engine::store::{
-    ContentKind, ConversationKind, ConversationRecord, ConversationStatus, MessageRecord,
-    PinRecord, Store, StoreError, Tx, UndecryptableRecord, UndecryptableState,
+    AttachmentRecord, ContentKind, ConversationKind, ConversationRecord, ConversationStatus,
+    MessageRecord, PinRecord, Store, StoreError, Tx, UndecryptableRecord, UndecryptableState,
 };
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -90,6 +90,12 @@ CREATE TABLE sotto_receipts (
 /// acknowledged yet): the edit and unsend windows are measured on it.
 const SCHEMA_4: &str = r#"
 ALTER TABLE sotto_messages ADD COLUMN accepted_at INTEGER NOT NULL DEFAULT 0;
+"#;
+
+/// The file a message carries (JSON of the engine's `AttachmentRecord`: blob id, file key, size,
+/// hash, type, name, preview, where this device saved it).
+const SCHEMA_5: &str = r#"
+ALTER TABLE sotto_messages ADD COLUMN attachment TEXT;
 "#;
 
 /// The tables `openmls_sqlite_storage` 0.3 created (all of them, used or not).
@@ -244,7 +250,7 @@ fn json_array(items: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// The newest schema this version writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Opens (creating, migrating) the database `home/sotto.db`.
 fn open_db(home: &Path) -> Result<Connection, StoreError> {
@@ -289,6 +295,7 @@ fn open_db(home: &Path) -> Result<Connection, StoreError> {
             }
             3 => tx.execute_batch(SCHEMA_3).map_err(backend)?,
             4 => tx.execute_batch(SCHEMA_4).map_err(backend)?,
+            5 => tx.execute_batch(SCHEMA_5).map_err(backend)?,
             _ => {}
         }
         tx.pragma_update(None, "user_version", version)
@@ -381,7 +388,7 @@ fn to_conversation(r: ConversationRow) -> Result<ConversationRecord, StoreError>
 }
 
 const CONVERSATION_COLUMNS: &str = "id, kind, peer, cursor, status, status_detail";
-const MESSAGE_COLUMNS: &str = "conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, local_order, kind, target, salt, accepted_at";
+const MESSAGE_COLUMNS: &str = "conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, local_order, kind, target, salt, accepted_at, attachment";
 
 fn message_of(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {
@@ -409,7 +416,21 @@ fn message_of(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         shown: r.get::<_, i64>(9)? != 0,
         local_order: u64_of(r.get(10)?),
         accepted_at: u64_of(r.get(14)?),
+        attachment: match r.get::<_, Option<String>>(15)? {
+            None => None,
+            Some(json) => Some(serde_json::from_str(&json).map_err(|_| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    15,
+                    rusqlite::types::Type::Text,
+                    "unreadable attachment record".into(),
+                )
+            })?),
+        },
     })
+}
+
+fn attachment_json(a: Option<&AttachmentRecord>) -> Result<Option<String>, StoreError> {
+    a.map(serde_json::to_string).transpose().map_err(backend)
 }
 
 impl SqliteTx<'_> {
@@ -542,8 +563,8 @@ impl Tx for SqliteTx<'_> {
     fn insert_message(&self, m: &MessageRecord) -> Result<bool, StoreError> {
         let n = self.exec(
             "INSERT OR IGNORE INTO sotto_messages
-             (conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, kind, target, salt, accepted_at, local_order)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+             (conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, kind, target, salt, accepted_at, attachment, local_order)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
                      (SELECT COALESCE(MAX(local_order), 0) + 1 FROM sotto_messages))",
             params![
                 m.conversation,
@@ -560,6 +581,7 @@ impl Tx for SqliteTx<'_> {
                 m.target,
                 m.salt,
                 i64_of(m.accepted_at),
+                attachment_json(m.attachment.as_ref())?,
             ],
         )?;
         Ok(n == 1)
@@ -586,6 +608,19 @@ impl Tx for SqliteTx<'_> {
             "UPDATE sotto_messages SET seq = ?3, accepted_at = ?4
              WHERE conversation = ?1 AND message_id = ?2",
             params![conversation, id, i64_of(seq), i64_of(accepted_at)],
+        )
+        .map(|_| ())
+    }
+
+    fn set_attachment(
+        &self,
+        conversation: &str,
+        id: &str,
+        attachment: Option<&AttachmentRecord>,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE sotto_messages SET attachment = ?3 WHERE conversation = ?1 AND message_id = ?2",
+            params![conversation, id, attachment_json(attachment)?],
         )
         .map(|_| ())
     }
@@ -715,7 +750,7 @@ impl Tx for SqliteTx<'_> {
                  LEFT JOIN sotto_receipts r ON r.conversation = m.conversation
                      AND r.message_id = m.message_id AND r.username = ?2
                  WHERE m.conversation = ?1 AND m.outgoing = 0 AND m.seq IS NOT NULL
-                     AND m.kind = 'text'
+                     AND m.kind IN ('text', 'file')
                      AND (r.status IS NULL OR r.status < ?3)
                  ORDER BY m.seq, m.local_order",
             )

@@ -97,6 +97,9 @@ fn trust_nothing() -> Result<rustls::ClientConfig, ClientError> {
 pub(crate) struct Transport {
     pub(crate) base: String,
     http: reqwest::Client,
+    /// For file transfers: no bound on the whole exchange (a large file takes as long as it
+    /// takes), only on silence.
+    blob_http: reqwest::Client,
     /// For `https://`: the TLS configuration, shared with the WebSocket.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -127,23 +130,233 @@ impl Transport {
     pub(crate) fn new(base: &str, settings: &TlsSettings) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
         let url = check_scheme(&base, settings.insecure)?;
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(30));
-        let tls = if url.scheme() == "https" {
-            let config = tls_config(settings.ca_pem.as_deref())?;
-            builder = builder.tls_backend_preconfigured(config.clone());
-            Some(std::sync::Arc::new(config))
+        let config = if url.scheme() == "https" {
+            tls_config(settings.ca_pem.as_deref())?
         } else {
             // Plain HTTP to this machine: reqwest still wants a TLS backend; give it one that
             // trusts nothing (and skip loading the system's roots).
-            builder = builder.tls_backend_preconfigured(trust_nothing()?);
-            None
+            trust_nothing()?
         };
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        Ok(Self { base, http, tls })
+        let build = |b: reqwest::ClientBuilder| {
+            b.connect_timeout(std::time::Duration::from_secs(5))
+                .tls_backend_preconfigured(config.clone())
+                .build()
+                .map_err(|e| ClientError::Invalid(e.to_string()))
+        };
+        let http = build(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)))?;
+        let blob_http =
+            build(reqwest::Client::builder().read_timeout(std::time::Duration::from_secs(60)))?;
+        let tls = (url.scheme() == "https").then(|| std::sync::Arc::new(config));
+        Ok(Self {
+            base,
+            http,
+            blob_http,
+            tls,
+        })
+    }
+
+    /// The server's refusal in `resp`, as the engine reports API errors.
+    async fn refusal(&self, resp: reqwest::Response) -> ClientError {
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<sotto_api::ErrorBody>(&body) {
+            Ok(b) => ClientError::Api {
+                status,
+                code: b.code,
+                message: b.message,
+                current_epoch: b.current_epoch,
+            },
+            Err(_) => ClientError::Api {
+                status,
+                code: sotto_api::ErrorCode::Internal,
+                message: format!("server answered {status}"),
+                current_epoch: None,
+            },
+        }
+    }
+
+    fn blob_url(&self, id: &str) -> Result<String, ClientError> {
+        if !sotto_proto::attachment::is_blob_id(id) {
+            return Err(ClientError::Protocol(
+                "the server named a bad blob id".into(),
+            ));
+        }
+        Ok(format!("{}/v1/blobs/{id}", self.base))
+    }
+
+    /// Creates an upload of `length` blob bytes for `conversation` (tus creation: no byte of the
+    /// file goes before the server said yes, so a refusal such as over quota comes at once).
+    /// Returns the blob id.
+    pub(crate) async fn blob_create(
+        &self,
+        token: &str,
+        conversation: &str,
+        length: u64,
+    ) -> Result<String, ClientError> {
+        use base64::Engine as _;
+        let meta = format!(
+            "conversation {}",
+            base64::engine::general_purpose::STANDARD.encode(conversation)
+        );
+        let resp = self
+            .blob_http
+            .post(format!("{}/v1/blobs", self.base))
+            .bearer_auth(token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", length.to_string())
+            .header("upload-metadata", meta)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.refusal(resp).await);
+        }
+        let loc = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.rsplit('/').next())
+            .unwrap_or("")
+            .to_owned();
+        self.blob_url(&loc)?;
+        Ok(loc)
+    }
+
+    /// How many bytes of upload `id` the server holds; `None` if it has no such upload (any
+    /// more).
+    pub(crate) async fn blob_offset(
+        &self,
+        token: &str,
+        id: &str,
+    ) -> Result<Option<u64>, ClientError> {
+        let resp = self
+            .blob_http
+            .head(self.blob_url(id)?)
+            .bearer_auth(token)
+            .header("tus-resumable", "1.0.0")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        match resp.status() {
+            StatusCode::OK => Ok(resp
+                .headers()
+                .get("upload-offset")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(ClientError::Api {
+                status: s.as_u16(),
+                code: sotto_api::ErrorCode::Internal,
+                message: format!("asking how far an upload is, the server answered {s}"),
+                current_epoch: None,
+            }),
+        }
+    }
+
+    /// Appends `body` to upload `id` at `offset`; returns the new offset.
+    pub(crate) async fn blob_patch(
+        &self,
+        token: &str,
+        id: &str,
+        offset: u64,
+        body: Vec<u8>,
+    ) -> Result<u64, ClientError> {
+        let resp = self
+            .blob_http
+            .patch(self.blob_url(id)?)
+            .bearer_auth(token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", offset.to_string())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/offset+octet-stream",
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status() != StatusCode::NO_CONTENT {
+            return Err(self.refusal(resp).await);
+        }
+        resp.headers()
+            .get("upload-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ClientError::Protocol("an upload answer without its offset".into()))
+    }
+
+    /// The bytes `range` of blob `id` (of `total`), for small reads such as its header.
+    pub(crate) async fn blob_range(
+        &self,
+        token: &str,
+        id: &str,
+        range: std::ops::Range<u64>,
+        total: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let resp = self
+            .blob_http
+            .get(self.blob_url(id)?)
+            .bearer_auth(token)
+            .header(
+                reqwest::header::RANGE,
+                format!("bytes={}-{}", range.start, range.end - 1),
+            )
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(self.refusal(resp).await);
+        }
+        let want = format!("bytes {}-{}/{total}", range.start, range.end - 1);
+        if resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            != Some(want.as_str())
+        {
+            return Err(ClientError::Protocol(
+                "the server's copy of the file is not the size its message gives".into(),
+            ));
+        }
+        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        if body.len() as u64 != range.end - range.start {
+            return Err(ClientError::Protocol("a short read of the file".into()));
+        }
+        Ok(body.to_vec())
+    }
+
+    /// Starts fetching blob `id` from byte `from` (of `total`).
+    pub(crate) async fn blob_get(
+        &self,
+        token: &str,
+        id: &str,
+        from: u64,
+        total: u64,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut rb = self.blob_http.get(self.blob_url(id)?).bearer_auth(token);
+        if from > 0 {
+            rb = rb.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let resp = rb.send().await.map_err(|e| self.unreachable(e))?;
+        let want = if from > 0 {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        if resp.status() != want {
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(ClientError::Invalid(
+                    "the server no longer has this file (unsent, or past its retention)".into(),
+                ));
+            }
+            return Err(self.refusal(resp).await);
+        }
+        if resp.content_length().is_some_and(|n| n != total - from) {
+            return Err(ClientError::Protocol(
+                "the server's copy of the file is not the size its message gives".into(),
+            ));
+        }
+        Ok(resp)
     }
 
     /// The TLS connector for the WebSocket (`None` for plain `ws://`).
@@ -151,7 +364,7 @@ impl Transport {
         self.tls.clone().map(tokio_tungstenite::Connector::Rustls)
     }
 
-    fn unreachable(&self, e: reqwest::Error) -> ClientError {
+    pub(crate) fn unreachable(&self, e: reqwest::Error) -> ClientError {
         if let Some(cert) = certificate_problem(&e) {
             return ClientError::Protocol(format!(
                 "could not verify the server's TLS certificate ({cert}); for a private CA pass --ca-cert"

@@ -295,6 +295,7 @@ async fn forged_ciphertext_in_the_log_is_reported_and_the_client_stays_usable() 
         .bearer_auth(&token)
         .json(&sotto_api::SendRequest {
             message: sotto_api::B64(forged),
+            attachments: Vec::new(),
         })
         .send()
         .await

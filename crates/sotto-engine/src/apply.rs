@@ -523,6 +523,7 @@ fn decrypt_into(
                 shown: false,
                 local_order: 0,
                 accepted_at: entry.accepted_at,
+                attachment: crate::rich::attachment_of(&content.body),
             }))
         }
         Ok(_) => Decrypted::Failed {

@@ -98,6 +98,7 @@ impl Flow {
                 &format!("/v1/conversations/{id}/ephemeral"),
                 &SendRequest {
                     message: B64(bytes),
+                    attachments: Vec::new(),
                 },
             )
             .await?;

@@ -55,6 +55,7 @@ pub mod devices;
 pub mod dm;
 pub mod ephemeral;
 mod error;
+pub mod files;
 pub mod groups;
 pub mod inbox;
 pub mod io;
@@ -69,11 +70,12 @@ pub mod sync;
 pub mod views;
 
 pub use error::Error;
+pub use files::OutgoingFile;
 pub use io::{Answer, HttpReply, HttpRequest, Method, Op, Step, Task};
 pub use store::{MemoryStore, Store, StoreError, Tx};
 pub use views::{
-    Action, DeviceLine, GroupLine, HistoryItem, HistoryMessage, Message, SyncEvent, SyncReport,
-    Update,
+    Action, AttachmentView, DeviceLine, GroupLine, HistoryItem, HistoryMessage, Message, SyncEvent,
+    SyncReport, Update,
 };
 
 use error::storage_err;

@@ -54,6 +54,7 @@ impl Flow {
             sender_device: me.device_id.to_hex(),
             mentions_me: crate::rich::mentions(&text, me.username.as_str()),
             text,
+            attachments: Vec::new(),
             reply_to: reply_to.map(|r| r.to_hex()),
             sent_at: rfc3339_ms(content.sent_at_ms),
             outgoing: true,
@@ -101,6 +102,10 @@ impl Flow {
         let gid = group_id_bytes(id)?;
         let msg_id = content.id.to_hex();
         let (kind, text, reply_to, target) = crate::rich::fields(&content.body);
+        let attachments: Vec<String> = match &content.body {
+            sotto_proto::Body::File { file, .. } => vec![file.blob.clone()],
+            _ => Vec::new(),
+        };
         for attempt in 0..MAX_ATTEMPTS {
             let bytes = self.with_tx(|tx, p| {
                 let keys = self.keys(tx)?;
@@ -123,6 +128,7 @@ impl Flow {
                     shown: true,
                     local_order: 0,
                     accepted_at: 0,
+                    attachment: crate::rich::attachment_of(&content.body),
                 };
                 // The sender's own device applies what it sends as a receiver would, in the same
                 // transaction (an unsend's text is gone from here even while it is queued).
@@ -138,6 +144,7 @@ impl Flow {
                     &format!("/v1/conversations/{id}/messages"),
                     &SendRequest {
                         message: B64(bytes),
+                        attachments: attachments.clone(),
                     },
                 )
                 .await;

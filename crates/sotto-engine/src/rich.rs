@@ -18,9 +18,10 @@
 
 use std::collections::BTreeMap;
 
-use sotto_proto::{Body, MessageId};
+use sotto_proto::attachment::FileKey;
+use sotto_proto::{Body, FileRef, MessageId, Preview};
 
-use crate::store::{ContentKind, MessageRecord, Tx};
+use crate::store::{AttachmentRecord, ContentKind, MessageRecord, PreviewRecord, Tx};
 use crate::Error;
 
 /// How long after sending a sender's own client lets it edit or unsend.
@@ -80,8 +81,51 @@ pub(crate) fn fields(body: &Body) -> (ContentKind, Option<String>, Option<String
             None,
             None,
         ),
+        Body::File {
+            caption, reply_to, ..
+        } => (
+            ContentKind::File,
+            caption.clone(),
+            reply_to.as_ref().map(hex),
+            None,
+        ),
         _ => (ContentKind::Unsupported, None, None, None),
     }
+}
+
+/// The attachment record of a body that carries a file.
+pub(crate) fn attachment_of(body: &Body) -> Option<AttachmentRecord> {
+    let Body::File { file, preview, .. } = body else {
+        return None;
+    };
+    let hex = sotto_proto::identity::hex;
+    Some(AttachmentRecord {
+        blob: file.blob.clone(),
+        key: hex(file.key.as_bytes()),
+        size: file.size,
+        hash: hex(&file.hash),
+        content_type: file.content_type.clone(),
+        name: file.name.clone(),
+        preview: preview.as_ref().map(|p| PreviewRecord {
+            content_type: p.content_type.clone(),
+            data: sotto_api::B64(p.data.clone()),
+        }),
+        downloaded: None,
+    })
+}
+
+/// The file reference a stored attachment record was made from.
+pub(crate) fn file_ref_of(a: &AttachmentRecord) -> Option<FileRef> {
+    let key = sotto_proto::identity::unhex(&a.key)?;
+    let hash: [u8; 32] = sotto_proto::identity::unhex(&a.hash)?.try_into().ok()?;
+    Some(FileRef {
+        blob: a.blob.clone(),
+        key: FileKey::from_bytes(&key).ok()?,
+        size: a.size,
+        hash,
+        content_type: a.content_type.clone(),
+        name: a.name.clone(),
+    })
 }
 
 /// The body a stored record was made from (the inverse of [`fields`]).
@@ -123,6 +167,18 @@ pub(crate) fn body_of(m: &MessageRecord) -> Option<Body> {
         ContentKind::Settings => Body::Settings {
             settings: crate::settings::from_json(m.text.as_deref()?)?,
         },
+        ContentKind::File => Body::File {
+            file: Box::new(file_ref_of(m.attachment.as_ref()?)?),
+            caption: m.text.clone(),
+            reply_to: match &m.reply_to {
+                Some(r) => Some(MessageId::from_hex(r)?),
+                None => None,
+            },
+            preview: m.attachment.as_ref()?.preview.as_ref().map(|p| Preview {
+                content_type: p.content_type.clone(),
+                data: p.data.0.clone(),
+            }),
+        },
         ContentKind::Unsupported => return None,
     })
 }
@@ -141,7 +197,7 @@ pub(crate) enum Verdict {
 /// Checks a record that arrived from the log against what this device has.
 pub(crate) fn check_incoming(tx: &dyn Tx, rec: &MessageRecord) -> Result<Verdict, Error> {
     match rec.kind {
-        ContentKind::Text => {
+        ContentKind::Text | ContentKind::File => {
             if let Some(why) = reply_loop(tx, rec)? {
                 return Ok(Verdict::Refuse(why));
             }
@@ -275,6 +331,8 @@ pub(crate) fn apply_effects(tx: &dyn Tx, rec: &MessageRecord) -> Result<(), Erro
         return Ok(());
     };
     tx.set_message_text(&rec.conversation, target, None)?;
+    // The file goes with it: without its key, nothing here can open the blob any more.
+    tx.set_attachment(&rec.conversation, target, None)?;
     for a in tx.messages_targeting(&rec.conversation, target)? {
         if a.kind == ContentKind::Edit {
             tx.set_message_text(&rec.conversation, &a.id, None)?;
@@ -570,7 +628,14 @@ impl crate::Engine {
                 Error::Mls(m) => Error::Invalid(m.to_string()),
                 e => e,
             })?;
+            let unsent_blob = match (&content.body, &target.attachment) {
+                (Body::Unsend { .. }, Some(a)) => Some(a.blob.clone()),
+                _ => None,
+            };
             f.post_message(&conv, &content, &mut report).await?;
+            if let Some(blob) = unsent_blob {
+                f.remove_blob(&blob, &mut report).await;
+            }
             Ok((content.id.to_hex(), report))
         })
     }
@@ -606,6 +671,7 @@ mod tests {
             shown: false,
             local_order: 0,
             accepted_at: 0,
+            attachment: None,
         }
     }
 

@@ -4,7 +4,10 @@ use serde::Serialize;
 
 use std::collections::BTreeMap;
 
-use crate::store::{ContentKind, ConversationKind, MessageRecord, Tx, UndecryptableRecord};
+use crate::store::{
+    AttachmentRecord, ContentKind, ConversationKind, MessageRecord, PreviewRecord, Tx,
+    UndecryptableRecord,
+};
 use crate::{rfc3339_ms, Engine, Error};
 
 /// A message as shown to the user when it arrives.
@@ -23,8 +26,10 @@ pub struct Message {
     pub sender: String,
     /// Sender's device id.
     pub sender_device: String,
-    /// The text.
+    /// The text (a file's caption; empty for a file without one).
     pub text: String,
+    /// The files it carries.
+    pub attachments: Vec<AttachmentView>,
     /// The message it replies to.
     pub reply_to: Option<String>,
     /// Whether it mentions this device's account (`@username`).
@@ -33,6 +38,41 @@ pub struct Message {
     pub sent_at: String,
     /// Whether this device's account sent it.
     pub outgoing: bool,
+}
+
+/// A file a message carries, as `sync --json` and `history --json` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttachmentView {
+    /// The message's id: what `sotto download` takes.
+    pub id: String,
+    /// File name, as the sender gave it.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Media type, as the sender gave it.
+    pub content_type: String,
+    /// Whether this device has downloaded and verified it.
+    pub downloaded: bool,
+    /// Where this device saved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A small image to show before the download.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewRecord>,
+}
+
+fn attachments(id: &str, a: Option<&AttachmentRecord>) -> Vec<AttachmentView> {
+    a.map(|a| AttachmentView {
+        id: id.to_owned(),
+        name: a.name.clone(),
+        size: a.size,
+        content_type: a.content_type.clone(),
+        downloaded: a.downloaded.is_some(),
+        path: a.downloaded.clone(),
+        preview: a.preview.clone(),
+    })
+    .into_iter()
+    .collect()
 }
 
 /// A message as the history shows it now: edited, unsent, reacted to.
@@ -48,8 +88,11 @@ pub struct HistoryMessage {
     pub sender: String,
     /// Sender's device id.
     pub sender_device: String,
-    /// The text as last edited; `None` once unsent (or for a kind this version does not show).
+    /// The text (a file's caption) as last edited; `None` once unsent, and for a file without a
+    /// caption.
     pub text: Option<String>,
+    /// The files it carries (none once unsent).
+    pub attachments: Vec<AttachmentView>,
     /// Sender's clock, RFC 3339.
     pub sent_at: String,
     /// The message it replies to.
@@ -290,13 +333,16 @@ impl SyncReport {
     }
 }
 
-fn view(m: MessageRecord, group: bool, me: &str) -> Message {
+/// A stored message as it is shown when it arrives.
+pub(crate) fn view_of(m: MessageRecord, group: bool, me: &str) -> Message {
     let text = match m.kind {
         ContentKind::Unsupported => "[unsupported message kind]".to_owned(),
+        ContentKind::File if m.attachment.is_some() => m.text.unwrap_or_default(),
         _ => m.text.unwrap_or_else(|| "[unsent]".into()),
     };
     Message {
         kind: "message",
+        attachments: attachments(&m.id, m.attachment.as_ref()),
         group: group.then(|| m.conversation.clone()),
         id: m.id,
         conversation: m.conversation,
@@ -419,6 +465,7 @@ fn history_message(
         _ => f.text,
     };
     Ok(HistoryMessage {
+        attachments: attachments(&m.id, m.attachment.as_ref()),
         group: group.then(|| m.conversation.clone()),
         mentions_me: text
             .as_deref()
@@ -485,7 +532,7 @@ impl Engine {
                     continue;
                 }
                 let group = is_group(tx, &m.conversation)?;
-                out.push(view(m, group, &me));
+                out.push(view_of(m, group, &me));
             }
             Ok(out)
         })

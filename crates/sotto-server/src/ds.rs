@@ -695,6 +695,13 @@ pub async fn send(
     origin: Option<crate::bus::Origin>,
 ) -> Result<Accepted, ApiError> {
     let env = check_envelope(id, &req.message.0, false)?;
+    if !req.attachments.is_empty() {
+        // Before the append: a message never names a blob the server may remove as an orphan.
+        state
+            .blobs
+            .bind(&req.attachments, id, &caller.username)
+            .await?;
+    }
     let appended = state
         .store
         .append_message(

@@ -130,6 +130,12 @@ async fn maintenance(state: AppState) {
                     Ok(n) => tracing::info!(entries = n, "pruned the log"),
                     Err(e) => tracing::warn!(error = %e, "pruning failed"),
                 }
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                match state.blobs.sweep(now, cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(blobs = n, "removed expired and orphaned blobs"),
+                    Err(e) => tracing::warn!(error = %e.message, "sweeping blobs failed"),
+                }
             }
             _ = shutdown.changed() => {
                 save_cursors(&state).await;
@@ -221,6 +227,7 @@ pub fn app(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     http::router(state)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(net::linger))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 use axum::response::IntoResponse;

@@ -83,8 +83,16 @@ struct Args {
     #[arg(long, env = "SOTTO_LINK_TTL", default_value_t = 600)]
     link_ttl_secs: i64,
     /// Directory for attachment blobs (default: DATA_DIR/blobs).
-    #[arg(long, env = "SOTTO_BLOB_DIR")]
+    #[arg(long, env = "SOTTO_BLOB_DIR", conflicts_with = "blob_store")]
     blob_dir: Option<PathBuf>,
+    /// Where attachment blobs go, as a URL: `file:///DIR`, or
+    /// `s3://BUCKET?endpoint=URL&region=R` for an S3-compatible store (credentials from
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`). Default: the blob dir.
+    #[arg(long, env = "SOTTO_BLOB_STORE")]
+    blob_store: Option<String>,
+    /// Most MiB of attachments one account may keep at a time (0: no limit).
+    #[arg(long, env = "SOTTO_ACCOUNT_QUOTA_MB", default_value_t = 4096)]
+    account_quota_mb: u64,
     /// Largest attachment in MiB (at most 2048).
     #[arg(long, env = "SOTTO_MAX_FILE_MB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=2048))]
     max_file_mb: u64,
@@ -246,10 +254,16 @@ async fn main() -> anyhow::Result<()> {
         .blob_dir
         .clone()
         .unwrap_or_else(|| args.data_dir.join("blobs"));
-    let state = state.with_blobs(
-        sotto_server::blobs::Blobs::local(&blob_dir, args.max_file_mb * 1024 * 1024)
+    let max_file = args.max_file_mb * 1024 * 1024;
+    let blobs = match &args.blob_store {
+        Some(url) => {
+            sotto_server::blobs::Blobs::from_url(url, max_file).map_err(anyhow::Error::msg)?
+        }
+        None => sotto_server::blobs::Blobs::local(&blob_dir, max_file)
             .with_context(|| format!("opening blob dir {}", blob_dir.display()))?,
-    );
+    };
+    let state = state
+        .with_blobs(blobs.with_account_quota(args.account_quota_mb.saturating_mul(1024 * 1024)));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

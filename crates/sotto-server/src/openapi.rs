@@ -270,7 +270,7 @@ fn schemas() -> Value {
         "ConversationInfo": obj(&["id", "kind", "epoch", "last_seq", "members"], json!({"id": s, "kind": s, "epoch": u, "last_seq": u, "members": {"type": "array", "items": s}, "departed": {"type": "array", "items": s}})),
         "ConversationList": obj(&["conversations"], json!({"conversations": {"type": "array", "items": {"$ref": "#/components/schemas/ConversationInfo"}}})),
         "CommitRequest": obj(&["epoch", "commit"], json!({"epoch": u, "commit": b64, "welcome": b64, "initial_group_info": b64})),
-        "SendRequest": obj(&["message"], json!({"message": b64})),
+        "SendRequest": obj(&["message"], json!({"message": b64, "attachments": {"type": "array", "maxItems": 32, "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}})),
         "Accepted": obj(&["seq", "epoch", "accepted_at"], json!({"seq": u, "epoch": u, "accepted_at": u})),
         "LogPage": obj(&["entries", "more"], json!({"more": {"type": "boolean"}, "entries": {"type": "array", "items": obj(&["seq", "epoch", "kind", "sender_device", "data", "accepted_at"], json!({"seq": u, "epoch": u, "kind": {"type": "string", "enum": ["commit", "message"]}, "sender_device": s, "data": b64, "accepted_at": u}))}})),
         "Inbox": obj(&["items"], json!({"items": {"type": "array", "items": obj(&["id", "conversation", "seq", "welcome"], json!({"id": u, "conversation": s, "seq": u, "welcome": b64}))}})),
@@ -347,6 +347,10 @@ pub fn document_with(max_file_bytes: u64) -> Value {
             .collect();
         if o.path == "/v1/blobs" && o.method == "post" {
             operation.insert("x-max-file-bytes".into(), json!(max_file_bytes));
+            operation.insert(
+                "x-max-upload-bytes".into(),
+                json!(sotto_proto::attachment::blob_len(max_file_bytes)),
+            );
         }
         if !params.is_empty() {
             operation.insert("parameters".into(), Value::Array(params));

@@ -96,7 +96,17 @@ async fn post(
     let res = async {
         state.limiter.check(Class::Send, &caller.device_id)?;
         state.limiter.check_ip(Class::SendIp, ip)?;
-        ds::send(&state, &caller, &id, SendRequest { message }, Some(origin)).await
+        ds::send(
+            &state,
+            &caller,
+            &id,
+            SendRequest {
+                message,
+                attachments: Vec::new(),
+            },
+            Some(origin),
+        )
+        .await
     }
     .await;
     match res {

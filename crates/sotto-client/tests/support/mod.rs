@@ -49,6 +49,17 @@ impl Server {
         Self::serve(state.with_blobs(blobs), stop_push, data_dir, addr).await
     }
 
+    /// A server (SQLite under `data_dir`) whose attachment blobs go to `blobs`.
+    pub async fn start_with_blobs(
+        data_dir: &Path,
+        config: Config,
+        blobs: sotto_server::blobs::Blobs,
+    ) -> Self {
+        let store = SqliteStore::open(data_dir).unwrap();
+        let (state, stop_push) = AppState::single_node(Arc::new(store), config);
+        Self::serve(state.with_blobs(blobs), stop_push, data_dir, "127.0.0.1:0").await
+    }
+
     /// A node over PostgreSQL (schema `schema`) with wake-ups over NATS.
     pub async fn start_node(pg_url: &str, schema: &str, nats: &str, addr: &str) -> Self {
         let store = sotto_server::PostgresStore::connect(pg_url, Some(schema))

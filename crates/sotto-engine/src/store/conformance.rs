@@ -19,6 +19,7 @@ pub fn run(make: &dyn Fn() -> Box<dyn Store>) {
         ("messages_dedup_and_order", messages_dedup_and_order),
         ("outbox", outbox),
         ("actions", actions),
+        ("attachments", attachments),
         ("receipts", receipts),
         ("history_order", history_order),
         ("undecryptable", undecryptable),
@@ -69,6 +70,7 @@ fn msg(conv: &str, id: &str, seq: Option<u64>, outgoing: bool, device: &str) -> 
         shown: false,
         local_order: 0,
         accepted_at: seq.map_or(0, |s| 1_700_000_000 + s),
+        attachment: None,
     }
 }
 
@@ -287,6 +289,53 @@ fn outbox(s: &dyn Store) {
         assert_eq!(out1.salt.as_deref(), Some(&[7; 16][..]));
         assert_eq!(tx.message("c", "out2").unwrap(), None);
         assert!(tx.unsent_messages("me").unwrap().is_empty());
+    });
+}
+
+/// A file message keeps its attachment record whole, a download is noted on it, and an unsend
+/// can wipe it.
+fn attachments(s: &dyn Store) {
+    let file = AttachmentRecord {
+        blob: "ab".repeat(32),
+        key: "cd".repeat(32),
+        size: 65_537,
+        hash: "ef".repeat(32),
+        content_type: "image/png".into(),
+        name: "cat \u{1F408}.png".into(),
+        preview: Some(PreviewRecord {
+            content_type: "image/png".into(),
+            data: sotto_api::B64(vec![0x89, b'P', b'N', b'G']),
+        }),
+        downloaded: None,
+    };
+    let mut m = msg("c", "f1", Some(1), false, "d");
+    m.kind = ContentKind::File;
+    m.text = None;
+    m.attachment = Some(file.clone());
+    write(s, |tx| {
+        tx.insert_message(&m).unwrap();
+        tx.insert_message(&msg("c", "t1", Some(2), false, "d"))
+            .unwrap();
+    });
+    read(s, |tx| {
+        let got = tx.message("c", "f1").unwrap().unwrap();
+        assert_eq!(got.kind, ContentKind::File);
+        assert_eq!(got.attachment.as_ref(), Some(&file));
+        assert_eq!(got.text, None);
+        assert_eq!(tx.message("c", "t1").unwrap().unwrap().attachment, None);
+    });
+    let saved = AttachmentRecord {
+        downloaded: Some("/tmp/cat.png".into()),
+        ..file.clone()
+    };
+    write(s, |tx| tx.set_attachment("c", "f1", Some(&saved)).unwrap());
+    read(s, |tx| {
+        let got = tx.message_by_id("f1").unwrap().unwrap();
+        assert_eq!(got.attachment.as_ref(), Some(&saved));
+    });
+    write(s, |tx| tx.set_attachment("c", "f1", None).unwrap());
+    read(s, |tx| {
+        assert_eq!(tx.message("c", "f1").unwrap().unwrap().attachment, None);
     });
 }
 

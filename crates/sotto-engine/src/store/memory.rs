@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    ContentKind, ConversationKind, ConversationRecord, MessageRecord, PinRecord, Store, StoreError,
-    Tx, UndecryptableRecord,
+    AttachmentRecord, ContentKind, ConversationKind, ConversationRecord, MessageRecord, PinRecord,
+    Store, StoreError, Tx, UndecryptableRecord,
 };
 
 #[derive(Default)]
@@ -27,7 +27,7 @@ enum Undo {
     Setting(String, Option<Vec<u8>>),
     Pin(String, Option<PinRecord>),
     Conversation(String, Option<ConversationRecord>),
-    Message((String, String), Option<MessageRecord>),
+    Message((String, String), Option<Box<MessageRecord>>),
     Undecryptable((String, u64), Option<UndecryptableRecord>),
     Receipt((String, String, String), Option<u8>),
     Mls(Vec<u8>, Option<Vec<u8>>),
@@ -90,7 +90,7 @@ impl Drop for MemoryTx<'_> {
                 Undo::Setting(k, v) => restore(&mut s.settings, k, v),
                 Undo::Pin(k, v) => restore(&mut s.pins, k, v),
                 Undo::Conversation(k, v) => restore(&mut s.conversations, k, v),
-                Undo::Message(k, v) => restore(&mut s.messages, k, v),
+                Undo::Message(k, v) => restore(&mut s.messages, k, v.map(|b| *b)),
                 Undo::Undecryptable(k, v) => restore(&mut s.undecryptable, k, v),
                 Undo::Receipt(k, v) => restore(&mut s.receipts, k, v),
                 Undo::Mls(k, v) => restore(&mut s.mls, k, v),
@@ -115,7 +115,7 @@ impl MemoryTx<'_> {
         let old = m.clone();
         f(m);
         drop(s);
-        self.log(Undo::Message(key, Some(old)));
+        self.log(Undo::Message(key, Some(Box::new(old))));
     }
 
     fn log(&self, u: Undo) {
@@ -248,13 +248,23 @@ impl Tx for MemoryTx<'_> {
         Ok(())
     }
 
+    fn set_attachment(
+        &self,
+        conversation: &str,
+        id: &str,
+        attachment: Option<&AttachmentRecord>,
+    ) -> Result<(), StoreError> {
+        self.update(conversation, id, |m| m.attachment = attachment.cloned());
+        Ok(())
+    }
+
     fn delete_unsent_message(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
         let key = (conversation.to_owned(), id.to_owned());
         let mut s = self.state.borrow_mut();
         if s.messages.get(&key).is_some_and(|m| m.seq.is_none()) {
             let old = s.messages.remove(&key);
             drop(s);
-            self.log(Undo::Message(key, old));
+            self.log(Undo::Message(key, old.map(Box::new)));
         }
         Ok(())
     }
@@ -300,7 +310,7 @@ impl Tx for MemoryTx<'_> {
         let key = (conversation.to_owned(), id.to_owned());
         let old = self.state.borrow_mut().messages.remove(&key);
         if old.is_some() {
-            self.log(Undo::Message(key, old));
+            self.log(Undo::Message(key, old.map(Box::new)));
         }
         Ok(())
     }
@@ -393,7 +403,7 @@ impl Tx for MemoryTx<'_> {
                 m.conversation == conversation
                     && !m.outgoing
                     && m.seq.is_some()
-                    && m.kind == ContentKind::Text
+                    && matches!(m.kind, ContentKind::Text | ContentKind::File)
                     && s.receipts
                         .get(&(conversation.to_owned(), m.id.clone(), user.to_owned()))
                         .is_none_or(|r| *r < status)

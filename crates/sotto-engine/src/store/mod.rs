@@ -165,6 +165,8 @@ pub enum ContentKind {
     Receipt,
     /// Account settings from one of this account's devices (`text`: JSON `[[name, value], ...]`).
     Settings,
+    /// A file (`attachment`), with its caption as `text` and `reply_to` when it is a reply.
+    File,
     /// Content this version does not show.
     Unsupported,
 }
@@ -180,6 +182,7 @@ impl ContentKind {
             Self::Unsend => "unsend",
             Self::Receipt => "receipt",
             Self::Settings => "settings",
+            Self::File => "file",
             Self::Unsupported => "unsupported",
         }
     }
@@ -194,6 +197,7 @@ impl ContentKind {
             "unsend" => Self::Unsend,
             "receipt" => Self::Receipt,
             "settings" => Self::Settings,
+            "file" => Self::File,
             "unsupported" => Self::Unsupported,
             _ => return None,
         })
@@ -201,7 +205,7 @@ impl ContentKind {
 
     /// Whether it is a message of the history (not an action on one).
     pub fn is_message(self) -> bool {
-        matches!(self, Self::Text | Self::Unsupported)
+        matches!(self, Self::Text | Self::File | Self::Unsupported)
     }
 }
 
@@ -240,6 +244,52 @@ pub struct MessageRecord {
     /// When the server accepted it, in Unix seconds (0: not acknowledged yet, or stored before
     /// servers said). The edit and unsend windows are measured on it.
     pub accepted_at: u64,
+    /// For a [`ContentKind::File`]: the file.
+    pub attachment: Option<AttachmentRecord>,
+}
+
+/// A file a message carries, as a device keeps it: where the blob is, how to open it, and
+/// whether this device has downloaded it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRecord {
+    /// The blob's id on the server (64 hex digits).
+    pub blob: String,
+    /// The file key (64 hex digits).
+    pub key: String,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole blob (64 hex digits).
+    pub hash: String,
+    /// Media type, as the sender gave it.
+    pub content_type: String,
+    /// File name, as the sender gave it.
+    pub name: String,
+    /// A small image shown before the download, as the sender made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewRecord>,
+    /// Where this device saved the file once it downloaded and verified it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downloaded: Option<String>,
+}
+
+/// A preview image carried inside a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewRecord {
+    /// Its media type (`image/png` or `image/jpeg`).
+    pub content_type: String,
+    /// The image (base64 in JSON).
+    pub data: sotto_api::B64,
+}
+
+// Redacted: the key opens the file, and the blob id is a capability.
+impl std::fmt::Debug for AttachmentRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachmentRecord")
+            .field("content_type", &self.content_type)
+            .field("size", &self.size)
+            .field("downloaded", &self.downloaded.is_some())
+            .finish()
+    }
 }
 
 /// Where a log entry that did not decrypt stands.
@@ -344,6 +394,13 @@ pub trait Tx {
         seq: u64,
         accepted_at: u64,
     ) -> Result<(), StoreError>;
+    /// Replaces a message's attachment record (to note a download).
+    fn set_attachment(
+        &self,
+        conversation: &str,
+        id: &str,
+        attachment: Option<&AttachmentRecord>,
+    ) -> Result<(), StoreError>;
     /// Deletes a message the server never acknowledged (no-op once it has a seq).
     fn delete_unsent_message(&self, conversation: &str, id: &str) -> Result<(), StoreError>;
     /// A message of any conversation by id (ids are hashes: unique across conversations).
@@ -388,9 +445,10 @@ pub trait Tx {
     ) -> Result<bool, StoreError>;
     /// The accounts with a receipt for a message, and their highest status, by account.
     fn receipts(&self, conversation: &str, message: &str) -> Result<Vec<(String, u8)>, StoreError>;
-    /// The text messages of other accounts in `conversation` (acknowledged ones) that `user` has
-    /// no receipt of `status` or higher for, by seq. (Only texts: content this version cannot
-    /// show is not reported read, and no automatic kind can set off receipts back and forth.)
+    /// The text and file messages of other accounts in `conversation` (acknowledged ones) that
+    /// `user` has no receipt of `status` or higher for, by seq. (Only those: content this version
+    /// cannot show is not reported read, and no automatic kind can set off receipts back and
+    /// forth.)
     fn unreceipted(
         &self,
         conversation: &str,
