@@ -73,6 +73,10 @@ struct UploadState {
     /// Blob bytes the server confirmed, and the SHA-256 of exactly those bytes.
     confirmed: u64,
     confirmed_hash: String,
+    /// The PATCH under way: where it ends and the hash of the blob up to there (the server may
+    /// hold it though the run died before it heard so).
+    #[serde(default)]
+    pending: Option<(u64, String)>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -233,15 +237,15 @@ enum Made {
 }
 
 /// Reads and encrypts the file on its own thread, so that the next batch is made while the last
-/// one uploads. Bytes below `offset` (the server has them) are made again but not sent; the first
-/// `confirmed` of them must hash to `confirmed_hash`, or the file changed since.
+/// one uploads. Bytes below `offset` (the server has them) are made again but not sent; they
+/// must hash to what the earlier run saved, or the file changed since.
 struct Maker {
     path: PathBuf,
     size: u64,
     enc: Encryptor,
     offset: u64,
-    confirmed: u64,
-    confirmed_hash: String,
+    /// SHA-256 of the blob's first `offset` bytes, as an earlier run made them.
+    vouched_hash: String,
     state_path: PathBuf,
 }
 
@@ -288,14 +292,10 @@ impl Maker {
             let mut bytes = &out[..];
             if made < self.offset {
                 let skip = ((self.offset - made) as usize).min(bytes.len());
-                let vouched = self.confirmed.saturating_sub(made) as usize;
-                skipped.update(&bytes[..skip.min(vouched)]);
+                skipped.update(&bytes[..skip]);
                 made += skip as u64;
                 bytes = &bytes[skip..];
-                if made == self.offset
-                    && self.confirmed > 0
-                    && hex(&skipped.clone().finalize()) != self.confirmed_hash
-                {
+                if made == self.offset && hex(&skipped.clone().finalize()) != self.vouched_hash {
                     // The next run starts a new upload (the old one goes as an orphan).
                     let _ = std::fs::remove_file(&self.state_path);
                     return Err(ClientError::Invalid(
@@ -436,19 +436,26 @@ impl Client {
                     header: hex(&enc.header()),
                     confirmed: 0,
                     confirmed_hash: String::new(),
+                    pending: None,
                 };
                 save_state(state_path, &s)?;
                 (s, 0, enc, key)
             }
         };
-        if offset < state.confirmed || offset > total {
-            // The server holds less than it confirmed, or more than the blob: start over.
+        // What the server holds must end where this device knows the blob's hash: at the last
+        // confirmed PATCH, or at the end of the one under way when the run died.
+        let vouched = match &state.pending {
+            Some((end, hash)) if *end == offset => Some(hash.clone()),
+            _ if offset == state.confirmed => Some(state.confirmed_hash.clone()),
+            _ => None,
+        };
+        let Some(vouched_hash) = vouched else {
             let _ = std::fs::remove_file(state_path);
             return Err(ClientError::Protocol(
-                "the server's copy of the upload is not what it confirmed; send the file again"
+                "the server's copy of the upload is not what this device sent; send the file again"
                     .into(),
             ));
-        }
+        };
         let blob = state.blob.clone();
         progress(Progress {
             done: offset,
@@ -462,8 +469,7 @@ impl Client {
             size,
             enc,
             offset,
-            confirmed: state.confirmed,
-            confirmed_hash: state.confirmed_hash.clone(),
+            vouched_hash,
             state_path: state_path.to_owned(),
         };
         let thread = std::thread::spawn(move || {
@@ -487,6 +493,10 @@ impl Client {
                 Made::Done(hash) => break Ok(hash),
                 Made::Batch(b) => {
                     let n = b.bytes.len() as u64;
+                    state.pending = Some((at + n, hex(&b.hash_after)));
+                    if let Err(e) = save_state(state_path, &state) {
+                        break Err(e);
+                    }
                     let now = match t.blob_patch(&token, &blob, at, b.bytes).await {
                         Ok(now) => now,
                         Err(e) => break Err(e),
@@ -501,6 +511,7 @@ impl Client {
                     // Everything made so far is on the server: remember how far, and its hash.
                     state.confirmed = at;
                     state.confirmed_hash = hex(&b.hash_after);
+                    state.pending = None;
                     if let Err(e) = save_state(state_path, &state) {
                         break Err(e);
                     }
@@ -548,7 +559,9 @@ impl Client {
                 out.display()
             )));
         }
-        let tmp = with_suffix(&out, ".sotto-tmp");
+        // Named by the blob, so a cut-off download of another file to the same path is not
+        // taken for this one's.
+        let tmp = with_suffix(&out, &format!(".{}.sotto-tmp", &rec.hash[..16]));
         let total = attachment::blob_len(rec.size);
         if let Err(e) = self.fetch_blob(&rec, &tmp, total, progress).await {
             // Cut off, what arrived stays for a resume; refused, nothing stays.
@@ -564,7 +577,21 @@ impl Client {
                 out.display()
             )));
         }
-        std::fs::rename(&tmp, &out).map_err(|e| io_err("writing", &out, e))?;
+        // A hard link fails if `out` appeared meanwhile (a rename would replace it).
+        match std::fs::hard_link(&tmp, &out) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ClientError::Invalid(format!(
+                    "{} appeared during the download; the file is not written",
+                    out.display()
+                )));
+            }
+            // A filesystem without hard links: rename, `out` having been checked just above.
+            Err(_) => std::fs::rename(&tmp, &out).map_err(|e| io_err("writing", &out, e))?,
+        }
         let shown = std::fs::canonicalize(&out).unwrap_or_else(|_| out.clone());
         self.engine
             .set_downloaded(message_id, &shown.to_string_lossy())?;
@@ -621,7 +648,13 @@ impl Client {
             };
             // The socket hands over a few KiB at a time; the decrypting thread gets a MiB.
             let mut batch = Vec::with_capacity(READ_BYTES + 64 * 1024);
-            while let Some(chunk) = resp.chunk().await.map_err(|_| broke(done))? {
+            loop {
+                // A minute of silence ends it (TCP keep-alives find a vanished peer sooner).
+                let next = tokio::time::timeout(std::time::Duration::from_secs(60), resp.chunk())
+                    .await
+                    .map_err(|_| broke(done))?
+                    .map_err(|_| broke(done))?;
+                let Some(chunk) = next else { break };
                 done += chunk.len() as u64;
                 if done > total {
                     return Err(ClientError::Protocol(

@@ -97,8 +97,9 @@ fn trust_nothing() -> Result<rustls::ClientConfig, ClientError> {
 pub(crate) struct Transport {
     pub(crate) base: String,
     http: reqwest::Client,
-    /// For file transfers: no bound on the whole exchange (a large file takes as long as it
-    /// takes), only on silence.
+    /// For file transfers: no fixed bound on the whole exchange (a large file takes as long as
+    /// it takes); each PATCH is bounded by its size, each read of a download by silence, and
+    /// TCP keep-alives find a peer that vanished.
     blob_http: reqwest::Client,
     /// For `https://`: the TLS configuration, shared with the WebSocket.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -145,7 +146,7 @@ impl Transport {
         };
         let http = build(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)))?;
         let blob_http =
-            build(reqwest::Client::builder().read_timeout(std::time::Duration::from_secs(60)))?;
+            build(reqwest::Client::builder().tcp_keepalive(std::time::Duration::from_secs(15)))?;
         let tls = (url.scheme() == "https").then(|| std::sync::Arc::new(config));
         Ok(Self {
             base,
@@ -156,9 +157,17 @@ impl Transport {
     }
 
     /// The server's refusal in `resp`, as the engine reports API errors.
-    async fn refusal(&self, resp: reqwest::Response) -> ClientError {
+    async fn refusal(&self, mut resp: reqwest::Response) -> ClientError {
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.unwrap_or_default();
+        // An error body is small; a misbehaving server or proxy may send a whole blob instead.
+        let mut body = Vec::new();
+        while let Ok(Some(c)) = resp.chunk().await {
+            body.extend_from_slice(&c);
+            if body.len() > 64 * 1024 {
+                body.clear();
+                break;
+            }
+        }
         match serde_json::from_slice::<sotto_api::ErrorBody>(&body) {
             Ok(b) => ClientError::Api {
                 status,
@@ -271,6 +280,10 @@ impl Transport {
                 reqwest::header::CONTENT_TYPE,
                 "application/offset+octet-stream",
             )
+            // A minute, plus the time the batch takes at 32 KB/s.
+            .timeout(std::time::Duration::from_secs(
+                60 + body.len() as u64 / 32_000,
+            ))
             .body(body)
             .send()
             .await
@@ -375,7 +388,12 @@ impl Transport {
                 server: self.base.clone(),
             }
         } else {
-            ClientError::Protocol(format!("request to {} failed: {e}", self.base))
+            // Without the URL: a blob's id in it is a capability.
+            ClientError::Protocol(format!(
+                "request to {} failed: {}",
+                self.base,
+                e.without_url()
+            ))
         }
     }
 

@@ -214,7 +214,14 @@ async fn a_killed_upload_and_a_killed_download_resume_where_they_stopped() {
     );
     // The dropped download's decrypting thread writes what it was handed, then stops (a killed
     // process would just stop): wait until the partial file no longer grows.
-    let partial = dir.path().join("got.bin.sotto-tmp");
+    let partial = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with("got.bin.") && n.ends_with(".sotto-tmp")
+        })
+        .expect("a partial download");
     let mut last = u64::MAX;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -76,9 +76,13 @@ struct Meta {
     length: u64,
     created_at: i64,
     complete: bool,
-    /// When a message first named it (`None`: an orphan, removed after [`ORPHAN_SECS`]).
+    /// When a message first named it (`None`: an orphan, removed [`ORPHAN_SECS`] after its last
+    /// PATCH).
     #[serde(default)]
     sent_at: Option<i64>,
+    /// When its last PATCH arrived (0: none yet).
+    #[serde(default)]
+    updated_at: i64,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -420,7 +424,8 @@ impl Blobs {
             };
             let expired = match meta.sent_at {
                 Some(at) => at < sent_before,
-                None => meta.created_at < now - ORPHAN_SECS,
+                // Counted from the last sign of life: a slow upload that goes on is no orphan.
+                None => meta.created_at.max(meta.updated_at) < now - ORPHAN_SECS,
             };
             if expired {
                 self.remove(&id, &meta).await?;
@@ -554,6 +559,7 @@ async fn create(
         created_at: now_secs(),
         complete: length == 0,
         sent_at: None,
+        updated_at: 0,
     };
     state
         .blobs
@@ -693,13 +699,14 @@ async fn append(
         w.finish().await.map_err(internal)?;
     }
     let now = offset + got;
-    if now == meta.length && !meta.complete {
+    if got > 0 {
         state
             .blobs
             .put_meta(
                 &id,
                 &Meta {
-                    complete: true,
+                    complete: now == meta.length,
+                    updated_at: now_secs(),
                     ..meta
                 },
             )

@@ -83,7 +83,9 @@ where
 
 type Answer = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
-/// A message posted over the socket: the same limits and rules as `POST .../messages`.
+/// A message posted over the socket: the same limits and rules as `POST .../messages`. The frame
+/// names no attachments, so a message with a file goes over HTTP (the SDK sends every message
+/// there): a blob no message named is removed as an orphan after a day.
 async fn post(
     state: AppState,
     caller: Caller,
