@@ -7,11 +7,14 @@
 //! fanout  one group of N member devices, each on its own WebSocket; one message at a time, and
 //!         the time until the last device has fetched it
 //! idle    N authenticated, idle WebSocket connections: server RSS per connection, connects/s
+//! media   one file through sottod: encrypt+upload and download+decrypt MB/s beside the AEAD's
+//!         and a loopback copy's, and the RSS growth of client and server
 //! ```
 //! Criterion benches live in `benches/` (the SDK send + sync round trip).
 
 pub mod fanout;
 pub mod idle;
+pub mod media;
 pub mod relay;
 pub mod server;
 

@@ -64,6 +64,14 @@ enum Cmd {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// One file through a sottod this run starts: encrypt+upload and download+decrypt in MB/s,
+    /// beside the AEAD's single-core speed and a plain loopback copy, and the peak RSS growth of
+    /// the client and the server during each transfer.
+    Media {
+        /// File size: bytes, or with KiB, MiB, GiB.
+        #[arg(long, default_value = "1GiB")]
+        size: String,
+    },
     /// One group of N member devices, each on its own WebSocket: the time until the last device
     /// has each message.
     Fanout {
@@ -110,7 +118,67 @@ async fn main() -> anyhow::Result<()> {
             server,
             server_pid,
         } => idle(connections, devices, in_flight, server, server_pid).await,
+        Cmd::Media { size } => media(&size).await,
     }
+}
+
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mul) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("", 1),
+    ]
+    .iter()
+    .find_map(|(suffix, mul)| s.strip_suffix(suffix).map(|n| (n.trim(), *mul)))
+    .unwrap_or((s, 1));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--size: a number of bytes, KiB, MiB or GiB: {s}"))?;
+    Ok(n * mul)
+}
+
+async fn media(size: &str) -> anyhow::Result<()> {
+    let size = parse_size(size)?;
+    let r = sotto_bench::media::run(size).await?;
+    let limit = r.aead_mb_s.min(r.loopback_mb_s);
+    println!("media: {} bytes", r.size);
+    println!("  AEAD (Encryptor, one core)   {:8.0} MB/s", r.aead_mb_s);
+    println!(
+        "  loopback TCP copy            {:8.0} MB/s",
+        r.loopback_mb_s
+    );
+    println!(
+        "  encrypt + upload + send      {:8.0} MB/s  ({:.0} % of the slower limit)",
+        r.upload_mb_s,
+        100.0 * r.upload_mb_s / limit
+    );
+    println!(
+        "  download + decrypt + verify  {:8.0} MB/s  ({:.0} % of the slower limit)",
+        r.download_mb_s,
+        100.0 * r.download_mb_s / limit
+    );
+    println!(
+        "  plain GET of the blob         {:8.0} MB/s  (the server's side of a download)",
+        r.fetch_only_mb_s
+    );
+    let kb = |v: Option<u64>| {
+        v.map_or("unknown".to_owned(), |k| {
+            format!("{:.1} MiB", k as f64 / 1024.0)
+        })
+    };
+    println!(
+        "  peak RSS growth, upload:     client {}, server {}",
+        kb(r.upload_rss_kb.0),
+        kb(r.upload_rss_kb.1)
+    );
+    println!(
+        "  peak RSS growth, download:   client {}, server {}",
+        kb(r.download_rss_kb.0),
+        kb(r.download_rss_kb.1)
+    );
+    Ok(())
 }
 
 async fn idle(
