@@ -611,6 +611,10 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         .map_err(backend)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(backend)?;
+    // Deleted rows are overwritten with zeros, not left in free pages: a pruned message's
+    // ciphertext leaves the file, not only the table (the WAL is truncated after each prune).
+    conn.pragma_update(None, "secure_delete", "ON")
+        .map_err(backend)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(backend)?;
     Ok(conn)
@@ -2021,6 +2025,22 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await?;
+        if gone > 0 {
+            // The deleted pages' old contents live on in the WAL until it is checkpointed and
+            // truncated. Done on a read connection, outside any transaction; when readers or the
+            // writer keep it from finishing, the next prune tries again.
+            let done: (i64, i64, i64) = self
+                .read(|conn| {
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .map_err(backend)
+                })
+                .await?;
+            if done.0 != 0 {
+                tracing::debug!("the WAL could not be truncated after pruning; next time");
+            }
+        }
         Ok(gone)
     }
 

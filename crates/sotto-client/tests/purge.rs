@@ -1,0 +1,122 @@
+//! What the server deletes leaves its files: log entries every member device has read are
+//! pruned, and their ciphertext is gone from the SQLite database, its WAL and its shared-memory
+//! file (secure_delete, then a WAL checkpoint that truncates), not only from the tables.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use base64::Engine as _;
+use sotto_server::Config;
+use support::{http, registered, token_of, Server};
+
+#[tokio::test]
+async fn pruned_ciphertext_is_gone_from_the_database_its_wal_and_shm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        prune_interval_secs: 1,
+        ..Config::default()
+    };
+    let server = Server::start_with(&dir.path().join("server"), "127.0.0.1:0", config).await;
+    let a = registered(&dir.path().join("a"), &server.url, "alice").await;
+    let b = registered(&dir.path().join("b"), &server.url, "bob").await;
+    a.dm("bob").send("hello").await.unwrap();
+    b.sync().await.unwrap();
+    for i in 0..20 {
+        a.dm("bob")
+            .send(&format!("message {i}: {}", "lorem ipsum ".repeat(150)))
+            .await
+            .unwrap();
+    }
+    // The ciphertexts as the server stores them, fetched without moving bob's read position.
+    let conv = a.engine().dm_id("bob").unwrap().unwrap();
+    let page: serde_json::Value = http()
+        .get(format!(
+            "{}/v1/conversations/{conv}/log?after=1",
+            server.url
+        ))
+        .bearer_auth(token_of(&dir.path().join("b")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored: Vec<Vec<u8>> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            base64::engine::general_purpose::STANDARD
+                .decode(e["data"].as_str().unwrap())
+                .unwrap()
+        })
+        // The 20 long texts (the log also holds the first message and receipts).
+        .filter(|c: &Vec<u8>| c.len() > 1500)
+        .collect();
+    assert_eq!(stored.len(), 20);
+    let db = dir.path().join("server");
+    let traces = || -> Vec<String> {
+        let mut found = Vec::new();
+        for name in ["sotto.db", "sotto.db-wal", "sotto.db-shm"] {
+            let Ok(bytes) = std::fs::read(db.join(name)) else {
+                continue;
+            };
+            for (i, c) in stored.iter().enumerate() {
+                let probe = &c[c.len() / 2..c.len() / 2 + 64];
+                if bytes.windows(probe.len()).any(|w| w == probe) {
+                    found.push(format!("{name} holds entry {i}"));
+                }
+            }
+        }
+        found
+    };
+    assert!(
+        !traces().is_empty(),
+        "the probe finds the entries while they are stored"
+    );
+    // Every member device reads them; a device tells how far it read with its next fetch, so
+    // one more message follows. The next prune deletes what both have read.
+    b.sync().await.unwrap();
+    a.dm("bob").send("the last word").await.unwrap();
+    let mut left = traces();
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        b.sync().await.unwrap();
+        a.sync().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = traces();
+    }
+    let rows: i64 = rusqlite::Connection::open(db.join("sotto.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "pruned ciphertext is still in the files ({rows} log rows): {left:?}"
+    );
+    // And the log no longer serves them (only what came after).
+    let page: serde_json::Value = http()
+        .get(format!(
+            "{}/v1/conversations/{conv}/log?after=1",
+            server.url
+        ))
+        .bearer_auth(token_of(&dir.path().join("b")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for e in page["entries"].as_array().unwrap() {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(e["data"].as_str().unwrap())
+            .unwrap();
+        assert!(
+            !stored.contains(&data),
+            "the log still serves a pruned entry"
+        );
+    }
+    server.stop().await;
+}
