@@ -265,6 +265,10 @@ fn open_db(home: &Path) -> Result<Connection, StoreError> {
         .map_err(backend)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(backend)?;
+    // Deleted content is overwritten with zeros rather than left in free pages (and the WAL is
+    // truncated after a wipe): an unsent message leaves the files, not only the table.
+    conn.pragma_update(None, "secure_delete", "ON")
+        .map_err(backend)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(backend)?;
     let done: i64 = conn
@@ -337,13 +341,20 @@ impl Store for SqliteStore {
             "BEGIN DEFERRED"
         })
         .map_err(backend)?;
-        Ok(Box::new(SqliteTx { conn, open: true }))
+        Ok(Box::new(SqliteTx {
+            conn,
+            open: true,
+            wiped: std::cell::Cell::new(false),
+        }))
     }
 }
 
 struct SqliteTx<'a> {
     conn: MutexGuard<'a, Connection>,
     open: bool,
+    /// Whether it removed content (an unsend's text, a file's record, a message): then the
+    /// commit also truncates the WAL, whose old page images still hold it.
+    wiped: std::cell::Cell<bool>,
 }
 
 impl Drop for SqliteTx<'_> {
@@ -480,6 +491,13 @@ impl Tx for SqliteTx<'_> {
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.conn.execute_batch("COMMIT").map_err(backend)?;
         self.open = false;
+        if self.wiped.get() {
+            // Best effort: when another process keeps it from finishing, a later wipe's commit
+            // or SQLite's own checkpoints carry on.
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
         Ok(())
     }
 
@@ -618,6 +636,9 @@ impl Tx for SqliteTx<'_> {
         id: &str,
         attachment: Option<&AttachmentRecord>,
     ) -> Result<(), StoreError> {
+        if attachment.is_none() {
+            self.wiped.set(true);
+        }
         self.exec(
             "UPDATE sotto_messages SET attachment = ?3 WHERE conversation = ?1 AND message_id = ?2",
             params![conversation, id, attachment_json(attachment)?],
@@ -657,6 +678,9 @@ impl Tx for SqliteTx<'_> {
         id: &str,
         text: Option<&str>,
     ) -> Result<(), StoreError> {
+        if text.is_none() {
+            self.wiped.set(true);
+        }
         self.exec(
             "UPDATE sotto_messages SET text = ?3 WHERE conversation = ?1 AND message_id = ?2",
             params![conversation, id, text],
@@ -665,6 +689,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn delete_message(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
+        self.wiped.set(true);
         self.exec(
             "DELETE FROM sotto_messages WHERE conversation = ?1 AND message_id = ?2",
             params![conversation, id],

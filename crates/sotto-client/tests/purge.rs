@@ -120,3 +120,49 @@ async fn pruned_ciphertext_is_gone_from_the_database_its_wal_and_shm() {
     }
     server.stop().await;
 }
+
+/// The files of a device's home that hold its data.
+fn holds(home: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    ["sotto.db", "sotto.db-wal", "sotto.db-shm"]
+        .iter()
+        .filter(|name| {
+            std::fs::read(home.join(name))
+                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        })
+        .map(|n| (*n).to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_unsent_message_leaves_every_devices_files_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server")).await;
+    let (ha, hb) = (dir.path().join("a"), dir.path().join("b"));
+    let a = registered(&ha, &server.url, "alice").await;
+    let b = registered(&hb, &server.url, "bob").await;
+    let marker = b"SOTTO-UNSENT-MARKER-7f3a";
+    let text = format!("{} and then some", String::from_utf8_lossy(marker));
+    let (m, _) = a.dm("bob").send(&text).await.unwrap();
+    b.sync().await.unwrap();
+    // An edit's text is wiped with it.
+    a.act(&m.id, sotto_client::Action::Edit(format!("{text}, edited")))
+        .await
+        .unwrap();
+    b.sync().await.unwrap();
+    assert!(
+        !holds(&hb, marker).is_empty(),
+        "the probe finds the text while it is stored"
+    );
+    assert!(!holds(&ha, marker).is_empty());
+    a.act(&m.id, sotto_client::Action::Unsend).await.unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(b.dm("alice").history().unwrap()[0].text, None);
+    for (who, home) in [("alice", &ha), ("bob", &hb)] {
+        let left = holds(home, marker);
+        assert!(
+            left.is_empty(),
+            "{who}'s {left:?} still hold the unsent text"
+        );
+    }
+    server.stop().await;
+}
