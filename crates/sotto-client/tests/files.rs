@@ -553,3 +553,47 @@ async fn a_refused_upload_reads_the_body_so_the_client_gets_its_answer() {
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_uploads_cannot_all_pass_one_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = sotto_server::blobs::Blobs::local(
+        &dir.path().join("server/blobs"),
+        sotto_server::blobs::DEFAULT_MAX_FILE_BYTES,
+    )
+    .unwrap()
+    .with_account_quota(1024 * 1024);
+    let server =
+        Server::start_with_blobs(&dir.path().join("server"), Config::default(), blobs).await;
+    let a = registered(&dir.path().join("a"), &server.url, "alice").await;
+    let _b = registered(&dir.path().join("b"), &server.url, "bob").await;
+    a.dm("bob").send("hi").await.unwrap();
+    let conv = a.engine().dm_id("bob").unwrap().unwrap();
+    let token = token_of(&dir.path().join("a"));
+    let meta = {
+        use base64::Engine as _;
+        format!(
+            "conversation {}",
+            base64::engine::general_purpose::STANDARD.encode(&conv)
+        )
+    };
+    let h = http();
+    // Eight creations of 400,000 bytes at once: two fit in 1 MiB, three do not.
+    let tries = (0..8).map(|_| {
+        h.post(format!("{}/v1/blobs", server.url))
+            .bearer_auth(&token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", "400000")
+            .header("upload-metadata", meta.clone())
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let made = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 413).count();
+    assert_eq!((made, refused), (2, 6), "{statuses:?}");
+    server.stop().await;
+}

@@ -66,6 +66,7 @@ pub struct Blobs {
     pub max_file_bytes: u64,
     /// Most bytes of blobs (finished or not) one account may keep; 0: no limit.
     pub account_quota_bytes: u64,
+    creating: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +161,7 @@ impl Blobs {
             store,
             max_file_bytes: max_file_bytes.min(MAX_FILE_BYTES_CAP),
             account_quota_bytes: DEFAULT_ACCOUNT_QUOTA_BYTES,
+            creating: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -536,6 +538,9 @@ async fn create(
         .await?
         .ok_or_else(|| ApiError::not_found("no such conversation"))?;
     let quota = state.blobs.account_quota_bytes;
+    // Creations on this node take turns between the usage check and the new index entry, so
+    // concurrent uploads cannot all pass one quota (across nodes it stays a bound, not a ledger).
+    let _turn = state.blobs.creating.lock().await;
     if quota > 0 {
         let used = state.blobs.usage(&caller.username).await?;
         if used.saturating_add(length) > quota {
