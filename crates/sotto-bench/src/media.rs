@@ -159,7 +159,6 @@ fn write_file(path: &Path, size: u64) -> anyhow::Result<()> {
 /// Runs the media benchmark for a file of `size` bytes.
 pub async fn run(size: u64) -> anyhow::Result<MediaReport> {
     let tmp = tempfile::tempdir()?;
-    let mb = size.div_ceil(1024 * 1024).clamp(1, 2048);
     let server = Sottod::start(&[
         "--data-dir".into(),
         tmp.path().join("data").display().to_string(),
@@ -168,7 +167,6 @@ pub async fn run(size: u64) -> anyhow::Result<MediaReport> {
         "--account-quota-mb".into(),
         "0".into(),
     ])?;
-    let _ = mb;
     let spid = server.pid().to_string();
     let a = Client::open(&tmp.path().join("a"), Some(&server.url))?;
     a.account().register("alice").await?;

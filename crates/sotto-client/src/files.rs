@@ -48,7 +48,7 @@ pub struct Progress {
 }
 
 /// A file to send.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct FileToSend {
     /// The file.
     pub path: PathBuf,
@@ -58,6 +58,18 @@ pub struct FileToSend {
     pub content_type: Option<String>,
     /// The name receivers see (default: the file's own, without directories).
     pub name: Option<String>,
+}
+
+// The caption is message text: its size only.
+impl std::fmt::Debug for FileToSend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileToSend")
+            .field("path", &self.path)
+            .field("caption_len", &self.caption.as_ref().map(String::len))
+            .field("content_type", &self.content_type)
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> ClientError {
@@ -563,33 +575,30 @@ impl Client {
         // taken for this one's.
         let tmp = with_suffix(&out, &format!(".{}.sotto-tmp", &rec.hash[..16]));
         let total = attachment::blob_len(rec.size);
-        if let Err(e) = self.fetch_blob(&rec, &tmp, total, progress).await {
-            // Cut off, what arrived stays for a resume; refused, nothing stays.
-            if e.to_string().contains("did not verify") {
+        match self.fetch_blob(&rec, &tmp, total, progress).await {
+            Ok(()) => {}
+            Err(Stop::Refused(e)) => {
                 let _ = std::fs::remove_file(&tmp);
+                return Err(e);
             }
-            return Err(e);
+            // Cut off: what verified stays for a resume.
+            Err(Stop::Other(e)) => return Err(e),
         }
-        if out.exists() {
+        let appeared = || {
             let _ = std::fs::remove_file(&tmp);
-            return Err(ClientError::Invalid(format!(
+            ClientError::Invalid(format!(
                 "{} appeared during the download; the file is not written",
                 out.display()
-            )));
-        }
+            ))
+        };
         // A hard link fails if `out` appeared meanwhile (a rename would replace it).
         match std::fs::hard_link(&tmp, &out) {
             Ok(()) => {
                 let _ = std::fs::remove_file(&tmp);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(ClientError::Invalid(format!(
-                    "{} appeared during the download; the file is not written",
-                    out.display()
-                )));
-            }
-            // A filesystem without hard links: rename, `out` having been checked just above.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(appeared()),
+            // A filesystem without hard links: rename, after one more look.
+            Err(_) if out.exists() => return Err(appeared()),
             Err(_) => std::fs::rename(&tmp, &out).map_err(|e| io_err("writing", &out, e))?,
         }
         let shown = std::fs::canonicalize(&out).unwrap_or_else(|_| out.clone());
@@ -608,7 +617,7 @@ impl Client {
         tmp: &Path,
         total: u64,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), Stop> {
         let t = self.transport()?;
         let token = self.token()?;
         let seg = attachment::SEGMENT as u64;
@@ -687,7 +696,7 @@ impl Client {
                 }
                 return Err(broke(done));
             }
-            Ok(())
+            Ok::<(), ClientError>(())
         }
         .await;
         if fetched.is_ok() {
@@ -699,12 +708,12 @@ impl Client {
             .map_err(|e| ClientError::Storage(format!("the decrypting task failed: {e}")))?;
         // A refusal from the opener (the blob did not verify) says more than a cut-off fetch.
         match (opened, fetched) {
-            (Err(e), _) => Err(e),
-            (Ok(_), Err(e)) => Err(e),
+            (Err(stop), _) => Err(stop),
+            (Ok(_), Err(e)) => Err(Stop::Other(e)),
             (Ok(true), Ok(())) => Ok(()),
-            (Ok(false), Ok(())) => Err(ClientError::Protocol(
+            (Ok(false), Ok(())) => Err(Stop::Other(ClientError::Protocol(
                 "the decrypting task ended before the file did".into(),
-            )),
+            ))),
         }
     }
 }
@@ -712,6 +721,26 @@ impl Client {
 /// A piece of blob on its way from the socket to the decrypting thread; `None`: that was all
 /// of it, check it whole.
 type Chunk = Option<Vec<u8>>;
+
+/// Why a download stopped: the blob (or what a cut-off run kept of it) did not verify, so nothing
+/// of it may stay; or something else (a cut, a full disk), after which what verified stays for a
+/// resume.
+enum Stop {
+    Refused(ClientError),
+    Other(ClientError),
+}
+
+impl From<ClientError> for Stop {
+    fn from(e: ClientError) -> Self {
+        Stop::Other(e)
+    }
+}
+
+fn refused(e: attachment::AttachmentError) -> Stop {
+    Stop::Refused(ClientError::Protocol(format!(
+        "the file did not verify, so nothing was written: {e}"
+    )))
+}
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
@@ -721,26 +750,21 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 
 /// Decrypts a blob into `tmp` as it arrives. The first `kept` bytes of `tmp` (whole segments
 /// a cut-off run verified) stay: they are encrypted again under the blob's `header` and fed to
-/// the decryptor, which must give them back byte for byte, so that it and the blob's hash stand
-/// where the fetch goes on. Every segment and the whole hash must verify. `Ok(false)`: the
-/// pieces stopped before the end was announced (a cut-off fetch).
+/// the decryptor, so that it and the blob's hash stand where the fetch goes on (kept bytes that
+/// changed fail the whole hash at the end). Every segment and the whole hash must verify.
+/// `Ok(false)`: the pieces stopped before the end was announced (a cut-off fetch).
 fn open_blob(
     rec: &AttachmentRecord,
     tmp: &Path,
     kept: u64,
     header: Option<Vec<u8>>,
     mut rx: tokio::sync::mpsc::Receiver<Chunk>,
-) -> Result<bool, ClientError> {
+) -> Result<bool, Stop> {
     let key =
         FileKey::from_bytes(&unhex(&rec.key)?).map_err(|e| ClientError::Storage(e.to_string()))?;
     let hash: [u8; 32] = unhex(&rec.hash)?
         .try_into()
         .map_err(|_| ClientError::Storage("a stored file hash is not 32 bytes".into()))?;
-    let refused = |e: attachment::AttachmentError| {
-        ClientError::Protocol(format!(
-            "the file did not verify, so nothing was written: {e}"
-        ))
-    };
     let mut d = Decryptor::new(&key, rec.size, Some(hash));
     let mut file = std::fs::OpenOptions::new()
         .read(true)

@@ -487,11 +487,20 @@ async fn quotas_orphans_and_retention_bound_what_the_server_keeps() {
         .to_owned();
     let meta_dir = dir.path().join("server/blobs/meta");
     let sent_blob = a.engine().attachment(&m.id).unwrap().unwrap().1.blob;
+    // Time passes for a blob: its meta's field, and the meta file's own time with it (written
+    // when that time started).
     let age = |id: &str, field: &str, secs: i64| {
         let p = meta_dir.join(id);
         let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         v[field] = serde_json::json!(v[field].as_i64().unwrap() - secs);
         std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(secs as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
     };
     // Both began 25 hours ago; only the orphan goes.
     age(&orphan, "created_at", 25 * 3600);

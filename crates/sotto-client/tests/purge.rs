@@ -9,6 +9,30 @@ use base64::Engine as _;
 use sotto_server::Config;
 use support::{http, registered, token_of, Server};
 
+/// The ciphertexts of a conversation's log after its first entry, as the server serves them to
+/// the device at `home` (without moving its read position).
+async fn log_entries(server: &str, conv: &str, home: &std::path::Path) -> Vec<Vec<u8>> {
+    let page: serde_json::Value = http()
+        .get(format!("{server}/v1/conversations/{conv}/log?after=1"))
+        .bearer_auth(token_of(home))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            base64::engine::general_purpose::STANDARD
+                .decode(e["data"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn pruned_ciphertext_is_gone_from_the_database_its_wal_and_shm() {
     let dir = tempfile::tempdir().unwrap();
@@ -29,29 +53,13 @@ async fn pruned_ciphertext_is_gone_from_the_database_its_wal_and_shm() {
     }
     // The ciphertexts as the server stores them, fetched without moving bob's read position.
     let conv = a.engine().dm_id("bob").unwrap().unwrap();
-    let page: serde_json::Value = http()
-        .get(format!(
-            "{}/v1/conversations/{conv}/log?after=1",
-            server.url
-        ))
-        .bearer_auth(token_of(&dir.path().join("b")))
-        .send()
+    let bob_home = dir.path().join("b");
+    let log = || log_entries(&server.url, &conv, &bob_home);
+    let stored: Vec<Vec<u8>> = log()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let stored: Vec<Vec<u8>> = page["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            base64::engine::general_purpose::STANDARD
-                .decode(e["data"].as_str().unwrap())
-                .unwrap()
-        })
+        .into_iter()
         // The 20 long texts (the log also holds the first message and receipts).
-        .filter(|c: &Vec<u8>| c.len() > 1500)
+        .filter(|c| c.len() > 1500)
         .collect();
     assert_eq!(stored.len(), 20);
     let db = dir.path().join("server");
@@ -97,22 +105,7 @@ async fn pruned_ciphertext_is_gone_from_the_database_its_wal_and_shm() {
         "pruned ciphertext is still in the files ({rows} log rows): {left:?}"
     );
     // And the log no longer serves them (only what came after).
-    let page: serde_json::Value = http()
-        .get(format!(
-            "{}/v1/conversations/{conv}/log?after=1",
-            server.url
-        ))
-        .bearer_auth(token_of(&dir.path().join("b")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for e in page["entries"].as_array().unwrap() {
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(e["data"].as_str().unwrap())
-            .unwrap();
+    for data in log().await {
         assert!(
             !stored.contains(&data),
             "the log still serves a pruned entry"

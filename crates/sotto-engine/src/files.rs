@@ -17,7 +17,6 @@ use crate::store::{AttachmentRecord, ContentKind, ConversationKind, Conversation
 use crate::{Engine, Error, Message, SyncReport, Task};
 
 /// A file for a message, as a shell hands it over after the upload.
-#[derive(Debug)]
 pub struct OutgoingFile {
     /// Where the uploaded blob is and how to open it.
     pub file: FileRef,
@@ -25,6 +24,17 @@ pub struct OutgoingFile {
     pub caption: Option<String>,
     /// A small image shown before the download.
     pub preview: Option<sotto_proto::Preview>,
+}
+
+// The caption is message text: its size only.
+impl std::fmt::Debug for OutgoingFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutgoingFile")
+            .field("file", &self.file)
+            .field("caption_len", &self.caption.as_ref().map(String::len))
+            .field("preview", &self.preview)
+            .finish()
+    }
 }
 
 impl Engine {
@@ -77,9 +87,10 @@ impl Engine {
             let stored = f
                 .read(|tx, _| Ok(tx.message(&conversation, &id)?))?
                 .ok_or_else(|| Error::Storage("a sent file message was not stored".into()))?;
-            let mut m = crate::views::view_of(stored, group, me.username.as_str());
-            m.outgoing = true;
-            Ok((m, report))
+            Ok((
+                crate::views::view_of(stored, group, me.username.as_str()),
+                report,
+            ))
         })
     }
 
@@ -91,12 +102,10 @@ impl Engine {
     ) -> Result<Option<(String, AttachmentRecord)>, Error> {
         let id = message_id.to_ascii_lowercase();
         self.local().read(|tx, _| {
-            Ok(tx.message_by_id(&id)?.and_then(|m| {
-                (m.kind == ContentKind::File)
-                    .then_some(())
-                    .and(m.attachment)
-                    .map(|a| (m.conversation, a))
-            }))
+            Ok(tx
+                .message_by_id(&id)?
+                .filter(|m| m.kind == ContentKind::File)
+                .and_then(|m| Some((m.conversation, m.attachment?))))
         })
     }
 
