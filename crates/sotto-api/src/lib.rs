@@ -293,6 +293,9 @@ pub struct Accepted {
     /// When the server accepted it (see [`LogEntry::accepted_at`]).
     #[serde(default)]
     pub accepted_at: u64,
+    /// When the server deletes it (see [`LogEntry::expires_at`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 /// Kind of a log entry.
@@ -322,6 +325,12 @@ pub struct LogEntry {
     /// unsend windows on (a sender's own clock is its to set). 0 from a server before this field.
     #[serde(default)]
     pub accepted_at: u64,
+    /// For a message of a conversation with a disappearing timer or in vanish mode: when the
+    /// server deletes it, delivered or not, in Unix seconds (the acceptance time plus the longest
+    /// the conversation's settings let a message live from sending). Absent otherwise. Devices
+    /// go by the settings in their own group state, never by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 /// `GET /v1/conversations/{id}/log?after=SEQ&limit=N[&read=SEQ]`. The device's read position (what
@@ -504,6 +513,10 @@ impl ServerFrame {
         base64::engine::general_purpose::STANDARD.encode_string(&entry.data.0, &mut out);
         out.push_str(r#"","accepted_at":"#);
         push_u64(&mut out, entry.accepted_at);
+        if let Some(at) = entry.expires_at {
+            out.push_str(r#","expires_at":"#);
+            push_u64(&mut out, at);
+        }
         out.push_str("}}");
         out
     }
@@ -683,6 +696,7 @@ mod tests {
                 sender_device: sender.into(),
                 data: B64(data),
                 accepted_at: epoch.wrapping_add(seq),
+                expires_at: (seq % 2 == 1).then_some(seq.wrapping_mul(3)),
             },
         }
     }
@@ -711,6 +725,7 @@ mod tests {
                     seq: 1,
                     epoch: 2,
                     accepted_at: 1_700_000_000,
+                    expires_at: Some(1_700_003_600),
                 },
             },
         ];
@@ -853,7 +868,7 @@ mod tests {
 
         #[test]
         fn log_entries_round_trip(seq in any::<u64>(), epoch in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let e = LogEntry { seq, epoch, kind: EntryKind::Message, sender_device: "d".into(), data: B64(data), accepted_at: seq / 2 };
+            let e = LogEntry { seq, epoch, kind: EntryKind::Message, sender_device: "d".into(), data: B64(data), accepted_at: seq / 2, expires_at: (epoch % 2 == 0).then_some(seq / 3) };
             let back: LogEntry = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
             prop_assert_eq!(back, e);
         }

@@ -16,7 +16,9 @@ use openmls::prelude::*;
 use thiserror::Error;
 
 use crate::content::{Body, MessageContent};
-use crate::group::{check_change, Change, GroupMetadata, Kind, Leaf, METADATA_EXTENSION_TYPE};
+use crate::group::{
+    check_change, Change, GroupMetadata, Kind, Leaf, Settings, METADATA_EXTENSION_TYPE,
+};
 use crate::identity::{
     AccountIdentity, DeviceCertificate, DeviceId, IdentityError, IdentityPublicKey, Username,
 };
@@ -158,6 +160,14 @@ fn metadata_of(ext: &Extensions<GroupContext>) -> Option<Result<GroupMetadata, c
         .map(|u| GroupMetadata::decode(&u.0))
 }
 
+/// The settings a set of group-context extensions carries (the defaults if none).
+fn settings_of(ext: &Extensions<GroupContext>) -> Settings {
+    metadata_of(ext)
+        .and_then(Result::ok)
+        .map(|m| m.settings)
+        .unwrap_or_default()
+}
+
 fn leaves_of(members: impl Iterator<Item = Member>) -> Vec<Leaf> {
     members
         .filter_map(|m| {
@@ -239,7 +249,7 @@ fn check_staged(
                     Some(m) => m,
                     None => Err(crate::CodecError::Invalid("group metadata missing")),
                 });
-                if metadata_before.is_none() {
+                if metadata_before.is_none() && !matches!(kind, Kind::Dm(_)) {
                     change.foreign_proposals = true;
                 }
             }
@@ -683,7 +693,14 @@ impl Conversation {
 
     /// The group's metadata (`None` for a DM).
     pub fn metadata(&self) -> Option<GroupMetadata> {
-        metadata_of(self.group.extensions()).and_then(Result::ok)
+        metadata_of(self.group.extensions())
+            .and_then(Result::ok)
+            .filter(|m| !m.is_dm())
+    }
+
+    /// The settings in force (a DM's or a group's; the defaults if none were set).
+    pub fn settings(&self) -> Settings {
+        settings_of(self.group.extensions())
     }
 
     /// The current ratchet tree, serialized (what a device joining at this epoch needs besides its
@@ -698,14 +715,15 @@ impl Conversation {
     /// The kind of conversation for the policy: a group if it carries metadata, else a DM between
     /// `me` and `peer`.
     pub fn kind(&self, me: &Username, peer: Option<&Username>) -> Result<Kind, MlsError> {
-        match (metadata_of(self.group.extensions()), peer) {
-            (Some(_), _) => Ok(Kind::Group),
-            (None, Some(p)) => {
+        let group = matches!(metadata_of(self.group.extensions()), Some(m) if m.as_ref().map_or(true, |m| !m.is_dm()));
+        match (group, peer) {
+            (true, _) => Ok(Kind::Group),
+            (false, Some(p)) => {
                 let mut pair = [me.clone(), p.clone()];
                 pair.sort();
                 Ok(Kind::Dm(pair))
             }
-            (None, None) => Err(MlsError::Policy("a DM without a known peer".into())),
+            (false, None) => Err(MlsError::Policy("a DM without a known peer".into())),
         }
     }
 
@@ -1246,7 +1264,14 @@ impl ServerGroup {
 
     /// The metadata in force (`None` for a DM).
     pub fn metadata(&self) -> Option<GroupMetadata> {
-        metadata_of(self.group.group_context().extensions()).and_then(Result::ok)
+        metadata_of(self.group.group_context().extensions())
+            .and_then(Result::ok)
+            .filter(|m| !m.is_dm())
+    }
+
+    /// The settings in force (a DM's or a group's; the defaults if none were set).
+    pub fn settings(&self) -> Settings {
+        settings_of(self.group.group_context().extensions())
     }
 
     /// The current ratchet tree, serialized: handed to the devices a commit adds, with their welcome.

@@ -253,6 +253,44 @@ fn only_admins_change_membership_and_metadata_members_and_server_agree() {
 }
 
 #[test]
+fn only_admins_set_a_groups_timer_and_everyone_agrees_on_it() {
+    use sotto_proto::group::{Settings, Timer, TimerMode};
+    let mut w = world(&["alice", "bob", "carol"]);
+    let meta = w.server.metadata().unwrap();
+    let hour = Settings {
+        timer: Some(Timer::new(3600, TimerMode::AfterRead).unwrap()),
+        vanish: false,
+    };
+    let timed = meta.with_settings(hour).unwrap();
+    // bob is no admin: his timer is refused by the server and by every member.
+    let t = timed.clone();
+    assert!(matches!(
+        w.commit("bob", |_, _| (vec![], vec![], Some(t))),
+        Err(MlsError::Policy(_))
+    ));
+    assert_eq!(w.server.settings(), Settings::default());
+    w.commit("alice", |_, _| (vec![], vec![], Some(timed)))
+        .unwrap();
+    assert_eq!(w.server.settings(), hour);
+    for n in ["alice", "bob", "carol"] {
+        assert_eq!(w.devs[n].g.as_ref().unwrap().settings(), hour, "{n}");
+    }
+    // Vanish mode is for DMs, and a group cannot take a DM's metadata.
+    assert!(meta
+        .with_settings(Settings {
+            timer: None,
+            vanish: true
+        })
+        .is_err());
+    let dm_form = GroupMetadata::dm(Settings::default());
+    assert!(matches!(
+        w.commit("alice", |_, _| (vec![], vec![], Some(dm_form))),
+        Err(MlsError::Policy(_))
+    ));
+    assert_eq!(w.server.settings(), hour);
+}
+
+#[test]
 fn removed_member_cannot_read_later_messages_and_new_member_cannot_read_earlier_ones() {
     let mut w = world(&["alice", "bob", "carol", "dave"]);
     let before = w.send("alice", "before dave joined");

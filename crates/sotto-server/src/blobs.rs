@@ -117,6 +117,12 @@ fn account_entry(username: &str, id: &str, length: u64) -> Path {
     Path::from(format!("acct/{username}/{id}-{length}"))
 }
 
+/// The index of blobs that expire with their message: one empty object per blob, named
+/// `AT-ID` with `AT` (Unix seconds) zero-padded so that names sort by time.
+fn expiry_entry(at: u64, id: &str) -> Path {
+    Path::from(format!("expiry/{at:012}-{id}"))
+}
+
 fn now_secs() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -404,10 +410,63 @@ impl Blobs {
         Ok(())
     }
 
-    /// Removes what has outlived its time: uploads unsent after [`ORPHAN_SECS`], and blobs first
-    /// sent before `sent_before` (the log's retention: their messages are gone). Returns how
-    /// many blobs went.
+    /// Schedules blobs to go at `at` (Unix seconds), with the message that names them: their
+    /// conversation has a disappearing timer. Should a blob have two such times (sent again), the
+    /// earlier one removes it.
+    pub(crate) async fn expire_at(&self, ids: &[String], at: u64) -> Result<(), ApiError> {
+        for id in ids {
+            self.store
+                .put(&expiry_entry(at, id), PutPayload::default())
+                .await
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the blobs whose expiry (see [`Blobs::expire_at`]) is at or before `now`: one
+    /// listing of the expiry index, which names the time, so no meta is read for a blob that
+    /// has time left.
+    async fn sweep_expired(&self, now: i64) -> Result<u64, ApiError> {
+        let mut due = Vec::new();
+        let mut list = self.store.list(Some(&Path::from("expiry")));
+        while let Some(m) = list.next().await {
+            let m = m.map_err(internal)?;
+            let Some((at, id)) = m
+                .location
+                .filename()
+                .and_then(|f| f.split_once('-'))
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
+            else {
+                continue;
+            };
+            if at <= now {
+                due.push((m.location, id));
+            }
+        }
+        let mut removed = 0;
+        for (entry, id) in due {
+            match self.meta(&id).await {
+                Ok(meta) => {
+                    self.remove(&id, &meta).await?;
+                    removed += 1;
+                }
+                // Removed already (unsent, or an earlier expiry).
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            match self.store.delete(&entry).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(internal(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes what has outlived its time: blobs whose message expired, uploads unsent after
+    /// [`ORPHAN_SECS`], and blobs first sent before `sent_before` (the log's retention: their
+    /// messages are gone). Returns how many blobs went.
     pub async fn sweep(&self, now: i64, sent_before: i64) -> Result<u64, ApiError> {
+        let expired = self.sweep_expired(now).await?;
         // A meta is written last when its time starts (creation, a PATCH, the first send), so one
         // written after the later of the two limits cannot have expired and is not read: a sweep
         // costs one listing plus the metas of blobs older than a day, not every blob's.
@@ -441,7 +500,7 @@ impl Blobs {
                 removed += 1;
             }
         }
-        Ok(removed)
+        Ok(expired + removed)
     }
 }
 

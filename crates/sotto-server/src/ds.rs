@@ -609,6 +609,7 @@ pub async fn commit(
                 ratchet_tree,
                 state: snapshot,
                 members,
+                expiry_secs: group.settings().server_bound_secs(),
             },
         )
         .await?;
@@ -715,6 +716,13 @@ pub async fn send(
         .ok_or_else(|| ApiError::not_found("no such conversation"))?;
     let accepted = appended.accepted;
     tracing::debug!(conversation = %id, seq = accepted.seq, bytes = req.message.0.len(), "message accepted");
+    if let (Some(at), false) = (accepted.expires_at, req.attachments.is_empty()) {
+        // After the append: should this fail, the files live until retention, never shorter than
+        // their message.
+        if let Err(e) = state.blobs.expire_at(&req.attachments, at).await {
+            tracing::warn!(error = %e.message, "could not schedule attachments for expiry");
+        }
+    }
     // Small messages travel inside the wake-up: the receiving devices need no fetch.
     let frame = if req.message.0.len() <= MAX_INLINE_ENTRY {
         ServerFrame::Entry {
@@ -726,6 +734,7 @@ pub async fn send(
                 sender_device: caller.device_id.clone(),
                 data: req.message,
                 accepted_at: accepted.accepted_at,
+                expires_at: accepted.expires_at,
             },
         }
     } else {

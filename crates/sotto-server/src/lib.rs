@@ -124,13 +124,18 @@ async fn maintenance(state: AppState) {
             }
             _ = prune.tick() => {
                 save_cursors(&state).await;
-                let cutoff = time::OffsetDateTime::now_utc().unix_timestamp() - state.config.retention_secs;
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                match state.store.expire(now).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(entries = n, "deleted expired messages"),
+                    Err(e) => tracing::warn!(error = %e, "deleting expired messages failed"),
+                }
+                let cutoff = now - state.config.retention_secs;
                 match state.store.prune(cutoff).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(entries = n, "pruned the log"),
                     Err(e) => tracing::warn!(error = %e, "pruning failed"),
                 }
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
                 match state.blobs.sweep(now, cutoff).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(blobs = n, "removed expired and orphaned blobs"),

@@ -44,6 +44,7 @@ fn commit(epoch: u64, sender: &str, welcome_to: &[&str]) -> NewCommit {
         }),
         ratchet_tree: None,
         state: vec![4, epoch as u8],
+        expiry_secs: None,
         members: vec![("a1".into(), "alice".into()), ("b1".into(), "bob".into())],
     }
 }
@@ -382,6 +383,7 @@ async fn groups(s: &dyn Store) {
         welcome: Some((vec![7; 64], vec!["b1".into(), "c1".into()])),
         ratchet_tree: Some(vec![8; 32]),
         state: vec![42],
+        expiry_secs: None,
         members: members.clone(),
     };
     let acc = s.append_commit("9a0b", first).await.unwrap();
@@ -462,6 +464,7 @@ async fn groups(s: &dyn Store) {
         welcome: None,
         ratchet_tree: None,
         state: vec![43],
+        expiry_secs: None,
         members: members[..2].to_vec(),
     };
     let acc = s.append_commit("9a0b", second).await.unwrap();
@@ -492,6 +495,7 @@ async fn revocation(s: &dyn Store) {
         welcome: Some((vec![6; 8], vec!["b2".into()])),
         ratchet_tree: None,
         state: vec![44],
+        expiry_secs: None,
         members: members.clone(),
     };
     s.append_commit("9a0b", add).await.unwrap();
@@ -544,6 +548,7 @@ async fn revocation(s: &dyn Store) {
         welcome: None,
         ratchet_tree: None,
         state: vec![45],
+        expiry_secs: None,
         members,
     };
     s.append_commit("9a0b", other).await.unwrap();
@@ -755,6 +760,7 @@ async fn sqlite_upgrade_moves_group_state_out_of_the_conversation_row() {
         c.execute_batch(
             "UPDATE conversations SET state = (SELECT state FROM conversation_states WHERE conversation_id = 'c0ffee');
              DROP TABLE conversation_states;
+             ALTER TABLE conversations DROP COLUMN expiry_secs;
              PRAGMA user_version = 4;",
         )
         .unwrap();
@@ -990,6 +996,12 @@ async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
     // Put the log back the way schema version 5 kept it: keyed by (conversation, seq).
     {
         let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+        c.execute_batch(
+            "DROP INDEX log_expiring;
+             ALTER TABLE log DROP COLUMN expires_at;
+             ALTER TABLE conversations DROP COLUMN expiry_secs;",
+        )
+        .unwrap();
         c.execute_batch(LOG_AS_IN_SCHEMA_5).unwrap();
         c.execute_batch("PRAGMA user_version = 5").unwrap();
     }
@@ -1012,4 +1024,65 @@ async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
         .unwrap();
     assert_eq!(a.accepted.seq, 7);
     assert_log_windows(&s, 7).await;
+}
+
+/// Disappearing messages: a commit sets how long messages live; each later message carries its
+/// `expires_at`; `expire` deletes exactly those past it, delivered or not, and never a commit.
+async fn expiry(s: &dyn Store) {
+    alice_and_bob_at_epoch_1(s).await;
+    let before = s
+        .append_message("c0ffee", "alice", "a1", 1, b"untimed")
+        .await
+        .unwrap()
+        .unwrap()
+        .accepted;
+    assert_eq!(before.expires_at, None);
+    let mut timed = commit(1, "a1", &[]);
+    timed.expiry_secs = Some(30);
+    let c = s.append_commit("c0ffee", timed).await.unwrap();
+    assert_eq!(c.expires_at, None, "commits never expire");
+    let m = s
+        .append_message("c0ffee", "alice", "a1", 2, b"timed")
+        .await
+        .unwrap()
+        .unwrap()
+        .accepted;
+    assert_eq!(m.expires_at, Some(m.accepted_at + 30));
+    let log = s.log_after("c0ffee", 0, 100).await.unwrap();
+    assert_eq!(log.len(), 4);
+    assert_eq!(log[3].expires_at, m.expires_at);
+    assert!(log[..3].iter().all(|e| e.expires_at.is_none()));
+    let at = m.expires_at.unwrap() as i64;
+    assert_eq!(s.expire(at - 1).await.unwrap(), 0);
+    assert_eq!(s.expire(at).await.unwrap(), 1);
+    let log = s.log_after("c0ffee", 0, 100).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    // Turning the timer off stops stamping.
+    s.append_commit("c0ffee", commit(2, "a1", &[]))
+        .await
+        .unwrap();
+    let m = s
+        .append_message("c0ffee", "alice", "a1", 3, b"untimed again")
+        .await
+        .unwrap()
+        .unwrap()
+        .accepted;
+    assert_eq!(m.expires_at, None);
+    assert_eq!(s.expire(i64::MAX / 2).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_expires_timed_messages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    expiry(&SqliteStore::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_expires_timed_messages_only() {
+    let Some((store, schema, url)) = postgres_store().await else {
+        return;
+    };
+    expiry(&store).await;
+    drop(store);
+    drop_schema(&url, &schema).await;
 }

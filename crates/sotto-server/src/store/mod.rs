@@ -137,6 +137,9 @@ pub struct NewCommit {
     pub ratchet_tree: Option<Vec<u8>>,
     /// The group's public state after the commit (see `sotto_proto::mls::ServerGroup`).
     pub state: Vec<u8>,
+    /// How long the server keeps each later message of the conversation, from the settings in
+    /// that state (`None`: until retention).
+    pub expiry_secs: Option<u32>,
     /// Every member device after the commit: (device id, username).
     pub members: Vec<(String, String)>,
 }
@@ -261,6 +264,10 @@ pub trait Store: Send + Sync + 'static {
     /// Drops log entries every member device has read, and entries (and welcomes) created before
     /// `older_than` (unix seconds). Returns how many log entries went.
     async fn prune(&self, older_than: i64) -> Result<u64, StoreError>;
+
+    /// Deletes every message whose `expires_at` is at or before `now`, delivered or not, in
+    /// bounded pieces so that sends go on meanwhile. Returns how many went.
+    async fn expire(&self, now: i64) -> Result<u64, StoreError>;
 
     /// Returns the DM conversation between `a` and `b`, creating it with `new_id` if there is none.
     async fn get_or_create_dm(

@@ -142,7 +142,16 @@ CREATE TABLE revoked_devices (
     revoked_at BIGINT NOT NULL
 );
 "#,
+    // Disappearing messages (see the SQLite store's migration of the same name).
+    r#"
+ALTER TABLE conversations ADD COLUMN expiry_secs INTEGER;
+ALTER TABLE log ADD COLUMN expires_at BIGINT;
+CREATE INDEX log_expiring ON log(expires_at) WHERE expires_at IS NOT NULL;
+"#,
 ];
+
+/// How many expired messages one statement of [`PostgresStore::expire`] deletes.
+const EXPIRE_ROWS_PER_STATEMENT: u64 = 2000;
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -622,7 +631,7 @@ async fn write_batch(
                  FROM req r
              ),
              numbered AS (
-                 SELECT m.ord, m.conversation_id, m.device_id, m.epoch, m.data,
+                 SELECT m.ord, m.conversation_id, m.device_id, m.epoch, m.data, c.expiry_secs,
                         c.last_seq + row_number() OVER (PARTITION BY m.conversation_id ORDER BY m.ord) AS seq
                  FROM mem m JOIN conversations c ON c.id = m.conversation_id AND c.epoch = m.epoch
                  WHERE m.member
@@ -633,10 +642,10 @@ async fn write_batch(
                  WHERE c.id = n.conversation_id
              ),
              ins AS (
-                 INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
-                 SELECT conversation_id, seq, epoch, $6, device_id, data, $7 FROM numbered
+                 INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at, expires_at)
+                 SELECT conversation_id, seq, epoch, $6, device_id, data, $7::int8, $7::int8 + expiry_secs FROM numbered
              )
-             SELECT m.member, n.seq FROM mem m LEFT JOIN numbered n ON n.ord = m.ord ORDER BY m.ord",
+             SELECT m.member, n.seq, n.expiry_secs FROM mem m LEFT JOIN numbered n ON n.ord = m.ord ORDER BY m.ord",
             )
             .await?;
         // Pipelined: the three statements go out together and run in order, so the append's
@@ -697,12 +706,16 @@ async fn answer_batch(
             Some(w) => Ok(w.clone()),
             None => wake_devices(c, &job.conversation).await,
         };
+        let expires_at = row
+            .get::<_, Option<i32>>(2)
+            .map(|s| as_u64(created_at + i64::from(s)));
         out.push(wake.map(|wake| {
             Some(Appended {
                 accepted: Accepted {
                     seq: as_u64(seq),
                     epoch: job.epoch,
                     accepted_at: as_u64(created_at),
+                    expires_at,
                 },
                 wake,
             })
@@ -728,15 +741,16 @@ async fn append_one(
              bump AS (
                  UPDATE conversations SET last_seq = last_seq + 1
                  WHERE id = $1 AND epoch = $4 AND EXISTS (SELECT 1 FROM member)
-                 RETURNING last_seq
+                 RETURNING last_seq, expiry_secs
              ),
              ins AS (
-                 INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
-                 SELECT $1, last_seq, $4, $5, $2, $6, $7 FROM bump
+                 INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at, expires_at)
+                 SELECT $1, last_seq, $4, $5, $2, $6, $7::int8, $7::int8 + expiry_secs FROM bump
                  RETURNING seq
              )
              SELECT EXISTS (SELECT 1 FROM member),
                     (SELECT seq FROM ins),
+                    (SELECT expiry_secs FROM bump),
                     ARRAY(SELECT d.device_id FROM conversation_devices d
                           JOIN conversation_members m
                             ON m.conversation_id = d.conversation_id AND m.username = d.username
@@ -766,7 +780,10 @@ async fn append_one(
     let Some(seq) = row.get::<_, Option<i64>>(1) else {
         return Err(stale_or_missing(c, &job.conversation).await);
     };
-    let mut wake: Vec<String> = row.get(2);
+    let expires_at = row
+        .get::<_, Option<i32>>(2)
+        .map(|s| as_u64(created_at + i64::from(s)));
+    let mut wake: Vec<String> = row.get(3);
     if wake.is_empty() {
         wake = wake_devices(c, &job.conversation).await?;
     }
@@ -775,6 +792,7 @@ async fn append_one(
             seq: as_u64(seq),
             epoch: job.epoch,
             accepted_at: as_u64(created_at),
+            expires_at,
         },
         wake,
     }))
@@ -1116,9 +1134,17 @@ impl Store for PostgresStore {
         // The commit rule: only the first commit for the current epoch matches.
         let row = tx
             .query_opt(
-                "UPDATE conversations SET epoch = epoch + 1, last_seq = last_seq + 1, state = $3
+                "UPDATE conversations SET epoch = epoch + 1, last_seq = last_seq + 1, state = $3,
+                 expiry_secs = $4
                  WHERE id = $1 AND epoch = $2 RETURNING last_seq, epoch, kind",
-                &[&conversation, &as_i64(commit.epoch), &commit.state],
+                &[
+                    &conversation,
+                    &as_i64(commit.epoch),
+                    &commit.state,
+                    &commit
+                        .expiry_secs
+                        .map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
+                ],
             )
             .await
             .map_err(backend)?;
@@ -1161,6 +1187,7 @@ impl Store for PostgresStore {
             seq: as_u64(seq),
             epoch: as_u64(epoch),
             accepted_at,
+            expires_at: None,
         })
     }
 
@@ -1208,9 +1235,10 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT seq, epoch, kind, sender_device, data, created_at FROM log
-                 WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[&conversation, &as_i64(after), &i64::from(limit)],
+                "SELECT seq, epoch, kind, sender_device, data, created_at, expires_at FROM log
+                 WHERE conversation_id = $1 AND seq > $2
+                 AND (expires_at IS NULL OR expires_at > $4) ORDER BY seq LIMIT $3",
+                &[&conversation, &as_i64(after), &i64::from(limit), &now()],
             )
             .await
             .map_err(backend)?;
@@ -1223,6 +1251,7 @@ impl Store for PostgresStore {
                 sender_device: r.get(3),
                 data: B64(r.get(4)),
                 accepted_at: as_u64(r.get(5)),
+                expires_at: r.get::<_, Option<i64>>(6).map(as_u64),
             })
             .collect())
     }
@@ -1426,6 +1455,32 @@ impl Store for PostgresStore {
         .await
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
+        Ok(gone)
+    }
+
+    async fn expire(&self, now: i64) -> Result<u64, StoreError> {
+        // In pieces of their own transactions, found through `log_expiring`: a send waits at
+        // most for one piece's row locks, never for the whole purge.
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "DELETE FROM log WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM log WHERE expires_at IS NOT NULL AND expires_at <= $1
+                     ORDER BY expires_at LIMIT $2))",
+            )
+            .await
+            .map_err(backend)?;
+        let mut gone = 0u64;
+        loop {
+            let n = c
+                .execute(&stmt, &[&now, &(EXPIRE_ROWS_PER_STATEMENT as i64)])
+                .await
+                .map_err(backend)?;
+            gone += n;
+            if n < EXPIRE_ROWS_PER_STATEMENT {
+                break;
+            }
+        }
         Ok(gone)
     }
 

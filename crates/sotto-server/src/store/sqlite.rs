@@ -151,6 +151,13 @@ INSERT INTO log_index (conversation_id, seq, row) SELECT conversation_id, seq, i
 CREATE TABLE log_indexed (upto INTEGER NOT NULL);
 INSERT INTO log_indexed (upto) SELECT coalesce(max(id), 0) FROM log;
 "#,
+    // Disappearing messages: a conversation's settings bound how long the server keeps each of
+    // its messages (from the group state, at every commit), and every message row says until when.
+    r#"
+ALTER TABLE conversations ADD COLUMN expiry_secs INTEGER;
+ALTER TABLE log ADD COLUMN expires_at INTEGER;
+CREATE INDEX log_expiring ON log(expires_at) WHERE expires_at IS NOT NULL;
+"#,
 ];
 
 /// A failure as a [`StoreError`]: SQLite out of space (the disk, or the configured size cap) is
@@ -413,6 +420,8 @@ struct Hot {
 struct HotConversation {
     epoch: u64,
     last_seq: u64,
+    /// How long its messages live on the server (`None`: until retention).
+    expiry_secs: Option<u32>,
     members: Vec<(String, String)>,
     dirty: bool,
 }
@@ -449,14 +458,16 @@ impl Hot {
         id: &str,
     ) -> Result<Option<&mut HotConversation>, StoreError> {
         if !self.convs.contains_key(id) {
-            let head: Option<(i64, i64)> = conn
-                .prepare_cached("SELECT epoch, last_seq FROM conversations WHERE id = ?1")
+            let head: Option<(i64, i64, Option<u32>)> = conn
+                .prepare_cached(
+                    "SELECT epoch, last_seq, expiry_secs FROM conversations WHERE id = ?1",
+                )
                 .and_then(|mut s| {
-                    s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                         .optional()
                 })
                 .map_err(backend)?;
-            let Some((epoch, last_seq)) = head else {
+            let Some((epoch, last_seq, expiry_secs)) = head else {
                 return Ok(None);
             };
             let members = conn
@@ -478,6 +489,7 @@ impl Hot {
                 HotConversation {
                     epoch: as_u64(epoch),
                     last_seq: as_u64(last_seq),
+                    expiry_secs,
                     members,
                     dirty: false,
                 },
@@ -514,7 +526,7 @@ fn append_hot(conn: &Connection, hot: &mut Hot, job: AppendJob) -> (Answer, bool
         }
         let seq = c.last_seq + 1;
         // One statement: all or nothing without a savepoint. `last_seq` is written by the flush.
-        let accepted_at = insert_log(
+        let (accepted_at, expires_at) = insert_log(
             conn,
             &conversation,
             seq,
@@ -522,6 +534,7 @@ fn append_hot(conn: &Connection, hot: &mut Hot, job: AppendJob) -> (Answer, bool
             EntryKind::Message,
             &device,
             &data,
+            c.expiry_secs,
         )?;
         c.last_seq = seq;
         let wake = c.members.iter().map(|(d, _)| d.clone()).collect();
@@ -534,6 +547,7 @@ fn append_hot(conn: &Connection, hot: &mut Hot, job: AppendJob) -> (Answer, bool
                 seq,
                 epoch,
                 accepted_at,
+                expires_at,
             },
             wake,
         }))
@@ -768,6 +782,25 @@ fn writer_loop(
 }
 
 impl SqliteStore {
+    /// Checkpoints the WAL and truncates it: the pages a delete freed (zeroed, `secure_delete`)
+    /// no longer hold their old contents in the -wal file either. Done on a read connection,
+    /// outside any transaction; when readers or the writer keep it from finishing, the next prune
+    /// tries again.
+    async fn truncate_wal(&self) -> Result<(), StoreError> {
+        let done: (i64, i64, i64) = self
+            .read(|conn| {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(backend)
+            })
+            .await?;
+        if done.0 != 0 {
+            tracing::debug!("the WAL could not be truncated after deleting; next time");
+        }
+        Ok(())
+    }
+
     /// Opens (creating if needed) `sotto.db` in `dir`, runs pending migrations and starts the
     /// writer thread.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -1154,20 +1187,24 @@ fn read_log(
             sender_device: r.get(2)?,
             data: B64(r.get(3)?),
             accepted_at: as_u64(r.get(4)?),
+            expires_at: r.get::<_, Option<i64>>(5)?.map(as_u64),
         })
     };
+    // An entry past its expiry is not served, even before the prune that deletes it.
+    let now = now();
     // One snapshot for the index and the rows: a prune only ever removes a conversation's oldest
     // entries, so within one snapshot what is left has no gap; across two it could.
     let snapshot = Snapshot::begin(conn)?;
     let mut out = conn
         .prepare_cached(
-            "SELECT l.epoch, l.kind, l.sender_device, l.data, l.created_at, i.seq
+            "SELECT l.epoch, l.kind, l.sender_device, l.data, l.created_at, l.expires_at, i.seq
              FROM log_index i JOIN log l ON l.id = i.row
-             WHERE i.conversation_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
+             WHERE i.conversation_id = ?1 AND i.seq > ?2
+             AND (l.expires_at IS NULL OR l.expires_at > ?4) ORDER BY i.seq LIMIT ?3",
         )
         .and_then(|mut s| {
-            s.query_map(params![conversation, as_i64(after), limit], |r| {
-                entry(as_u64(r.get(5)?), r)
+            s.query_map(params![conversation, as_i64(after), limit, now], |r| {
+                entry(as_u64(r.get(6)?), r)
             })?
             .collect::<Result<Vec<_>, _>>()
         })
@@ -1175,7 +1212,8 @@ fn read_log(
     let last = out.last().map_or(after, |e| e.seq);
     let mut by_id = conn
         .prepare_cached(
-            "SELECT epoch, kind, sender_device, data, created_at FROM log WHERE id = ?1",
+            "SELECT epoch, kind, sender_device, data, created_at, expires_at FROM log
+             WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
         )
         .map_err(backend)?;
     for &(seq, row) in recent.iter().filter(|(seq, _)| *seq > last) {
@@ -1184,7 +1222,7 @@ fn read_log(
         }
         // A row pruned since the copy is simply gone (every device had read it).
         if let Some(e) = by_id
-            .query_row(params![row], |r| entry(seq, r))
+            .query_row(params![row, now], |r| entry(seq, r))
             .optional()
             .map_err(backend)?
         {
@@ -1247,6 +1285,9 @@ fn next_seq(tx: &Connection, conversation: &str, epoch: u64) -> Result<u64, Stor
     Ok(as_u64(last_seq) + 1)
 }
 
+/// Inserts a log row stamped now; a message of a conversation with an `expiry_secs` also gets
+/// its `expires_at`. Returns both times.
+#[allow(clippy::too_many_arguments)]
 fn insert_log(
     tx: &Connection,
     conversation: &str,
@@ -1255,11 +1296,16 @@ fn insert_log(
     kind: EntryKind,
     sender: &str,
     data: &[u8],
-) -> Result<u64, StoreError> {
+    expiry_secs: Option<u32>,
+) -> Result<(u64, Option<u64>), StoreError> {
     let at = now();
+    let expires_at = match kind {
+        EntryKind::Message => expiry_secs.map(|s| at + i64::from(s)),
+        EntryKind::Commit => None,
+    };
     tx.prepare_cached(
-        "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -1269,13 +1315,14 @@ fn insert_log(
             kind_code(kind),
             sender,
             data,
-            at
+            at,
+            expires_at
         ])
     })
     .map_err(backend)?;
     let row = tx.last_insert_rowid();
     NEW_LOG_ROWS.with(|r| r.borrow_mut().push((conversation.to_owned(), seq, row)));
-    Ok(as_u64(at))
+    Ok((as_u64(at), expires_at.map(as_u64)))
 }
 
 #[async_trait]
@@ -1601,7 +1648,7 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let seq = next_seq(tx, &conversation, commit.epoch)?;
             let new_epoch = commit.epoch + 1;
-            let accepted_at = insert_log(
+            let (accepted_at, _) = insert_log(
                 tx,
                 &conversation,
                 seq,
@@ -1609,10 +1656,11 @@ impl Store for SqliteStore {
                 EntryKind::Commit,
                 &commit.sender_device,
                 &commit.commit,
+                None,
             )?;
             tx.execute(
-                "UPDATE conversations SET epoch = ?2, last_seq = ?3 WHERE id = ?1",
-                params![conversation, as_i64(new_epoch), as_i64(seq)],
+                "UPDATE conversations SET epoch = ?2, last_seq = ?3, expiry_secs = ?4 WHERE id = ?1",
+                params![conversation, as_i64(new_epoch), as_i64(seq), commit.expiry_secs],
             )
             .map_err(backend)?;
             tx.execute(
@@ -1651,6 +1699,7 @@ impl Store for SqliteStore {
                 seq,
                 epoch: new_epoch,
                 accepted_at,
+                expires_at: None,
             })
         })
         .await
@@ -2026,20 +2075,51 @@ impl Store for SqliteStore {
         })
         .await?;
         if gone > 0 {
-            // The deleted pages' old contents live on in the WAL until it is checkpointed and
-            // truncated. Done on a read connection, outside any transaction; when readers or the
-            // writer keep it from finishing, the next prune tries again.
-            let done: (i64, i64, i64) = self
-                .read(|conn| {
-                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .map_err(backend)
+            self.truncate_wal().await?;
+        }
+        Ok(gone)
+    }
+
+    async fn expire(&self, now: i64) -> Result<u64, StoreError> {
+        let mut gone = 0u64;
+        loop {
+            let n = self
+                .write_keeping_hot(move |tx| {
+                    let rows: Vec<(i64, String, i64)> = tx
+                        .prepare_cached(
+                            "SELECT id, conversation_id, seq FROM log
+                             WHERE expires_at IS NOT NULL AND expires_at <= ?1
+                             ORDER BY expires_at LIMIT ?2",
+                        )
+                        .and_then(|mut s| {
+                            s.query_map(params![now, PRUNE_ROWS_PER_JOB as i64], |r| {
+                                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                            })?
+                            .collect::<Result<Vec<_>, _>>()
+                        })
+                        .map_err(backend)?;
+                    let mut unindex = tx
+                        .prepare_cached(
+                            "DELETE FROM log_index WHERE conversation_id = ?1 AND seq = ?2 AND row = ?3",
+                        )
+                        .map_err(backend)?;
+                    let mut del = tx
+                        .prepare_cached("DELETE FROM log WHERE id = ?1")
+                        .map_err(backend)?;
+                    for (id, c, seq) in &rows {
+                        unindex.execute(params![c, seq, id]).map_err(backend)?;
+                        del.execute(params![id]).map_err(backend)?;
+                    }
+                    Ok(rows.len())
                 })
                 .await?;
-            if done.0 != 0 {
-                tracing::debug!("the WAL could not be truncated after pruning; next time");
+            gone += n as u64;
+            if n < PRUNE_ROWS_PER_JOB {
+                break;
             }
+        }
+        if gone > 0 {
+            self.truncate_wal().await?;
         }
         Ok(gone)
     }
