@@ -137,6 +137,31 @@ enum Command {
         #[arg(required_unless_present = "group", conflicts_with = "group")]
         username: Option<String>,
     },
+    /// Set a conversation's disappearing timer for every member: `timer USERNAME 1h`,
+    /// `timer --group GROUP 30m --after-read`, `timer USERNAME off`. 30 s to 4 weeks (`30s`,
+    /// `5m`, `1h`, `2d`, `1w`). In a group only admins may.
+    Timer {
+        /// A group (id, or its name if unique) instead of a user.
+        #[arg(long)]
+        group: Option<String>,
+        /// The other account of a DM, then the duration; or with --group, only the duration.
+        #[arg(required = true, num_args = 1..=2)]
+        args: Vec<String>,
+        /// Start each message's clock when a device shows it (the sender's copies count from
+        /// sending); without it, from sending.
+        #[arg(long)]
+        after_read: bool,
+    },
+    /// Vanish mode in a DM: `vanish USERNAME on|off`. A message goes from every device once it
+    /// was read and the reader left (for this command line: the end of the command that
+    /// showed it).
+    Vanish {
+        /// The other account.
+        username: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        value: String,
+    },
     /// This device's settings.
     Settings {
         #[command(subcommand)]
@@ -239,6 +264,36 @@ enum SettingsCommand {
         #[arg(value_parser = ["on", "off"])]
         value: Option<String>,
     },
+    /// The disappearing timer new conversations start with, for the whole account: a duration
+    /// (`1d`) or `off`; omitted, print it.
+    DefaultTimer {
+        /// A duration or `off`.
+        value: Option<String>,
+    },
+}
+
+/// A duration argument, or `off` (`None`).
+fn timer_arg(s: &str) -> Result<Option<u32>, ClientError> {
+    if s == "off" {
+        return Ok(None);
+    }
+    sotto_client::sotto_engine::expiry::parse_duration(s)
+        .map(Some)
+        .ok_or_else(|| {
+            ClientError::Invalid(format!(
+                "not a duration: {s} (say 30s, 5m, 1h, 2d, 1w, or off)"
+            ))
+        })
+}
+
+fn timer_line(secs: Option<u32>) -> String {
+    match secs {
+        Some(s) => format!(
+            "timer {}",
+            sotto_client::sotto_engine::expiry::format_duration(s)
+        ),
+        None => "timer off".into(),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -402,6 +457,7 @@ fn print_updates(updates: &[Update], json: bool) {
                     status,
                     ..
                 } => format!("{user}: {status} {message}"),
+                Update::Expired { id, .. } => format!("{id} expired"),
             }
         };
         let _ = writeln!(out, "{line}");
@@ -654,6 +710,57 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let on = client.read_receipts()?;
             println!("read-receipts {}", if on { "on" } else { "off" });
         }
+        Command::Timer {
+            group,
+            args,
+            after_read,
+        } => {
+            use sotto_client::sotto_engine::expiry::TimerMode;
+            let mode = if after_read {
+                TimerMode::AfterRead
+            } else {
+                TimerMode::AfterSend
+            };
+            let (report, secs) = match (group, args.as_slice()) {
+                (Some(g), [d]) => {
+                    let secs = timer_arg(d)?;
+                    let t = secs.map(|s| (s, mode));
+                    (client.group(&g).set_timer(t).await?, secs)
+                }
+                (None, [u, d]) => {
+                    let secs = timer_arg(d)?;
+                    let t = secs.map(|s| (s, mode));
+                    (client.dm(u).set_timer(t).await?, secs)
+                }
+                _ => {
+                    return Err(ClientError::Invalid(
+                        "usage: sotto timer USERNAME DURATION|off, or sotto timer --group GROUP DURATION|off"
+                            .into(),
+                    ))
+                }
+            };
+            warn(&report.warnings);
+            let suffix = if after_read && secs.is_some() {
+                " after reading"
+            } else {
+                ""
+            };
+            println!("{}{suffix}", timer_line(secs));
+        }
+        Command::Vanish { username, value } => {
+            let report = client.dm(&username).set_vanish(value == "on").await?;
+            warn(&report.warnings);
+            println!("vanish {value}");
+        }
+        Command::Settings {
+            command: SettingsCommand::DefaultTimer { value },
+        } => {
+            if let Some(v) = value {
+                let report = client.set_default_timer(timer_arg(&v)?).await?;
+                warn(&report.warnings);
+            }
+            println!("default-{}", timer_line(client.default_timer()?));
+        }
         Command::Typing { group, username } => {
             match (group, username) {
                 (Some(g), _) => client.group(&g).typing().await?,
@@ -698,6 +805,12 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 r = listen => r?,
                 _ = tokio::signal::ctrl_c() => {}
             }
+        }
+    }
+    // The user leaves what this command showed: vanish-mode messages that went through go now.
+    if client.username().is_some() {
+        if let Err(e) = client.purge_expired(true) {
+            warn(&[e.to_string()]);
         }
     }
     Ok(())

@@ -1170,3 +1170,62 @@ fn files_through_the_cli_on_an_s3_blob_store_with_resume_and_verified_downloads(
     assert!(!d.join("data/blobs").exists());
     drop(server);
 }
+
+#[test]
+fn timers_vanish_mode_and_the_default_timer_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Sottod::start(&d.join("server"), &d.join("sottod.log"), "127.0.0.1:0");
+    let url = server.url.clone();
+    let (a, b) = (d.join("a"), d.join("b"));
+    for (home, user) in [(&a, "alice"), (&b, "bob")] {
+        ok(home, &["--server", &url, "register", user]);
+    }
+    ok(&a, &["send", "bob", "hello"]);
+    ok(&b, &["sync"]);
+    assert_eq!(ok(&b, &["timer", "alice", "1h"]).trim(), "timer 1 h");
+    fails(&b, &["timer", "alice", "10s"], "a timer is 30 s to 4 w");
+    fails(&b, &["timer", "alice", "soon"], "not a duration");
+    ok(&a, &["send", "bob", "timed"]);
+    let got = json_lines(&ok(&a, &["sync", "--json"]));
+    assert!(
+        got.iter()
+            .any(|m| m["content"] == "timer" && m["text"] == "timer set to 1 h by bob"),
+        "{got:?}"
+    );
+    ok(&b, &["sync"]);
+    let hist = history_of(&b, &["alice"]);
+    let timed = hist.iter().find(|m| m["text"] == "timed").unwrap();
+    assert!(timed["expires_at"].is_string(), "{timed}");
+    let hello = hist.iter().find(|m| m["text"] == "hello").unwrap();
+    assert!(hello["expires_at"].is_null());
+    assert_eq!(ok(&a, &["timer", "bob", "off"]).trim(), "timer off");
+
+    // Vanish mode: what bob's `sync` showed is gone when that command ends.
+    assert_eq!(ok(&a, &["vanish", "bob", "on"]).trim(), "vanish on");
+    ok(&a, &["send", "bob", "VANISHING-CLI-MARKER"]);
+    let shown = messages(&ok(&b, &["sync", "--json"]));
+    assert!(shown.iter().any(|m| m["text"] == "VANISHING-CLI-MARKER"));
+    let hist = history_of(&b, &["alice"]);
+    assert!(
+        !hist.iter().any(|m| m["text"] == "VANISHING-CLI-MARKER"),
+        "{hist:?}"
+    );
+    assert_absent(&b, &["VANISHING-CLI-MARKER"]);
+
+    // The default timer is an account setting; a new group starts with it.
+    assert_eq!(
+        ok(&a, &["settings", "default-timer", "1d"]).trim(),
+        "default-timer 1 d"
+    );
+    let created = ok(&a, &["group", "create", "Timed club", "bob"]);
+    let gid = created.lines().last().unwrap().trim().to_owned();
+    ok(&a, &["send", "--group", &gid, "in the group"]);
+    let got = messages(&ok(&b, &["sync", "--json"]));
+    let m = got.iter().find(|m| m["text"] == "in the group").unwrap();
+    assert!(m["expires_at"].is_string(), "{m}");
+    assert_eq!(
+        ok(&a, &["settings", "default-timer", "off"]).trim(),
+        "default-timer off"
+    );
+}

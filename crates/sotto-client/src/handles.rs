@@ -65,7 +65,28 @@ impl Dm<'_> {
 
     /// Every message, oldest first, as it stands now (edited, unsent, reacted to).
     pub fn history(self) -> Result<Vec<HistoryMessage>, ClientError> {
+        self.client.purge_expired(false)?;
         self.client.engine.history(self.peer)
+    }
+
+    /// Sets the disappearing timer for both accounts (`None`: off; creates the DM if needed).
+    pub async fn set_timer(
+        self,
+        timer: Option<(u32, sotto_engine::expiry::TimerMode)>,
+    ) -> Result<SyncReport, ClientError> {
+        self.client
+            .run(self.client.engine.set_timer(
+                sotto_engine::expiry::Target::Dm(self.peer.to_owned()),
+                timer,
+            ))
+            .await
+    }
+
+    /// Turns vanish mode on or off for both accounts.
+    pub async fn set_vanish(self, on: bool) -> Result<SyncReport, ClientError> {
+        self.client
+            .run(self.client.engine.set_vanish(self.peer, on))
+            .await
     }
 
     /// Acts on one of its messages: replies, reacts, edits, unsends (see [`Client::act`]).
@@ -96,6 +117,7 @@ impl Dm<'_> {
 
     /// The history with entries that did not decrypt in their places.
     pub fn history_items(self) -> Result<Vec<HistoryItem>, ClientError> {
+        self.client.purge_expired(false)?;
         self.client.engine.dm_history_items(self.peer)
     }
 }
@@ -164,7 +186,21 @@ impl Group<'_> {
 
     /// Every message, oldest first, as it stands now (edited, unsent, reacted to).
     pub fn history(self) -> Result<Vec<HistoryMessage>, ClientError> {
+        self.client.purge_expired(false)?;
         self.client.engine.group_history(self.group)
+    }
+
+    /// Sets the group's disappearing timer (`None`: off; admins only).
+    pub async fn set_timer(
+        self,
+        timer: Option<(u32, sotto_engine::expiry::TimerMode)>,
+    ) -> Result<SyncReport, ClientError> {
+        self.client
+            .run(self.client.engine.set_timer(
+                sotto_engine::expiry::Target::Group(self.group.to_owned()),
+                timer,
+            ))
+            .await
     }
 
     /// Acts on one of its messages: replies, reacts, edits, unsends (see [`Client::act`]).
@@ -191,6 +227,7 @@ impl Group<'_> {
     /// The history with entries that did not decrypt in their places.
     pub fn history_items(self) -> Result<Vec<HistoryItem>, ClientError> {
         let id = self.info()?.id;
+        self.client.purge_expired(false)?;
         self.client.engine.history_items(&id)
     }
 }

@@ -121,12 +121,48 @@ impl Client {
             Some(s) => Some(Transport::new(&s, &tls)?),
             None => None,
         };
-        Ok(Self {
+        let client = Self {
             home: home.to_owned(),
             engine,
             transport,
             tls,
-        })
+        };
+        // A device that was off while messages expired deletes them before it shows anything.
+        client.purge_expired(false)?;
+        Ok(client)
+    }
+
+    /// Deletes the messages whose time is up, with their saved files, and starts the clocks of
+    /// after-read messages shown since; `leaving`: the user leaves the conversations shown (the
+    /// end of a command, closing a view), so vanish-mode messages that went through go too.
+    /// Returns what went.
+    pub fn purge_expired(&self, leaving: bool) -> Result<Vec<sotto_engine::Expired>, ClientError> {
+        let gone = self.engine.purge_expired(now_ms() / 1000, leaving)?;
+        for e in &gone {
+            if let Some(path) = &e.file {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        return Err(ClientError::Storage(format!(
+                            "could not delete an expired message's file: {}",
+                            err.kind()
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Sets the account's default disappearing timer for new conversations (`None`: none).
+    pub async fn set_default_timer(&self, secs: Option<u32>) -> Result<SyncReport, ClientError> {
+        self.run(self.engine.set_default_timer(secs)).await
+    }
+
+    /// The account's default timer for new conversations, as this device knows it.
+    pub fn default_timer(&self) -> Result<Option<u32>, ClientError> {
+        self.engine.default_timer()
     }
 
     /// The engine under this client (for what the facade does not cover).
@@ -214,7 +250,8 @@ impl Client {
 
     /// Messages received but not yet shown; marks them shown.
     pub fn take_unshown(&self) -> Result<Vec<Message>, ClientError> {
-        self.engine.take_unshown()
+        self.purge_expired(false)?;
+        self.engine.take_unshown_at(now_ms() / 1000)
     }
 
     /// Marks messages shown.

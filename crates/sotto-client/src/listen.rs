@@ -38,6 +38,8 @@ impl Client {
             .ok_or(ClientError::NotRegistered)?;
         let transport = self.transport()?.clone();
         let mut backoff = std::time::Duration::from_millis(200);
+        // Expired messages go within a second of their time while listening.
+        let mut expiry_timer = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             let mut request = match tungstenite::client::IntoClientRequest::into_client_request(
                 transport.ws_url(),
@@ -64,6 +66,18 @@ impl Client {
                     loop {
                         let msg = tokio::select! {
                             msg = ws.next() => msg,
+                            _ = expiry_timer.tick() => {
+                                match self.purge_expired(false) {
+                                    Ok(gone) => {
+                                        let shown: Vec<Update> = gone.iter().filter(|e| e.shown).map(Update::expired).collect();
+                                        if !shown.is_empty() {
+                                            on_event(ListenEvent::Updates(shown));
+                                        }
+                                    }
+                                    Err(e) => on_event(ListenEvent::Warning(e.to_string())),
+                                }
+                                continue;
+                            }
                             _ = ack_timer.tick() => {
                                 for frame in self.engine.read_acks() {
                                     let Ok(text) = serde_json::to_string(&frame) else { continue };

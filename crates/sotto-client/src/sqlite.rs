@@ -98,6 +98,15 @@ const SCHEMA_5: &str = r#"
 ALTER TABLE sotto_messages ADD COLUMN attachment TEXT;
 "#;
 
+/// Disappearing messages: when each record goes (Unix seconds), or how long after it is shown
+/// (0: vanish mode), with an index for the purge.
+const SCHEMA_6: &str = r#"
+ALTER TABLE sotto_messages ADD COLUMN expires_at INTEGER;
+ALTER TABLE sotto_messages ADD COLUMN after_shown INTEGER;
+CREATE INDEX sotto_messages_expiring ON sotto_messages(expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX sotto_messages_on_show ON sotto_messages(after_shown) WHERE after_shown IS NOT NULL;
+"#;
+
 /// The tables `openmls_sqlite_storage` 0.3 created (all of them, used or not).
 const LEGACY_TABLES: &[&str] = &[
     "openmls_encryption_keys",
@@ -250,7 +259,7 @@ fn json_array(items: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// The newest schema this version writes.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Opens (creating, migrating) the database `home/sotto.db`.
 fn open_db(home: &Path) -> Result<Connection, StoreError> {
@@ -300,6 +309,7 @@ fn open_db(home: &Path) -> Result<Connection, StoreError> {
             3 => tx.execute_batch(SCHEMA_3).map_err(backend)?,
             4 => tx.execute_batch(SCHEMA_4).map_err(backend)?,
             5 => tx.execute_batch(SCHEMA_5).map_err(backend)?,
+            6 => tx.execute_batch(SCHEMA_6).map_err(backend)?,
             _ => {}
         }
         tx.pragma_update(None, "user_version", version)
@@ -399,7 +409,7 @@ fn to_conversation(r: ConversationRow) -> Result<ConversationRecord, StoreError>
 }
 
 const CONVERSATION_COLUMNS: &str = "id, kind, peer, cursor, status, status_detail";
-const MESSAGE_COLUMNS: &str = "conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, local_order, kind, target, salt, accepted_at, attachment";
+const MESSAGE_COLUMNS: &str = "conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, local_order, kind, target, salt, accepted_at, attachment, expires_at, after_shown";
 
 fn message_of(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {
@@ -437,6 +447,8 @@ fn message_of(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
                 )
             })?),
         },
+        expires_at: r.get::<_, Option<i64>>(16)?.map(u64_of),
+        after_shown: r.get(17)?,
     })
 }
 
@@ -581,8 +593,8 @@ impl Tx for SqliteTx<'_> {
     fn insert_message(&self, m: &MessageRecord) -> Result<bool, StoreError> {
         let n = self.exec(
             "INSERT OR IGNORE INTO sotto_messages
-             (conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, kind, target, salt, accepted_at, attachment, local_order)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+             (conversation, message_id, seq, sender, sender_device, sent_at_ms, text, reply_to, outgoing, shown, kind, target, salt, accepted_at, attachment, expires_at, after_shown, local_order)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                      (SELECT COALESCE(MAX(local_order), 0) + 1 FROM sotto_messages))",
             params![
                 m.conversation,
@@ -600,6 +612,8 @@ impl Tx for SqliteTx<'_> {
                 m.salt,
                 i64_of(m.accepted_at),
                 attachment_json(m.attachment.as_ref())?,
+                m.expires_at.map(i64_of),
+                m.after_shown,
             ],
         )?;
         Ok(n == 1)
@@ -693,6 +707,42 @@ impl Tx for SqliteTx<'_> {
         self.exec(
             "DELETE FROM sotto_messages WHERE conversation = ?1 AND message_id = ?2",
             params![conversation, id],
+        )
+        .map(|_| ())
+    }
+
+    fn set_expiry(
+        &self,
+        conversation: &str,
+        id: &str,
+        expires_at: Option<u64>,
+        after_shown: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE sotto_messages SET expires_at = ?3, after_shown = ?4
+             WHERE conversation = ?1 AND message_id = ?2",
+            params![conversation, id, expires_at.map(i64_of), after_shown],
+        )
+        .map(|_| ())
+    }
+
+    fn expired_messages(&self, now: u64) -> Result<Vec<MessageRecord>, StoreError> {
+        self.messages_where(
+            "expires_at IS NOT NULL AND expires_at <= ?1",
+            "expires_at, local_order",
+            params![i64_of(now)],
+        )
+    }
+
+    fn after_shown_messages(&self) -> Result<Vec<MessageRecord>, StoreError> {
+        self.messages_where("after_shown IS NOT NULL", "local_order", [])
+    }
+
+    fn delete_receipts(&self, conversation: &str, message: &str) -> Result<(), StoreError> {
+        self.wiped.set(true);
+        self.exec(
+            "DELETE FROM sotto_receipts WHERE conversation = ?1 AND message_id = ?2",
+            params![conversation, message],
         )
         .map(|_| ())
     }

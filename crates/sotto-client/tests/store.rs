@@ -157,7 +157,7 @@ async fn a_home_made_by_the_first_client_opens_and_carries_on() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     server.stop().await;
 }
 

@@ -222,7 +222,9 @@ impl Flow {
                 EntryKind::Commit if mine && entry.epoch == g.epoch() => {
                     // Our commit, accepted while we were not looking (crash between post and merge).
                     if g.has_pending_commit() {
+                        let settings_before = g.settings();
                         g.merge_pending(p)?;
+                        crate::expiry::note_change(tx, id, g.epoch(), &settings_before, &g.settings(), me.username.as_str(), Some(entry.seq), entry.accepted_at)?;
                         tx.delete_setting(&in_flight_key(id))?;
                     } else {
                         // Its secrets are gone: this device cannot follow the group any more.
@@ -237,9 +239,14 @@ impl Flow {
                     if g.has_pending_commit() {
                         g.clear_pending(p)?; // we lost the race for this epoch
                     }
+                    let settings_before = g.settings();
+                    let committer = sender_of(&g, &entry.sender_device);
                     match g.process(p, &entry.data.0) {
                         Ok(Incoming::Commit(pending)) => match g.merge_verified(p, pending, &Pins(tx), &kind) {
                             Ok(()) => {
+                                if let Some(who) = &committer {
+                                    crate::expiry::note_change(tx, id, g.epoch(), &settings_before, &g.settings(), who, Some(entry.seq), entry.accepted_at)?;
+                                }
                                 if !g.is_active() {
                                     set_status(tx, id, ConversationStatus::Removed, "this device was removed from the conversation")?;
                                 }
@@ -280,7 +287,10 @@ impl Flow {
                 EntryKind::Message => {
                     let sender = sender_of(&g, &entry.sender_device);
                     match decrypt_into(&mut g, p, id, entry, &me.username) {
-                        Decrypted::Ok(m) => {
+                        Decrypted::Ok(mut m) => {
+                            // The settings of this epoch: the one the message was sent in.
+                            let settings = crate::expiry::settings_at(tx, id, entry.epoch, g.settings())?;
+                            crate::expiry::stamp(&mut m, &settings, entry.accepted_at);
                             refused_content = crate::rich::store_incoming(tx, *m)?;
                         }
                         Decrypted::Ignored => {}
@@ -524,6 +534,8 @@ fn decrypt_into(
                 local_order: 0,
                 accepted_at: entry.accepted_at,
                 attachment: crate::rich::attachment_of(&content.body),
+                expires_at: None,
+                after_shown: None,
             }))
         }
         Ok(_) => Decrypted::Failed {

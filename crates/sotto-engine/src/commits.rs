@@ -93,7 +93,19 @@ impl Flow {
                     let mut g = Conversation::load(p, &gid)?
                         .ok_or_else(|| Error::Storage("group vanished".into()))?;
                     if g.has_pending_commit() {
+                        let settings_before = g.settings();
                         g.merge_pending(p)?;
+                        let me = self.me()?;
+                        crate::expiry::note_change(
+                            tx,
+                            conversation,
+                            g.epoch(),
+                            &settings_before,
+                            &g.settings(),
+                            me.username.as_str(),
+                            Some(acc.seq),
+                            acc.accepted_at,
+                        )?;
                     }
                     tx.delete_setting(&in_flight)?;
                     set_status(tx, conversation, ConversationStatus::Ok, "")?;

@@ -129,7 +129,10 @@ impl Flow {
                 Ok(g.add_devices(p, &keys, &kps)?)
             })?;
             match self.post_commit(&info.id, bundle).await {
-                Ok(_) => return Ok(info.id),
+                Ok(_) => {
+                    self.apply_default_timer(&info.id, report).await?;
+                    return Ok(info.id);
+                }
                 Err(e) if e.is_stale_epoch() => {
                     self.delete_group(&gid)?;
                     self.process_inbox(report).await?;

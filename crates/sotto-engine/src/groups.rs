@@ -296,7 +296,13 @@ impl Flow {
         pq_limit: usize,
     ) -> Result<(String, SyncReport), Error> {
         let me = self.me()?;
-        let meta = GroupMetadata::new(name, me.username.clone()).map_err(|_| invalid_name())?;
+        let meta = GroupMetadata::new(name, me.username.clone())
+            .map_err(|_| invalid_name())?
+            .with_settings(sotto_proto::group::Settings {
+                timer: self.default_timer()?,
+                vanish: false,
+            })
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         self.create_group_with(meta, members, pq_limit, ConversationKind::Group)
             .await
     }

@@ -55,6 +55,7 @@ pub mod devices;
 pub mod dm;
 pub mod ephemeral;
 mod error;
+pub mod expiry;
 pub mod files;
 pub mod groups;
 pub mod inbox;
@@ -70,6 +71,7 @@ pub mod sync;
 pub mod views;
 
 pub use error::Error;
+pub use expiry::Expired;
 pub use files::OutgoingFile;
 pub use io::{Answer, HttpReply, HttpRequest, Method, Op, Step, Task};
 pub use store::{MemoryStore, Store, StoreError, Tx};

@@ -45,6 +45,10 @@ impl Flow {
             )
             .await?;
         self.post_message(id, &content, report).await?;
+        let msg_id = content.id.to_hex();
+        let expires_at = self
+            .read(|tx, _| Ok(tx.message(id, &msg_id)?.and_then(|m| m.expires_at)))?
+            .map(|s| rfc3339_ms(s.saturating_mul(1000)));
         Ok(Message {
             kind: "message",
             id: content.id.to_hex(),
@@ -58,6 +62,8 @@ impl Flow {
             reply_to: reply_to.map(|r| r.to_hex()),
             sent_at: rfc3339_ms(content.sent_at_ms),
             outgoing: true,
+            content: "message",
+            expires_at,
         })
     }
 
@@ -129,6 +135,8 @@ impl Flow {
                     local_order: 0,
                     accepted_at: 0,
                     attachment: crate::rich::attachment_of(&content.body),
+                    expires_at: None,
+                    after_shown: None,
                 };
                 // The sender's own device applies what it sends as a receiver would, in the same
                 // transaction (an unsend's text is gone from here even while it is queued).
@@ -150,8 +158,18 @@ impl Flow {
                 .await;
             match res {
                 Ok(acc) => {
-                    self.with_tx(|tx, _| {
-                        Ok(tx.set_message_seq(id, &msg_id, acc.seq, acc.accepted_at)?)
+                    self.with_tx(|tx, p| {
+                        tx.set_message_seq(id, &msg_id, acc.seq, acc.accepted_at)?;
+                        // Accepted in the epoch it was encrypted in: that epoch's settings.
+                        if let (Some(g), Some(mut rec)) =
+                            (Conversation::load(p, &gid)?, tx.message(id, &msg_id)?)
+                        {
+                            let settings =
+                                crate::expiry::settings_at(tx, id, acc.epoch, g.settings())?;
+                            crate::expiry::stamp(&mut rec, &settings, acc.accepted_at);
+                            tx.set_expiry(id, &msg_id, rec.expires_at, rec.after_shown)?;
+                        }
+                        Ok(())
                     })?;
                     return Ok(acc);
                 }

@@ -179,7 +179,7 @@ pub(crate) fn body_of(m: &MessageRecord) -> Option<Body> {
                 data: p.data.0.clone(),
             }),
         },
-        ContentKind::Unsupported => return None,
+        ContentKind::Timer | ContentKind::Unsupported => return None,
     })
 }
 
@@ -672,6 +672,8 @@ mod tests {
             local_order: 0,
             accepted_at: 0,
             attachment: None,
+            expires_at: None,
+            after_shown: None,
         }
     }
 

@@ -25,8 +25,17 @@ use crate::{Engine, Error, Flow, SyncReport, Task};
 /// The name of the read-receipts setting on the wire.
 pub const READ_RECEIPTS: &str = "read_receipts";
 
+/// The name of the default disappearing timer for new conversations on the wire (seconds
+/// after sending, 0: none).
+pub const DEFAULT_TIMER: &str = "default_timer";
+/// Where this device keeps it (8 bytes, big-endian seconds).
+pub(crate) const DEFAULT_TIMER_SETTING: &str = "default_timer";
+
 /// The settings this version knows, as (wire name, this device's setting key).
-const KNOWN: &[(&str, &str)] = &[(READ_RECEIPTS, READ_RECEIPTS_SETTING)];
+const KNOWN: &[(&str, &str)] = &[
+    (READ_RECEIPTS, READ_RECEIPTS_SETTING),
+    (DEFAULT_TIMER, DEFAULT_TIMER_SETTING),
+];
 
 /// A stored settings record's text.
 pub(crate) fn to_json(settings: &[(String, SettingValue)]) -> String {
@@ -68,8 +77,11 @@ fn set_local(tx: &dyn Tx, name: &str, value: SettingValue) -> Result<(), Error> 
         return Ok(());
     };
     match value {
-        SettingValue::Bool(on) => tx.set_setting(key, if on { b"on" } else { b"off" })?,
-        SettingValue::Uint(_) => {} // no known setting is a number yet
+        SettingValue::Bool(on) if *key != DEFAULT_TIMER_SETTING => {
+            tx.set_setting(key, if on { b"on" } else { b"off" })?
+        }
+        SettingValue::Bool(_) => {} // a number is expected
+        SettingValue::Uint(n) => tx.set_setting(key, &n.to_be_bytes())?,
     }
     Ok(())
 }
@@ -132,7 +144,44 @@ impl Engine {
     }
 }
 
+/// The account's default timer as stored on this device (seconds, 0: none).
+pub(crate) fn stored_default_timer(tx: &dyn Tx) -> Result<u32, Error> {
+    Ok(tx
+        .setting(DEFAULT_TIMER_SETTING)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0))
+}
+
+impl Engine {
+    /// Sets the account's default disappearing timer for new conversations (`None`: none), on
+    /// this device at once and on its other devices through the own-devices group.
+    pub fn set_default_timer(&self, secs: Option<u32>) -> Task<SyncReport> {
+        self.task(move |f| async move {
+            if let Some(s) = secs {
+                sotto_proto::group::Timer::new(s, sotto_proto::group::TimerMode::AfterSend)
+                    .map_err(|_| crate::expiry::out_of_range())?;
+            }
+            let n = u64::from(secs.unwrap_or(0));
+            f.change_settings(vec![(DEFAULT_TIMER.to_owned(), SettingValue::Uint(n))])
+                .await
+        })
+    }
+
+    /// The account's default timer for new conversations, as this device knows it.
+    pub fn default_timer(&self) -> Result<Option<u32>, Error> {
+        Ok(self.local().default_timer()?.map(|t| t.secs()))
+    }
+}
+
 impl Flow {
+    /// The account's default timer for new conversations (after sending), if set.
+    pub(crate) fn default_timer(&self) -> Result<Option<sotto_proto::group::Timer>, Error> {
+        let secs = self.read(|tx, _| stored_default_timer(tx))?;
+        Ok(sotto_proto::group::Timer::new(secs, sotto_proto::group::TimerMode::AfterSend).ok())
+    }
+
     /// The own-devices groups this device is in.
     pub(crate) fn own_groups(&self) -> Result<Vec<String>, Error> {
         self.read(|tx, _| {
@@ -190,11 +239,15 @@ impl Flow {
     ) -> Result<(), Error> {
         self.sync_conversation(id, None, report).await?;
         let settings = self.read(|tx, _| {
-            // Every known setting is a switch so far.
             KNOWN
                 .iter()
                 .map(|(name, key)| {
-                    Ok(((*name).to_owned(), SettingValue::Bool(switch_on(tx, key)?)))
+                    let value = if *key == DEFAULT_TIMER_SETTING {
+                        SettingValue::Uint(u64::from(stored_default_timer(tx)?))
+                    } else {
+                        SettingValue::Bool(switch_on(tx, key)?)
+                    };
+                    Ok(((*name).to_owned(), value))
                 })
                 .collect::<Result<Vec<_>, Error>>()
         })?;

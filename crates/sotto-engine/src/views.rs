@@ -38,6 +38,12 @@ pub struct Message {
     pub sent_at: String,
     /// Whether this device's account sent it.
     pub outgoing: bool,
+    /// `message`, or `timer` for a change of the conversation's disappearing timer or vanish
+    /// mode (its `text` says what changed and who changed it).
+    pub content: &'static str,
+    /// When this device deletes it, RFC 3339 (`None`: it does not disappear, or its clock starts
+    /// once it is shown).
+    pub expires_at: Option<String>,
 }
 
 /// A file a message carries, as `sync --json` and `history --json` show it.
@@ -103,6 +109,11 @@ pub struct HistoryMessage {
     pub edits: u32,
     /// Whether it was unsent (deleted for everyone).
     pub deleted: bool,
+    /// `message`, or `timer` for a change of the conversation's disappearing settings.
+    pub content: &'static str,
+    /// When this device deletes it, RFC 3339 (`None`: it does not disappear, or its clock starts
+    /// once it is shown).
+    pub expires_at: Option<String>,
     /// Accounts a device of which received it (from their delivery receipts).
     pub delivered_to: Vec<String>,
     /// Accounts that read it (from their read receipts).
@@ -182,6 +193,14 @@ pub enum Update {
         /// On which device.
         device: String,
     },
+    /// A message shown before is gone from this device: its timer ran out, or vanish mode
+    /// took it.
+    Expired {
+        /// The message.
+        id: String,
+        /// Conversation id.
+        conversation: String,
+    },
     /// A message was unsent (deleted for everyone).
     Unsend {
         /// The message unsent.
@@ -199,6 +218,17 @@ pub enum Update {
         /// Sender's clock, RFC 3339.
         sent_at: String,
     },
+}
+
+impl Update {
+    /// The update that says a message shown before has gone (its timer ran out, or vanish mode
+    /// took it).
+    pub fn expired(e: &crate::Expired) -> Self {
+        Update::Expired {
+            id: e.id.clone(),
+            conversation: e.conversation.clone(),
+        }
+    }
 }
 
 /// Something to do to a message (see [`Engine::act`]).
@@ -219,6 +249,8 @@ pub enum Action {
 /// One line of a conversation's history: a message, or an entry that did not decrypt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
+// Built once per line shown, never stored or queued in bulk: boxing would only cost callers.
+#[allow(clippy::large_enum_variant)]
 pub enum HistoryItem {
     /// A message, with its place in the log (`None`: not acknowledged by the server yet).
     Message {
@@ -353,7 +385,21 @@ pub(crate) fn view_of(m: MessageRecord, group: bool, me: &str) -> Message {
         reply_to: m.reply_to,
         sent_at: rfc3339_ms(m.sent_at_ms),
         outgoing: m.outgoing,
+        content: content_name(m.kind),
+        expires_at: expiry_view(m.expires_at),
     }
+}
+
+fn content_name(kind: ContentKind) -> &'static str {
+    if kind == ContentKind::Timer {
+        "timer"
+    } else {
+        "message"
+    }
+}
+
+fn expiry_view(at: Option<u64>) -> Option<String> {
+    at.map(|s| rfc3339_ms(s.saturating_mul(1000)))
 }
 
 fn update(m: MessageRecord, group: bool) -> Option<Update> {
@@ -483,6 +529,8 @@ fn history_message(
         delivered_to,
         read_by,
         outgoing: m.outgoing,
+        content: content_name(m.kind),
+        expires_at: expiry_view(m.expires_at),
     })
 }
 

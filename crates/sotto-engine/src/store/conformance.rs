@@ -21,6 +21,7 @@ pub fn run(make: &dyn Fn() -> Box<dyn Store>) {
         ("actions", actions),
         ("attachments", attachments),
         ("receipts", receipts),
+        ("expiry", expiry),
         ("history_order", history_order),
         ("undecryptable", undecryptable),
         ("mls_state", mls_state),
@@ -71,6 +72,8 @@ fn msg(conv: &str, id: &str, seq: Option<u64>, outgoing: bool, device: &str) -> 
         local_order: 0,
         accepted_at: seq.map_or(0, |s| 1_700_000_000 + s),
         attachment: None,
+        expires_at: None,
+        after_shown: None,
     }
 }
 
@@ -446,6 +449,45 @@ fn receipts(s: &dyn Store) {
             [("bob".to_owned(), 1), ("me".to_owned(), 2)]
         );
         assert!(tx.receipts("c2", "in1").unwrap().is_empty());
+    });
+}
+
+fn expiry(s: &dyn Store) {
+    write(s, |tx| {
+        let mut a = msg("c", "a", Some(1), false, "d");
+        a.expires_at = Some(100);
+        tx.insert_message(&a).unwrap();
+        let mut b = msg("c", "b", Some(2), false, "d");
+        b.after_shown = Some(30);
+        tx.insert_message(&b).unwrap();
+        let mut v = msg("c", "v", Some(3), false, "d");
+        v.after_shown = Some(0);
+        v.expires_at = Some(500);
+        tx.insert_message(&v).unwrap();
+        tx.insert_message(&msg("c", "keep", Some(4), false, "d"))
+            .unwrap();
+        tx.put_receipt("c", "a", "bob", 2).unwrap();
+        tx.put_receipt("c", "keep", "bob", 2).unwrap();
+    });
+    read(s, |tx| {
+        let ids = |v: Vec<MessageRecord>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+        assert!(tx.expired_messages(99).unwrap().is_empty());
+        assert_eq!(ids(tx.expired_messages(100).unwrap()), ["a"]);
+        assert_eq!(ids(tx.expired_messages(u64::MAX).unwrap()), ["a", "v"]);
+        assert_eq!(ids(tx.after_shown_messages().unwrap()), ["b", "v"]);
+        let v = tx.message("c", "v").unwrap().unwrap();
+        assert_eq!((v.expires_at, v.after_shown), (Some(500), Some(0)));
+    });
+    write(s, |tx| {
+        tx.set_expiry("c", "b", Some(50), None).unwrap();
+        tx.delete_receipts("c", "a").unwrap();
+    });
+    read(s, |tx| {
+        let b = tx.message("c", "b").unwrap().unwrap();
+        assert_eq!((b.expires_at, b.after_shown), (Some(50), None));
+        assert_eq!(tx.expired_messages(60).unwrap()[0].id, "b");
+        assert!(tx.receipts("c", "a").unwrap().is_empty());
+        assert_eq!(tx.receipts("c", "keep").unwrap().len(), 1);
     });
 }
 

@@ -315,6 +315,62 @@ impl Tx for MemoryTx<'_> {
         Ok(())
     }
 
+    fn set_expiry(
+        &self,
+        conversation: &str,
+        id: &str,
+        expires_at: Option<u64>,
+        after_shown: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.update(conversation, id, |m| {
+            m.expires_at = expires_at;
+            m.after_shown = after_shown;
+        });
+        Ok(())
+    }
+
+    fn expired_messages(&self, now: u64) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut v: Vec<MessageRecord> = self
+            .state
+            .borrow()
+            .messages
+            .values()
+            .filter(|m| m.expires_at.is_some_and(|at| at <= now))
+            .cloned()
+            .collect();
+        v.sort_by_key(|m| (m.expires_at, m.local_order));
+        Ok(v)
+    }
+
+    fn after_shown_messages(&self) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut v: Vec<MessageRecord> = self
+            .state
+            .borrow()
+            .messages
+            .values()
+            .filter(|m| m.after_shown.is_some())
+            .cloned()
+            .collect();
+        v.sort_by_key(|m| m.local_order);
+        Ok(v)
+    }
+
+    fn delete_receipts(&self, conversation: &str, message: &str) -> Result<(), StoreError> {
+        let keys: Vec<(String, String, String)> = self
+            .state
+            .borrow()
+            .receipts
+            .keys()
+            .filter(|(c, m, _)| c == conversation && m == message)
+            .cloned()
+            .collect();
+        for key in keys {
+            let old = self.state.borrow_mut().receipts.remove(&key);
+            self.log(Undo::Receipt(key, old));
+        }
+        Ok(())
+    }
+
     fn set_shown(&self, conversation: &str, id: &str, shown: bool) -> Result<(), StoreError> {
         self.update(conversation, id, |m| m.shown = shown);
         Ok(())

@@ -167,6 +167,9 @@ pub enum ContentKind {
     Settings,
     /// A file (`attachment`), with its caption as `text` and `reply_to` when it is a reply.
     File,
+    /// A change of the conversation's disappearing timer or vanish mode, recorded from the commit
+    /// that made it (`text`: the settings as JSON, `sender`: who changed them).
+    Timer,
     /// Content this version does not show.
     Unsupported,
 }
@@ -183,6 +186,7 @@ impl ContentKind {
             Self::Receipt => "receipt",
             Self::Settings => "settings",
             Self::File => "file",
+            Self::Timer => "timer",
             Self::Unsupported => "unsupported",
         }
     }
@@ -198,6 +202,7 @@ impl ContentKind {
             "receipt" => Self::Receipt,
             "settings" => Self::Settings,
             "file" => Self::File,
+            "timer" => Self::Timer,
             "unsupported" => Self::Unsupported,
             _ => return None,
         })
@@ -205,7 +210,10 @@ impl ContentKind {
 
     /// Whether it is a message of the history (not an action on one).
     pub fn is_message(self) -> bool {
-        matches!(self, Self::Text | Self::File | Self::Unsupported)
+        matches!(
+            self,
+            Self::Text | Self::File | Self::Timer | Self::Unsupported
+        )
     }
 }
 
@@ -246,6 +254,12 @@ pub struct MessageRecord {
     pub accepted_at: u64,
     /// For a [`ContentKind::File`]: the file.
     pub attachment: Option<AttachmentRecord>,
+    /// When this device deletes it, with everything of it (Unix seconds): its conversation has a
+    /// disappearing timer or is in vanish mode.
+    pub expires_at: Option<u64>,
+    /// Its clock starts when it is shown: then it expires this many seconds later (`0`: vanish
+    /// mode, it goes when the reader leaves the conversation).
+    pub after_shown: Option<u32>,
 }
 
 /// A file a message carries, as a device keeps it: where the blob is, how to open it, and
@@ -421,6 +435,22 @@ pub trait Tx {
     ) -> Result<(), StoreError>;
     /// Deletes a stored action (one refused once its target arrived).
     fn delete_message(&self, conversation: &str, id: &str) -> Result<(), StoreError>;
+    /// Sets when a message expires (see [`MessageRecord::expires_at`] and
+    /// [`MessageRecord::after_shown`]).
+    fn set_expiry(
+        &self,
+        conversation: &str,
+        id: &str,
+        expires_at: Option<u64>,
+        after_shown: Option<u32>,
+    ) -> Result<(), StoreError>;
+    /// The records whose `expires_at` is at or before `now`, by `expires_at`.
+    fn expired_messages(&self, now: u64) -> Result<Vec<MessageRecord>, StoreError>;
+    /// The records whose clock starts when shown (`after_shown` set, vanish mode included), by
+    /// `local_order`.
+    fn after_shown_messages(&self) -> Result<Vec<MessageRecord>, StoreError>;
+    /// Forgets every receipt of a message.
+    fn delete_receipts(&self, conversation: &str, message: &str) -> Result<(), StoreError>;
     /// Marks a message shown or not shown.
     fn set_shown(&self, conversation: &str, id: &str, shown: bool) -> Result<(), StoreError>;
     /// Marks a message shown.
