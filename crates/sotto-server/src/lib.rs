@@ -113,9 +113,10 @@ impl Cursors {
 async fn maintenance(state: AppState) {
     let mut shutdown = state.shutdown.clone();
     let mut flush = tokio::time::interval(std::time::Duration::from_secs(2));
-    let mut prune = tokio::time::interval(std::time::Duration::from_secs(
-        state.config.prune_interval_secs.max(1),
-    ));
+    // The first prune comes one interval after start, not at once: a node that starts (or
+    // restarts while clients reconnect) serves first, and deletes a backlog a period later.
+    let every = std::time::Duration::from_secs(state.config.prune_interval_secs.max(1));
+    let mut prune = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = flush.tick() => {
@@ -125,9 +126,14 @@ async fn maintenance(state: AppState) {
             _ = prune.tick() => {
                 save_cursors(&state).await;
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let started = std::time::Instant::now();
                 match state.store.expire(now).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(entries = n, "deleted expired messages"),
+                    Ok(n) => tracing::info!(
+                        entries = n,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "deleted expired messages"
+                    ),
                     Err(e) => tracing::warn!(error = %e, "deleting expired messages failed"),
                 }
                 let cutoff = now - state.config.retention_secs;

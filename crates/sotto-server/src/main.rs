@@ -38,7 +38,8 @@ struct Args {
     /// member device has fetched go sooner).
     #[arg(long, env = "SOTTO_RETENTION_DAYS", default_value_t = 30)]
     retention_days: i64,
-    /// Seconds between prunings of the log.
+    /// Seconds between deletions of expired and old log entries (the first one interval after
+    /// start).
     #[arg(long, env = "SOTTO_PRUNE_INTERVAL", default_value_t = 60)]
     prune_interval_secs: u64,
     /// Serve HTTPS and WSS with this certificate chain (PEM); needs --tls-key.

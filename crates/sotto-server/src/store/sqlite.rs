@@ -781,6 +781,25 @@ fn writer_loop(
     }
 }
 
+/// Deletes log rows, given as (row id, conversation, seq), with their `log_index` entries (rows
+/// not indexed yet have none), in the caller's write job: retention and expiry both go through
+/// here, one piece at a time.
+fn delete_log_rows(tx: &Connection, rows: &[(i64, String, i64)]) -> Result<(), StoreError> {
+    let mut unindex = tx
+        .prepare_cached(
+            "DELETE FROM log_index WHERE conversation_id = ?1 AND seq = ?2 AND row = ?3",
+        )
+        .map_err(backend)?;
+    let mut del = tx
+        .prepare_cached("DELETE FROM log WHERE id = ?1")
+        .map_err(backend)?;
+    for (id, c, seq) in rows {
+        unindex.execute(params![c, seq, id]).map_err(backend)?;
+        del.execute(params![id]).map_err(backend)?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Checkpoints the WAL and truncates it: the pages a delete freed (zeroed, `secure_delete`)
     /// no longer hold their old contents in the -wal file either. Done on a read connection,
@@ -2038,18 +2057,7 @@ impl Store for SqliteStore {
                             .collect::<Result<Vec<_>, _>>()
                         })
                         .map_err(backend)?;
-                    let mut unindex = tx
-                        .prepare_cached(
-                            "DELETE FROM log_index WHERE conversation_id = ?1 AND seq = ?2 AND row = ?3",
-                        )
-                        .map_err(backend)?;
-                    let mut del = tx
-                        .prepare_cached("DELETE FROM log WHERE id = ?1")
-                        .map_err(backend)?;
-                    for (id, c, seq) in &rows {
-                        unindex.execute(params![c, seq, id]).map_err(backend)?;
-                        del.execute(params![id]).map_err(backend)?;
-                    }
+                    delete_log_rows(tx, &rows)?;
                     Ok((rows.len(), rows.last().map_or(from, |r| r.0)))
                 })
                 .await?;
@@ -2098,18 +2106,7 @@ impl Store for SqliteStore {
                             .collect::<Result<Vec<_>, _>>()
                         })
                         .map_err(backend)?;
-                    let mut unindex = tx
-                        .prepare_cached(
-                            "DELETE FROM log_index WHERE conversation_id = ?1 AND seq = ?2 AND row = ?3",
-                        )
-                        .map_err(backend)?;
-                    let mut del = tx
-                        .prepare_cached("DELETE FROM log WHERE id = ?1")
-                        .map_err(backend)?;
-                    for (id, c, seq) in &rows {
-                        unindex.execute(params![c, seq, id]).map_err(backend)?;
-                        del.execute(params![id]).map_err(backend)?;
-                    }
+                    delete_log_rows(tx, &rows)?;
                     Ok(rows.len())
                 })
                 .await?;
