@@ -1229,3 +1229,189 @@ fn timers_vanish_mode_and_the_default_timer_through_the_cli() {
         "default-timer off"
     );
 }
+
+/// Timed messages on bob's device that are due now.
+fn timed_records(db: &Path) -> usize {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    conn.query_row(
+        "SELECT COUNT(*) FROM sotto_messages WHERE expires_at IS NOT NULL",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap() as usize
+}
+
+/// The saved files the engine has listed for the shell to delete.
+fn files_to_delete(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let v: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM sotto_config WHERE key = 'expiry.pending_files'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    v.map(|v| serde_json::from_slice(&v).unwrap())
+        .unwrap_or_default()
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_devices_purge_leaves_it_whole_or_not_at_all() {
+    use sotto_client::sotto_engine::expiry::TimerMode;
+    const N: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Sottod::start(&d.join("server"), &d.join("sottod.log"), "127.0.0.1:0");
+    let url = server.url.clone();
+    let (a, b) = (d.join("a"), d.join("b"));
+    let saved: Vec<PathBuf> = (0..2).map(|k| b.join(format!("saved-{k}.bin"))).collect();
+    let marker = "PURGED-FILE-MARKER-31c7";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let alice = sotto_client::Client::open(&a, Some(&url)).unwrap();
+        alice.account().register("alice").await.unwrap();
+        let bob = sotto_client::Client::open(&b, Some(&url)).unwrap();
+        bob.account().register("bob").await.unwrap();
+        alice.dm("bob").send("KEPT-BEFORE-THE-TIMER").await.unwrap();
+        alice
+            .dm("bob")
+            .set_timer(Some((30, TimerMode::AfterSend)))
+            .await
+            .unwrap();
+        for i in 0..N {
+            alice
+                .dm("bob")
+                .send(&format!("PURGED-TEXT-{i:04}"))
+                .await
+                .unwrap();
+        }
+        let mut ids = Vec::new();
+        for k in 0..2 {
+            let path = d.join(format!("to-send-{k}.bin"));
+            std::fs::write(&path, marker.repeat(2000)).unwrap();
+            let f = sotto_client::FileToSend {
+                path,
+                ..Default::default()
+            };
+            ids.push(
+                alice
+                    .dm("bob")
+                    .send_file(&f, &mut |_| {})
+                    .await
+                    .unwrap()
+                    .0
+                    .id,
+            );
+        }
+        bob.sync().await.unwrap();
+        for (id, path) in ids.iter().zip(&saved) {
+            bob.download(id, Some(path), &mut |_| {}).await.unwrap();
+        }
+    });
+    // As the device records them.
+    let saved: Vec<PathBuf> = saved
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap())
+        .collect();
+    let db = b.join("sotto.db");
+    let timed = timed_records(&db);
+    // Every timed message, and the receipt bob sent for them (it expires too).
+    assert!(timed > N + 2, "bob holds every timed message: {timed}");
+    // A copy of bob's device as it is now, for the second half.
+    let copy = d.join("b-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for name in ["sotto.db", "sotto.db-wal"] {
+        if b.join(name).exists() {
+            std::fs::copy(b.join(name), copy.join(name)).unwrap();
+        }
+    }
+    // The server's acceptance time plus 30 s, with a second to spare.
+    std::thread::sleep(Duration::from_secs(31));
+
+    // `history` purges on opening, before it shows anything. Kill it at later and later moments:
+    // each time the purge happened whole or not at all, and a saved file is gone only if the
+    // records naming it are, or is listed for deletion.
+    let mut before_commit = 0;
+    let mut after_commit = false;
+    for delay_ms in (0..2000).step_by(3) {
+        let mut child = Command::new(sotto_bin())
+            .arg("--home")
+            .arg(&b)
+            .args(["history", "alice", "--json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let left = timed_records(&db);
+        assert!(
+            left == timed || left == 0,
+            "a purge cut in half: {left} left"
+        );
+        let pending = files_to_delete(&db);
+        for f in &saved {
+            if left == timed {
+                assert!(f.exists(), "a file went before its records");
+            } else {
+                assert!(
+                    !f.exists() || pending.contains(&f.display().to_string()),
+                    "a saved file left behind and forgotten"
+                );
+            }
+        }
+        if left == 0 {
+            after_commit = true;
+            break;
+        }
+        before_commit += 1;
+    }
+    eprintln!("{before_commit} kills before the purge committed, then one after");
+    assert!(after_commit, "no run got to the purge");
+    assert!(
+        before_commit > 0,
+        "no kill landed before the purge committed"
+    );
+    // The next command finishes whatever was left.
+    let hist = history_of(&b, &["alice"]);
+    let texts: Vec<&str> = hist.iter().filter_map(|m| m["text"].as_str()).collect();
+    assert!(texts.contains(&"KEPT-BEFORE-THE-TIMER"), "{texts:?}");
+    assert!(!texts.iter().any(|t| t.starts_with("PURGED-TEXT-")));
+    assert!(saved.iter().all(|f| !f.exists()), "saved files go too");
+    assert!(files_to_delete(&db).is_empty());
+    assert_absent(&b, &["PURGED-TEXT-", marker]);
+
+    // The narrowest moment: the purge committed and the process died before deleting the saved
+    // files. On the copy, the engine alone purges (no shell deletes anything) ...
+    for f in &saved {
+        std::fs::write(f, marker.repeat(10)).unwrap();
+    }
+    {
+        let store = sotto_client::SqliteStore::open(&copy).unwrap();
+        let engine = sotto_client::sotto_engine::Engine::new(Box::new(store)).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let gone = engine.purge_expired(now, false).unwrap();
+        assert_eq!(gone.len(), N + 2);
+        let mut listed = engine.files_to_delete().unwrap();
+        listed.sort();
+        let mut expected: Vec<String> = saved.iter().map(|f| f.display().to_string()).collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+    assert!(saved.iter().all(|f| f.exists()));
+    // ... and the next command on that device deletes them.
+    ok(&copy, &["history", "alice"]);
+    assert!(
+        saved.iter().all(|f| !f.exists()),
+        "the listed files are deleted"
+    );
+    assert!(files_to_delete(&copy.join("sotto.db")).is_empty());
+}

@@ -138,19 +138,27 @@ impl Client {
     /// Returns what went.
     pub fn purge_expired(&self, leaving: bool) -> Result<Vec<sotto_engine::Expired>, ClientError> {
         let gone = self.engine.purge_expired(now_ms() / 1000, leaving)?;
-        for e in &gone {
-            if let Some(path) = &e.file {
-                match std::fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(err) => {
-                        return Err(ClientError::Storage(format!(
-                            "could not delete an expired message's file: {}",
-                            err.kind()
-                        )))
-                    }
-                }
+        // The files of this purge, and of an earlier one whose process stopped before deleting
+        // them: the engine keeps the list until they are reported gone.
+        let files = self.engine.files_to_delete()?;
+        if files.is_empty() {
+            return Ok(gone);
+        }
+        let mut deleted = Vec::with_capacity(files.len());
+        let mut failed = None;
+        for path in files {
+            match std::fs::remove_file(&path) {
+                Ok(()) => deleted.push(path),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => deleted.push(path),
+                Err(err) => failed = Some(err.kind()),
             }
+        }
+        self.engine.files_deleted(&deleted)?;
+        if let Some(kind) = failed {
+            // Kept on the list: the next purge tries again.
+            return Err(ClientError::Storage(format!(
+                "could not delete an expired message's file: {kind}"
+            )));
         }
         Ok(gone)
     }

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use sotto_client::sotto_engine::expiry::TimerMode;
 use sotto_client::{Client, FileToSend, HistoryMessage};
 use sotto_server::Config;
-use support::{http, registered, token_of, Server};
+use support::{http, linked, registered, token_of, Server};
 
 /// Every file under `dir`, read whole; what vanishes meanwhile (a purge running) is passed over.
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -342,10 +342,22 @@ async fn vanish_mode_takes_what_was_read_once_the_reader_leaves() {
     let server = Server::start_with(&dir.path().join("server"), "127.0.0.1:0", config()).await;
     let a = registered(&dir.path().join("a"), &server.url, "alice").await;
     let b = registered(&dir.path().join("b"), &server.url, "bob").await;
+    // bob's second device receives it too, and never shows it.
+    let b2 = linked(&b, &dir.path().join("b2"), &server.url).await;
     a.dm("bob").send("kept").await.unwrap();
     a.dm("bob").set_vanish(true).await.unwrap();
     let (m, _) = a.dm("bob").send("VANISH-MARKER-31ac").await.unwrap();
     b.sync().await.unwrap();
+    b2.sync().await.unwrap();
+    b2.purge_expired(true).unwrap();
+    assert!(
+        b2.dm("alice")
+            .history()
+            .unwrap()
+            .iter()
+            .any(|h| h.id == m.id),
+        "not read by bob yet: it stays"
+    );
     // Stored but not shown: leaving takes nothing.
     b.purge_expired(true).unwrap();
     assert!(b
@@ -366,13 +378,30 @@ async fn vanish_mode_takes_what_was_read_once_the_reader_leaves() {
         .iter()
         .any(|h| h.id == m.id));
     assert!(texts(&b.dm("alice").history().unwrap()).contains(&"kept".to_owned()));
+    // bob read it on his first device: his second one lets it go once he leaves there too,
+    // without showing it (the person read it, not only that device).
+    b2.sync().await.unwrap();
+    b2.purge_expired(false).unwrap();
+    assert!(b2
+        .dm("alice")
+        .history()
+        .unwrap()
+        .iter()
+        .any(|h| h.id == m.id));
+    b2.purge_expired(true).unwrap();
+    assert!(!b2
+        .dm("alice")
+        .history()
+        .unwrap()
+        .iter()
+        .any(|h| h.id == m.id));
     // The sender's copy goes once bob's read receipt came and alice leaves.
     a.purge_expired(true).unwrap();
     assert!(a.dm("bob").history().unwrap().iter().any(|h| h.id == m.id));
     a.sync().await.unwrap();
     a.purge_expired(true).unwrap();
     assert!(!a.dm("bob").history().unwrap().iter().any(|h| h.id == m.id));
-    for home in ["a", "b"] {
+    for home in ["a", "b", "b2"] {
         assert!(
             holds(&dir.path().join(home), b"VANISH-MARKER-31ac").is_empty(),
             "{home}"

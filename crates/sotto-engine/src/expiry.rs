@@ -9,11 +9,13 @@
 //! Each stored record gets its time here ([`stamp`]): after-send counts from the server's
 //! acceptance time (the same instant on every device and on the server); after-read starts the
 //! clock when this device shows the message ([`start_clocks`]), and the sender's own copies
-//! count from sending. Vanish mode marks messages to go once shown and the reader leaves the
-//! conversation; the sender's copies go once the peer's read receipt came and the sender leaves,
-//! or after [`VANISH_BOUND_SECS`]. [`purge`] deletes what is due, with everything of it: its
+//! count from sending. Vanish mode marks messages to go once read and the user leaves the
+//! conversation: a receiving device's copy once it showed it or the reader's read receipt came
+//! (from another of the reader's devices), the sender's copies once that receipt came; every
+//! copy after [`VANISH_BOUND_SECS`] at the latest. [`purge`] deletes what is due, with everything of it: its
 //! text, the reactions, edits and unsends on it, its receipts and its file record; the shell
-//! deletes the downloaded file it returns.
+//! deletes the downloaded file, which the same transaction lists as still to delete
+//! ([`crate::Engine::files_to_delete`]) until the shell says it is gone.
 
 use serde::Serialize;
 use sotto_proto::group::VANISH_BOUND_SECS;
@@ -261,13 +263,14 @@ pub(crate) fn purge(tx: &dyn Tx, now: u64, leaving: bool) -> Result<Vec<Expired>
             if m.after_shown != Some(0) {
                 continue;
             }
-            let through = if m.outgoing {
-                tx.receipts(&m.conversation, &m.id)?
-                    .iter()
-                    .any(|(u, s)| *u != m.sender && *s >= sotto_proto::mimi::status::READ)
-            } else {
-                m.shown
-            };
+            // Vanish mode is for DMs: the account that did not send it is the reader. Its read
+            // receipt, from whichever of its devices, lets every copy go; a receiving device
+            // that showed it lets its own go.
+            let read = tx
+                .receipts(&m.conversation, &m.id)?
+                .iter()
+                .any(|(u, s)| *u != m.sender && *s >= sotto_proto::mimi::status::READ);
+            let through = read || (!m.outgoing && m.shown);
             if through {
                 due.push(m);
             }
@@ -288,7 +291,38 @@ pub(crate) fn purge(tx: &dyn Tx, now: u64, leaving: bool) -> Result<Vec<Expired>
             });
         }
     }
+    // The saved files are the shell's to delete, after this commits. Their paths are written
+    // down in the same transaction, so a shell killed before it deleted them finds them at its
+    // next purge (the record that named them is gone by then).
+    let files: Vec<String> = out.iter().filter_map(|e| e.file.clone()).collect();
+    if !files.is_empty() {
+        let mut pending = pending_files(tx)?;
+        pending.extend(files);
+        set_pending_files(tx, &pending)?;
+    }
     Ok(out)
+}
+
+/// The setting that lists saved files of deleted messages not yet deleted by the shell.
+const PENDING_FILES: &str = "expiry.pending_files";
+
+fn pending_files(tx: &dyn Tx) -> Result<Vec<String>, Error> {
+    match tx.setting(PENDING_FILES)? {
+        None => Ok(Vec::new()),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Storage(format!("pending file deletions: {e}"))),
+    }
+}
+
+fn set_pending_files(tx: &dyn Tx, files: &[String]) -> Result<(), Error> {
+    if files.is_empty() {
+        tx.delete_setting(PENDING_FILES)?;
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(files)
+        .map_err(|e| Error::Storage(format!("pending file deletions: {e}")))?;
+    tx.set_setting(PENDING_FILES, &bytes)?;
+    Ok(())
 }
 
 /// Deletes a record with the actions on it and its receipts.
@@ -384,6 +418,24 @@ impl crate::Engine {
     /// conversation.
     pub fn purge_expired(&self, now: u64, leaving: bool) -> Result<Vec<Expired>, Error> {
         self.local().with_tx(|tx, _| purge(tx, now, leaving))
+    }
+
+    /// The saved files of deleted messages that the shell has not yet reported deleted (with
+    /// [`crate::Engine::files_deleted`]): those of the last purge, and of any purge whose shell
+    /// stopped before it deleted them. A shell deletes each (a missing one counts as deleted).
+    pub fn files_to_delete(&self) -> Result<Vec<String>, Error> {
+        self.local().read(|tx, _| pending_files(tx))
+    }
+
+    /// The shell deleted these files (from [`crate::Engine::files_to_delete`]).
+    pub fn files_deleted(&self, files: &[String]) -> Result<(), Error> {
+        self.local().with_tx(|tx, _| {
+            let left: Vec<String> = pending_files(tx)?
+                .into_iter()
+                .filter(|f| !files.contains(f))
+                .collect();
+            set_pending_files(tx, &left)
+        })
     }
 
     /// When the next record of this device expires (Unix seconds), for a shell that wakes up
