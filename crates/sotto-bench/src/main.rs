@@ -42,6 +42,17 @@ enum Cmd {
         /// How senders post: `send` frames on their WebSocket, or one HTTP request per message.
         #[arg(long, value_enum, default_value_t = sotto_bench::relay::SendOver::Ws)]
         send_over: sotto_bench::relay::SendOver,
+        /// Set a disappearing timer of this many seconds (after send) in every DM first.
+        #[arg(long)]
+        timer: Option<u32>,
+        /// Before the run, fill the started server with this many messages that have expired
+        /// by the time it runs; the server deletes them PURGE_AT seconds into its second start,
+        /// during the run, and the report splits latency into during and outside the purge.
+        #[arg(long)]
+        purge_backlog: Option<usize>,
+        /// With --purge-backlog: seconds after the server's start at which it purges.
+        #[arg(long, default_value_t = 15)]
+        purge_at: u64,
     },
     /// N authenticated, idle WebSocket connections: the server's RSS per connection (slope between
     /// N/2 and N) and authenticated connections per second. Needs file descriptors: `ulimit -n`
@@ -100,11 +111,19 @@ async fn main() -> anyhow::Result<()> {
             bus,
             nodes,
             send_over,
+            timer,
+            purge_backlog,
+            purge_at,
         } => {
-            relay(
-                devices, rate, duration, server, database, bus, nodes, send_over,
-            )
-            .await
+            let plan = sotto_bench::relay::RelayPlan {
+                devices,
+                rate,
+                duration: Duration::from_secs(duration),
+                over: send_over,
+                timer,
+            };
+            let purge = purge_backlog.map(|n| (n, purge_at));
+            relay(plan, server, database, bus, nodes, purge).await
         }
         Cmd::Fanout {
             members,
@@ -286,21 +305,66 @@ async fn fanout(members: usize, messages: usize, server: Option<String>) -> anyh
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)] // one per command-line flag
 async fn relay(
-    devices: usize,
-    rate: u64,
-    duration: u64,
+    plan: sotto_bench::relay::RelayPlan,
     server: Option<String>,
     database: Option<String>,
     bus: Option<String>,
     nodes: usize,
-    send_over: sotto_bench::relay::SendOver,
+    purge: Option<(usize, u64)>,
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut started = Vec::new();
+    let server_args = |extra: &[String]| {
+        let mut args: Vec<String> = Vec::new();
+        match &database {
+            Some(db) => args.extend(["--database".into(), db.clone()]),
+            None => args.extend([
+                "--data-dir".into(),
+                tmp.path().join("data").display().to_string(),
+            ]),
+        }
+        if let Some(b) = &bus {
+            args.extend(["--bus".into(), b.clone()]);
+        }
+        args.extend(extra.iter().cloned());
+        args
+    };
+    let mut purge_log = None;
+    if let Some((entries, purge_at)) = purge {
+        if server.is_some() || nodes != 1 {
+            anyhow::bail!("--purge-backlog starts its own server: no --server, one node");
+        }
+        // A first server takes the backlog (and purges nothing for a day) ...
+        let filler = Sottod::start(&server_args(&[
+            "--prune-interval-secs".into(),
+            "86400".into(),
+        ]))?;
+        eprintln!("filling {entries} messages that expire 30 s after landing...");
+        let t = std::time::Instant::now();
+        let latest = sotto_bench::relay::fill_expiring(&filler.url, entries, 30).await?;
+        eprintln!("filled in {:.1} s", t.elapsed().as_secs_f64());
+        drop(filler);
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        while now() <= latest {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // ... the second one, on the same data, purges it `purge_at` seconds after it starts.
+        let (s, log) = Sottod::start_watched(&server_args(&[
+            "--prune-interval-secs".into(),
+            purge_at.to_string(),
+        ]))?;
+        started.push(s);
+        purge_log = Some(log);
+    }
     let (send_url, recv_url) = match server {
         Some(url) => (url.clone(), url),
+        None if !started.is_empty() => (started[0].url.clone(), started[0].url.clone()),
         None => {
             if nodes == 0 || nodes > 2 {
                 anyhow::bail!("--nodes must be 1 or 2");
@@ -309,18 +373,7 @@ async fn relay(
                 anyhow::bail!("two nodes need --database postgres://... and --bus nats://...");
             }
             for _ in 0..nodes {
-                let mut args: Vec<String> = Vec::new();
-                match &database {
-                    Some(db) => args.extend(["--database".into(), db.clone()]),
-                    None => args.extend([
-                        "--data-dir".into(),
-                        tmp.path().join("data").display().to_string(),
-                    ]),
-                }
-                if let Some(b) = &bus {
-                    args.extend(["--bus".into(), b.clone()]);
-                }
-                started.push(Sottod::start(&args)?);
+                started.push(Sottod::start(&server_args(&[]))?);
             }
             let first = started[0].url.clone();
             let last = started[started.len() - 1].url.clone();
@@ -328,28 +381,20 @@ async fn relay(
         }
     };
     let pids: Vec<u32> = started.iter().map(Sottod::pid).collect();
-    let r = sotto_bench::relay::run(
-        &send_url,
-        &recv_url,
-        devices,
-        rate,
-        Duration::from_secs(duration),
-        &pids,
-        send_over,
-    )
-    .await?;
+    let r = sotto_bench::relay::run(&send_url, &recv_url, &plan, &pids).await?;
     println!(
-        "relay: {} devices, {} msg/s offered for {}s, {} node(s), sends over {:?}, {}",
-        devices,
-        rate,
-        duration,
+        "relay: {} devices, {} msg/s offered for {}s, {} node(s), sends over {:?}, {}, timer {}",
+        plan.devices,
+        plan.rate,
+        plan.duration.as_secs(),
         nodes,
-        send_over,
+        plan.over,
         if database.is_some() {
             "PostgreSQL"
         } else {
             "SQLite"
-        }
+        },
+        plan.timer.map_or("off".to_owned(), |t| format!("{t} s")),
     );
     println!(
         "  accepted {}  delivered {}  ({:.0} msg/s)",
@@ -366,9 +411,57 @@ async fn relay(
     if let Some(c) = r.client_cpu_us_per_msg {
         println!("  load generator CPU {c:.1} us per delivered message (same machine)");
     }
+    let mut during_purge = serde_json::Value::Null;
+    if let Some(log) = purge_log {
+        let events = sotto_bench::server::purges(&log);
+        let Some(&(end, entries, elapsed_ms)) = events.first() else {
+            anyhow::bail!("the server did not purge during the run: make --duration longer");
+        };
+        // The purge's window in seconds after the run's start.
+        let since = |t: std::time::SystemTime| match t.duration_since(r.started_at) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        let to = since(end);
+        let from = to - elapsed_ms as f64 / 1000.0;
+        let split = |inside: bool| {
+            let mut v: Vec<f64> = r
+                .samples
+                .iter()
+                .filter(|(at, _)| (*at >= from && *at <= to) == inside)
+                .map(|(_, ms)| *ms)
+                .collect();
+            v.sort_by(|x, y| x.total_cmp(y));
+            v
+        };
+        let (during, outside) = (split(true), split(false));
+        let pct = sotto_bench::relay::percentile;
+        println!(
+            "  purge of {entries} expired entries from {from:.1} s to {to:.1} s of the run ({elapsed_ms} ms)"
+        );
+        println!(
+            "  sent during it: {} messages, p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            during.len(),
+            pct(&during, 0.5),
+            pct(&during, 0.99),
+            during.last().copied().unwrap_or(0.0)
+        );
+        println!(
+            "  sent outside it: {} messages, p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            outside.len(),
+            pct(&outside, 0.5),
+            pct(&outside, 0.99),
+            outside.last().copied().unwrap_or(0.0)
+        );
+        during_purge = serde_json::json!({
+            "entries": entries, "purge_ms": elapsed_ms, "messages": during.len(),
+            "p99_ms": pct(&during, 0.99), "outside_p99_ms": pct(&outside, 0.99),
+        });
+    }
     println!(
         "{}",
         serde_json::json!({
+            "during_purge": during_purge,
             "delivered_per_sec": r.delivered_per_sec, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
             "max_ms": r.max_ms, "cpu_us_per_msg": r.cpu_us_per_msg,
             "client_cpu_us_per_msg": r.client_cpu_us_per_msg,

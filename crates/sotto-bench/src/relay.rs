@@ -11,8 +11,9 @@ use futures_util::StreamExt;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use sotto_api::*;
+use sotto_proto::group::{GroupMetadata, Settings, Timer, TimerMode};
 use sotto_proto::identity::unhex;
-use sotto_proto::mls::{Conversation, DeviceKeys, Trust, ValidKeyPackage};
+use sotto_proto::mls::{Changes, Conversation, DeviceKeys, Trust, ValidKeyPackage};
 use sotto_proto::{AccountIdentity, DeviceId, IdentityPublicKey, Username};
 use tokio::time::Instant;
 
@@ -35,6 +36,26 @@ pub struct RelayReport {
     pub cpu_us_per_msg: Option<f64>,
     /// This load generator's own CPU per delivered message, us (it shares the machine).
     pub client_cpu_us_per_msg: Option<f64>,
+    /// When the sending started, on the wall clock (to line samples up with server events).
+    pub started_at: std::time::SystemTime,
+    /// Every delivered message: (its scheduled send time in seconds after the start, its
+    /// latency in ms), in schedule order.
+    pub samples: Vec<(f64, f64)>,
+}
+
+/// What a relay run offers the server.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayPlan {
+    /// Devices (half send, half receive; one DM per pair).
+    pub devices: usize,
+    /// Messages per second in total.
+    pub rate: u64,
+    /// How long to send.
+    pub duration: Duration,
+    /// How senders post.
+    pub over: SendOver,
+    /// A disappearing timer (seconds, after send) set in every DM before the run.
+    pub timer: Option<u32>,
 }
 
 struct Pin(Username, IdentityPublicKey);
@@ -136,6 +157,8 @@ struct Pair {
     sender_token: String,
     receiver_token: String,
     payloads: Vec<Vec<u8>>,
+    /// Log entries before the first message (the commits that set the DM up).
+    setup_entries: u64,
 }
 
 async fn setup_pair(
@@ -145,6 +168,7 @@ async fn setup_pair(
     run: &str,
     i: usize,
     messages: usize,
+    timer: Option<u32>,
 ) -> anyhow::Result<Pair> {
     let a = register(http, send_url, &format!("s{run}{i}")).await?;
     let b = register(http, recv_url, &format!("r{run}{i}")).await?;
@@ -184,6 +208,27 @@ async fn setup_pair(
     let bundle = group.add_devices(&a.provider, &a.keys, &[kp])?;
     post_commit(http, send_url, &a.token, &dm.id, bundle).await?;
     group.merge_pending(&a.provider)?;
+    let mut setup_entries = 1;
+    if let Some(secs) = timer {
+        // A disappearing timer in the DM's group context, as `sotto timer` sets it: the server
+        // then stamps every later message with its expiry.
+        let settings = Settings {
+            timer: Some(Timer::new(secs, TimerMode::AfterSend)?),
+            vanish: false,
+        };
+        let metadata = GroupMetadata::dm(settings);
+        let bundle = group.commit(
+            &a.provider,
+            &a.keys,
+            Changes {
+                metadata: Some(&metadata),
+                ..Changes::default()
+            },
+        )?;
+        post_commit(http, send_url, &a.token, &dm.id, bundle).await?;
+        group.merge_pending(&a.provider)?;
+        setup_entries += 1;
+    }
     let text = "x".repeat(100);
     let payloads = (0..messages)
         .map(|_| {
@@ -196,6 +241,7 @@ async fn setup_pair(
         sender_token: a.token,
         receiver_token: b.token,
         payloads,
+        setup_entries,
     })
 }
 
@@ -232,14 +278,13 @@ async fn receive(
     http: reqwest::Client,
     url: String,
     pair: usize,
-    conversation: String,
-    token: String,
+    (conversation, token, setup_entries): (String, String, u64),
     arrivals: Clock,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
     use futures_util::SinkExt;
     let mut ws = connect(&url, &token).await?;
-    let mut cursor = 1; // the setup commit
+    let mut cursor = setup_entries; // the setup commits
     let mut acked = cursor;
     let mut announced = false;
     let mut ack = tokio::time::interval(Duration::from_secs(1));
@@ -401,7 +446,8 @@ async fn send_ws(
     Ok(())
 }
 
-pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p` quantile (0 to 1) of ascending `sorted` values (0 when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -414,12 +460,16 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn run(
     send_url: &str,
     recv_url: &str,
-    devices: usize,
-    rate: u64,
-    duration: Duration,
+    plan: &RelayPlan,
     pids: &[u32],
-    over: SendOver,
 ) -> anyhow::Result<RelayReport> {
+    let RelayPlan {
+        devices,
+        rate,
+        duration,
+        over,
+        timer,
+    } = *plan;
     if devices < 2 || rate == 0 {
         bail!("need at least 2 devices and a positive rate");
     }
@@ -431,7 +481,7 @@ pub async fn run(
     eprintln!("setting up {pairs_n} DM pairs and encrypting {total} messages...");
     let mut pairs = Vec::with_capacity(pairs_n);
     for i in 0..pairs_n {
-        pairs.push(setup_pair(&http, send_url, recv_url, &run_id, i, per_pair).await?);
+        pairs.push(setup_pair(&http, send_url, recv_url, &run_id, i, per_pair, timer).await?);
     }
 
     // Both clocks hold every message: sized up front, so no resize (a rehash of up to millions of
@@ -444,8 +494,11 @@ pub async fn run(
             http.clone(),
             recv_url.to_owned(),
             k,
-            p.conversation.clone(),
-            p.receiver_token.clone(),
+            (
+                p.conversation.clone(),
+                p.receiver_token.clone(),
+                p.setup_entries,
+            ),
             arrivals.clone(),
             ready_tx.clone(),
         )));
@@ -500,6 +553,7 @@ pub async fn run(
     let own = || super::server::cpu_us(std::process::id());
     let own_before = own();
     let start = Instant::now();
+    let started_at = std::time::SystemTime::now();
     for i in 0..total {
         let scheduled = start + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(scheduled).await;
@@ -568,14 +622,18 @@ pub async fn run(
     let s = sent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     let a = arrivals.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     let mut lat: Vec<f64> = Vec::with_capacity(s.len());
+    let mut samples = Vec::with_capacity(s.len());
     let mut last = start;
     for (k, scheduled) in s.iter() {
         if let Some(arrived) = a.get(k) {
-            lat.push(arrived.saturating_duration_since(*scheduled).as_secs_f64() * 1000.0);
+            let ms = arrived.saturating_duration_since(*scheduled).as_secs_f64() * 1000.0;
+            lat.push(ms);
+            samples.push((scheduled.saturating_duration_since(start).as_secs_f64(), ms));
             last = last.max(*arrived);
         }
     }
     lat.sort_by(|x, y| x.total_cmp(y));
+    samples.sort_by(|x, y| x.0.total_cmp(&y.0));
     let elapsed = last
         .saturating_duration_since(start)
         .as_secs_f64()
@@ -600,5 +658,65 @@ pub async fn run(
             }
             _ => None,
         },
+        started_at,
+        samples,
     })
+}
+
+/// Fills the server with `entries` messages that expire `timer_secs` after landing, in DMs of
+/// their own that nobody reads (a backlog for the purge to delete, delivered or not). Each sender
+/// keeps a window of sends in flight and resends a few ciphertexts of its own (the server never
+/// decrypts). Returns the latest expiry the server stamped (Unix seconds).
+pub async fn fill_expiring(url: &str, entries: usize, timer_secs: u32) -> anyhow::Result<u64> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const PAIRS: usize = 20;
+    const WINDOW: usize = 512;
+    let http = crate::http_client(64)?;
+    let run_id = format!("f{:x}", std::process::id() % 0xffff);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..PAIRS {
+        let p = setup_pair(&http, url, url, &run_id, i, 4, Some(timer_secs)).await?;
+        let n = entries / PAIRS + usize::from(i < entries % PAIRS);
+        let mut ws = connect(url, &p.sender_token).await?;
+        tasks.spawn(async move {
+            let (mut sent, mut done, mut latest) = (0usize, 0usize, 0u64);
+            while done < n {
+                while sent < n && sent - done < WINDOW {
+                    let frame = serde_json::to_string(&ClientFrame::Send {
+                        reference: sent as u64,
+                        id: p.conversation.clone(),
+                        message: B64(p.payloads[sent % p.payloads.len()].clone()),
+                    })?;
+                    ws.feed(Message::Text(frame.into())).await?;
+                    sent += 1;
+                }
+                ws.flush().await?;
+                let Some(msg) = ws.next().await else {
+                    bail!("the server closed the connection")
+                };
+                let Message::Text(t) = msg? else { continue };
+                let f: Frame<'_> = serde_json::from_str(&t)?;
+                match f.kind {
+                    "sent" => {
+                        done += 1;
+                        if let Some(exp) = f.accepted.and_then(|a| a.expires_at) {
+                            latest = latest.max(exp);
+                        }
+                    }
+                    "refused" => bail!(
+                        "a send was refused: {}",
+                        f.error.map(|e| e.message).unwrap_or_default()
+                    ),
+                    _ => {}
+                }
+            }
+            anyhow::Ok(latest)
+        });
+    }
+    let mut latest = 0;
+    while let Some(r) = tasks.join_next().await {
+        latest = latest.max(r??);
+    }
+    Ok(latest)
 }

@@ -18,6 +18,12 @@ impl Sottod {
     /// Starts the `sottod` built next to this binary with `args` on a free loopback port, rate
     /// limits off (the load generator is one address driving many devices).
     pub fn start(args: &[String]) -> anyhow::Result<Self> {
+        let mut s = Self::spawn(args, "warn", Stdio::inherit())?;
+        s.url = s.read_url()?;
+        Ok(s)
+    }
+
+    fn spawn(args: &[String], log: &str, stderr: Stdio) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let bin: PathBuf = exe.with_file_name("sottod");
         if !bin.exists() {
@@ -26,29 +32,81 @@ impl Sottod {
                 bin.display()
             );
         }
-        let mut child = Command::new(&bin)
+        let child = Command::new(&bin)
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--no-rate-limits"])
-            .env("SOTTO_LOG", "warn")
+            .env("SOTTO_LOG", log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self {
+            child,
+            url: String::new(),
+        })
+    }
+
+    fn read_url(&mut self) -> anyhow::Result<String> {
         let mut line = String::new();
-        let stdout = child.stdout.take().context("no stdout")?;
+        let stdout = self.child.stdout.take().context("no stdout")?;
         BufReader::new(stdout).read_line(&mut line)?;
-        let url = line
+        Ok(line
             .trim()
             .strip_prefix("listening on ")
             .context("sottod did not report its address")?
-            .to_owned();
-        Ok(Self { child, url })
+            .to_owned())
+    }
+
+    /// [`Sottod::start`], keeping the server's info lines about its maintenance: each line it
+    /// writes to stderr goes into the returned log with the time it arrived (warnings and
+    /// errors are passed on to this process's stderr too).
+    pub fn start_watched(args: &[String]) -> anyhow::Result<(Self, ServerLog)> {
+        let log: ServerLog = Default::default();
+        let mut s = Self::spawn(args, "warn,sotto_server=info", Stdio::piped())?;
+        let stderr = s.child.stderr.take().context("no stderr")?;
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("WARN") || line.contains("ERROR") {
+                    eprintln!("{line}");
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push((std::time::SystemTime::now(), line));
+                }
+            }
+        });
+        s.url = s.read_url()?;
+        Ok((s, log))
     }
 
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Lines a watched server wrote, with when each arrived.
+pub type ServerLog = std::sync::Arc<std::sync::Mutex<Vec<(std::time::SystemTime, String)>>>;
+
+/// The purges of expired messages in a watched server's log: (when its line arrived, entries
+/// deleted, how long it took in ms).
+pub fn purges(log: &ServerLog) -> Vec<(std::time::SystemTime, u64, u64)> {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let rest = line.split(&format!("{name}=")).nth(1)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let Ok(lines) = log.lock() else {
+        return Vec::new();
+    };
+    lines
+        .iter()
+        .filter(|(_, l)| l.contains("deleted expired messages"))
+        .filter_map(|(at, l)| Some((*at, field(l, "entries")?, field(l, "elapsed_ms")?)))
+        .collect()
 }
 
 impl Drop for Sottod {
