@@ -79,6 +79,9 @@ pub enum ErrorCode {
     StorageFull,
     /// A server-side failure; nothing was changed.
     Internal,
+    /// This node is shutting down, or cannot reach its store or bus (HTTP 503): try another
+    /// node, or again shortly.
+    Unavailable,
 }
 
 /// The JSON body of every error response.

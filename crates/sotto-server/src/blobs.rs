@@ -770,6 +770,7 @@ async fn append(
         w.finish().await.map_err(internal)?;
     }
     let now = offset + got;
+    metrics::counter!("sotto_blob_bytes_total", "direction" => "in").increment(got);
     if got > 0 {
         state
             .blobs
@@ -878,6 +879,7 @@ async fn download(
     if r.is_empty() {
         return Ok((status, h).into_response());
     }
+    metrics::counter!("sotto_blob_bytes_total", "direction" => "out").increment(r.end - r.start);
     let body = state.blobs.read(&id, meta.length, r).await?;
     Ok((status, h, body).into_response())
 }

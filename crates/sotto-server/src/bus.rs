@@ -223,6 +223,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Tells every node that `device` was revoked (see [`Hub::revoke`]).
     fn revoke(&self, device: String);
+
+    /// Whether wake-ups reach the other nodes now (the readiness probe). The in-process bus
+    /// always does.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// The single-node bus.
@@ -312,6 +318,10 @@ impl NatsBus {
 }
 
 impl Bus for NatsBus {
+    fn ready(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     fn publish_except(&self, devices: Vec<String>, frame: ServerFrame, except: Option<Origin>) {
         let Ok(payload) = serde_json::to_vec(&Wake {
             devices,

@@ -613,6 +613,7 @@ pub async fn commit(
             },
         )
         .await?;
+    metrics::counter!("sotto_commits_accepted_total").increment(1);
     tracing::info!(conversation = %c.id, seq = accepted.seq, epoch = accepted.epoch, added = welcomed.len(), removed = effect.removed.len(), "commit accepted");
     if !welcomed.is_empty() {
         state.bus.publish(welcomed, ServerFrame::Inbox);
@@ -715,6 +716,7 @@ pub async fn send(
         .await?
         .ok_or_else(|| ApiError::not_found("no such conversation"))?;
     let accepted = appended.accepted;
+    metrics::counter!("sotto_messages_accepted_total").increment(1);
     tracing::debug!(conversation = %id, seq = accepted.seq, bytes = req.message.0.len(), "message accepted");
     if let (Some(at), false) = (accepted.expires_at, req.attachments.is_empty()) {
         // After the append: should this fail, the files live until retention, never shorter than

@@ -361,6 +361,14 @@ async fn ws(
     ClientIp(ip): ClientIp,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    if s.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        // A push connection opened now would be closed at once: send the client elsewhere.
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "draining: this node is shutting down",
+        )
+        .into_response();
+    }
     if let Err(e) = s
         .limiter
         .check(Class::ConnectDevice, &c.device_id)
@@ -386,8 +394,50 @@ async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
     Json(crate::openapi::document_with(state.blobs.max_file_bytes))
 }
 
+/// Liveness: the process answers (`/healthz`, and `/health` as before).
 async fn health() -> &'static str {
     "ok"
+}
+
+/// Prometheus metrics, unless the operator serves them on their own address
+/// (`--metrics-listen`).
+async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if !state.config.metrics_on_api {
+        return Err(ApiError::not_found(
+            "metrics are served on their own address",
+        ));
+    }
+    Ok(metrics_response())
+}
+
+/// The metrics page, in Prometheus' text format.
+pub fn metrics_response() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::render(),
+    )
+        .into_response()
+}
+
+/// Readiness, for a load balancer: 200 while this node serves and reaches its store and bus;
+/// 503 `unavailable` once it is draining for shutdown, or when either is unreachable.
+async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let unavailable = |why: &'static str| ApiError::new(ErrorCode::Unavailable, why);
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(unavailable("draining: this node is shutting down"));
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the store does not answer");
+            return Err(unavailable("the store does not answer"));
+        }
+        Err(_) => return Err(unavailable("the store does not answer")),
+    }
+    if !state.bus.ready() {
+        return Err(unavailable("the bus is not connected"));
+    }
+    Ok("ready")
 }
 
 async fn not_found() -> ApiError {
@@ -425,6 +475,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/ws"),
     ("get", "/openapi.json"),
     ("get", "/health"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
     ("post", "/v1/blobs"),
     ("options", "/v1/blobs"),
     ("get", "/v1/blobs/{id}"),
@@ -458,6 +511,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ws", get(ws))
         .route("/openapi.json", get(openapi))
         .route("/health", get(health))
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
         .merge(crate::blobs::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -4,16 +4,18 @@
 //! http     thin axum handlers: authenticate, parse, call ds
 //! ds       the delivery-service rules (commit rule, membership, key packages, links), no HTTP
 //! store    the Store trait and its SQLite and PostgreSQL backends
+//! backup   online copies of the embedded database
 //! blobs    attachment blobs: resumable uploads (tus) and ranged downloads, in an object store
 //! bus      wake-ups: the local Hub of WebSocket connections and the Bus that reaches it
 //! ws       the push channel
 //! openapi  the OpenAPI document of the HTTP API
+//! telemetry  Prometheus metrics (no id is ever a label)
 //! ```
 //! The server holds no key that can read a message: it sees MLS ciphertext, public keys and
 //! certificates, and stores only hashes of device tokens.
 #![deny(missing_docs)]
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +23,7 @@ use axum::serve::Listener;
 use axum::Router;
 use tokio::sync::watch;
 
+pub mod backup;
 pub mod blobs;
 pub mod bus;
 pub mod ds;
@@ -31,6 +34,7 @@ pub mod migrate;
 pub mod net;
 pub mod openapi;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod ws;
 
@@ -54,6 +58,13 @@ pub struct Config {
     /// A connection that sends nothing for this long is closed (idle keep-alive, half-open, or a
     /// request that never finishes arriving).
     pub read_idle: std::time::Duration,
+    /// On shutdown: how long the node keeps serving with `/readyz` answering 503 (so a load
+    /// balancer stops sending it new clients) before it stops accepting connections.
+    pub drain: std::time::Duration,
+    /// On shutdown, after it stops accepting: the most it waits for requests in flight.
+    pub shutdown_timeout: std::time::Duration,
+    /// Whether `/metrics` is served with the API (off when it has an address of its own).
+    pub metrics_on_api: bool,
 }
 
 impl Default for Config {
@@ -65,6 +76,9 @@ impl Default for Config {
             prune_interval_secs: 60,
             limits: limits::Limits::default(),
             read_idle: net::READ_IDLE,
+            drain: std::time::Duration::ZERO,
+            shutdown_timeout: std::time::Duration::from_secs(10),
+            metrics_on_api: true,
         }
     }
 }
@@ -122,6 +136,7 @@ async fn maintenance(state: AppState) {
             _ = flush.tick() => {
                 save_cursors(&state).await;
                 state.limiter.sweep();
+                telemetry::upkeep();
             }
             _ = prune.tick() => {
                 save_cursors(&state).await;
@@ -129,17 +144,23 @@ async fn maintenance(state: AppState) {
                 let started = std::time::Instant::now();
                 match state.store.expire(now).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(
-                        entries = n,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "deleted expired messages"
-                    ),
+                    Ok(n) => {
+                        metrics::counter!("sotto_expired_entries_total").increment(n);
+                        tracing::info!(
+                            entries = n,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "deleted expired messages"
+                        )
+                    }
                     Err(e) => tracing::warn!(error = %e, "deleting expired messages failed"),
                 }
                 let cutoff = now - state.config.retention_secs;
                 match state.store.prune(cutoff).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(entries = n, "pruned the log"),
+                    Ok(n) => {
+                        metrics::counter!("sotto_pruned_entries_total").increment(n);
+                        tracing::info!(entries = n, "pruned the log")
+                    }
                     Err(e) => tracing::warn!(error = %e, "pruning failed"),
                 }
                 match state.blobs.sweep(now, cutoff).await {
@@ -185,6 +206,8 @@ pub struct AppState {
     pub limiter: Arc<limits::RateLimiter>,
     /// Attachment blobs (in memory unless [`AppState::with_blobs`] says where).
     pub blobs: Arc<blobs::Blobs>,
+    /// Set when the node starts shutting down: `/readyz` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -215,6 +238,7 @@ impl AppState {
                 config: Arc::new(config),
                 shutdown: rx,
                 cursors: Arc::new(Cursors::default()),
+                draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             tx,
         )
@@ -236,8 +260,10 @@ impl AppState {
 /// The application router.
 pub fn app(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
+    telemetry::handle();
     http::router(state)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(telemetry::track))
         .layer(axum::middleware::from_fn(net::linger))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -255,7 +281,14 @@ pub fn app(state: AppState) -> Router {
 pub struct Peer(pub std::net::SocketAddr);
 
 /// Serves `state` on `listener` (plain TCP, or [`tls::TlsListener`]) until `shutdown` completes,
-/// then closes push connections and waits for in-flight requests.
+/// then shuts down in order:
+/// 1. `/readyz` answers 503, and push connections close with 1001 "going away" (after answering
+///    the sends they had taken), so clients reconnect, through the load balancer, elsewhere;
+/// 2. for [`Config::drain`] the node still serves requests;
+/// 3. it stops accepting connections and waits for the requests in flight, at most
+///    [`Config::shutdown_timeout`] (a message is acknowledged only once durable, so one cut off
+///    there was never acknowledged, and its client sends it again);
+/// 4. the last read positions are saved.
 pub async fn serve<L>(
     listener: L,
     state: AppState,
@@ -267,13 +300,31 @@ where
 {
     let upkeep = tokio::spawn(maintenance(state.clone()));
     let listener = net::IdleListener::new(listener, state.config.read_idle);
+    let (drain, timeout) = (state.config.drain, state.config.shutdown_timeout);
+    let draining = state.draining.clone();
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let router = app(state).into_make_service_with_connect_info::<Peer>();
-    let out = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_push.send(true);
-        })
-        .await;
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        metrics::gauge!("sotto_draining").set(1.0);
+        let _ = stop_push.send(true);
+        tracing::info!(drain_ms = drain.as_millis() as u64, "draining");
+        tokio::time::sleep(drain).await;
+        let _ = stopping_tx.send(());
+    });
+    let server = server.into_future();
+    tokio::pin!(server);
+    let out = tokio::select! {
+        out = &mut server => out,
+        _ = stopping => match tokio::time::timeout(timeout, &mut server).await {
+            Ok(out) => out,
+            Err(_) => {
+                tracing::warn!("requests still in flight at the shutdown timeout; stopping anyway");
+                Ok(())
+            }
+        },
+    };
     // The final save of read positions runs when the shutdown signal flips; bounded wait.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), upkeep).await;
     out

@@ -87,6 +87,20 @@ pub enum Class {
 }
 
 impl Class {
+    /// The class as a metrics label.
+    fn label(self) -> &'static str {
+        match self {
+            Class::Register => "register",
+            Class::Claim => "claim",
+            Class::Send => "send",
+            Class::ConnectDevice => "connect_device",
+            Class::ConnectIp => "connect_ip",
+            Class::ClaimIp => "claim_ip",
+            Class::SendIp => "send_ip",
+            Class::Ephemeral => "ephemeral",
+        }
+    }
+
     fn what(self) -> &'static str {
         match self {
             Class::Register => "registrations from your address",
@@ -223,6 +237,7 @@ impl RateLimiter {
             return Ok(());
         }
         let wait = ((1.0 - b.tokens) / refill_per_sec).ceil().max(1.0) as u64;
+        metrics::counter!("sotto_rate_limited_total", "class" => class.label()).increment(1);
         Err(ApiError::rate_limited(
             format!("too many {}; try again in {wait} s", class.what()),
             wait,

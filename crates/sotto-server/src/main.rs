@@ -97,8 +97,138 @@ struct Args {
     /// Largest attachment in MiB (at most 2048).
     #[arg(long, env = "SOTTO_MAX_FILE_MB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=2048))]
     max_file_mb: u64,
+    /// On SIGTERM: seconds the node keeps serving with /readyz answering 503 (push connections
+    /// are closed with 1001 "going away" at once) before it stops accepting connections.
+    #[arg(long, env = "SOTTO_DRAIN_SECS", default_value_t = 2)]
+    drain_secs: u64,
+    /// On SIGTERM, after it stops accepting: the most seconds it waits for requests in flight.
+    #[arg(long, env = "SOTTO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    shutdown_timeout_secs: u64,
+    /// Serve /metrics (Prometheus) on this address instead of with the API, to keep it off a
+    /// public listener.
+    #[arg(long, env = "SOTTO_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// A TOML file of settings: each key is one of these flags' long name (`retention-days =
+    /// 7`, `no-rate-limits = true`). A flag or its environment variable wins over the file, the
+    /// file over the default; an unknown key or a bad value stops sottod at start.
+    #[arg(long, env = "SOTTO_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the configuration in effect (flags, environment, file, defaults) as a config file,
+    /// with secrets in URLs elided, and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The flags a config file may not set.
+const NOT_IN_FILE: &[&str] = &["config", "print-config", "help", "version"];
+
+/// Parses the command line, the environment and the `--config` file, in that precedence, over
+/// the defaults. Returns the arguments and the matches they came from.
+fn load_args() -> anyhow::Result<(Args, clap::ArgMatches)> {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Args::command().get_matches_from(&argv);
+    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        let args = Args::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!(first_line(&e)))?;
+        return Ok((args, matches));
+    };
+    let shown = path.display();
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("reading the config file {shown}: {e}"))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map(|r| text[..r.start].lines().count().max(1));
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        anyhow::anyhow!("{shown}{at}: {}", e.message().trim().replace('\n', "; "))
+    })?;
+    let cmd = Args::command();
+    // The file's settings, as the flags they stand for, for those the command line and the
+    // environment left at their defaults.
+    let mut from_file: Vec<std::ffi::OsString> = Vec::new();
+    for (key, value) in &table {
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && !NOT_IN_FILE.contains(&key.as_str()))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{shown}: unknown key `{key}` (keys are sottod's flags without the leading --)"
+                )
+            })?;
+        if matches!(
+            matches.value_source(arg.get_id().as_str()),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        match value {
+            toml::Value::Boolean(on) if switch => {
+                if *on {
+                    from_file.push(format!("--{key}").into());
+                }
+            }
+            toml::Value::String(v) if !switch => from_file.push(format!("--{key}={v}").into()),
+            toml::Value::Integer(v) if !switch => from_file.push(format!("--{key}={v}").into()),
+            _ => anyhow::bail!(
+                "{shown}: `{key}` takes {}",
+                if switch {
+                    "true or false"
+                } else {
+                    "a string or a number"
+                }
+            ),
+        }
+    }
+    let mut all = vec![argv[0].clone()];
+    all.extend(from_file);
+    all.extend(argv.into_iter().skip(1));
+    let matches = Args::command()
+        .try_get_matches_from(all)
+        .map_err(|e| anyhow::anyhow!("{} (flags, environment or {shown})", first_line(&e)))?;
+    let args = Args::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!(first_line(&e)))?;
+    Ok((args, matches))
+}
+
+/// A clap error's first line, without its `error: ` prefix.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+/// The configuration in effect, as a config file: every flag's value, whichever source it came
+/// from, with user info and queries in URLs elided; flags with no value are commented out.
+fn print_config(matches: &clap::ArgMatches) {
+    use clap::CommandFactory;
+    println!("# sottod configuration in effect (flags > environment > --config file > defaults)");
+    for arg in Args::command().get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if NOT_IN_FILE.contains(&long) {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            println!("{long} = {}", matches.get_flag(id));
+            continue;
+        }
+        match matches.get_raw(id).and_then(|mut v| v.next()) {
+            None => println!("# {long} ="),
+            Some(v) => {
+                let v = v.to_string_lossy();
+                if v.parse::<u64>().is_ok() {
+                    println!("{long} = {v}");
+                    continue;
+                }
+                let v = if v.contains("://") {
+                    redact(&v)
+                } else {
+                    v.into_owned()
+                };
+                println!("{long} = {}", toml::Value::String(v));
+            }
+        }
+    }
 }
 
 /// A rate limit flag: `N/s`, `N/min`, `N/h` or `off`.
@@ -127,6 +257,14 @@ enum Command {
         /// The PostgreSQL URL.
         #[arg(long)]
         to: String,
+    },
+    /// Copy the embedded database (--data-dir) into a new file while sottod may be serving it,
+    /// with SQLite's online backup API, and check the copy. Restore: stop sottod, put the file
+    /// in place as DATA_DIR/sotto.db (with no sotto.db-wal beside it), start sottod.
+    Backup {
+        /// The file to write (must not exist yet).
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -175,7 +313,11 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let (args, matches) = load_args()?;
+    if args.print_config {
+        print_config(&matches);
+        return Ok(());
+    }
     if let Some(Command::Migrate { from, to }) = &args.command {
         let report = sotto_server::migrate::sqlite_to_postgres(from, to, None)
             .await
@@ -185,6 +327,27 @@ async fn main() -> anyhow::Result<()> {
             println!("{table}: {rows} rows");
         }
         println!("migrated {} into {}", from.display(), redact(to));
+        return Ok(());
+    }
+    if let Some(Command::Backup { to }) = &args.command {
+        if args.database.is_some() {
+            anyhow::bail!(
+                "sottod backup copies the embedded database; for PostgreSQL use pg_dump or \
+                 continuous archiving (see the README)"
+            );
+        }
+        let report = sotto_server::backup::sqlite_backup(&args.data_dir, to)
+            .with_context(|| format!("backing up {}", args.data_dir.display()))?;
+        for (table, rows) in &report.tables {
+            println!("{table}: {rows} rows");
+        }
+        println!(
+            "backed up {} into {} ({} bytes, {} pages), integrity check: ok",
+            args.data_dir.display(),
+            to.display(),
+            report.bytes,
+            report.pages
+        );
         return Ok(());
     }
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -235,6 +398,9 @@ async fn main() -> anyhow::Result<()> {
         prune_interval_secs: args.prune_interval_secs,
         // Push connections are pinged every 30 s: a shorter timeout would cut live ones.
         read_idle: std::time::Duration::from_secs(args.idle_timeout_secs.max(65)),
+        drain: std::time::Duration::from_secs(args.drain_secs),
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
+        metrics_on_api: args.metrics_listen.is_none(),
         limits: if args.no_rate_limits {
             Limits::none()
         } else {
@@ -265,6 +431,22 @@ async fn main() -> anyhow::Result<()> {
     };
     let state = state
         .with_blobs(blobs.with_account_quota(args.account_quota_mb.saturating_mul(1024 * 1024)));
+    if let Some(addr) = args.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-listen {addr}"))?;
+        sotto_server::telemetry::handle();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async { sotto_server::http::metrics_response() }),
+        );
+        tracing::info!(%addr, "metrics served");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, router).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -316,5 +498,39 @@ mod tests {
         assert_eq!(redact("nats://tok@nats:4222"), "nats://***@nats:4222");
         assert_eq!(redact("host=db password=pw"), "***");
         assert_eq!(redact("postgres://db:5432/x"), "postgres://db:5432/x");
+    }
+
+    /// The README's configuration table is the operator's reference: every flag is in it, with
+    /// its environment variable.
+    #[test]
+    fn every_flag_is_in_the_readme_table() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../../README.md");
+        let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `--")).collect();
+        let mut missing = Vec::new();
+        for arg in super::Args::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            // In the row's first cell, as a whole flag (`--data-dir` is not `--database`).
+            let named = |row: &&&str| {
+                let cell = row.split('|').nth(1).unwrap_or_default();
+                cell.match_indices(&format!("--{long}")).any(|(i, m)| {
+                    !cell[i + m.len()..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+                })
+            };
+            let Some(row) = rows.iter().find(named) else {
+                missing.push(long.to_owned());
+                continue;
+            };
+            if let Some(env) = arg.get_env() {
+                if !row.contains(&*env.to_string_lossy()) {
+                    missing.push(format!("{long} ({})", env.to_string_lossy()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in README's table: {missing:?}");
     }
 }

@@ -30,7 +30,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one authenticated connection until it closes, goes idle or the server shuts down.
 pub async fn serve(socket: WebSocket, state: AppState, caller: Caller, ip: Option<IpAddr>) {
     let (tx, rx) = socket.split();
+    let open = metrics::gauge!("sotto_ws_connections");
+    open.increment(1.0);
     run(tx, rx, state, caller, ip).await;
+    open.decrement(1.0);
 }
 
 async fn send_frame<S>(tx: &mut S, frame: &ServerFrame) -> bool
@@ -239,7 +242,13 @@ pub async fn run<Tx, Rx>(
                         if !send_frame(&mut tx, &answer).await { break; }
                     }
                 }
-                let _ = tx.send(Message::Close(None)).await;
+                // 1001: the client reconnects, through the load balancer, to another node.
+                let _ = tx
+                    .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                        code: axum::extract::ws::close_code::AWAY,
+                        reason: "server shutting down".into(),
+                    })))
+                    .await;
                 break;
             }
         }

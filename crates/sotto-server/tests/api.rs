@@ -349,6 +349,9 @@ async fn authentication_is_required_and_checked() {
             "/v1/links/redeem",
             "/openapi.json",
             "/health",
+            "/healthz",
+            "/readyz",
+            "/metrics",
         ]
         .contains(path)
             || *method == "options"

@@ -102,6 +102,20 @@ impl Server {
         self.url.trim_start_matches("http://").to_owned()
     }
 
+    /// Starts the server's shutdown without waiting for it (see [`Server::finish`]).
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits until the server has shut down.
+    pub async fn finish(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -131,6 +145,22 @@ pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
+}
+
+/// The request that opens the push connection of `home`'s device on `server`.
+pub fn push_request(
+    server: &str,
+    home: &Path,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws{}/v1/ws", server.trim_start_matches("http")),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token_of(home)).parse().unwrap(),
+    );
+    req
 }
 
 /// The device's bearer token, read from its local store (tests only: to call the API as it).

@@ -265,6 +265,10 @@ pub trait Store: Send + Sync + 'static {
     /// `older_than` (unix seconds). Returns how many log entries went.
     async fn prune(&self, older_than: i64) -> Result<u64, StoreError>;
 
+    /// Answers when the store can serve: a trivial query through the same path requests take
+    /// (the readiness probe).
+    async fn ready(&self) -> Result<(), StoreError>;
+
     /// Deletes every message whose `expires_at` is at or before `now`, delivered or not, in
     /// bounded pieces so that sends go on meanwhile. Returns how many went.
     async fn expire(&self, now: i64) -> Result<u64, StoreError>;

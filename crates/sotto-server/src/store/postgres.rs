@@ -1458,6 +1458,15 @@ impl Store for PostgresStore {
         Ok(gone)
     }
 
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .query_one("SELECT 1", &[])
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+
     async fn expire(&self, now: i64) -> Result<u64, StoreError> {
         // In pieces of their own transactions, found through `log_expiring`: a send waits at
         // most for one piece's row locks, never for the whole purge.

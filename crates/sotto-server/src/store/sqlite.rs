@@ -675,6 +675,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        let (batch_started, batch_len) = (std::time::Instant::now(), batch.len());
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Dropping the jobs drops their reply channels: each caller gets a storage error and
             // nothing was changed.
@@ -748,6 +749,9 @@ fn writer_loop(
         };
         let new_rows = NEW_LOG_ROWS.with(|r| std::mem::take(&mut *r.borrow_mut()));
         if committed.is_ok() {
+            metrics::histogram!("sotto_store_batch_size").record(batch_len as f64);
+            metrics::histogram!("sotto_store_commit_seconds")
+                .record(batch_started.elapsed().as_secs_f64());
             // Before anyone is answered (and woken to fetch): the new rows are findable.
             let mut t = tail
                 .lock()
@@ -2086,6 +2090,11 @@ impl Store for SqliteStore {
             self.truncate_wal().await?;
         }
         Ok(gone)
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .await
     }
 
     async fn expire(&self, now: i64) -> Result<u64, StoreError> {
