@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sotto_server::store::{DeviceRecord, KeyPackages, NewCommit, Store};
 use sotto_server::SqliteStore;
 
-/// Expired entries to delete: enough that the purge takes many write jobs (2,000 rows each).
+/// Expired entries to delete: enough that the purge takes many write jobs (500 rows each).
 const TIMED: usize = 100_000;
 /// Entries that must survive: before the timer was set, and after it was turned off.
 const KEPT: usize = 200;

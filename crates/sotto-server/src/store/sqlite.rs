@@ -237,8 +237,11 @@ pub struct SqliteOptions {
 pub const LOG_INDEX_EVERY: usize = 4096;
 /// Pruning goes in write jobs of at most this many conversations (read positions) ...
 const PRUNE_CONVERSATIONS_PER_JOB: usize = 500;
-/// ... and this many rows: a few milliseconds of the writer each.
-const PRUNE_ROWS_PER_JOB: usize = 2000;
+/// ... and this many rows: a few milliseconds of the writer each. Sends queue behind a job (one
+/// writer), so its length is their worst added latency while a large backlog goes: 2,000 rows
+/// took ~16 ms a job in the purge benchmark (p99 of sends during it 38-42 ms), 500 rows ~4 ms
+/// (16-28 ms; BENCHMARKS.md, session 12).
+const PRUNE_ROWS_PER_JOB: usize = 500;
 
 /// The log rows not yet in `log_index`, shared by the writer (which adds rows once their batch has
 /// committed, and drops them once an index batch has) and the readers (which look here for the
