@@ -1430,6 +1430,12 @@ fn sottod_backup_copies_a_serving_database_that_restores() {
     for i in 0..5 {
         ok(&a, &["send", "bob", &format!("before the backup {i}")]);
     }
+    // Disappearing messages never go into a backup.
+    ok(&a, &["timer", "bob", "1h"]);
+    for i in 0..3 {
+        ok(&a, &["send", "bob", &format!("TIMED-NOT-IN-BACKUPS {i}")]);
+    }
+    ok(&a, &["timer", "bob", "off"]);
     let backup = |to: &Path| {
         Command::new(sottod_bin())
             .args(["--data-dir", data.to_str().unwrap(), "backup", "--to"])
@@ -1462,6 +1468,17 @@ fn sottod_backup_copies_a_serving_database_that_restores() {
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("integrity check: ok"), "{stdout}");
+    assert!(stdout.contains("left out 3 messages"), "{stdout}");
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let timed: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM log WHERE expires_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(timed, 0);
+    drop(conn);
     assert!(stdout.lines().any(|l| l.starts_with("log: ")), "{stdout}");
     assert!(sent_during > 0);
     // Never over an existing file; a data dir without a database is named.
@@ -1496,6 +1513,10 @@ fn sottod_backup_copies_a_serving_database_that_restores() {
             "{texts:?}"
         );
     }
+    assert!(
+        !texts.iter().any(|t| t.starts_with("TIMED-NOT-IN-BACKUPS")),
+        "{texts:?}"
+    );
     // What it holds of the sends racing it is a prefix: a snapshot, not a mix.
     let during: Vec<usize> = texts
         .iter()

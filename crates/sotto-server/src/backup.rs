@@ -5,6 +5,11 @@
 //! writer run side by side. The copy is written under a temporary name, switched to a single
 //! file (rollback journal, no -wal), checked with `integrity_check`, synced, and only then put
 //! in place, never over an existing file.
+//!
+//! Messages of conversations with a disappearing timer (or in vanish mode) are left out of the
+//! copy: a backup kept for years must not hold what was promised to be gone in an hour (the same
+//! rule the devices follow for their backups, DESIGN.md). They are deleted from the copy with
+//! `secure_delete` on, and the copy is vacuumed, so not even a free page holds them.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +48,8 @@ pub struct BackupReport {
     pub bytes: u64,
     /// Rows per table in the copy, by table name.
     pub tables: Vec<(String, i64)>,
+    /// Timed messages left out.
+    pub timed_left_out: u64,
 }
 
 /// Copies `data_dir/sotto.db` into the new file `to` (see the module docs).
@@ -107,6 +114,13 @@ fn copy_and_check(source: &Path, partial: &Path) -> Result<BackupReport, BackupE
     drop(src);
     // One file: the copy carries the source's WAL mode in its header until told otherwise.
     dst.pragma_update(None, "journal_mode", "DELETE")?;
+    dst.pragma_update(None, "secure_delete", "ON")?;
+    dst.execute(
+        "DELETE FROM log_index WHERE row IN (SELECT id FROM log WHERE expires_at IS NOT NULL)",
+        [],
+    )?;
+    let timed_left_out = dst.execute("DELETE FROM log WHERE expires_at IS NOT NULL", [])? as u64;
+    dst.execute_batch("VACUUM")?;
     let check: String = dst.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if check != "ok" {
         return Err(BackupError::Corrupt(check));
@@ -136,5 +150,6 @@ fn copy_and_check(source: &Path, partial: &Path) -> Result<BackupReport, BackupE
         pages: u64::try_from(pages).unwrap_or(0),
         bytes: u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0),
         tables,
+        timed_left_out,
     })
 }

@@ -342,6 +342,10 @@ async fn main() -> anyhow::Result<()> {
             println!("{table}: {rows} rows");
         }
         println!(
+            "left out {} messages of conversations with a disappearing timer",
+            report.timed_left_out
+        );
+        println!(
             "backed up {} into {} ({} bytes, {} pages), integrity check: ok",
             args.data_dir.display(),
             to.display(),
