@@ -97,13 +97,13 @@ impl<C: LimitClass> FromRequestParts<AppState> for Limited<C> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(class) = C::DEVICE {
             let Auth(c) = Auth::from_request_parts(parts, state).await?;
-            state.limiter.check(class, &c.device_id)?;
+            state.limiter.check(class, &c.device_id).await?;
         }
         if let Some(class) = C::IP {
             let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
                 .await
                 .unwrap_or(ClientIp(None));
-            state.limiter.check_ip(class, ip)?;
+            state.limiter.check_ip(class, ip).await?;
         }
         Ok(Limited(std::marker::PhantomData))
     }
@@ -369,11 +369,11 @@ async fn ws(
         )
         .into_response();
     }
-    if let Err(e) = s
-        .limiter
-        .check(Class::ConnectDevice, &c.device_id)
-        .and_then(|()| s.limiter.check_ip(Class::ConnectIp, ip))
-    {
+    let limited = match s.limiter.check(Class::ConnectDevice, &c.device_id).await {
+        Ok(()) => s.limiter.check_ip(Class::ConnectIp, ip).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = limited {
         return e.into_response();
     }
     match upgrade {

@@ -104,6 +104,14 @@ struct Args {
     /// On SIGTERM, after it stops accepting: the most seconds it waits for requests in flight.
     #[arg(long, env = "SOTTO_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     shutdown_timeout_secs: u64,
+    /// Keep the rate-limit buckets in Redis (`redis://HOST:PORT`), shared by every node, so N
+    /// nodes together allow the configured rates (default: each node its own, in memory).
+    #[arg(long, env = "SOTTO_LIMITS")]
+    limits: Option<String>,
+    /// When the --limits Redis cannot be reached: `closed` refuses limited requests with 503,
+    /// `open` falls back to each node's own buckets.
+    #[arg(long, env = "SOTTO_LIMITS_FAIL", value_enum, default_value_t = sotto_server::limits::FailMode::Closed)]
+    limits_fail: sotto_server::limits::FailMode,
     /// Serve /metrics (Prometheus) on this address instead of with the API, to keep it off a
     /// public listener.
     #[arg(long, env = "SOTTO_METRICS_LISTEN")]
@@ -420,7 +428,22 @@ async fn main() -> anyhow::Result<()> {
             }
         },
     };
-    let (state, stop_push) = AppState::new(store, bus, hub, config);
+    let limits = config.limits.clone();
+    let (mut state, stop_push) = AppState::new(store, bus, hub, config);
+    if let Some(url) = &args.limits {
+        if args.no_rate_limits {
+            anyhow::bail!("--limits and --no-rate-limits contradict each other");
+        }
+        let shared = sotto_server::limits::SharedBuckets::connect(url, args.limits_fail)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e} ({})", redact(url)))?;
+        tracing::info!(
+            redis = %redact(url),
+            when_unreachable = ?args.limits_fail,
+            "rate limits shared by every node through Redis"
+        );
+        state.limiter = Arc::new(sotto_server::limits::RateLimiter::shared(limits, shared));
+    }
     let blob_dir = args
         .blob_dir
         .clone()

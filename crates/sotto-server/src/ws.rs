@@ -99,8 +99,8 @@ async fn post(
     message: sotto_api::B64,
 ) -> ServerFrame {
     let res = async {
-        state.limiter.check(Class::Send, &caller.device_id)?;
-        state.limiter.check_ip(Class::SendIp, ip)?;
+        state.limiter.check(Class::Send, &caller.device_id).await?;
+        state.limiter.check_ip(Class::SendIp, ip).await?;
         ds::send(
             &state,
             &caller,

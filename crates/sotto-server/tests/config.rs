@@ -2,6 +2,8 @@
 //! through `--print-config` of the real binary; unknown keys and bad values stop it with one line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::process::Command;
 
 fn sottod(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
@@ -135,27 +137,18 @@ async fn metrics_on_their_own_address_leave_the_api() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sottod"))
-        .args(["--data-dir", dir.path().to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let api = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let server = support::Sottod::start(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--metrics-listen",
+            &metrics_addr,
+        ],
+        std::process::Stdio::null(),
+    );
+    let api = server.url.clone();
+    let http = support::http();
     let on_api = http.get(format!("{api}/metrics")).send().await.unwrap();
     assert_eq!(on_api.status(), 404);
     let _ = http.get(format!("{api}/healthz")).send().await.unwrap();
@@ -170,6 +163,5 @@ async fn metrics_on_their_own_address_leave_the_api() {
         text.contains("sotto_http_requests_total{route=\"/healthz\""),
         "{text}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }

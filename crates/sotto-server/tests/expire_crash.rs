@@ -5,14 +5,16 @@
 //! db, -wal or -shm file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
+mod support;
+
+use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sotto_server::store::{DeviceRecord, KeyPackages, NewCommit, Store};
 use sotto_server::SqliteStore;
+use support::Sottod;
 
 /// Expired entries to delete: enough that the purge takes many write jobs (500 rows each).
 const TIMED: usize = 100_000;
@@ -115,42 +117,22 @@ async fn fill(dir: &Path) {
     append_all(&store, 3, (KEPT / 2..KEPT).map(kept).collect()).await;
 }
 
-struct Sottod(Child);
-
-impl Sottod {
-    fn start(dir: &Path, log: &Path) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sottod"))
-            .args(["--data-dir", dir.to_str().unwrap()])
-            .args(["--listen", "127.0.0.1:0", "--prune-interval-secs", "1"])
-            .env("SOTTO_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("listening on "), "{line}");
-        Self(child)
-    }
-
-    fn kill9(mut self) {
-        self.0.kill().unwrap(); // SIGKILL
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Sottod {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// sottod on `dir`, deleting what is due every second, its log appended to `log`.
+fn start(dir: &Path, log: &Path) -> Sottod {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Sottod::start(
+        &[
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--prune-interval-secs",
+            "1",
+        ],
+        log.into(),
+    )
 }
 
 fn timed_left(conn: &rusqlite::Connection) -> usize {
@@ -202,7 +184,7 @@ async fn kill_9_in_the_middle_of_a_purge_loses_nothing_and_leaves_no_expired_cip
     )
     .unwrap();
     assert_eq!(timed_left(&watch), TIMED);
-    let server = Sottod::start(&data, &log);
+    let server = start(&data, &log);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = timed_left(&watch);
@@ -223,7 +205,7 @@ async fn kill_9_in_the_middle_of_a_purge_loses_nothing_and_leaves_no_expired_cip
 
     // Second run: finishes the purge (its log says so once the WAL is truncated too).
     let before = std::fs::read_to_string(&log).unwrap_or_default().len();
-    let server = Sottod::start(&data, &log);
+    let server = start(&data, &log);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
