@@ -92,3 +92,119 @@ async fn shutdown_drains_closes_push_with_going_away_and_loses_nothing_acknowled
     );
     again.stop().await;
 }
+
+/// A load balancer as the test needs one: each new connection goes to the first node whose
+/// `/readyz` answers 200 (checked as the connection comes), bytes copied both ways.
+async fn balancer(nodes: Vec<String>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let nodes = nodes.clone();
+            tokio::spawn(async move {
+                for node in &nodes {
+                    let ready = http()
+                        .get(format!("{node}/readyz"))
+                        .timeout(Duration::from_secs(1))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200);
+                    if !ready {
+                        continue;
+                    }
+                    if let Ok(mut out) =
+                        tokio::net::TcpStream::connect(node.trim_start_matches("http://")).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// The next text bob's listener reports, within 20 s.
+async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_hands_its_clients_to_another_and_loses_nothing() {
+    let Some((pg, nats)) = support::services().await else {
+        return;
+    };
+    let schema = support::schema_name("drain");
+    let dir = tempfile::tempdir().unwrap();
+    let draining = Config {
+        drain: Duration::from_millis(1500),
+        ..Config::default()
+    };
+    let mut a = Server::start_node_with(&pg, &schema, &nats, "127.0.0.1:0", draining).await;
+    let b = Server::start_node(&pg, &schema, &nats, "127.0.0.1:0").await;
+    let lb = balancer(vec![a.url.clone(), b.url.clone()]).await;
+    let alice = registered(&dir.path().join("alice"), &lb, "alice").await;
+    let bob = registered(&dir.path().join("bob"), &lb, "bob").await;
+    alice.dm("bob").send("hello").await.unwrap();
+    sync_texts(&bob).await;
+    drop(bob);
+
+    // bob listens through the balancer, so on node A.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let local = tokio::task::LocalSet::new();
+    let (bob_home, lb_url) = (dir.path().join("bob"), lb.clone());
+    let listener = local.spawn_local(async move {
+        let bob = support::client(&bob_home, &lb_url);
+        bob.listen(|ev| {
+            if let sotto_client::ListenEvent::Messages(m) = ev {
+                for m in m {
+                    let _ = tx.send(m.text);
+                }
+            }
+        })
+        .await
+    });
+    let (a_url, alice_home) = (a.url.clone(), dir.path().join("alice"));
+    let got = local
+        .run_until(async {
+            let mut got = Vec::new();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            alice.dm("bob").send("before the drain").await.unwrap();
+            got.extend(next(&mut rx).await);
+            drop(alice);
+            // Node A drains: bob's push connection goes, and comes back through node B.
+            a.begin_stop();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Sent to node A itself while it drains: acknowledged, so delivered.
+            let direct = support::client(&alice_home, &a_url);
+            direct
+                .dm("bob")
+                .send("to node A while it drains")
+                .await
+                .unwrap();
+            drop(direct);
+            got.extend(next(&mut rx).await);
+            let alice = support::client(&alice_home, &lb);
+            alice.dm("bob").send("after the drain").await.unwrap();
+            got.extend(next(&mut rx).await);
+            got
+        })
+        .await;
+    listener.abort();
+    a.finish().await;
+    assert_eq!(
+        got,
+        [
+            "before the drain",
+            "to node A while it drains",
+            "after the drain"
+        ],
+        "every acknowledged message, once, in order"
+    );
+    b.stop().await;
+    support::drop_schema(&pg, &schema).await;
+}

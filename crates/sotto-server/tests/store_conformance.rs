@@ -977,7 +977,7 @@ const LOG_AS_IN_SCHEMA_5: &str = "
         PRIMARY KEY (conversation_id, seq));
     INSERT INTO old_log SELECT conversation_id, seq, epoch, kind, sender_device, data, created_at
         FROM log ORDER BY id DESC;
-    DROP TABLE log; DROP TABLE log_index; DROP TABLE log_indexed;
+    DROP TABLE log; DROP TABLE log_index; DROP TABLE log_indexed; DROP TABLE log_expiry;
     ALTER TABLE old_log RENAME TO log;";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -997,8 +997,7 @@ async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
     {
         let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
         c.execute_batch(
-            "DROP INDEX log_expiring;
-             ALTER TABLE log DROP COLUMN expires_at;
+            "ALTER TABLE log DROP COLUMN expires_at;
              ALTER TABLE conversations DROP COLUMN expiry_secs;",
         )
         .unwrap();
@@ -1075,6 +1074,14 @@ async fn expiry(s: &dyn Store) {
 async fn sqlite_expires_timed_messages_only() {
     let dir = tempfile::tempdir().unwrap();
     expiry(&SqliteStore::open(dir.path()).unwrap()).await;
+    // The same with every write batch indexing its rows: timed rows are then found through
+    // `log_expiry`, not the unindexed tail.
+    let dir = tempfile::tempdir().unwrap();
+    let options = sotto_server::store::sqlite::SqliteOptions {
+        log_index_every: Some(1),
+        ..Default::default()
+    };
+    expiry(&SqliteStore::open_with(dir.path(), options).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1085,4 +1092,51 @@ async fn postgres_expires_timed_messages_only() {
     expiry(&store).await;
     drop(store);
     drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_upgrade_lists_indexed_timed_rows_for_the_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = sotto_server::store::sqlite::SqliteOptions {
+        log_index_every: Some(1),
+        ..Default::default()
+    };
+    let at = {
+        let s = SqliteStore::open_with(dir.path(), options).unwrap();
+        alice_and_bob_at_epoch_1(&s).await;
+        let mut timed = commit(1, "a1", &[]);
+        timed.expiry_secs = Some(30);
+        s.append_commit("c0ffee", timed).await.unwrap();
+        let m = s
+            .append_message("c0ffee", "alice", "a1", 2, b"timed before the upgrade")
+            .await
+            .unwrap()
+            .unwrap()
+            .accepted;
+        // One more write, so the timed row is indexed.
+        s.append_message("c0ffee", "alice", "a1", 2, b"and another")
+            .await
+            .unwrap()
+            .unwrap();
+        m.expires_at.unwrap() as i64
+    };
+    // Back to schema 7: a partial index on log instead of log_expiry.
+    {
+        let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+        let indexed: i64 = c
+            .query_row("SELECT COUNT(*) FROM log_expiry", [], |r| r.get(0))
+            .unwrap();
+        assert!(indexed >= 1, "the timed rows were indexed");
+        c.execute_batch(
+            "DROP TABLE log_expiry;
+             CREATE INDEX log_expiring ON log(expires_at) WHERE expires_at IS NOT NULL;
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open_with(dir.path(), options).unwrap();
+    assert_eq!(s.expire(at - 1).await.unwrap(), 0);
+    assert_eq!(s.expire(at + 1).await.unwrap(), 2);
+    let log = s.log_after("c0ffee", 0, 100).await.unwrap();
+    assert!(log.iter().all(|e| e.expires_at.is_none()));
 }

@@ -62,6 +62,17 @@ impl Server {
 
     /// A node over PostgreSQL (schema `schema`) with wake-ups over NATS.
     pub async fn start_node(pg_url: &str, schema: &str, nats: &str, addr: &str) -> Self {
+        Self::start_node_with(pg_url, schema, nats, addr, Config::default()).await
+    }
+
+    /// [`Server::start_node`] with `config`.
+    pub async fn start_node_with(
+        pg_url: &str,
+        schema: &str,
+        nats: &str,
+        addr: &str,
+        config: Config,
+    ) -> Self {
         let store = sotto_server::PostgresStore::connect(pg_url, Some(schema))
             .await
             .unwrap();
@@ -69,8 +80,7 @@ impl Server {
         let bus = sotto_server::NatsBus::connect(nats, hub.clone())
             .await
             .unwrap();
-        let (state, stop_push) =
-            AppState::new(Arc::new(store), Arc::new(bus), hub, Config::default());
+        let (state, stop_push) = AppState::new(Arc::new(store), Arc::new(bus), hub, config);
         Self::serve(state, stop_push, Path::new("/nonexistent"), addr).await
     }
 

@@ -158,6 +158,23 @@ ALTER TABLE conversations ADD COLUMN expiry_secs INTEGER;
 ALTER TABLE log ADD COLUMN expires_at INTEGER;
 CREATE INDEX log_expiring ON log(expires_at) WHERE expires_at IS NOT NULL;
 "#,
+    // Timed rows are found for deletion through `log_expiry`, which the writer fills in bulk with
+    // `log_index` (sorted, so each index batch touches the end of one b-tree), not through an
+    // index on `log` that every append updated (one more page per commit: the relay's p99 tail
+    // with a timer in every conversation, BENCHMARKS.md session 12). Rows past
+    // `log_indexed.upto` are found by their id range. Entries can outlive their row (a prune
+    // by read positions): the purge drops those when their time comes.
+    r#"
+CREATE TABLE log_expiry (
+    expires_at INTEGER NOT NULL,
+    row INTEGER NOT NULL,
+    PRIMARY KEY (expires_at, row)
+) WITHOUT ROWID;
+INSERT INTO log_expiry (expires_at, row)
+    SELECT expires_at, id FROM log
+    WHERE expires_at IS NOT NULL AND id <= (SELECT upto FROM log_indexed);
+DROP INDEX log_expiring;
+"#,
 ];
 
 /// A failure as a [`StoreError`]: SQLite out of space (the disk, or the configured size cap) is
@@ -350,6 +367,12 @@ fn index_log(conn: &Connection) -> rusqlite::Result<i64> {
                  ORDER BY conversation_id, seq",
             )?
             .execute(params![upto])?;
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO log_expiry (expires_at, row)
+             SELECT expires_at, id FROM log WHERE id > ?1 AND expires_at IS NOT NULL
+             ORDER BY expires_at, id",
+        )?
+        .execute(params![upto])?;
         if i64::try_from(added).unwrap_or(i64::MAX) < rows {
             tracing::error!(
                 rows,
@@ -2103,27 +2126,65 @@ impl Store for SqliteStore {
     async fn expire(&self, now: i64) -> Result<u64, StoreError> {
         let mut gone = 0u64;
         loop {
-            let n = self
+            let (looked_at, deleted) = self
                 .write_keeping_hot(move |tx| {
-                    let rows: Vec<(i64, String, i64)> = tx
+                    let budget = PRUNE_ROWS_PER_JOB as i64;
+                    // Due entries of `log_expiry`, then due rows not indexed yet (by id range).
+                    let mut due: Vec<(i64, i64, bool)> = tx
                         .prepare_cached(
-                            "SELECT id, conversation_id, seq FROM log
-                             WHERE expires_at IS NOT NULL AND expires_at <= ?1
+                            "SELECT expires_at, row FROM log_expiry WHERE expires_at <= ?1
                              ORDER BY expires_at LIMIT ?2",
                         )
                         .and_then(|mut s| {
-                            s.query_map(params![now, PRUNE_ROWS_PER_JOB as i64], |r| {
-                                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                            })?
-                            .collect::<Result<Vec<_>, _>>()
+                            s.query_map(params![now, budget], |r| Ok((r.get(0)?, r.get(1)?, true)))?
+                                .collect::<Result<Vec<_>, _>>()
                         })
                         .map_err(backend)?;
+                    if (due.len() as i64) < budget {
+                        let tail = tx
+                            .prepare_cached(
+                                "SELECT expires_at, id FROM log
+                                 WHERE id > (SELECT upto FROM log_indexed)
+                                 AND expires_at IS NOT NULL AND expires_at <= ?1
+                                 ORDER BY id LIMIT ?2",
+                            )
+                            .and_then(|mut s| {
+                                s.query_map(params![now, budget - due.len() as i64], |r| {
+                                    Ok((r.get(0)?, r.get(1)?, false))
+                                })?
+                                .collect::<Result<Vec<_>, _>>()
+                            })
+                            .map_err(backend)?;
+                        due.extend(tail);
+                    }
+                    let mut row_of = tx
+                        .prepare_cached(
+                            "SELECT conversation_id, seq FROM log WHERE id = ?1 AND expires_at = ?2",
+                        )
+                        .map_err(backend)?;
+                    let mut unlist = tx
+                        .prepare_cached("DELETE FROM log_expiry WHERE expires_at = ?1 AND row = ?2")
+                        .map_err(backend)?;
+                    let mut rows = Vec::with_capacity(due.len());
+                    for (at, row, listed) in &due {
+                        if *listed {
+                            unlist.execute(params![at, row]).map_err(backend)?;
+                        }
+                        // An entry whose row went already (a prune by read positions) has none.
+                        if let Some((c, seq)) = row_of
+                            .query_row(params![row, at], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                            .map_err(backend)?
+                        {
+                            rows.push((*row, c, seq));
+                        }
+                    }
                     delete_log_rows(tx, &rows)?;
-                    Ok(rows.len())
+                    Ok((due.len(), rows.len()))
                 })
                 .await?;
-            gone += n as u64;
-            if n < PRUNE_ROWS_PER_JOB {
+            gone += deleted as u64;
+            if looked_at < PRUNE_ROWS_PER_JOB {
                 break;
             }
         }
