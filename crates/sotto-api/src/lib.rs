@@ -82,6 +82,9 @@ pub enum ErrorCode {
     /// This node is shutting down, or cannot reach its store or bus (HTTP 503): try another
     /// node, or again shortly.
     Unavailable,
+    /// The server's operator locked this account (HTTP 403): every request of its devices is
+    /// refused until it is unlocked.
+    AccountLocked,
 }
 
 /// The JSON body of every error response.

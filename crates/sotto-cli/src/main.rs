@@ -138,8 +138,8 @@ enum Command {
         username: Option<String>,
     },
     /// Set a conversation's disappearing timer for every member: `timer USERNAME 1h`,
-    /// `timer --group GROUP 30m --after-read`, `timer USERNAME off`. 30 s to 4 weeks (`30s`,
-    /// `5m`, `1h`, `2d`, `1w`). In a group only admins may.
+    /// `timer --group GROUP 30m --after-read`, `timer USERNAME off`. Any duration from 30 s to
+    /// 4 weeks; the usual ones: 30s, 5m, 1h, 8h, 1d, 1w, 4w. In a group only admins may.
     Timer {
         /// A group (id, or its name if unique) instead of a user.
         #[arg(long)]

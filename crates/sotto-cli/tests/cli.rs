@@ -1532,3 +1532,111 @@ fn sottod_backup_copies_a_serving_database_that_restores() {
     let got = messages(&ok(&b, &["--server", &server.url, "sync", "--json"]));
     assert!(got.iter().any(|m| m["text"] == "after the restore"));
 }
+
+#[test]
+fn sottod_admin_lists_locks_and_unlocks_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("server");
+    let log = d.join("sottod.log");
+    let server = Sottod::start(&data, &log, "127.0.0.1:0");
+    let url = server.url.clone();
+    let (a, b) = (d.join("a"), d.join("b"));
+    for (home, user) in [(&a, "alice"), (&b, "bob")] {
+        ok(home, &["--server", &url, "register", user]);
+    }
+    ok(&a, &["send", "bob", "hello"]);
+    let admin = |args: &[&str]| {
+        let out = Command::new(sottod_bin())
+            .args(["--data-dir", data.to_str().unwrap(), "admin"])
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    };
+    // On the running deployment.
+    let listed = admin(&["accounts"]);
+    assert!(listed.ok, "{}", listed.stderr);
+    let row = |who: &str, listed: &str| -> Vec<String> {
+        listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{who}\t")))
+            .unwrap_or_else(|| panic!("{who} not in {listed}"))
+            .split('\t')
+            .map(str::to_owned)
+            .collect()
+    };
+    let alice = row("alice", &listed.stdout);
+    assert_eq!((alice[1].as_str(), alice[4].as_str()), ("1", "active"));
+    assert_ne!(alice[3], "-", "alice sent a message: she was active");
+    assert_eq!(
+        row("bob", &listed.stdout)[3],
+        "-",
+        "bob never sent anything"
+    );
+
+    // Locked while sottod is stopped: refused from its next start on; bob carries on.
+    server.kill9();
+    let locked = admin(&["lock", "alice"]);
+    assert!(locked.ok, "{}", locked.stderr);
+    assert_eq!(locked.stdout.trim(), "alice locked");
+    let server = Sottod::start(&data, &log, &url.replace("http://", ""));
+    fails(&a, &["sync"], "locked by the server's operator");
+    ok(&b, &["sync"]);
+    assert_eq!(row("alice", &admin(&["accounts"]).stdout)[4], "locked");
+
+    // Unlocked while it runs: at once.
+    assert!(admin(&["unlock", "alice"]).ok);
+    ok(&a, &["send", "bob", "back again"]);
+
+    // Locked while it runs: requests within the auth cache's 30 s, and alice's open push
+    // connection at its next check (every 30 s): `listen` ends with the reason.
+    let mut listen = Command::new(sotto_bin())
+        .arg("--home")
+        .arg(&a)
+        .args(["listen", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(admin(&["lock", "alice"]).ok);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let o = sotto(&a, &["sync"]);
+        if !o.ok {
+            assert!(o.stderr.contains("locked"), "{}", o.stderr);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice was never refused"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(s) = listen.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listen was never cut off"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut listen.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("locked"), "{err}");
+    // A name that is no account.
+    let nobody = admin(&["lock", "zed"]);
+    assert!(!nobody.ok);
+    assert!(nobody.stderr.contains("no account"), "{}", nobody.stderr);
+    drop(server);
+}

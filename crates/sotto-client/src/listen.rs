@@ -134,6 +134,14 @@ impl Client {
                                 current_epoch: None,
                             })
                         }
+                        tungstenite::Error::Http(resp) if resp.status() == 403 => {
+                            return Err(ClientError::Api {
+                                status: 403,
+                                code: ErrorCode::AccountLocked,
+                                message: "this account is locked by the server's operator".into(),
+                                current_epoch: None,
+                            })
+                        }
                         _ => format!("server unreachable at {}", transport.base),
                     };
                     on_event(ListenEvent::Disconnected(why));

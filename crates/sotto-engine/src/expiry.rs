@@ -111,6 +111,11 @@ pub fn format_duration(secs: u32) -> String {
 }
 
 /// Parses a duration: `30s`, `5m`, `1h`, `2d`, `1w`, or plain seconds.
+/// The timers a client offers first (any duration from 30 s to 4 weeks is valid), as
+/// [`parse_duration`] reads them: the common choices of the messengers people know.
+pub const TIMER_PRESETS: &[&str] = &["30s", "5m", "1h", "8h", "1d", "1w", "4w"];
+
+/// Reads `30`, `30s`, `5m`, `1h`, `2d`, `1w` (seconds, minutes, hours, days, weeks).
 pub fn parse_duration(s: &str) -> Option<u32> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -353,6 +358,16 @@ mod tests {
         assert_eq!(parse_duration("2d"), Some(172_800));
         assert_eq!(parse_duration("45"), Some(45));
         assert_eq!(parse_duration("1y"), None);
+        // Every preset is a valid timer, and they go up.
+        let presets: Vec<u32> = TIMER_PRESETS
+            .iter()
+            .map(|p| parse_duration(p).unwrap())
+            .collect();
+        assert!(presets.windows(2).all(|w| w[0] < w[1]));
+        for p in presets {
+            sotto_proto::group::Timer::new(p, TimerMode::AfterSend).unwrap();
+        }
+        assert_eq!(format_duration(parse_duration("4w").unwrap()), "4 w");
         assert_eq!(parse_duration("h"), None);
     }
 }

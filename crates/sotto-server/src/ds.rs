@@ -72,17 +72,40 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiEr
         .device_auth(device_id)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
-    if bool::from(presented.ct_eq(&auth.token_hash)) {
-        state
-            .hub
-            .tokens
-            .put(device_id, auth.token_hash, &auth.username);
-        Ok(Caller {
-            username: auth.username,
-            device_id: device_id.to_owned(),
-        })
-    } else {
-        Err(ApiError::unauthorized())
+    if !bool::from(presented.ct_eq(&auth.token_hash)) {
+        return Err(ApiError::unauthorized());
+    }
+    // Only after the token checked out: nobody learns an account is locked by guessing.
+    if auth.locked {
+        return Err(locked());
+    }
+    // Locked accounts are never cached, so an unlock counts at once; a lock counts within the
+    // cache's lifetime (AuthCache::TTL) on every node.
+    state
+        .hub
+        .tokens
+        .put(device_id, auth.token_hash, &auth.username);
+    Ok(Caller {
+        username: auth.username,
+        device_id: device_id.to_owned(),
+    })
+}
+
+fn locked() -> ApiError {
+    ApiError::new(
+        ErrorCode::AccountLocked,
+        "this account is locked by the server's operator",
+    )
+}
+
+/// Whether a device authenticated earlier (a push connection's) may still be served: not
+/// revoked, account not locked. Reads the store, not the cache: push connections call it every
+/// 30 s, so a lock reaches them within that.
+pub async fn still_allowed(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    match state.store.device_auth(&caller.device_id).await? {
+        None => Err(ApiError::unauthorized()),
+        Some(a) if a.locked => Err(locked()),
+        Some(_) => Ok(()),
     }
 }
 

@@ -274,6 +274,85 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Operator commands on the deployment's store (--data-dir or --database), whether sottod
+    /// is running or not.
+    Admin {
+        #[command(subcommand)]
+        action: Admin,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Admin {
+    /// List accounts: username, devices, registered, last active (UTC), state.
+    Accounts,
+    /// Lock an account: every request of its devices gets 403 account_locked (on running nodes
+    /// within 30 s; open push connections are closed within 30 s too).
+    Lock {
+        /// The account.
+        user: String,
+    },
+    /// Unlock an account.
+    Unlock {
+        /// The account.
+        user: String,
+    },
+}
+
+/// The deployment's store, for the admin commands.
+async fn admin_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &args.database {
+        Some(url) => Arc::new(
+            PostgresStore::connect(url, None)
+                .await
+                .with_context(|| format!("connecting to {}", redact(url)))?,
+        ),
+        None => {
+            if !args.data_dir.join("sotto.db").is_file() {
+                anyhow::bail!("no database in {}", args.data_dir.display());
+            }
+            Arc::new(
+                SqliteStore::open(&args.data_dir)
+                    .with_context(|| format!("opening data dir {}", args.data_dir.display()))?,
+            )
+        }
+    })
+}
+
+async fn admin(args: &Args, action: &Admin) -> anyhow::Result<()> {
+    let store = admin_store(args).await?;
+    let when = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    match action {
+        Admin::Accounts => {
+            println!("USERNAME\tDEVICES\tREGISTERED\tLAST_ACTIVE\tSTATE");
+            for a in store.admin_accounts().await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    a.username,
+                    a.devices,
+                    when(a.created_at),
+                    a.last_active.map_or_else(|| "-".into(), when),
+                    if a.locked { "locked" } else { "active" }
+                );
+            }
+        }
+        Admin::Lock { user } | Admin::Unlock { user } => {
+            let lock = matches!(action, Admin::Lock { .. });
+            if !store.set_locked(user, lock).await? {
+                anyhow::bail!("no account {user:?}");
+            }
+            println!("{user} {}", if lock { "locked" } else { "unlocked" });
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -336,6 +415,9 @@ async fn main() -> anyhow::Result<()> {
         }
         println!("migrated {} into {}", from.display(), redact(to));
         return Ok(());
+    }
+    if let Some(Command::Admin { action }) = &args.command {
+        return admin(&args, action).await;
     }
     if let Some(Command::Backup { to }) = &args.command {
         if args.database.is_some() {

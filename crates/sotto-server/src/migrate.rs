@@ -62,6 +62,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("username", Col::Text),
             ("identity_key", Col::Bytes),
             ("created_at", Col::Int),
+            ("locked", Col::Bool),
         ],
     ),
     (

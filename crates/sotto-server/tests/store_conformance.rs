@@ -978,7 +978,8 @@ const LOG_AS_IN_SCHEMA_5: &str = "
     INSERT INTO old_log SELECT conversation_id, seq, epoch, kind, sender_device, data, created_at
         FROM log ORDER BY id DESC;
     DROP TABLE log; DROP TABLE log_index; DROP TABLE log_indexed; DROP TABLE log_expiry;
-    ALTER TABLE old_log RENAME TO log;";
+    ALTER TABLE old_log RENAME TO log;
+    ALTER TABLE accounts DROP COLUMN locked;";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
@@ -1130,6 +1131,7 @@ async fn sqlite_upgrade_lists_indexed_timed_rows_for_the_purge() {
         c.execute_batch(
             "DROP TABLE log_expiry;
              CREATE INDEX log_expiring ON log(expires_at) WHERE expires_at IS NOT NULL;
+             ALTER TABLE accounts DROP COLUMN locked;
              PRAGMA user_version = 7;",
         )
         .unwrap();
@@ -1139,4 +1141,41 @@ async fn sqlite_upgrade_lists_indexed_timed_rows_for_the_purge() {
     assert_eq!(s.expire(at + 1).await.unwrap(), 2);
     let log = s.log_after("c0ffee", 0, 100).await.unwrap();
     assert!(log.iter().all(|e| e.expires_at.is_none()));
+}
+
+async fn admin(s: &dyn Store) {
+    alice_and_bob_at_epoch_1(s).await;
+    s.append_message("c0ffee", "alice", "a1", 1, b"hi")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!s.device_auth("a1").await.unwrap().unwrap().locked);
+    assert!(s.set_locked("alice", true).await.unwrap());
+    assert!(s.device_auth("a1").await.unwrap().unwrap().locked);
+    assert!(!s.device_auth("b1").await.unwrap().unwrap().locked);
+    assert!(!s.set_locked("zed", true).await.unwrap(), "no such account");
+    let accounts = s.admin_accounts().await.unwrap();
+    let names: Vec<_> = accounts.iter().map(|a| a.username.as_str()).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!((accounts[0].devices, accounts[0].locked), (1, true));
+    assert!(accounts[0].last_active.is_some());
+    assert_eq!(accounts[1].last_active, None);
+    assert!(s.set_locked("alice", false).await.unwrap());
+    assert!(!s.device_auth("a1").await.unwrap().unwrap().locked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locks_accounts_and_lists_them() {
+    let dir = tempfile::tempdir().unwrap();
+    admin(&SqliteStore::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_locks_accounts_and_lists_them() {
+    let Some((store, schema, url)) = postgres_store().await else {
+        return;
+    };
+    admin(&store).await;
+    drop(store);
+    drop_schema(&url, &schema).await;
 }

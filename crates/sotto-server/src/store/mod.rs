@@ -151,6 +151,24 @@ pub struct DeviceAuth {
     pub username: String,
     /// SHA-256 of its token secret.
     pub token_hash: [u8; 32],
+    /// Whether the operator locked the account.
+    pub locked: bool,
+}
+
+/// An account as the operator's `sottod admin accounts` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAccount {
+    /// Its username.
+    pub username: String,
+    /// Devices it has now.
+    pub devices: u64,
+    /// When it registered (Unix seconds).
+    pub created_at: i64,
+    /// When one of its devices last had a message or commit accepted (Unix seconds), if ever
+    /// (or still in the log).
+    pub last_active: Option<i64>,
+    /// Whether it is locked.
+    pub locked: bool,
 }
 
 /// A message waiting for a backend's group commit (see [`Store::append_message`]): the SQLite
@@ -268,6 +286,13 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the store can serve: a trivial query through the same path requests take
     /// (the readiness probe).
     async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Every account, by username, for the operator (reads the whole log for last activity).
+    async fn admin_accounts(&self) -> Result<Vec<AdminAccount>, StoreError>;
+
+    /// Locks (or unlocks) an account: its devices' requests are refused while it is locked.
+    /// `false`: no such account.
+    async fn set_locked(&self, username: &str, locked: bool) -> Result<bool, StoreError>;
 
     /// Deletes every message whose `expires_at` is at or before `now`, delivered or not, in
     /// bounded pieces so that sends go on meanwhile. Returns how many went.

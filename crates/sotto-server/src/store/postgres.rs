@@ -148,6 +148,10 @@ ALTER TABLE conversations ADD COLUMN expiry_secs INTEGER;
 ALTER TABLE log ADD COLUMN expires_at BIGINT;
 CREATE INDEX log_expiring ON log(expires_at) WHERE expires_at IS NOT NULL;
 "#,
+    // Accounts the operator locked (`sottod admin lock`).
+    r#"
+ALTER TABLE accounts ADD COLUMN locked BOOLEAN NOT NULL DEFAULT false;
+"#,
 ];
 
 /// How many expired messages one statement of [`PostgresStore::expire`] deletes.
@@ -882,7 +886,8 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let row = c
             .query_opt(
-                "SELECT username, token_hash FROM devices WHERE device_id = $1",
+                "SELECT d.username, d.token_hash, a.locked FROM devices d
+                 JOIN accounts a ON a.username = d.username WHERE d.device_id = $1",
                 &[&device_id],
             )
             .await
@@ -894,6 +899,7 @@ impl Store for PostgresStore {
                 token_hash: hash
                     .try_into()
                     .map_err(|_| StoreError::Backend("bad token hash".into()))?,
+                locked: r.get(2),
             })
         })
         .transpose()
@@ -1456,6 +1462,42 @@ impl Store for PostgresStore {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(gone)
+    }
+
+    async fn admin_accounts(&self) -> Result<Vec<AdminAccount>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT a.username, a.created_at, a.locked,
+                        (SELECT COUNT(*) FROM devices d WHERE d.username = a.username),
+                        (SELECT MAX(l.created_at) FROM log l JOIN devices d
+                         ON d.device_id = l.sender_device WHERE d.username = a.username)
+                 FROM accounts a ORDER BY a.username",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| AdminAccount {
+                username: r.get(0),
+                created_at: r.get(1),
+                locked: r.get(2),
+                devices: as_u64(r.get(3)),
+                last_active: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn set_locked(&self, username: &str, locked: bool) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE accounts SET locked = $2 WHERE username = $1",
+            &[&username, &locked],
+        )
+        .await
+        .map(|n| n == 1)
+        .map_err(backend)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -175,6 +175,10 @@ INSERT INTO log_expiry (expires_at, row)
     WHERE expires_at IS NOT NULL AND id <= (SELECT upto FROM log_indexed);
 DROP INDEX log_expiring;
 "#,
+    // Accounts the operator locked (`sottod admin lock`).
+    r#"
+ALTER TABLE accounts ADD COLUMN locked INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// A failure as a [`StoreError`]: SQLite out of space (the disk, or the configured size cap) is
@@ -1451,24 +1455,32 @@ impl Store for SqliteStore {
     async fn device_auth(&self, device_id: &str) -> Result<Option<DeviceAuth>, StoreError> {
         let device_id = device_id.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached("SELECT username, token_hash FROM devices WHERE device_id = ?1")
-                .and_then(|mut s| {
-                    s.query_row(params![device_id], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-                    })
-                    .optional()
+            conn.prepare_cached(
+                "SELECT d.username, d.token_hash, a.locked FROM devices d
+                 JOIN accounts a ON a.username = d.username WHERE d.device_id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![device_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
                 })
-                .map_err(backend)?
-                .map(|(username, hash)| {
-                    let token_hash = hash
-                        .try_into()
-                        .map_err(|_| StoreError::Backend("bad token hash".into()))?;
-                    Ok(DeviceAuth {
-                        username,
-                        token_hash,
-                    })
+                .optional()
+            })
+            .map_err(backend)?
+            .map(|(username, hash, locked)| {
+                let token_hash = hash
+                    .try_into()
+                    .map_err(|_| StoreError::Backend("bad token hash".into()))?;
+                Ok(DeviceAuth {
+                    username,
+                    token_hash,
+                    locked,
                 })
-                .transpose()
+            })
+            .transpose()
         })
         .await
     }
@@ -2121,6 +2133,45 @@ impl Store for SqliteStore {
     async fn ready(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
             .await
+    }
+
+    async fn admin_accounts(&self) -> Result<Vec<AdminAccount>, StoreError> {
+        self.read(|conn| {
+            conn.prepare(
+                "SELECT a.username, a.created_at, a.locked,
+                        (SELECT COUNT(*) FROM devices d WHERE d.username = a.username),
+                        (SELECT MAX(l.created_at) FROM log l JOIN devices d
+                         ON d.device_id = l.sender_device WHERE d.username = a.username)
+                 FROM accounts a ORDER BY a.username",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok(AdminAccount {
+                        username: r.get(0)?,
+                        created_at: r.get(1)?,
+                        locked: r.get(2)?,
+                        devices: as_u64(r.get(3)?),
+                        last_active: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_locked(&self, username: &str, locked: bool) -> Result<bool, StoreError> {
+        let username = username.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE accounts SET locked = ?2 WHERE username = ?1",
+                params![username, locked],
+            )
+            .map(|n| n == 1)
+            .map_err(backend)
+        })
+        .await
     }
 
     async fn expire(&self, now: i64) -> Result<u64, StoreError> {
