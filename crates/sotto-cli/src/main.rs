@@ -801,9 +801,23 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 ListenEvent::Updates(u) => print_updates(&u, json),
                 ListenEvent::Disconnected(why) => eprintln!("disconnected: {why}; reconnecting"),
             });
+            // Ctrl-C, or SIGTERM (a service manager, `kill`): the user leaves, and the purge
+            // below runs before the process ends.
+            #[cfg(unix)]
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let term = std::future::pending::<()>();
             tokio::select! {
                 r = listen => r?,
                 _ = tokio::signal::ctrl_c() => {}
+                _ = term => {}
             }
         }
     }

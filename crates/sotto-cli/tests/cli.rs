@@ -1640,3 +1640,47 @@ fn sottod_admin_lists_locks_and_unlocks_accounts() {
     assert!(nobody.stderr.contains("no account"), "{}", nobody.stderr);
     drop(server);
 }
+
+#[test]
+fn listen_stopped_by_sigterm_leaves_the_conversation_and_vanish_messages_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Sottod::start(&d.join("server"), &d.join("sottod.log"), "127.0.0.1:0");
+    let url = server.url.clone();
+    let (a, b) = (d.join("a"), d.join("b"));
+    for (home, user) in [(&a, "alice"), (&b, "bob")] {
+        ok(home, &["--server", &url, "register", user]);
+    }
+    ok(&a, &["send", "bob", "hello"]);
+    ok(&b, &["sync"]);
+    assert_eq!(ok(&a, &["vanish", "bob", "on"]).trim(), "vanish on");
+    let mut listen = Command::new(sotto_bin())
+        .arg("--home")
+        .arg(&b)
+        .args(["listen", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(listen.stdout.take().unwrap()).lines();
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&a, &["send", "bob", "VANISH-LISTEN-MARKER"]);
+    // bob's listen shows it ...
+    loop {
+        let line = lines.next().expect("listen printed it").unwrap();
+        if line.contains("VANISH-LISTEN-MARKER") {
+            break;
+        }
+    }
+    // ... and is stopped the way a service manager stops it.
+    let status = Command::new("kill")
+        .args(["-TERM", &listen.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = listen.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_absent(&b, &["VANISH-LISTEN-MARKER"]);
+    let hist = history_of(&b, &["alice"]);
+    assert!(hist.iter().any(|m| m["text"] == "hello"), "{hist:?}");
+}
