@@ -361,13 +361,9 @@ async fn ws(
     ClientIp(ip): ClientIp,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    if s.draining.load(std::sync::atomic::Ordering::SeqCst) {
+    if s.draining() {
         // A push connection opened now would be closed at once: send the client elsewhere.
-        return ApiError::new(
-            ErrorCode::Unavailable,
-            "draining: this node is shutting down",
-        )
-        .into_response();
+        return draining().into_response();
     }
     let limited = match s.limiter.check(Class::ConnectDevice, &c.device_id).await {
         Ok(()) => s.limiter.check_ip(Class::ConnectIp, ip).await,
@@ -419,12 +415,20 @@ pub fn metrics_response() -> Response {
         .into_response()
 }
 
+/// 503 `unavailable` for a node shutting down.
+fn draining() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "draining: this node is shutting down",
+    )
+}
+
 /// Readiness, for a load balancer: 200 while this node serves and reaches its store and bus;
 /// 503 `unavailable` once it is draining for shutdown, or when either is unreachable.
 async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     let unavailable = |why: &'static str| ApiError::new(ErrorCode::Unavailable, why);
-    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(unavailable("draining: this node is shutting down"));
+    if state.draining() {
+        return Err(draining());
     }
     match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
         Ok(Ok(())) => {}

@@ -206,8 +206,6 @@ pub struct AppState {
     pub limiter: Arc<limits::RateLimiter>,
     /// Attachment blobs (in memory unless [`AppState::with_blobs`] says where).
     pub blobs: Arc<blobs::Blobs>,
-    /// Set when the node starts shutting down: `/readyz` answers 503 from then on.
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -238,10 +236,14 @@ impl AppState {
                 config: Arc::new(config),
                 shutdown: rx,
                 cursors: Arc::new(Cursors::default()),
-                draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             tx,
         )
+    }
+
+    /// Whether the node is shutting down (`/readyz` then answers 503).
+    pub fn draining(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     /// The same state with its blobs kept in `blobs`.
@@ -301,14 +303,14 @@ where
     let upkeep = tokio::spawn(maintenance(state.clone()));
     let listener = net::IdleListener::new(listener, state.config.read_idle);
     let (drain, timeout) = (state.config.drain, state.config.shutdown_timeout);
-    let draining = state.draining.clone();
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let router = app(state).into_make_service_with_connect_info::<Peer>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
-        draining.store(true, std::sync::atomic::Ordering::SeqCst);
-        metrics::gauge!("sotto_draining").set(1.0);
+        // From here `AppState::draining` is true: `/readyz` and new push connections answer
+        // 503, open ones close.
         let _ = stop_push.send(true);
+        metrics::gauge!("sotto_draining").set(1.0);
         tracing::info!(drain_ms = drain.as_millis() as u64, "draining");
         tokio::time::sleep(drain).await;
         let _ = stopping_tx.send(());

@@ -238,7 +238,7 @@ impl LocalBuckets {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn take(&self, limits: &Limits, class: Class, key: &str, rate: Rate) -> Result<(), Refusal> {
+    fn take(&self, limits: &Limits, class: Class, key: Key<'_>, rate: Rate) -> Result<(), Refusal> {
         use std::hash::BuildHasher;
         let h = self.hash_key.hash_one((class, key));
         let now = Instant::now();
@@ -271,6 +271,28 @@ impl LocalBuckets {
 
     fn len(&self) -> usize {
         (0..SHARDS).map(|i| self.shard(i as u64).len()).sum()
+    }
+}
+
+/// What a bucket is for, hashed as it is (no text made on the local path).
+#[derive(Debug, Clone, Copy, Hash)]
+enum Key<'a> {
+    /// A device id.
+    Device(&'a str),
+    /// An IPv4 address.
+    V4([u8; 4]),
+    /// An IPv6 /64.
+    V6Net([u16; 4]),
+}
+
+impl Key<'_> {
+    /// The key as text, for the shared buckets (whose Redis keys every node must derive alike).
+    fn text(self) -> String {
+        match self {
+            Key::Device(d) => d.to_owned(),
+            Key::V4(b) => std::net::Ipv4Addr::from(b).to_string(),
+            Key::V6Net(s) => format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]),
+        }
     }
 }
 
@@ -343,8 +365,9 @@ impl SharedBuckets {
     }
 
     /// `Ok(None)`: Redis did not answer and the node fails open.
-    async fn take(&self, class: Class, key: &str, rate: Rate) -> Result<Option<()>, Refusal> {
+    async fn take(&self, class: Class, key: Key<'_>, rate: Rate) -> Result<Option<()>, Refusal> {
         use sha2::Digest;
+        let key = key.text();
         let mut h = sha2::Sha256::new();
         h.update(class.label().as_bytes());
         h.update([0]);
@@ -441,6 +464,10 @@ impl RateLimiter {
     /// `Retry-After`); 503 `unavailable` when it cannot tell (no room left for a new key, or the
     /// shared limiter is unreachable and the node fails closed).
     pub async fn check(&self, class: Class, key: &str) -> Result<(), ApiError> {
+        self.check_key(class, Key::Device(key)).await
+    }
+
+    async fn check_key(&self, class: Class, key: Key<'_>) -> Result<(), ApiError> {
         let Some(rate) = self.limits.rate(class) else {
             return Ok(());
         };
@@ -480,21 +507,18 @@ impl RateLimiter {
     /// subscriber's usual allocation, so cycling addresses gains nothing). No address, as in
     /// in-process tests: no limit.
     pub async fn check_ip(&self, class: Class, ip: Option<IpAddr>) -> Result<(), ApiError> {
-        match ip {
-            Some(IpAddr::V4(v4)) => self.check(class, &v4.to_string()).await,
+        let key = match ip {
+            Some(IpAddr::V4(v4)) => Key::V4(v4.octets()),
             Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-                Some(v4) => self.check(class, &v4.to_string()).await,
+                Some(v4) => Key::V4(v4.octets()),
                 None => {
                     let s = v6.segments();
-                    self.check(
-                        class,
-                        &format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]),
-                    )
-                    .await
+                    Key::V6Net([s[0], s[1], s[2], s[3]])
                 }
             },
-            None => Ok(()),
-        }
+            None => return Ok(()),
+        };
+        self.check_key(class, key).await
     }
 
     /// Drops this node's buckets that have refilled completely (they carry no state), each
@@ -582,7 +606,7 @@ mod tests {
         use std::hash::BuildHasher;
         (0..)
             .map(|i| format!("k{i}"))
-            .find(|k| l.local.hash_key.hash_one((class, k.as_str())) % SHARDS as u64 == n)
+            .find(|k| l.local.hash_key.hash_one((class, Key::Device(k))) % SHARDS as u64 == n)
             .expect("some key lands in every shard")
     }
 
@@ -638,7 +662,7 @@ mod tests {
             .map(|i| format!("x{i}"))
             .find(|k| {
                 use std::hash::BuildHasher;
-                l.local.hash_key.hash_one((Class::Send, k.as_str())) % SHARDS as u64 == 3
+                l.local.hash_key.hash_one((Class::Send, Key::Device(k))) % SHARDS as u64 == 3
                     && *k != slow
             })
             .unwrap();
