@@ -12,6 +12,32 @@ use serde::{Deserialize, Serialize};
 /// The API version prefix.
 pub const API_PREFIX: &str = "/v1";
 
+#[cfg(feature = "openapi")]
+pub mod schema;
+
+/// A username: 3 to 32 of `a-z`, `0-9`, `_`, `.`, `-`.
+pub const USERNAME_PATTERN: &str = "^[a-z0-9_.-]{3,32}$";
+/// A device id or a conversation id (also the MLS group id): 32 lowercase hex digits.
+pub const HEX32_PATTERN: &str = "^[0-9a-f]{32}$";
+/// A link id (hash-derived from the link secret) or a blob id: 64 lowercase hex digits.
+pub const HEX64_PATTERN: &str = "^[0-9a-f]{64}$";
+
+/// Whether `s` is exactly `len` lowercase hex digits (device and conversation ids: 32, link and
+/// blob ids: 64). Ids are refused in any other spelling, so that each has one.
+pub fn is_hex_id(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The largest sequence number, epoch or inbox id a request may name: the stores keep them as
+/// signed 64-bit integers.
+pub const MAX_COUNTER: u64 = i64::MAX as u64;
+
+/// The largest encrypted account bundle a device link may carry, in bytes: a multiple of 3, so
+/// that a base64 length (5,464 characters) states it exactly.
+pub const MAX_LINK_BUNDLE: usize = 4098;
+
 /// Binary data carried as a standard-base64 JSON string.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct B64(pub Vec<u8>);
@@ -46,8 +72,47 @@ impl<'de> Deserialize<'de> for B64 {
     }
 }
 
+/// Integers in request bodies, as JSON Schema reads them (the OpenAPI document's `integer`): a
+/// number with no fractional part, `3` or `3.0`, within the field's range.
+mod int {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(u64),
+        Float(f64),
+    }
+
+    /// 2^64: the first float past `u64::MAX`.
+    const PAST_U64: f64 = 18_446_744_073_709_551_616.0;
+
+    fn whole<'de, D: Deserializer<'de>>(n: Number, max: u64) -> Result<u64, D::Error> {
+        let v = match n {
+            Number::Int(v) => Some(v),
+            Number::Float(f) if f.fract() == 0.0 && (0.0..PAST_U64).contains(&f) => Some(f as u64),
+            Number::Float(_) => None,
+        };
+        v.filter(|v| *v <= max).ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a whole number from 0 to {max}"))
+        })
+    }
+
+    pub(crate) fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        whole::<D>(Number::deserialize(d)?, u64::MAX)
+    }
+
+    pub(crate) fn opt_u16<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+        match Option::<Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => whole::<D>(n, u64::from(u16::MAX)).map(|v| Some(v as u16)),
+        }
+    }
+}
+
 /// Stable error codes. Clients match on these, never on `message`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -89,6 +154,7 @@ pub enum ErrorCode {
 
 /// The JSON body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Stable code.
     pub code: ErrorCode,
@@ -101,12 +167,15 @@ pub struct ErrorBody {
 
 /// A device being registered (with a new account, or through a link).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
     /// The device certificate (sotto-proto encoding), signed by the account's identity key.
     pub certificate: B64,
+    #[cfg_attr(feature = "openapi", schema(max_items = 200))]
     /// One-time MLS key packages.
     pub key_packages: Vec<B64>,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 2))]
     /// Last-resort key packages (one per ciphersuite, at least one), handed out when the one-time
     /// ones of that ciphersuite run out.
     pub last_resort_key_packages: Vec<B64>,
@@ -114,10 +183,13 @@ pub struct NewDevice {
 
 /// `POST /v1/accounts`: register an account and its first device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// Unique username.
     pub username: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::IdentityKey))]
     /// The account's Ed25519 identity public key (32 bytes).
     pub identity_key: B64,
     /// The first device.
@@ -126,10 +198,13 @@ pub struct RegisterRequest {
 
 /// Answer to registration and link redemption.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
     /// The device id (from the certificate).
     pub device_id: String,
     /// The bearer token for this device: `DEVICE_ID:SECRET`. Shown once; the server keeps a hash.
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::Token))]
     pub token: String,
 }
 
@@ -143,24 +218,31 @@ impl std::fmt::Debug for RegisterResponse {
 
 /// One device of an account.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceInfo {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
     /// Device id (hex).
     pub device_id: String,
     /// Its certificate.
     pub certificate: B64,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     /// When it registered (RFC 3339).
     pub created_at: String,
 }
 
 /// `GET /v1/accounts/{username}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountInfo {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// Username.
     pub username: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::IdentityKey))]
     /// Identity public key.
     pub identity_key: B64,
     /// Its devices.
     pub devices: Vec<DeviceInfo>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::DeviceId>))]
     /// Ids of its revoked devices (their other devices remove them from conversations).
     #[serde(default)]
     pub revoked_devices: Vec<String>,
@@ -168,10 +250,13 @@ pub struct AccountInfo {
 
 /// `POST /v1/key-packages`: upload more key packages for the calling device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UploadKeyPackages {
+    #[cfg_attr(feature = "openapi", schema(max_items = 200))]
     /// One-time key packages.
     pub key_packages: Vec<B64>,
+    #[cfg_attr(feature = "openapi", schema(max_items = 2))]
     /// Replacement last-resort key packages (at most one per ciphersuite).
     #[serde(default)]
     pub last_resort_key_packages: Vec<B64>,
@@ -179,6 +264,7 @@ pub struct UploadKeyPackages {
 
 /// `GET /v1/key-packages/count`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyPackageCount {
     /// One-time key packages of the default (post-quantum hybrid) ciphersuite left for the calling
     /// device.
@@ -190,23 +276,29 @@ pub struct KeyPackageCount {
 
 /// `POST /v1/key-packages/claim`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// Whose devices to claim key packages for.
     pub username: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::DeviceId>))]
     /// Only these devices (all of the account's devices when empty). The calling device is never
     /// included.
     #[serde(default)]
     pub devices: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<schema::Ciphersuite>))]
     /// The MLS ciphersuite (IANA number) of the group the devices are for; the default
     /// (post-quantum hybrid) suite when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int::opt_u16")]
     pub ciphersuite: Option<u16>,
 }
 
 /// One claimed key package.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimedKeyPackage {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
     /// The device it belongs to.
     pub device_id: String,
     /// The key package.
@@ -215,6 +307,7 @@ pub struct ClaimedKeyPackage {
 
 /// Answer to a claim: one key package per device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimResponse {
     /// The key packages.
     pub key_packages: Vec<ClaimedKeyPackage>,
@@ -222,25 +315,32 @@ pub struct ClaimResponse {
 
 /// `POST /v1/dms`: get or create the DM conversation with `peer`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateDmRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// The other account.
     pub peer: String,
 }
 
 /// A conversation as the server sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationInfo {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
     /// Conversation id (32 hex digits; also the MLS group id).
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationKind))]
     /// `dm` or `group`.
     pub kind: String,
     /// Current MLS epoch (0 until the first commit).
     pub epoch: u64,
     /// Sequence number of the last log entry (0 when empty).
     pub last_seq: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::Username>))]
     /// Member accounts.
     pub members: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::Username>))]
     /// Accounts that left a group whose devices an admin has not removed from the MLS group yet.
     #[serde(default)]
     pub departed: Vec<String>,
@@ -249,11 +349,13 @@ pub struct ConversationInfo {
 /// `POST /v1/groups`: create an empty group conversation (the creator's first commit adds the
 /// members).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroupRequest {}
 
 /// `GET /v1/conversations`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationList {
     /// The calling account's conversations.
     pub conversations: Vec<ConversationInfo>,
@@ -261,9 +363,12 @@ pub struct ConversationList {
 
 /// `POST /v1/conversations/{id}/commits`: a commit bundle, applied atomically.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
+    #[cfg_attr(feature = "openapi", schema(maximum = 9223372036854775807_i64))]
     /// The epoch the commit was made in; must be the conversation's current epoch.
+    #[serde(deserialize_with = "int::u64")]
     pub epoch: u64,
     /// The commit (MLS PublicMessage).
     pub commit: B64,
@@ -278,10 +383,12 @@ pub struct CommitRequest {
 
 /// `POST /v1/conversations/{id}/messages`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// The MLS PrivateMessage.
     pub message: B64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::BlobId>, max_items = 32))]
     /// The attachment blobs the message names (`/v1/blobs`), so that the server keeps them as
     /// long as the message and no longer: finished uploads of the sender's account for this
     /// conversation. Uploads no message names are removed after a day.
@@ -291,6 +398,7 @@ pub struct SendRequest {
 
 /// A durable, accepted log entry.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Accepted {
     /// Its sequence number in the conversation.
     pub seq: u64,
@@ -306,6 +414,7 @@ pub struct Accepted {
 
 /// Kind of a log entry.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// An MLS commit.
@@ -316,6 +425,7 @@ pub enum EntryKind {
 
 /// One entry of a conversation log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogEntry {
     /// Sequence number (1, 2, ...).
     pub seq: u64,
@@ -323,6 +433,7 @@ pub struct LogEntry {
     pub epoch: u64,
     /// Commit or message.
     pub kind: EntryKind,
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
     /// The sending device.
     pub sender_device: String,
     /// The MLS message.
@@ -343,6 +454,7 @@ pub struct LogEntry {
 /// the server may prune once every member device has read it) is `after`, or `read` when that is
 /// smaller.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogPage {
     /// Entries with `seq > after`, in order.
     pub entries: Vec<LogEntry>,
@@ -352,9 +464,11 @@ pub struct LogPage {
 
 /// A welcome waiting in a device's inbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InboxItem {
     /// Inbox item id (increasing).
     pub id: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
     /// The conversation it admits the device to.
     pub conversation: String,
     /// The log sequence number of the commit that added the device: read the log after it.
@@ -369,6 +483,7 @@ pub struct InboxItem {
 
 /// `GET /v1/inbox`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Inbox {
     /// Items in id order.
     pub items: Vec<InboxItem>,
@@ -376,40 +491,52 @@ pub struct Inbox {
 
 /// `POST /v1/inbox/ack`: delete items up to and including `up_to`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InboxAck {
+    #[cfg_attr(feature = "openapi", schema(maximum = 9223372036854775807_i64))]
     /// Highest processed item id.
+    #[serde(deserialize_with = "int::u64")]
     pub up_to: u64,
 }
 
 /// `POST /v1/links`: offer a device link.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateLinkRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::LinkId))]
     /// Hash-derived link id (64 hex digits); the secret never reaches the server.
     pub link_id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::LinkBundleBytes))]
     /// The account bundle, encrypted under the link secret.
     pub bundle: B64,
 }
 
 /// Answer to a link offer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkCreated {
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     /// When the link stops working (RFC 3339).
     pub expires_at: String,
 }
 
 /// `POST /v1/links/fetch` and the first half of redemption.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LinkFetchRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::LinkId))]
     /// The link id.
     pub link_id: String,
 }
 
 /// The encrypted bundle of a pending link.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkBundle {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// Account username.
     pub username: String,
     /// The encrypted bundle.
@@ -418,8 +545,10 @@ pub struct LinkBundle {
 
 /// `POST /v1/links/redeem`: register a new device through a link (consumes it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LinkRedeemRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::LinkId))]
     /// The link id.
     pub link_id: String,
     /// The new device, certified by the account's identity key.
@@ -428,12 +557,14 @@ pub struct LinkRedeemRequest {
 
 /// Frames the server sends over `GET /v1/ws`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Sent once after the connection is authenticated.
     Ready,
     /// A conversation has entries up to `seq`.
     Conversation {
+        #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
         id: String,
         /// Its last sequence number.
@@ -447,6 +578,7 @@ pub enum ServerFrame {
     /// [`MAX_INLINE_ENTRY`] bytes): a client whose cursor is `entry.seq - 1` applies it without a
     /// fetch; any other client fetches the log as for [`ServerFrame::Conversation`].
     Entry {
+        #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
         id: String,
         /// The entry.
@@ -459,10 +591,12 @@ pub enum ServerFrame {
     /// gets it. `seq` is the conversation's last sequence number when it was relayed: a device
     /// behind it applies the log first; one past it drops the message as stale.
     Ephemeral {
+        #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
         id: String,
         /// The conversation's last sequence number at relay time.
         seq: u64,
+        #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
         /// The sending device.
         sender_device: String,
         /// The MLS application message.
@@ -565,11 +699,13 @@ pub const MAX_INLINE_ENTRY: usize = 2048;
 /// Frames a client may send over `GET /v1/ws` (JSON text frames of at most 4 KiB). Anything else
 /// closes the connection with code 1008.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// The device has applied `id`'s log up to `seq` (the server may then prune what every
     /// member device has read).
     Read {
+        #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
         id: String,
         /// Last applied sequence number.
@@ -586,6 +722,7 @@ pub enum ClientFrame {
         /// The client's reference for the answer.
         #[serde(rename = "ref")]
         reference: u64,
+        #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
         id: String,
         /// The MLS application message.
@@ -839,6 +976,40 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"code":"stale_epoch","message":"x","current_epoch":4}"#
         );
+    }
+
+    #[test]
+    fn request_integers_are_whole_json_numbers() {
+        let ack = |t: &str| serde_json::from_str::<InboxAck>(t).map(|a| a.up_to).ok();
+        assert_eq!(ack(r#"{"up_to":3}"#), Some(3));
+        assert_eq!(ack(r#"{"up_to":3.0}"#), Some(3));
+        assert_eq!(ack(r#"{"up_to":18446744073709551615}"#), Some(u64::MAX));
+        for bad in [
+            "3.5",
+            "-1",
+            "-1.0",
+            "1e30",
+            "\"3\"",
+            "null",
+            "18446744073709551616",
+        ] {
+            assert_eq!(ack(&format!(r#"{{"up_to":{bad}}}"#)), None, "{bad}");
+        }
+        let suite = |t: &str| {
+            serde_json::from_str::<ClaimRequest>(t)
+                .map(|c| c.ciphersuite)
+                .ok()
+        };
+        assert_eq!(suite(r#"{"username":"bob"}"#), Some(None));
+        assert_eq!(
+            suite(r#"{"username":"bob","ciphersuite":null}"#),
+            Some(None)
+        );
+        assert_eq!(
+            suite(r#"{"username":"bob","ciphersuite":77.0}"#),
+            Some(Some(77))
+        );
+        assert_eq!(suite(r#"{"username":"bob","ciphersuite":65536}"#), None);
     }
 
     #[test]

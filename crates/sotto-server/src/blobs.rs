@@ -37,7 +37,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
-use sotto_api::ErrorCode;
+use sotto_api::{ErrorBody, ErrorCode};
 
 use crate::error::ApiError;
 use crate::http::{ApiPath as UrlPath, Auth};
@@ -47,7 +47,7 @@ use crate::AppState;
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
 /// The most an operator may allow per file (2 GiB).
 pub const MAX_FILE_BYTES_CAP: u64 = 2 * 1024 * 1024 * 1024;
-const TUS_VERSION: &str = "1.0.0";
+pub(crate) const TUS_VERSION: &str = "1.0.0";
 /// How much of a request body is buffered before it is written on.
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// The default bytes of blobs one account may keep (4 GiB).
@@ -346,6 +346,39 @@ impl Blobs {
     }
 
     /// Bytes of blobs, finished or not, the account keeps.
+    /// Removes every upload and blob of an account (`sottod admin delete`). Returns how many.
+    pub async fn remove_account(&self, username: &str) -> Result<u64, ApiError> {
+        let entries: Vec<Path> = self
+            .store
+            .list(Some(&account_prefix(username)))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(internal)?;
+        let mut removed = 0;
+        for entry in entries {
+            let Some((id, _)) = entry.filename().and_then(|f| f.rsplit_once('-')) else {
+                continue;
+            };
+            let id = id.to_owned();
+            match self.meta(&id).await {
+                Ok(meta) => self.remove(&id, &meta).await?,
+                // An index entry whose blob is gone: drop the entry and any pieces left.
+                Err(_) => {
+                    for (path, _, _) in self.parts(&id).await.unwrap_or_default() {
+                        self.store.delete(&path).await.map_err(internal)?;
+                    }
+                    match self.store.delete(&entry).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(internal(e)),
+                    }
+                }
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     async fn usage(&self, username: &str) -> Result<u64, ApiError> {
         let mut total = 0u64;
         let mut list = self.store.list(Some(&account_prefix(username)));
@@ -552,17 +585,21 @@ fn metadata_conversation(h: &HeaderMap) -> Result<String, ApiError> {
             let v = base64::engine::general_purpose::STANDARD
                 .decode(kv.next().ok_or_else(bad)?.trim())
                 .map_err(|_| bad())?;
-            let id = String::from_utf8(v).map_err(|_| bad())?;
-            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            return Ok(id);
+            // Well-formed but naming no conversation id: no conversation of the caller's.
+            return String::from_utf8(v)
+                .ok()
+                .filter(|id| sotto_api::is_hex_id(id, 32))
+                .ok_or_else(|| ApiError::not_found("no such conversation"));
         }
     }
     Err(bad())
 }
 
-/// `OPTIONS /v1/blobs`: what the server supports, and its size limit.
+/// tus discovery: `Tus-Version`, `Tus-Extension` (creation, termination) and `Tus-Max-Size`.
+#[utoipa::path(options, path = "/v1/blobs", tag = "blobs",
+    responses((status = 204, description = "What this server supports", headers(
+        ("Tus-Version" = String), ("Tus-Extension" = String),
+        ("Tus-Max-Size" = u64, description = "The largest upload, in bytes")))))]
 async fn options(State(state): State<AppState>) -> Response {
     let mut h = HeaderMap::new();
     tus_headers(&mut h);
@@ -578,7 +615,19 @@ async fn options(State(state): State<AppState>) -> Response {
     (StatusCode::NO_CONTENT, h).into_response()
 }
 
-/// `POST /v1/blobs`: creates an upload.
+/// Create a resumable upload (tus 1.0 creation) of an encrypted attachment.
+///
+/// For a conversation this device is a member of. A file over the limit (`x-max-file-bytes`, and
+/// `Tus-Max-Size` from OPTIONS) is refused with 413 before any byte is sent.
+#[utoipa::path(post, path = "/v1/blobs", tag = "blobs", security(("device" = [])),
+    params(("Tus-Resumable" = crate::openapi::TusVersion, Header, description = "The tus version: 1.0.0"),
+        ("Upload-Length" = u64, Header, description = "The upload's length in bytes"),
+        ("Upload-Metadata" = crate::openapi::UploadMetadata, Header)),
+    responses(
+        (status = 201, description = "Created at `Location`", headers(
+            ("Location" = String, description = "/v1/blobs/{id}"), ("Upload-Offset" = u64))),
+        (status = 404, description = "No such conversation of the caller's", body = ErrorBody),
+        (status = 413, description = "Over the file size limit or the account's quota", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -652,7 +701,11 @@ async fn create(
     Ok((StatusCode::CREATED, h).into_response())
 }
 
-/// `HEAD /v1/blobs/{id}`: how much of the upload has arrived.
+/// How much of an upload has arrived (`Upload-Offset`, `Upload-Length`): where to resume.
+#[utoipa::path(head, path = "/v1/blobs/{id}", tag = "blobs", security(("device" = [])), params(("id" = sotto_api::schema::BlobId, Path, description = "The blob")),
+    responses(
+        (status = 200, description = "Its progress", headers(("Upload-Offset" = u64), ("Upload-Length" = u64))),
+        (status = 404, description = "No such upload of this device, or blob of its conversations")))]
 async fn status(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -689,7 +742,15 @@ async fn member(
         .is_some())
 }
 
-/// `PATCH /v1/blobs/{id}`: appends at `Upload-Offset`.
+/// Append to an upload at `Upload-Offset`; the last byte finishes the blob.
+#[utoipa::path(patch, path = "/v1/blobs/{id}", tag = "blobs", security(("device" = [])),
+    params(("id" = sotto_api::schema::BlobId, Path, description = "The blob"), ("Tus-Resumable" = crate::openapi::TusVersion, Header, description = "The tus version: 1.0.0"), ("Upload-Offset" = u64, Header, description = "Where these bytes go")),
+    request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
+    responses(
+        (status = 204, description = "Appended", headers(("Upload-Offset" = u64))),
+        (status = 404, description = "No such upload of this device", body = ErrorBody),
+        (status = 409, description = "The offset is not the upload's (ask with HEAD)", body = ErrorBody),
+        (status = 413, description = "Past the upload's length", body = ErrorBody)))]
 async fn append(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -790,8 +851,12 @@ async fn append(
     Ok((StatusCode::NO_CONTENT, h).into_response())
 }
 
-/// `DELETE /v1/blobs/{id}`: the uploading account removes its upload or blob (from any of its
-/// devices: a message unsent from another device takes its file with it).
+/// Remove an upload or blob (its uploading account only, from any of its devices: a message
+/// unsent from another device takes its file with it).
+#[utoipa::path(delete, path = "/v1/blobs/{id}", tag = "blobs", security(("device" = [])), params(("id" = sotto_api::schema::BlobId, Path, description = "The blob")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such upload or blob of this account", body = ErrorBody)))]
 async fn terminate(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -845,7 +910,14 @@ fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<std::ops::Range<u64>>, 
     Ok(Some(start..end))
 }
 
-/// `GET /v1/blobs/{id}`: a finished blob, whole or one range, to member devices.
+/// Download a finished blob, whole or one `Range`, as a member device of its conversation.
+#[utoipa::path(get, path = "/v1/blobs/{id}", tag = "blobs", security(("device" = [])),
+    params(("id" = sotto_api::schema::BlobId, Path, description = "The blob"), ("Range" = Option<crate::openapi::ByteRange>, Header, description = "One range of bytes")),
+    responses(
+        (status = 200, description = "The blob", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The range", content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("Content-Range" = String))),
+        (status = 404, description = "No such blob of the caller's conversations", body = ErrorBody)))]
 async fn download(
     State(state): State<AppState>,
     Auth(caller): Auth,

@@ -139,21 +139,9 @@ fn parse_username(s: &str) -> Result<Username, ApiError> {
     Username::new(s).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-/// Validates a device's certificate (for `username`, signed by `identity`) and its key packages.
-fn validate_device(
-    username: &Username,
-    identity: &IdentityPublicKey,
-    device: &NewDevice,
-) -> Result<(DeviceCertificate, KeyPackages), ApiError> {
-    let cert = DeviceCertificate::decode(&device.certificate.0)
-        .map_err(|e| ApiError::bad_request(format!("certificate: {e}")))?;
-    if &cert.username != username || &cert.identity_key != identity {
-        return Err(ApiError::bad_request(
-            "certificate is for another account or identity key",
-        ));
-    }
-    cert.verify_self_signed()
-        .map_err(|e| ApiError::bad_request(format!("certificate: {e}")))?;
+/// The counts a new device's key packages must keep to (what the OpenAPI document states), checked
+/// before anything is looked up.
+fn check_device_shape(device: &NewDevice) -> Result<(), ApiError> {
     if device.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_KEY_PACKAGES_PER_UPLOAD} key packages per upload"
@@ -164,6 +152,30 @@ fn validate_device(
             "a device needs a last-resort key package",
         ));
     }
+    if device.last_resort_key_packages.len() > 2 {
+        return Err(ApiError::bad_request(
+            "at most one last-resort key package per ciphersuite",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a device's certificate (for `username`, signed by `identity`) and its key packages.
+fn validate_device(
+    username: &Username,
+    identity: &IdentityPublicKey,
+    device: &NewDevice,
+) -> Result<(DeviceCertificate, KeyPackages), ApiError> {
+    check_device_shape(device)?;
+    let cert = DeviceCertificate::decode(&device.certificate.0)
+        .map_err(|e| ApiError::bad_request(format!("certificate: {e}")))?;
+    if &cert.username != username || &cert.identity_key != identity {
+        return Err(ApiError::bad_request(
+            "certificate is for another account or identity key",
+        ));
+    }
+    cert.verify_self_signed()
+        .map_err(|e| ApiError::bad_request(format!("certificate: {e}")))?;
     let kps = validate_key_packages(
         &cert,
         &device.key_packages,
@@ -324,9 +336,9 @@ pub async fn revoke_device(
     caller: &Caller,
     device_id: &str,
 ) -> Result<(), ApiError> {
-    device_id
-        .parse::<DeviceId>()
-        .map_err(|_| ApiError::not_found("device not found"))?;
+    if !is_hex_id(device_id, 32) {
+        return Err(ApiError::not_found("device not found"));
+    }
     state
         .store
         .revoke_device(&caller.username, device_id, &caller.device_id)
@@ -363,9 +375,8 @@ pub async fn claim(
     req: ClaimRequest,
 ) -> Result<ClaimResponse, ApiError> {
     let username = parse_username(&req.username)?;
-    for d in &req.devices {
-        d.parse::<DeviceId>()
-            .map_err(|_| ApiError::bad_request("invalid device id"))?;
+    if req.devices.iter().any(|d| !is_hex_id(d, 32)) {
+        return Err(ApiError::bad_request("invalid device id"));
     }
     let suite = match req.ciphersuite {
         None => u16::from(DEFAULT_CIPHERSUITE),
@@ -423,7 +434,11 @@ pub async fn create_dm(
     ensure_current(state, caller).await?;
     let peer = parse_username(&req.peer)?;
     if peer.as_str() == caller.username {
-        return Err(ApiError::bad_request("cannot start a DM with yourself"));
+        // Well-formed, so not a 400: it conflicts with what a DM is.
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "cannot start a DM with yourself",
+        ));
     }
     if state.store.account(peer.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("no account named {peer}")));
@@ -660,7 +675,10 @@ pub async fn leave(state: &AppState, caller: &Caller, id: &str) -> Result<(), Ap
     ensure_current(state, caller).await?;
     let c = member_conversation(state, caller, id).await?;
     if c.kind != "group" {
-        return Err(ApiError::bad_request("only groups can be left"));
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "only groups can be left",
+        ));
     }
     let admins: Vec<String> = match state.store.group_state(&c.id).await? {
         Some((_, snapshot)) => {
@@ -803,20 +821,22 @@ pub async fn inbox(state: &AppState, caller: &Caller) -> Result<Inbox, ApiError>
 
 /// Acknowledges inbox items.
 pub async fn ack_inbox(state: &AppState, caller: &Caller, req: InboxAck) -> Result<(), ApiError> {
+    if req.up_to > MAX_COUNTER {
+        return Err(ApiError::bad_request(
+            "up_to is an inbox id: at most 2^63-1",
+        ));
+    }
     state.store.ack_inbox(&caller.device_id, req.up_to).await?;
     Ok(())
 }
 
 fn check_link_id(link_id: &str) -> Result<(), ApiError> {
-    if link_id.len() == 64 && link_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if is_hex_id(link_id, 64) {
         Ok(())
     } else {
         Err(ApiError::bad_request("invalid link id"))
     }
 }
-
-/// The most an encrypted account bundle may weigh.
-const MAX_BUNDLE: usize = 4096;
 
 /// Offers a device link.
 pub async fn create_link(
@@ -825,7 +845,7 @@ pub async fn create_link(
     req: CreateLinkRequest,
 ) -> Result<LinkCreated, ApiError> {
     check_link_id(&req.link_id)?;
-    if req.bundle.0.is_empty() || req.bundle.0.len() > MAX_BUNDLE {
+    if req.bundle.0.is_empty() || req.bundle.0.len() > MAX_LINK_BUNDLE {
         return Err(ApiError::bad_request("bundle size out of range"));
     }
     let expires_at = now_secs() + state.config.link_ttl_secs;
@@ -866,6 +886,7 @@ pub async fn redeem_link(
     state: &AppState,
     req: LinkRedeemRequest,
 ) -> Result<RegisterResponse, ApiError> {
+    check_device_shape(&req.device)?;
     let LinkBundle { username, .. } = fetch_link(
         state,
         LinkFetchRequest {

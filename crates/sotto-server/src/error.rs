@@ -108,6 +108,10 @@ impl From<StoreError> for ApiError {
                 retry_after: None,
             },
             StoreError::NotFound(what) => Self::not_found(format!("{what} not found")),
+            StoreError::LinkTaken => Self::new(
+                ErrorCode::Conflict,
+                "a link with this id exists: make a new code",
+            ),
             StoreError::LinkExpired => {
                 Self::new(ErrorCode::LinkExpired, "link code expired or already used")
             }

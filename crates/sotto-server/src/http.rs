@@ -188,6 +188,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// Register an account and its first device.
+///
+/// The certificate must be signed by the identity key and name the username, and the key packages
+/// must be the certificate's device's.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered; the token is shown once", body = RegisterResponse),
+        (status = 400, description = "Malformed, or a certificate or key package that does not verify", body = ErrorBody),
+        (status = 409, description = "`username_taken`", body = ErrorBody)))]
 async fn register(
     State(s): State<AppState>,
     _: Limited<RegisterLimit>,
@@ -196,6 +205,12 @@ async fn register(
     Ok((StatusCode::CREATED, Json(ds::register(&s, req).await?)))
 }
 
+/// An account's identity key, devices and revoked devices.
+#[utoipa::path(get, path = "/v1/accounts/{username}", tag = "accounts", security(("device" = [])),
+    params(("username" = schema::Username, Path, description = "The account")),
+    responses(
+        (status = 200, description = "The account", body = AccountInfo),
+        (status = 404, description = "No such account", body = ErrorBody)))]
 async fn account(
     State(s): State<AppState>,
     Auth(_): Auth,
@@ -204,6 +219,11 @@ async fn account(
     Ok(Json(ds::account(&s, &name).await?))
 }
 
+/// Upload key packages for the calling device.
+#[utoipa::path(post, path = "/v1/key-packages", tag = "key packages", security(("device" = [])), request_body = UploadKeyPackages,
+    responses(
+        (status = 200, description = "How many the device now has", body = KeyPackageCount),
+        (status = 400, description = "Malformed, or a key package that does not verify or is not this device's", body = ErrorBody)))]
 async fn upload_kps(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -212,6 +232,17 @@ async fn upload_kps(
     Ok(Json(ds::upload_key_packages(&s, &c, req).await?))
 }
 
+/// Revoke a device of the caller's account.
+///
+/// Its token stops working at once, and it stops being a member device of every conversation (the
+/// account's other devices remove it from the MLS groups). The account's last device cannot be
+/// revoked.
+#[utoipa::path(delete, path = "/v1/devices/{device_id}", tag = "accounts", security(("device" = [])),
+    params(("device_id" = schema::DeviceId, Path, description = "A device of the caller's account")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such device of this account", body = ErrorBody),
+        (status = 409, description = "The account's last device", body = ErrorBody)))]
 async fn revoke_device(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -221,10 +252,18 @@ async fn revoke_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Count the calling device's one-time key packages.
+#[utoipa::path(get, path = "/v1/key-packages/count", tag = "key packages", security(("device" = [])),
+    responses((status = 200, description = "The counts", body = KeyPackageCount)))]
 async fn kp_count(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<KeyPackageCount> {
     Ok(Json(ds::key_package_count(&s, &c).await?))
 }
 
+/// Claim one key package per device of an account.
+#[utoipa::path(post, path = "/v1/key-packages/claim", tag = "key packages", security(("device" = [])), request_body = ClaimRequest,
+    responses(
+        (status = 200, description = "One key package per device that had one", body = ClaimResponse),
+        (status = 404, description = "No such account", body = ErrorBody)))]
 async fn claim(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -234,6 +273,12 @@ async fn claim(
     Ok(Json(ds::claim(&s, &c, req).await?))
 }
 
+/// Get or create the DM conversation with another account.
+#[utoipa::path(post, path = "/v1/dms", tag = "conversations", security(("device" = [])), request_body = CreateDmRequest,
+    responses(
+        (status = 200, description = "The DM", body = ConversationInfo),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "A DM with oneself", body = ErrorBody)))]
 async fn create_dm(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -242,6 +287,9 @@ async fn create_dm(
     Ok(Json(ds::create_dm(&s, &c, req).await?))
 }
 
+/// Create an empty group owned by the caller (its first commit adds the members).
+#[utoipa::path(post, path = "/v1/groups", tag = "conversations", security(("device" = [])), request_body = CreateGroupRequest,
+    responses((status = 201, description = "The group", body = ConversationInfo)))]
 async fn create_group(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -250,6 +298,13 @@ async fn create_group(
     Ok((StatusCode::CREATED, Json(ds::create_group(&s, &c).await?)))
 }
 
+/// Leave a group (an admin's device then removes the caller's devices from the MLS group).
+#[utoipa::path(post, path = "/v1/conversations/{id}/leave", tag = "conversations", security(("device" = [])),
+    params(("id" = schema::ConversationId, Path, description = "The group")),
+    responses(
+        (status = 204, description = "Left"),
+        (status = 404, description = "No such conversation of the caller's", body = ErrorBody),
+        (status = 409, description = "A DM, or the group's last admin while others remain", body = ErrorBody)))]
 async fn leave(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -259,10 +314,22 @@ async fn leave(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The calling account's conversations.
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", security(("device" = [])),
+    responses((status = 200, description = "Its conversations", body = ConversationList)))]
 async fn conversations(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<ConversationList> {
     Ok(Json(ds::conversations(&s, &c).await?))
 }
 
+/// Post a commit bundle (the first commit for an epoch wins).
+#[utoipa::path(post, path = "/v1/conversations/{id}/commits", tag = "conversations", security(("device" = [])),
+    params(("id" = schema::ConversationId, Path, description = "The conversation")),
+    request_body = CommitRequest,
+    responses(
+        (status = 200, description = "Accepted", body = Accepted),
+        (status = 400, description = "Malformed, or MLS content that does not verify", body = ErrorBody),
+        (status = 404, description = "No such conversation of the caller's", body = ErrorBody),
+        (status = 409, description = "`stale_epoch` (with `current_epoch`), or a conflicting change", body = ErrorBody)))]
 async fn commit(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -273,6 +340,15 @@ async fn commit(
     Ok(Json(ds::commit(&s, &c, &id, req).await?))
 }
 
+/// Post an MLS application message for the current epoch.
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages", tag = "conversations", security(("device" = [])),
+    params(("id" = schema::ConversationId, Path, description = "The conversation")),
+    request_body = SendRequest,
+    responses(
+        (status = 200, description = "Accepted: durable at `seq`", body = Accepted),
+        (status = 400, description = "Malformed, or not an MLS private message of this group", body = ErrorBody),
+        (status = 404, description = "No such conversation of the caller's, or an attachment that is not the sender's", body = ErrorBody),
+        (status = 409, description = "`stale_epoch` (with `current_epoch`)", body = ErrorBody)))]
 async fn send(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -283,6 +359,18 @@ async fn send(
     Ok(Json(ds::send(&s, &c, &id, req, None).await?))
 }
 
+/// Relay a typing indicator.
+///
+/// An MLS application message of at most 1 KiB, relayed to the conversation's connected devices as
+/// an `ephemeral` frame and never stored.
+#[utoipa::path(post, path = "/v1/conversations/{id}/ephemeral", tag = "conversations", security(("device" = [])),
+    params(("id" = schema::ConversationId, Path, description = "The conversation")),
+    request_body = SendRequest,
+    responses(
+        (status = 204, description = "Relayed"),
+        (status = 400, description = "Malformed, over 1 KiB, or not an MLS private message of this group", body = ErrorBody),
+        (status = 404, description = "No such conversation of the caller's", body = ErrorBody),
+        (status = 409, description = "`stale_epoch`", body = ErrorBody)))]
 async fn ephemeral(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -294,31 +382,61 @@ async fn ephemeral(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+/// Which entries a log page holds.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LogQuery {
+    /// Entries after this sequence number (0: from the start).
     #[serde(default)]
+    #[param(maximum = 9223372036854775807_i64)]
     after: u64,
+    /// At most this many entries (default and most: 500).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// How far the device has read, when that is before `after` (it is fetching on past an entry it
-    /// still needs kept, to retry it).
+    /// still needs kept, to retry it; default `after`).
+    #[param(maximum = 9223372036854775807_i64)]
     read: Option<u64>,
 }
 
+/// Log entries after a sequence number.
+#[utoipa::path(get, path = "/v1/conversations/{id}/log", tag = "conversations", security(("device" = [])),
+    params(("id" = schema::ConversationId, Path, description = "The conversation"), LogQuery),
+    responses(
+        (status = 200, description = "A page of entries", body = LogPage),
+        (status = 404, description = "No such conversation of the caller's", body = ErrorBody)))]
 async fn log(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<LogPage> {
+    if q.after > MAX_COUNTER || q.read.is_some_and(|r| r > MAX_COUNTER) {
+        return Err(ApiError::bad_request(
+            "after and read are sequence numbers: at most 2^63-1",
+        ));
+    }
+    if q.limit.is_some_and(|l| l == 0 || l > ds::MAX_LOG_PAGE) {
+        return Err(ApiError::bad_request(format!(
+            "limit is 1 to {} entries",
+            ds::MAX_LOG_PAGE
+        )));
+    }
     let read = q.read.map_or(q.after, |r| r.min(q.after));
     Ok(Json(ds::log(&s, &c, &id, q.after, q.limit, read).await?))
 }
 
+/// The calling device's pending welcomes.
+#[utoipa::path(get, path = "/v1/inbox", tag = "inbox", security(("device" = [])),
+    responses((status = 200, description = "The items", body = Inbox)))]
 async fn inbox(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<Inbox> {
     Ok(Json(ds::inbox(&s, &c).await?))
 }
 
+/// Delete processed inbox items.
+#[utoipa::path(post, path = "/v1/inbox/ack", tag = "inbox", security(("device" = [])), request_body = InboxAck,
+    responses((status = 204, description = "Deleted")))]
 async fn ack_inbox(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -328,6 +446,11 @@ async fn ack_inbox(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Offer a device link: an encrypted account bundle under a hash-derived id.
+#[utoipa::path(post, path = "/v1/links", tag = "links", security(("device" = [])), request_body = CreateLinkRequest,
+    responses(
+        (status = 201, description = "Offered", body = LinkCreated),
+        (status = 409, description = "A link with this id exists", body = ErrorBody)))]
 async fn create_link(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -339,6 +462,11 @@ async fn create_link(
     ))
 }
 
+/// Fetch a pending link's encrypted bundle.
+#[utoipa::path(post, path = "/v1/links/fetch", tag = "links", request_body = LinkFetchRequest,
+    responses(
+        (status = 200, description = "The bundle", body = LinkBundle),
+        (status = 410, description = "`link_expired`: no such link, expired or used", body = ErrorBody)))]
 async fn fetch_link(
     State(s): State<AppState>,
     _: Limited<RegisterLimit>,
@@ -347,6 +475,12 @@ async fn fetch_link(
     Ok(Json(ds::fetch_link(&s, req).await?))
 }
 
+/// Register a new device through a link (consumes it).
+#[utoipa::path(post, path = "/v1/links/redeem", tag = "links", request_body = LinkRedeemRequest,
+    responses(
+        (status = 201, description = "Registered; the token is shown once", body = RegisterResponse),
+        (status = 400, description = "Malformed, or a certificate or key package that does not verify", body = ErrorBody),
+        (status = 410, description = "`link_expired`: no such link, expired or used", body = ErrorBody)))]
 async fn redeem_link(
     State(s): State<AppState>,
     _: Limited<RegisterLimit>,
@@ -355,6 +489,16 @@ async fn redeem_link(
     Ok((StatusCode::CREATED, Json(ds::redeem_link(&s, req).await?)))
 }
 
+/// The push channel (WebSocket).
+///
+/// Server frames are `ServerFrame`; client frames (at most 4 KiB) are `ClientFrame`: a read
+/// position, or a message to post as `POST .../messages` does, answered by `sent` or `refused` with
+/// the same `ref` (at most 64 unanswered).
+#[utoipa::path(get, path = "/v1/ws", tag = "push", security(("device" = [])),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this node is draining", body = ErrorBody)))]
 async fn ws(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -386,17 +530,35 @@ async fn ws(
     }
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
     Json(crate::openapi::document_with(state.blobs.max_file_bytes))
 }
 
-/// Liveness: the process answers (`/healthz`, and `/health` as before).
+/// Liveness: the process answers (also at `/health`).
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
 async fn health() -> &'static str {
     "ok"
 }
 
-/// Prometheus metrics, unless the operator serves them on their own address
-/// (`--metrics-listen`).
+/// Liveness, as `/healthz` (the older name).
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
+async fn health_alias() -> &'static str {
+    "ok"
+}
+
+/// Prometheus metrics (text format 0.0.4).
+///
+/// 404 when the operator serves them on their own address (`--metrics-listen`). No label names an
+/// account, device, conversation or message.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain", body = String),
+        (status = 404, description = "Served on another address", body = ErrorBody)))]
 async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
     if !state.config.metrics_on_api {
         return Err(ApiError::not_found(
@@ -423,8 +585,14 @@ fn draining() -> ApiError {
     )
 }
 
-/// Readiness, for a load balancer: 200 while this node serves and reaches its store and bus;
-/// 503 `unavailable` once it is draining for shutdown, or when either is unreachable.
+/// Readiness, for a load balancer.
+///
+/// 200 while this node serves and reaches its store and bus; 503 `unavailable` while it drains for
+/// shutdown, or when either is unreachable.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String),
+        (status = 503, description = "`unavailable`", body = ErrorBody)))]
 async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     let unavailable = |why: &'static str| ApiError::new(ErrorCode::Unavailable, why);
     if state.draining() {
@@ -514,7 +682,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/links/redeem", post(redeem_link))
         .route("/v1/ws", get(ws))
         .route("/openapi.json", get(openapi))
-        .route("/health", get(health))
+        .route("/health", get(health_alias))
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))

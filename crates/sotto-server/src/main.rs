@@ -297,6 +297,16 @@ enum Admin {
         /// The account.
         user: String,
     },
+    /// Delete an account: its devices, key packages, inbox, link codes and files go, and it
+    /// leaves every conversation (members' next sync removes its devices from the MLS groups).
+    /// Its username stays taken. Running nodes refuse its devices within 30 s.
+    Delete {
+        /// The account.
+        user: String,
+        /// Confirm: without it, nothing is deleted.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// The deployment's store, for the admin commands.
@@ -315,6 +325,24 @@ async fn admin_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
                 SqliteStore::open(&args.data_dir)
                     .with_context(|| format!("opening data dir {}", args.data_dir.display()))?,
             )
+        }
+    })
+}
+
+/// The deployment's file store (for serving and for the admin commands).
+fn open_blobs(args: &Args) -> anyhow::Result<sotto_server::blobs::Blobs> {
+    let max_file = args.max_file_mb * 1024 * 1024;
+    Ok(match &args.blob_store {
+        Some(url) => {
+            sotto_server::blobs::Blobs::from_url(url, max_file).map_err(anyhow::Error::msg)?
+        }
+        None => {
+            let dir = args
+                .blob_dir
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("blobs"));
+            sotto_server::blobs::Blobs::local(&dir, max_file)
+                .with_context(|| format!("opening blob dir {}", dir.display()))?
         }
     })
 }
@@ -343,6 +371,28 @@ async fn admin(args: &Args, action: &Admin) -> anyhow::Result<()> {
                     if a.locked { "locked" } else { "active" }
                 );
             }
+        }
+        Admin::Delete { user, yes } => {
+            if !*yes {
+                anyhow::bail!(
+                    "deleting {user:?} cannot be undone: run again with --yes to delete it"
+                );
+            }
+            let Some(gone) = store.delete_account(user).await? else {
+                anyhow::bail!("no account {user:?}");
+            };
+            // The files after the account: a file left by a failure here is an orphan the
+            // operator can remove by running the command again (the account is gone, its
+            // files' index is not).
+            let files = open_blobs(args)?
+                .remove_account(user)
+                .await
+                .map_err(|e| anyhow::anyhow!("removing {user:?}'s files: {}", e.message))?;
+            println!(
+                "{user} deleted: {} devices, {} conversations left, {files} files",
+                gone.devices.len(),
+                gone.conversations.len()
+            );
         }
         Admin::Lock { user } | Admin::Unlock { user } => {
             let lock = matches!(action, Admin::Lock { .. });
@@ -526,18 +576,7 @@ async fn main() -> anyhow::Result<()> {
         );
         state.limiter = Arc::new(sotto_server::limits::RateLimiter::shared(limits, shared));
     }
-    let blob_dir = args
-        .blob_dir
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("blobs"));
-    let max_file = args.max_file_mb * 1024 * 1024;
-    let blobs = match &args.blob_store {
-        Some(url) => {
-            sotto_server::blobs::Blobs::from_url(url, max_file).map_err(anyhow::Error::msg)?
-        }
-        None => sotto_server::blobs::Blobs::local(&blob_dir, max_file)
-            .with_context(|| format!("opening blob dir {}", blob_dir.display()))?,
-    };
+    let blobs = open_blobs(&args)?;
     let state = state
         .with_blobs(blobs.with_account_quota(args.account_quota_mb.saturating_mul(1024 * 1024)));
     if let Some(addr) = args.metrics_listen {

@@ -66,6 +66,10 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
         ],
     ),
     (
+        "deleted_accounts",
+        &[("username", Col::Text), ("deleted_at", Col::Int)],
+    ),
+    (
         "devices",
         &[
             ("device_id", Col::Text),

@@ -1,415 +1,272 @@
-//! The OpenAPI 3 document served at `GET /openapi.json`. Kept beside the router; a test checks that
-//! every route is documented and nothing else is.
+//! The OpenAPI 3.1 document served at `GET /openapi.json`, generated: the schemas come from
+//! `sotto-api`'s wire types (feature `openapi`) and the operations from the handlers' attributes.
+//! What is common to many operations (the bearer scheme, the errors every authenticated or
+//! rate-limited route can answer) is added here once. A test checks that every route is
+//! documented and nothing else is; `tests/schemathesis.rs` checks the document against a running
+//! server.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use sotto_api::ErrorBody;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Content, HttpMethod, RefOr};
+use utoipa::{Modify, OpenApi};
 
-struct Op {
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    auth: bool,
-    request: Option<&'static str>,
-    response: Option<(&'static str, &'static str)>,
+use crate::http;
+
+/// Routes whose requests take a token from a rate-limit bucket (see `http::Limited`): they can
+/// answer 429 with `Retry-After`.
+const LIMITED: &[(&str, &str)] = &[
+    ("post", "/v1/accounts"),
+    ("post", "/v1/key-packages/claim"),
+    ("post", "/v1/conversations/{id}/commits"),
+    ("post", "/v1/conversations/{id}/messages"),
+    ("post", "/v1/conversations/{id}/ephemeral"),
+    ("post", "/v1/links/fetch"),
+    ("post", "/v1/links/redeem"),
+    ("get", "/v1/ws"),
+];
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sottod",
+        description = "Sotto delivery service: stores and forwards MLS ciphertext only. Every \
+                       error is `ErrorBody` with a stable `code`. Push frames over `/v1/ws` are \
+                       `ServerFrame` (server to client) and `ClientFrame` (client to server)."
+    ),
+    paths(
+        http::register,
+        http::account,
+        http::upload_kps,
+        http::revoke_device,
+        http::kp_count,
+        http::claim,
+        http::create_dm,
+        http::create_group,
+        http::conversations,
+        http::leave,
+        http::commit,
+        http::send,
+        http::ephemeral,
+        http::log,
+        http::inbox,
+        http::ack_inbox,
+        http::create_link,
+        http::fetch_link,
+        http::redeem_link,
+        http::ws,
+        http::openapi,
+        http::health,
+        http::health_alias,
+        http::ready,
+        http::metrics_text,
+        crate::blobs::create,
+        crate::blobs::options,
+        crate::blobs::download,
+        crate::blobs::status,
+        crate::blobs::append,
+        crate::blobs::terminate,
+    ),
+    // Bodies bring their schemas; parameters' and frames' are named here.
+    components(schemas(
+        sotto_api::ServerFrame,
+        sotto_api::ClientFrame,
+        ErrorBody,
+        sotto_api::schema::Username,
+        sotto_api::schema::DeviceId,
+        sotto_api::schema::ConversationId,
+        sotto_api::schema::BlobId,
+        TusVersion,
+        UploadMetadata,
+        ByteRange,
+    )),
+    modifiers(&Common)
+)]
+struct ApiDoc;
+
+/// What many operations share.
+struct Common;
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                "ErrorBody",
+            )))),
+        )
+        .into()
 }
 
-const fn op(
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    auth: bool,
-    request: Option<&'static str>,
-    response: Option<(&'static str, &'static str)>,
-) -> Op {
-    Op {
-        method,
-        path,
-        summary,
-        auth,
-        request,
-        response,
+fn add(op: &mut Operation, status: &str, description: &str) {
+    op.responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| error_response(description));
+}
+
+impl Modify for Common {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "device",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`DEVICE_ID:SECRET`, from registration or a link"))
+                    .build(),
+            ),
+        );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let ops = [
+                (HttpMethod::Get, item.get.as_mut()),
+                (HttpMethod::Post, item.post.as_mut()),
+                (HttpMethod::Put, item.put.as_mut()),
+                (HttpMethod::Delete, item.delete.as_mut()),
+                (HttpMethod::Head, item.head.as_mut()),
+                (HttpMethod::Patch, item.patch.as_mut()),
+                (HttpMethod::Options, item.options.as_mut()),
+            ];
+            for (method, op) in ops {
+                let Some(op) = op else { continue };
+                let method = method_name(&method);
+                let takes_input = op.request_body.is_some()
+                    || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                if takes_input {
+                    add(
+                        op,
+                        "400",
+                        "`bad_request`: a malformed body, parameter or header",
+                    );
+                }
+                if op.request_body.is_some() {
+                    add(
+                        op,
+                        "413",
+                        "`payload_too_large`: the body is over the server's limit",
+                    );
+                }
+                if op.security.is_some() {
+                    add(
+                        op,
+                        "401",
+                        "`unauthorized`: a missing, wrong or revoked device token",
+                    );
+                    add(
+                        op,
+                        "403",
+                        "`account_locked`: the server's operator locked this account; \
+                         `forbidden`: not allowed",
+                    );
+                }
+                if LIMITED.contains(&(method, path.as_str())) {
+                    let limited = ResponseBuilder::new()
+                        .description("`rate_limited`: try again after `Retry-After` seconds")
+                        .header(
+                            "Retry-After",
+                            utoipa::openapi::header::Header::new(
+                                ObjectBuilder::new().schema_type(Type::Integer),
+                            ),
+                        )
+                        .content(
+                            "application/json",
+                            Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                                "ErrorBody",
+                            )))),
+                        );
+                    op.responses
+                        .responses
+                        .insert("429".to_owned(), limited.into());
+                }
+                if path.starts_with("/v1/") {
+                    add(
+                        op,
+                        "500",
+                        "`internal`: a server-side failure; nothing was changed",
+                    );
+                    if matches!(method, "post" | "patch") {
+                        add(
+                            op,
+                            "507",
+                            "`storage_full`: the server's storage is full; nothing was changed",
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
-const OPS: &[Op] = &[
-    op(
-        "post",
-        "/v1/accounts",
-        "Register an account and its first device",
-        false,
-        Some("RegisterRequest"),
-        Some(("201", "RegisterResponse")),
-    ),
-    op(
-        "get",
-        "/v1/accounts/{username}",
-        "An account's identity key and devices",
-        true,
-        None,
-        Some(("200", "AccountInfo")),
-    ),
-    op(
-        "post",
-        "/v1/key-packages",
-        "Upload key packages for the calling device",
-        true,
-        Some("UploadKeyPackages"),
-        Some(("200", "KeyPackageCount")),
-    ),
-    op(
-        "delete",
-        "/v1/devices/{device_id}",
-        "Revoke a device of the caller's account: its token stops working at once, it stops being a member device of every conversation (the account's other devices remove it from the MLS groups), and the account's last device cannot be revoked",
-        true,
-        None,
-        None,
-    ),
-    op(
-        "get",
-        "/v1/key-packages/count",
-        "Count the calling device's one-time key packages",
-        true,
-        None,
-        Some(("200", "KeyPackageCount")),
-    ),
-    op(
-        "post",
-        "/v1/key-packages/claim",
-        "Claim one key package per device of an account",
-        true,
-        Some("ClaimRequest"),
-        Some(("200", "ClaimResponse")),
-    ),
-    op(
-        "post",
-        "/v1/dms",
-        "Get or create the DM conversation with another account",
-        true,
-        Some("CreateDmRequest"),
-        Some(("200", "ConversationInfo")),
-    ),
-    op(
-        "post",
-        "/v1/groups",
-        "Create an empty group owned by the caller (its first commit adds the members)",
-        true,
-        Some("CreateGroupRequest"),
-        Some(("201", "ConversationInfo")),
-    ),
-    op(
-        "post",
-        "/v1/conversations/{id}/leave",
-        "Leave a group (an admin's device then removes the caller's devices from the MLS group)",
-        true,
-        None,
-        None,
-    ),
-    op(
-        "get",
-        "/v1/conversations",
-        "The calling account's conversations",
-        true,
-        None,
-        Some(("200", "ConversationList")),
-    ),
-    op(
-        "post",
-        "/v1/conversations/{id}/commits",
-        "Post a commit bundle (first commit for an epoch wins; 409 stale_epoch otherwise)",
-        true,
-        Some("CommitRequest"),
-        Some(("200", "Accepted")),
-    ),
-    op(
-        "post",
-        "/v1/conversations/{id}/messages",
-        "Post an MLS application message for the current epoch",
-        true,
-        Some("SendRequest"),
-        Some(("200", "Accepted")),
-    ),
-    op(
-        "post",
-        "/v1/conversations/{id}/ephemeral",
-        "Relay an MLS application message (a typing indicator, at most 1 KiB) to the conversation's connected devices as an ephemeral frame; never stored",
-        true,
-        Some("SendRequest"),
-        None,
-    ),
-    op(
-        "get",
-        "/v1/conversations/{id}/log",
-        "Log entries after a sequence number (query: after, limit, read)",
-        true,
-        None,
-        Some(("200", "LogPage")),
-    ),
-    op(
-        "get",
-        "/v1/inbox",
-        "The calling device's pending welcomes",
-        true,
-        None,
-        Some(("200", "Inbox")),
-    ),
-    op(
-        "post",
-        "/v1/inbox/ack",
-        "Delete processed inbox items",
-        true,
-        Some("InboxAck"),
-        None,
-    ),
-    op(
-        "post",
-        "/v1/links",
-        "Offer a device link (encrypted account bundle under a hash-derived id)",
-        true,
-        Some("CreateLinkRequest"),
-        Some(("201", "LinkCreated")),
-    ),
-    op(
-        "post",
-        "/v1/links/fetch",
-        "Fetch a pending link's encrypted bundle",
-        false,
-        Some("LinkFetchRequest"),
-        Some(("200", "LinkBundle")),
-    ),
-    op(
-        "post",
-        "/v1/links/redeem",
-        "Register a new device through a link (consumes it)",
-        false,
-        Some("LinkRedeemRequest"),
-        Some(("201", "RegisterResponse")),
-    ),
-    op(
-        "get",
-        "/v1/ws",
-        "WebSocket channel. Server frames {type: ready|conversation|entry|ephemeral|inbox|devices|resync|sent|refused}; client frames (at most 4 KiB) {type: read, id, seq} (read position) and {type: send, ref, id, message} (post a message as POST .../messages does, answered by sent or refused with the same ref; at most 64 unanswered)",
-        true,
-        None,
-        None,
-    ),
-    op("get", "/openapi.json", "This document", false, None, None),
-    op("get", "/health", "Liveness (the same as /healthz)", false, None, None),
-    op("get", "/healthz", "Liveness: the process answers", false, None, None),
-    op(
-        "get",
-        "/metrics",
-        "Prometheus metrics (text format 0.0.4); 404 when the operator serves them on their own address (--metrics-listen). No label names an account, device, conversation or message",
-        false,
-        None,
-        None,
-    ),
-    op(
-        "get",
-        "/readyz",
-        "Readiness: 200 while this node serves and reaches its store and bus; 503 unavailable while it drains for shutdown or when either is unreachable",
-        false,
-        None,
-        None,
-    ),
-    op(
-        "post",
-        "/v1/blobs",
-        "Create a resumable upload (tus 1.0 creation) of an encrypted attachment for a conversation this device is a member of; answers 201 with Location. A file over the limit (x-max-file-bytes, and Tus-Max-Size from OPTIONS) is refused with 413 before any byte is sent",
-        true,
-        None,
-        None,
-    ),
-    op(
-        "options",
-        "/v1/blobs",
-        "tus discovery: Tus-Version, Tus-Extension (creation, termination) and Tus-Max-Size",
-        false,
-        None,
-        None,
-    ),
-    op(
-        "head",
-        "/v1/blobs/{id}",
-        "How much of an upload has arrived (Upload-Offset, Upload-Length): where to resume",
-        true,
-        None,
-        None,
-    ),
-    op(
-        "patch",
-        "/v1/blobs/{id}",
-        "Append to an upload at Upload-Offset (Content-Type application/offset+octet-stream); 409 if the offset is not the upload's; the last byte finishes the blob",
-        true,
-        None,
-        None,
-    ),
-    op(
-        "delete",
-        "/v1/blobs/{id}",
-        "Remove an upload or blob (its uploading device only)",
-        true,
-        None,
-        None,
-    ),
-    op(
-        "get",
-        "/v1/blobs/{id}",
-        "Download a finished blob, whole or one Range (206), as a member device of its conversation; 404 otherwise",
-        true,
-        None,
-        None,
-    ),
-];
-
-fn obj(required: &[&str], props: Value) -> Value {
-    json!({"type": "object", "required": required, "properties": props})
+fn method_name(m: &HttpMethod) -> &'static str {
+    match m {
+        HttpMethod::Get => "get",
+        HttpMethod::Post => "post",
+        HttpMethod::Put => "put",
+        HttpMethod::Delete => "delete",
+        HttpMethod::Head => "head",
+        HttpMethod::Patch => "patch",
+        HttpMethod::Options => "options",
+        HttpMethod::Trace => "trace",
+    }
 }
 
-fn schemas() -> Value {
-    let b64 = json!({"type": "string", "format": "byte"});
-    let s = json!({"type": "string"});
-    let u = json!({"type": "integer", "format": "int64", "minimum": 0});
-    let new_device = obj(
-        &["certificate", "key_packages", "last_resort_key_packages"],
-        json!({"certificate": b64, "key_packages": {"type": "array", "items": b64}, "last_resort_key_packages": {"type": "array", "items": b64}}),
-    );
-    json!({
-        "Error": obj(&["code", "message"], json!({"code": {"type": "string", "enum": ["bad_request","unauthorized","forbidden","not_found","username_taken","stale_epoch","conflict","payload_too_large","link_expired","no_key_package","rate_limited","method_not_allowed","storage_full","internal"]}, "message": s, "current_epoch": u})),
-        "NewDevice": new_device,
-        "RegisterRequest": obj(&["username", "identity_key", "device"], json!({"username": s, "identity_key": b64, "device": {"$ref": "#/components/schemas/NewDevice"}})),
-        "RegisterResponse": obj(&["device_id", "token"], json!({"device_id": s, "token": s})),
-        "AccountInfo": obj(&["username", "identity_key", "devices"], json!({"username": s, "identity_key": b64, "devices": {"type": "array", "items": obj(&["device_id", "certificate", "created_at"], json!({"device_id": s, "certificate": b64, "created_at": s}))}, "revoked_devices": {"type": "array", "items": s}})),
-        "UploadKeyPackages": obj(&["key_packages"], json!({"key_packages": {"type": "array", "items": b64}, "last_resort_key_packages": {"type": "array", "items": b64}})),
-        "KeyPackageCount": obj(&["count"], json!({"count": u, "classic_count": u})),
-        "ClaimRequest": obj(&["username"], json!({"username": s, "devices": {"type": "array", "items": s}, "ciphersuite": u})),
-        "ClaimResponse": obj(&["key_packages"], json!({"key_packages": {"type": "array", "items": obj(&["device_id", "key_package"], json!({"device_id": s, "key_package": b64}))}})),
-        "CreateDmRequest": obj(&["peer"], json!({"peer": s})),
-        "CreateGroupRequest": obj(&[], json!({})),
-        "ConversationInfo": obj(&["id", "kind", "epoch", "last_seq", "members"], json!({"id": s, "kind": s, "epoch": u, "last_seq": u, "members": {"type": "array", "items": s}, "departed": {"type": "array", "items": s}})),
-        "ConversationList": obj(&["conversations"], json!({"conversations": {"type": "array", "items": {"$ref": "#/components/schemas/ConversationInfo"}}})),
-        "CommitRequest": obj(&["epoch", "commit"], json!({"epoch": u, "commit": b64, "welcome": b64, "initial_group_info": b64})),
-        "SendRequest": obj(&["message"], json!({"message": b64, "attachments": {"type": "array", "maxItems": 32, "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}})),
-        "Accepted": obj(&["seq", "epoch", "accepted_at"], json!({"seq": u, "epoch": u, "accepted_at": u, "expires_at": u})),
-        "LogPage": obj(&["entries", "more"], json!({"more": {"type": "boolean"}, "entries": {"type": "array", "items": obj(&["seq", "epoch", "kind", "sender_device", "data", "accepted_at"], json!({"seq": u, "epoch": u, "kind": {"type": "string", "enum": ["commit", "message"]}, "sender_device": s, "data": b64, "accepted_at": u, "expires_at": u}))}})),
-        "Inbox": obj(&["items"], json!({"items": {"type": "array", "items": obj(&["id", "conversation", "seq", "welcome"], json!({"id": u, "conversation": s, "seq": u, "welcome": b64}))}})),
-        "InboxAck": obj(&["up_to"], json!({"up_to": u})),
-        "CreateLinkRequest": obj(&["link_id", "bundle"], json!({"link_id": s, "bundle": b64})),
-        "LinkCreated": obj(&["expires_at"], json!({"expires_at": s})),
-        "LinkFetchRequest": obj(&["link_id"], json!({"link_id": s})),
-        "LinkBundle": obj(&["username", "bundle"], json!({"username": s, "bundle": b64})),
-        "LinkRedeemRequest": obj(&["link_id", "device"], json!({"link_id": s, "device": {"$ref": "#/components/schemas/NewDevice"}})),
-    })
-}
+sotto_api::schema_type!(
+    /// `Tus-Resumable`.
+    TusVersion,
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([crate::blobs::TUS_VERSION]))
+);
 
-fn reference(name: &str) -> Value {
-    json!({"$ref": format!("#/components/schemas/{name}")})
-}
+sotto_api::schema_type!(
+    /// `Upload-Metadata`: the conversation, base64 of its id.
+    UploadMetadata,
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        // Base64 of 32 bytes: 43 characters, the last with its low bits clear, and one `=`.
+        .pattern(Some("^conversation [A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"))
+        .description(Some("`conversation ` and the base64 of the conversation's id"))
+);
+
+sotto_api::schema_type!(
+    /// `Range`: one range of bytes.
+    ByteRange,
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^bytes=([0-9]{1,19}-[0-9]{0,19}|-[0-9]{1,19})$"))
+);
 
 /// The document, with the default file size limit.
 pub fn document() -> Value {
     document_with(crate::blobs::DEFAULT_MAX_FILE_BYTES)
 }
 
-/// The headers a blob operation takes.
-fn blob_headers(method: &str) -> Vec<Value> {
-    let h = |name: &str, required: bool, schema: Value| json!({"name": name, "in": "header", "required": required, "schema": schema});
-    let tus = h(
-        "Tus-Resumable",
-        true,
-        json!({"type": "string", "enum": ["1.0.0"]}),
-    );
-    let n = json!({"type": "integer", "minimum": 0});
-    match method {
-        "post" => vec![
-            tus,
-            h("Upload-Length", true, n),
-            h(
-                "Upload-Metadata",
-                true,
-                json!({"type": "string", "description": "conversation BASE64(id)"}),
-            ),
-        ],
-        "patch" => vec![tus, h("Upload-Offset", true, n)],
-        "get" => vec![h(
-            "Range",
-            false,
-            json!({"type": "string", "pattern": "^bytes=[0-9]*-[0-9]*$"}),
-        )],
-        _ => vec![],
-    }
-}
-
 /// The document, announcing `max_file_bytes` as the largest attachment.
 pub fn document_with(max_file_bytes: u64) -> Value {
-    let mut paths = Map::new();
-    let err = json!({"description": "error", "content": {"application/json": {"schema": reference("Error")}}});
-    for o in OPS {
-        let mut operation = Map::new();
-        operation.insert("summary".into(), json!(o.summary));
-        let params: Vec<Value> = o
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .chain(if o.path.ends_with("/log") {
-                vec![
-                    json!({"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}}),
-                    json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}),
-                    json!({"name": "read", "in": "query", "description": "how far this device has read, when before `after` (default `after`)", "schema": {"type": "integer", "minimum": 0}}),
-                ]
-            } else if o.path.starts_with("/v1/blobs") {
-                blob_headers(o.method)
-            } else {
-                vec![]
-            })
-            .collect();
-        if o.path == "/v1/blobs" && o.method == "post" {
-            operation.insert("x-max-file-bytes".into(), json!(max_file_bytes));
-            operation.insert(
-                "x-max-upload-bytes".into(),
-                json!(sotto_proto::attachment::blob_len(max_file_bytes)),
-            );
-        }
-        if !params.is_empty() {
-            operation.insert("parameters".into(), Value::Array(params));
-        }
-        if o.auth {
-            operation.insert("security".into(), json!([{"device": []}]));
-        }
-        if let Some(req) = o.request {
-            operation.insert(
-                "requestBody".into(),
-                json!({"required": true, "content": {"application/json": {"schema": reference(req)}}}),
-            );
-        }
-        let mut responses = Map::new();
-        match o.response {
-            Some((code, schema)) => {
-                responses.insert(code.into(), json!({"description": "ok", "content": {"application/json": {"schema": reference(schema)}}}));
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    let max_upload = sotto_proto::attachment::blob_len(max_file_bytes);
+    let create = &mut doc["paths"]["/v1/blobs"]["post"];
+    create["x-max-file-bytes"] = json!(max_file_bytes);
+    create["x-max-upload-bytes"] = json!(max_upload);
+    if let Some(params) = create["parameters"].as_array_mut() {
+        for p in params {
+            if p["name"] == "Upload-Length" {
+                p["schema"]["maximum"] = json!(max_upload);
             }
-            None => {
-                responses.insert("default".into(), json!({"description": "ok"}));
-            }
-        }
-        responses.insert("4XX".into(), err.clone());
-        responses.insert("5XX".into(), err.clone());
-        operation.insert("responses".into(), Value::Object(responses));
-        let entry = paths
-            .entry(o.path.to_owned())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(m) = entry {
-            m.insert(o.method.into(), Value::Object(operation));
         }
     }
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": "sottod", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Sotto delivery service: stores and forwards MLS ciphertext only."},
-        "paths": paths,
-        "components": {
-            "schemas": schemas(),
-            "securitySchemes": {"device": {"type": "http", "scheme": "bearer", "description": "DEVICE_ID:SECRET"}}
-        }
-    })
+    let suites = [
+        sotto_proto::mls::DEFAULT_CIPHERSUITE,
+        sotto_proto::mls::CLASSIC_CIPHERSUITE,
+    ]
+    .map(u16::from);
+    doc["components"]["schemas"]["Ciphersuite"]["enum"] = json!(suites);
+    doc
 }
 
 #[cfg(test)]
@@ -422,7 +279,9 @@ mod tests {
         let mut documented: Vec<(String, String)> = Vec::new();
         for (path, ops) in doc["paths"].as_object().unwrap() {
             for method in ops.as_object().unwrap().keys() {
-                documented.push((method.clone(), path.clone()));
+                if method != "parameters" {
+                    documented.push((method.clone(), path.clone()));
+                }
             }
         }
         let mut routes: Vec<(String, String)> = crate::http::ROUTES
@@ -437,6 +296,141 @@ mod tests {
         for name in text.split("#/components/schemas/").skip(1) {
             let name = name.split('"').next().unwrap();
             assert!(doc["components"]["schemas"].get(name).is_some(), "{name}");
+        }
+        for (method, path) in LIMITED {
+            assert!(
+                doc["paths"][path][method]["responses"]["429"].is_object(),
+                "{method} {path}"
+            );
+        }
+    }
+
+    /// Each frame as serde writes it has the shape of its `oneOf` member in the document: the
+    /// member whose `type` names it, with every required property and none it does not list.
+    #[test]
+    fn websocket_frames_match_their_schemas() {
+        use sotto_api::*;
+        let doc = document();
+        let check = |schema: &str, frame: Value| {
+            let members = doc["components"]["schemas"][schema]["oneOf"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{schema} has no oneOf"));
+            let ty = frame["type"].as_str().unwrap();
+            let member = members
+                .iter()
+                .find(|m| m["properties"]["type"]["enum"][0] == ty)
+                .unwrap_or_else(|| panic!("{schema}: no member for {ty}"));
+            let props = member["properties"].as_object().unwrap();
+            for key in frame.as_object().unwrap().keys() {
+                assert!(props.contains_key(key), "{schema}.{ty}: {key} undocumented");
+            }
+            for req in member["required"].as_array().unwrap() {
+                assert!(
+                    frame.get(req.as_str().unwrap()).is_some(),
+                    "{schema}.{ty}: {req} missing"
+                );
+            }
+        };
+        let accepted = Accepted {
+            seq: 1,
+            epoch: 2,
+            accepted_at: 3,
+            expires_at: Some(4),
+        };
+        let id = "0".repeat(32);
+        let server = [
+            ServerFrame::Ready,
+            ServerFrame::Conversation {
+                id: id.clone(),
+                seq: 1,
+            },
+            ServerFrame::Inbox,
+            ServerFrame::Devices,
+            ServerFrame::Resync,
+            ServerFrame::Entry {
+                id: id.clone(),
+                entry: LogEntry {
+                    seq: 1,
+                    epoch: 1,
+                    kind: EntryKind::Message,
+                    sender_device: id.clone(),
+                    data: B64(vec![1]),
+                    accepted_at: 1,
+                    expires_at: None,
+                },
+            },
+            ServerFrame::Ephemeral {
+                id: id.clone(),
+                seq: 1,
+                sender_device: id.clone(),
+                message: B64(vec![1]),
+            },
+            ServerFrame::Sent {
+                reference: 1,
+                accepted,
+            },
+            ServerFrame::Refused {
+                reference: 1,
+                status: 429,
+                error: ErrorBody {
+                    code: ErrorCode::RateLimited,
+                    message: "slow".into(),
+                    current_epoch: None,
+                },
+                retry_after: Some(1),
+            },
+        ];
+        for f in server {
+            check("ServerFrame", serde_json::to_value(&f).unwrap());
+        }
+        for f in [
+            ClientFrame::Read {
+                id: id.clone(),
+                seq: 1,
+            },
+            ClientFrame::Send {
+                reference: 1,
+                id: id.clone(),
+                message: B64(vec![1]),
+            },
+        ] {
+            check("ClientFrame", serde_json::to_value(&f).unwrap());
+        }
+    }
+
+    #[test]
+    fn patterns_are_the_rules_the_server_checks() {
+        let doc = document();
+        let s = &doc["components"]["schemas"];
+        assert_eq!(s["Username"]["pattern"], sotto_api::USERNAME_PATTERN);
+        assert_eq!(s["DeviceId"]["pattern"], sotto_api::HEX32_PATTERN);
+        assert_eq!(s["LinkId"]["pattern"], sotto_api::HEX64_PATTERN);
+        assert_eq!(s["Ciphersuite"]["enum"].as_array().unwrap().len(), 2);
+        let username = regex::Regex::new(sotto_api::USERNAME_PATTERN).unwrap();
+        // The username rule and its pattern agree on every case that matters.
+        for name in [
+            "abc",
+            "a_b.c-d",
+            "ab",
+            "Abc",
+            "a b",
+            &"a".repeat(32),
+            &"a".repeat(33),
+            "é12",
+        ] {
+            assert_eq!(
+                username.is_match(name),
+                sotto_proto::Username::new(name).is_ok(),
+                "{name}"
+            );
+        }
+        let hex32 = regex::Regex::new(sotto_api::HEX32_PATTERN).unwrap();
+        for id in [
+            "0123456789abcdef0123456789abcdef",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123",
+        ] {
+            assert_eq!(hex32.is_match(id), sotto_api::is_hex_id(id, 32), "{id}");
         }
     }
 }

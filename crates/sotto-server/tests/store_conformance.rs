@@ -328,7 +328,7 @@ async fn conformance(s: Arc<dyn Store>) {
         .unwrap();
     assert!(matches!(
         s.create_link("L1", "alice", "a1", b"again", 100).await,
-        Err(StoreError::LinkExpired)
+        Err(StoreError::LinkTaken)
     ));
     assert_eq!(
         s.fetch_link("L1", 50).await.unwrap(),
@@ -979,7 +979,8 @@ const LOG_AS_IN_SCHEMA_5: &str = "
         FROM log ORDER BY id DESC;
     DROP TABLE log; DROP TABLE log_index; DROP TABLE log_indexed; DROP TABLE log_expiry;
     ALTER TABLE old_log RENAME TO log;
-    ALTER TABLE accounts DROP COLUMN locked;";
+    ALTER TABLE accounts DROP COLUMN locked;
+    DROP TABLE deleted_accounts;";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
@@ -1132,6 +1133,7 @@ async fn sqlite_upgrade_lists_indexed_timed_rows_for_the_purge() {
             "DROP TABLE log_expiry;
              CREATE INDEX log_expiring ON log(expires_at) WHERE expires_at IS NOT NULL;
              ALTER TABLE accounts DROP COLUMN locked;
+             DROP TABLE deleted_accounts;
              PRAGMA user_version = 7;",
         )
         .unwrap();
@@ -1176,6 +1178,125 @@ async fn postgres_locks_accounts_and_lists_them() {
         return;
     };
     admin(&store).await;
+    drop(store);
+    drop_schema(&url, &schema).await;
+}
+
+/// `sottod admin delete`: bob goes with everything that was his, his conversations stay whole
+/// for alice and carol, and his name stays taken.
+async fn deletion(s: &dyn Store) {
+    alice_and_bob_at_epoch_1(s).await;
+    s.create_account("carol", &[3; 32], device("c1"), kps(3, 1))
+        .await
+        .unwrap();
+    s.create_group("alice", "9a0b").await.unwrap();
+    let members = vec![
+        ("a1".to_owned(), "alice".to_owned()),
+        ("b1".to_owned(), "bob".to_owned()),
+        ("c1".to_owned(), "carol".to_owned()),
+    ];
+    s.append_commit(
+        "9a0b",
+        NewCommit {
+            members,
+            ..commit(0, "a1", &["b1", "c1"])
+        },
+    )
+    .await
+    .unwrap();
+    s.append_message("9a0b", "bob", "b1", 1, b"from bob")
+        .await
+        .unwrap()
+        .unwrap();
+    s.create_link(&"b".repeat(64), "bob", "b1", b"sealed", i64::MAX / 2)
+        .await
+        .unwrap();
+    assert_eq!(s.inbox("b1").await.unwrap().len(), 2, "two welcomes");
+
+    assert_eq!(s.delete_account("zed").await.unwrap(), None);
+    let gone = s.delete_account("bob").await.unwrap().unwrap();
+    assert_eq!(gone.devices, ["b1"]);
+    assert_eq!(gone.conversations, ["9a0b", "c0ffee"]);
+    assert_eq!(s.delete_account("bob").await.unwrap(), None, "once");
+
+    // Everything of his is gone.
+    assert!(s.account("bob").await.unwrap().is_none());
+    assert!(s.device_auth("b1").await.unwrap().is_none());
+    assert!(s.inbox("b1").await.unwrap().is_empty());
+    assert_eq!(s.key_package_count("b1", PQ).await.unwrap(), 0);
+    assert!(s.fetch_link(&"b".repeat(64), 1).await.unwrap().is_none());
+    assert!(s.membership("9a0b", "bob", "b1").await.unwrap().is_none());
+    let names: Vec<String> = s
+        .admin_accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.username)
+        .collect();
+    assert_eq!(names, ["alice", "carol"]);
+    // His name stays taken: nobody else can be "bob" to the people who knew him.
+    assert!(matches!(
+        s.create_account("bob", &[9; 32], device("b9"), kps(9, 1))
+            .await,
+        Err(StoreError::UsernameTaken)
+    ));
+    assert!(s.device_auth("b9").await.unwrap().is_none());
+
+    // His conversations go on for the others, with him departed until they remove his devices.
+    for id in ["9a0b", "c0ffee"] {
+        let c = s.conversation(id).await.unwrap().unwrap();
+        assert!(!c.members.contains(&"bob".to_owned()), "{id}");
+        assert_eq!(c.departed, ["bob"], "{id}");
+    }
+    assert_eq!(
+        s.conversation("9a0b").await.unwrap().unwrap().members,
+        ["alice", "carol"]
+    );
+    let mut wake = s.wake_list("9a0b").await.unwrap();
+    wake.sort();
+    assert!(wake.contains(&"c1".to_owned()));
+    let after = s
+        .append_message("9a0b", "carol", "c1", 1, b"still here")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.accepted.seq, 3);
+    let log = s.log_after("9a0b", 0, 10).await.unwrap();
+    assert_eq!(
+        log.len(),
+        3,
+        "bob's message stays for those who have not read it"
+    );
+    // Carol's commit removing bob's devices clears him from the group.
+    let removal = NewCommit {
+        members: vec![
+            ("a1".to_owned(), "alice".to_owned()),
+            ("c1".to_owned(), "carol".to_owned()),
+        ],
+        ..commit(1, "c1", &[])
+    };
+    s.append_commit("9a0b", removal).await.unwrap();
+    assert!(s
+        .conversation("9a0b")
+        .await
+        .unwrap()
+        .unwrap()
+        .departed
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_deletes_accounts_and_keeps_their_conversations_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    deletion(&SqliteStore::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deletes_accounts_and_keeps_their_conversations_whole() {
+    let Some((store, schema, url)) = postgres_store().await else {
+        return;
+    };
+    deletion(&store).await;
     drop(store);
     drop_schema(&url, &schema).await;
 }

@@ -31,6 +31,9 @@ pub enum StoreError {
     /// The link expired or was used.
     #[error("link expired or used")]
     LinkExpired,
+    /// A link with this id exists (used, expired or pending): link ids are never reused.
+    #[error("link id taken")]
+    LinkTaken,
     /// The account is a group's last admin and others remain.
     #[error("last admin")]
     LastAdmin,
@@ -171,6 +174,16 @@ pub struct AdminAccount {
     pub locked: bool,
 }
 
+/// What `sottod admin delete` removed with an account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletedAccount {
+    /// Its devices (their tokens stop working; push connections close at their next check).
+    pub devices: Vec<String>,
+    /// The conversations it was a member of, in id order: it is no longer a member, and is
+    /// marked departed where its devices are in the MLS group.
+    pub conversations: Vec<String>,
+}
+
 /// A message waiting for a backend's group commit (see [`Store::append_message`]): the SQLite
 /// writer thread and the PostgreSQL appenders both take these from a queue.
 struct AppendJob {
@@ -293,6 +306,15 @@ pub trait Store: Send + Sync + 'static {
     /// Locks (or unlocks) an account: its devices' requests are refused while it is locked.
     /// `false`: no such account.
     async fn set_locked(&self, username: &str, locked: bool) -> Result<bool, StoreError>;
+
+    /// Deletes an account, for the operator, in one transaction: its devices (and so their
+    /// tokens), key packages, inbox items, link codes and revoked-device records go, and it
+    /// leaves every conversation as a leave does (no longer a member; marked departed where its
+    /// devices are in the MLS group, so that a member's next sync commits their removal), the
+    /// last-admin rule aside. Its username stays taken (`UsernameTaken` on registration), so
+    /// nobody can take over the name in the conversations and DMs that knew it. `None`: no such
+    /// account.
+    async fn delete_account(&self, username: &str) -> Result<Option<DeletedAccount>, StoreError>;
 
     /// Deletes every message whose `expires_at` is at or before `now`, delivered or not, in
     /// bounded pieces so that sends go on meanwhile. Returns how many went.

@@ -152,6 +152,13 @@ CREATE INDEX log_expiring ON log(expires_at) WHERE expires_at IS NOT NULL;
     r#"
 ALTER TABLE accounts ADD COLUMN locked BOOLEAN NOT NULL DEFAULT false;
 "#,
+    // Usernames of accounts the operator deleted (`sottod admin delete`): never registered again.
+    r#"
+CREATE TABLE deleted_accounts (
+    username TEXT PRIMARY KEY,
+    deleted_at BIGINT NOT NULL
+);
+"#,
 ];
 
 /// How many expired messages one statement of [`PostgresStore::expire`] deletes.
@@ -813,9 +820,13 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
+        // A deleted account's name stays taken. (A deletion racing this registration: the
+        // deletion's own insert below then conflicts on `accounts`' row being gone or present,
+        // and one of the two transactions sees the other's commit.)
         let n = tx
             .execute(
-                "INSERT INTO accounts (username, identity_key, created_at) VALUES ($1, $2, $3)
+                "INSERT INTO accounts (username, identity_key, created_at)
+                 SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM deleted_accounts WHERE username = $1)
                  ON CONFLICT (username) DO NOTHING",
                 &[&username, &identity_key, &device.created_at],
             )
@@ -1500,6 +1511,77 @@ impl Store for PostgresStore {
         .map_err(backend)
     }
 
+    async fn delete_account(&self, username: &str) -> Result<Option<DeletedAccount>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        // Lock the account's row against its devices' concurrent changes (links, revocations).
+        if tx
+            .query_opt(
+                "SELECT 1 FROM accounts WHERE username = $1 FOR UPDATE",
+                &[&username],
+            )
+            .await
+            .map_err(backend)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let column = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+            rows.into_iter().map(|r| r.get(0)).collect()
+        };
+        let devices = column(
+            tx.query(
+                "SELECT device_id FROM devices WHERE username = $1 ORDER BY device_id",
+                &[&username],
+            )
+            .await
+            .map_err(backend)?,
+        );
+        // Its conversations, locked in id order as commits lock them, so that no commit changes
+        // their members meanwhile.
+        let conversations = column(
+            tx.query(
+                "SELECT c.id FROM conversations c
+                 JOIN conversation_members m ON m.conversation_id = c.id
+                 WHERE m.username = $1 ORDER BY c.id FOR UPDATE OF c",
+                &[&username],
+            )
+            .await
+            .map_err(backend)?,
+        );
+        tx.execute(
+            "INSERT INTO departed (conversation_id, username)
+             SELECT DISTINCT d.conversation_id, d.username FROM conversation_devices d
+             WHERE d.username = $1 AND d.conversation_id = ANY($2)
+             ON CONFLICT DO NOTHING",
+            &[&username, &conversations],
+        )
+        .await
+        .map_err(backend)?;
+        for sql in [
+            "DELETE FROM conversation_members WHERE username = $1",
+            "DELETE FROM key_packages WHERE device_id IN (SELECT device_id FROM devices WHERE username = $1)",
+            "DELETE FROM inbox WHERE device_id IN (SELECT device_id FROM devices WHERE username = $1)",
+            "DELETE FROM links WHERE username = $1",
+            "DELETE FROM revoked_devices WHERE username = $1",
+            "DELETE FROM devices WHERE username = $1",
+            "DELETE FROM accounts WHERE username = $1",
+        ] {
+            tx.execute(sql, &[&username]).await.map_err(backend)?;
+        }
+        tx.execute(
+            "INSERT INTO deleted_accounts (username, deleted_at) VALUES ($1, $2)",
+            &[&username, &now()],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(DeletedAccount {
+            devices,
+            conversations,
+        }))
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         self.client()
             .await?
@@ -1556,7 +1638,7 @@ impl Store for PostgresStore {
         {
             Ok(0) => Err(StoreError::CallerGone),
             Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::LinkExpired),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::LinkTaken),
             Err(e) => Err(backend(e)),
         }
     }

@@ -179,6 +179,13 @@ DROP INDEX log_expiring;
     r#"
 ALTER TABLE accounts ADD COLUMN locked INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Usernames of accounts the operator deleted (`sottod admin delete`): never registered again.
+    r#"
+CREATE TABLE deleted_accounts (
+    username TEXT PRIMARY KEY,
+    deleted_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// A failure as a [`StoreError`]: SQLite out of space (the disk, or the configured size cap) is
@@ -1389,6 +1396,16 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let (username, identity_key) = (username.to_owned(), identity_key.to_vec());
         self.write(move |tx| {
+            let deleted: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM deleted_accounts WHERE username = ?1",
+                    params![username],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if deleted > 0 {
+                return Err(StoreError::UsernameTaken);
+            }
             let n = tx
                 .execute(
                     "INSERT OR IGNORE INTO accounts (username, identity_key, created_at) VALUES (?1, ?2, ?3)",
@@ -2174,6 +2191,63 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_account(&self, username: &str) -> Result<Option<DeletedAccount>, StoreError> {
+        let username = username.to_owned();
+        self.write(move |tx| {
+            let exists: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM accounts WHERE username = ?1",
+                    params![username],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if exists == 0 {
+                return Ok(None);
+            }
+            let column = |sql: &str| -> Result<Vec<String>, StoreError> {
+                tx.prepare(sql)
+                    .and_then(|mut s| {
+                        s.query_map(params![username], |r| r.get(0))?
+                            .collect::<Result<Vec<String>, _>>()
+                    })
+                    .map_err(backend)
+            };
+            let devices = column("SELECT device_id FROM devices WHERE username = ?1 ORDER BY device_id")?;
+            let conversations = column(
+                "SELECT conversation_id FROM conversation_members WHERE username = ?1 ORDER BY conversation_id",
+            )?;
+            // Its leaves, as for a leave: members' next sync removes its devices from the group.
+            tx.execute(
+                "INSERT OR IGNORE INTO departed (conversation_id, username)
+                 SELECT DISTINCT conversation_id, username FROM conversation_devices WHERE username = ?1
+                   AND conversation_id IN (SELECT conversation_id FROM conversation_members WHERE username = ?1)",
+                params![username],
+            )
+            .map_err(backend)?;
+            for sql in [
+                "DELETE FROM conversation_members WHERE username = ?1",
+                "DELETE FROM key_packages WHERE device_id IN (SELECT device_id FROM devices WHERE username = ?1)",
+                "DELETE FROM inbox WHERE device_id IN (SELECT device_id FROM devices WHERE username = ?1)",
+                "DELETE FROM links WHERE username = ?1",
+                "DELETE FROM revoked_devices WHERE username = ?1",
+                "DELETE FROM devices WHERE username = ?1",
+                "DELETE FROM accounts WHERE username = ?1",
+            ] {
+                tx.execute(sql, params![username]).map_err(backend)?;
+            }
+            tx.execute(
+                "INSERT INTO deleted_accounts (username, deleted_at) VALUES (?1, ?2)",
+                params![username, now()],
+            )
+            .map_err(backend)?;
+            Ok(Some(DeletedAccount {
+                devices,
+                conversations,
+            }))
+        })
+        .await
+    }
+
     async fn expire(&self, now: i64) -> Result<u64, StoreError> {
         let mut gone = 0u64;
         loop {
@@ -2277,7 +2351,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             if n == 0 {
-                Err(StoreError::LinkExpired)
+                Err(StoreError::LinkTaken)
             } else {
                 Ok(())
             }
