@@ -50,7 +50,13 @@ enum Cmd {
         /// during the run, and the report splits latency into during and outside the purge.
         #[arg(long)]
         purge_backlog: Option<usize>,
-        /// With --purge-backlog: seconds after the server's start at which it purges.
+        /// Before the run, fill the started server (PostgreSQL only) with this many messages and
+        /// age them past the retention in the database (40 days); the server prunes them
+        /// PURGE_AT seconds into its second start, as --purge-backlog.
+        #[arg(long, conflicts_with = "purge_backlog")]
+        prune_backlog: Option<usize>,
+        /// With --purge-backlog or --prune-backlog: seconds after the server's start at which it
+        /// deletes the backlog.
         #[arg(long, default_value_t = 15)]
         purge_at: u64,
     },
@@ -113,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             send_over,
             timer,
             purge_backlog,
+            prune_backlog,
             purge_at,
         } => {
             let plan = sotto_bench::relay::RelayPlan {
@@ -122,7 +129,11 @@ async fn main() -> anyhow::Result<()> {
                 over: send_over,
                 timer,
             };
-            let purge = purge_backlog.map(|n| (n, purge_at));
+            let purge = match (purge_backlog, prune_backlog) {
+                (Some(n), _) => Some((Backlog::Expired, n, purge_at)),
+                (_, Some(n)) => Some((Backlog::Old, n, purge_at)),
+                _ => None,
+            };
             relay(plan, server, database, bus, nodes, purge).await
         }
         Cmd::Fanout {
@@ -305,13 +316,34 @@ async fn fanout(members: usize, messages: usize, server: Option<String>) -> anyh
     Ok(())
 }
 
+/// What the backlog a run's server deletes during it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backlog {
+    /// Messages whose disappearing timer ran out (`--purge-backlog`).
+    Expired,
+    /// Messages older than the retention (`--prune-backlog`).
+    Old,
+}
+
+/// Moves every log entry `days` into the past, in the database: a backlog that retention prunes.
+async fn age_log(database: &str, days: i64) -> anyhow::Result<u64> {
+    let (client, conn) = tokio_postgres::connect(database, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client
+        .execute(
+            "UPDATE log SET created_at = created_at - $1",
+            &[&(days * 86_400)],
+        )
+        .await?)
+}
+
 async fn relay(
     plan: sotto_bench::relay::RelayPlan,
     server: Option<String>,
     database: Option<String>,
     bus: Option<String>,
     nodes: usize,
-    purge: Option<(usize, u64)>,
+    purge: Option<(Backlog, usize, u64)>,
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut started = Vec::new();
@@ -331,20 +363,28 @@ async fn relay(
         args
     };
     let mut purge_log = None;
-    if let Some((entries, purge_at)) = purge {
+    if let Some((backlog, entries, purge_at)) = purge {
         if server.is_some() || nodes != 1 {
-            anyhow::bail!("--purge-backlog starts its own server: no --server, one node");
+            anyhow::bail!("a backlog run starts its own server: no --server, one node");
+        }
+        if backlog == Backlog::Old && database.is_none() {
+            anyhow::bail!("--prune-backlog ages its backlog in PostgreSQL: give --database");
         }
         // A first server takes the backlog (and purges nothing for a day) ...
         let filler = Sottod::start(&server_args(&[
             "--prune-interval-secs".into(),
             "86400".into(),
         ]))?;
-        eprintln!("filling {entries} messages that expire 30 s after landing...");
+        let timer = (backlog == Backlog::Expired).then_some(30);
+        eprintln!("filling {entries} messages (timer: {timer:?} s)...");
         let t = std::time::Instant::now();
-        let latest = sotto_bench::relay::fill_expiring(&filler.url, entries, 30).await?;
+        let latest = sotto_bench::relay::fill(&filler.url, entries, timer).await?;
         eprintln!("filled in {:.1} s", t.elapsed().as_secs_f64());
         drop(filler);
+        if let (Backlog::Old, Some(db)) = (backlog, &database) {
+            let aged = age_log(db, 40).await?;
+            eprintln!("aged {aged} log entries by 40 days");
+        }
         let now = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -413,7 +453,11 @@ async fn relay(
     }
     let mut during_purge = serde_json::Value::Null;
     if let Some(log) = purge_log {
-        let events = sotto_bench::server::purges(&log);
+        let marker = match purge.map(|p| p.0) {
+            Some(Backlog::Old) => "pruned the log",
+            _ => "deleted expired messages",
+        };
+        let events = sotto_bench::server::purges(&log, marker);
         let Some(&(end, entries, elapsed_ms)) = events.first() else {
             anyhow::bail!("the server did not purge during the run: make --duration longer");
         };
@@ -437,7 +481,7 @@ async fn relay(
         let (during, outside) = (split(true), split(false));
         let pct = sotto_bench::relay::percentile;
         println!(
-            "  purge of {entries} expired entries from {from:.1} s to {to:.1} s of the run ({elapsed_ms} ms)"
+            "  deletion of {entries} entries ({marker}) from {from:.1} s to {to:.1} s of the run ({elapsed_ms} ms)"
         );
         println!(
             "  sent during it: {} messages, p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",

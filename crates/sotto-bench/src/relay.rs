@@ -663,11 +663,11 @@ pub async fn run(
     })
 }
 
-/// Fills the server with `entries` messages that expire `timer_secs` after landing, in DMs of
-/// their own that nobody reads (a backlog for the purge to delete, delivered or not). Each sender
+/// Fills the server with `entries` messages (that expire `timer_secs` after landing, if given), in
+/// DMs of their own that nobody reads (a backlog for a purge or prune to delete). Each sender
 /// keeps a window of sends in flight and resends a few ciphertexts of its own (the server never
-/// decrypts). Returns the latest expiry the server stamped (Unix seconds).
-pub async fn fill_expiring(url: &str, entries: usize, timer_secs: u32) -> anyhow::Result<u64> {
+/// decrypts). Returns the latest expiry the server stamped (Unix seconds; 0 without a timer).
+pub async fn fill(url: &str, entries: usize, timer_secs: Option<u32>) -> anyhow::Result<u64> {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     const PAIRS: usize = 20;
@@ -676,7 +676,7 @@ pub async fn fill_expiring(url: &str, entries: usize, timer_secs: u32) -> anyhow
     let run_id = format!("f{:x}", std::process::id() % 0xffff);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..PAIRS {
-        let p = setup_pair(&http, url, url, &run_id, i, 4, Some(timer_secs)).await?;
+        let p = setup_pair(&http, url, url, &run_id, i, 4, timer_secs).await?;
         let n = entries / PAIRS + usize::from(i < entries % PAIRS);
         let mut ws = connect(url, &p.sender_token).await?;
         tasks.spawn(async move {

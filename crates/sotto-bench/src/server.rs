@@ -89,9 +89,9 @@ impl Sottod {
 /// Lines a watched server wrote, with when each arrived.
 pub type ServerLog = std::sync::Arc<std::sync::Mutex<Vec<(std::time::SystemTime, String)>>>;
 
-/// The purges of expired messages in a watched server's log: (when its line arrived, entries
-/// deleted, how long it took in ms).
-pub fn purges(log: &ServerLog) -> Vec<(std::time::SystemTime, u64, u64)> {
+/// The deletions (lines containing `marker`: "deleted expired messages", "pruned the log") in a
+/// watched server's log: (when its line arrived, entries deleted, how long it took in ms).
+pub fn purges(log: &ServerLog, marker: &str) -> Vec<(std::time::SystemTime, u64, u64)> {
     let field = |line: &str, name: &str| -> Option<u64> {
         let rest = line.split(&format!("{name}=")).nth(1)?;
         rest.split(|c: char| !c.is_ascii_digit())
@@ -104,7 +104,7 @@ pub fn purges(log: &ServerLog) -> Vec<(std::time::SystemTime, u64, u64)> {
     };
     lines
         .iter()
-        .filter(|(_, l)| l.contains("deleted expired messages"))
+        .filter(|(_, l)| l.contains(marker))
         .filter_map(|(at, l)| Some((*at, field(l, "entries")?, field(l, "elapsed_ms")?)))
         .collect()
 }

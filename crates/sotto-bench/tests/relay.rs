@@ -75,7 +75,7 @@ async fn the_purge_backlog_lands_with_its_expiry() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let latest = sotto_bench::relay::fill_expiring(&url, 1000, 30)
+    let latest = sotto_bench::relay::fill(&url, 1000, Some(30))
         .await
         .unwrap();
     assert!(

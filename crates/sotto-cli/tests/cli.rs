@@ -358,6 +358,73 @@ fn with_schema(pg: &str, schema: &str, create: bool) {
     });
 }
 
+/// libfaketime, to run a node with its clock off (`.ci/run` installs the `faketime` package);
+/// `None` with a skip line outside CI.
+fn libfaketime() -> Option<String> {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if Path::new(lib).is_file() {
+        return Some(lib.into());
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the clock-skew test needs libfaketime under CI ({lib}); .ci/run installs it"
+    );
+    eprintln!("SKIPPED: the clock-skew test needs libfaketime ({lib}: apt-get install faketime)");
+    None
+}
+
+#[test]
+fn a_node_two_days_slow_stamps_nothing_that_retention_cuts_from_a_conversation() {
+    let Some((pg, nats)) = services() else { return };
+    let Some(faketime) = libfaketime() else {
+        return;
+    };
+    let schema = format!("sotto_skew_{}", std::process::id());
+    with_schema(&pg, &schema, true);
+    let db = format!("{pg}?options=-c%20search_path%3D{schema}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Node A's clock is two days slow; node B keeps entries a day and prunes every second.
+    let common = ["--database", db.as_str(), "--bus", nats.as_str()];
+    let node_a = Sottod::start_env(
+        &common,
+        &[
+            ("LD_PRELOAD", faketime.as_str()),
+            ("FAKETIME", "-2d"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+        &d.join("a.log"),
+        "127.0.0.1:0",
+    );
+    let mut b_args = common.to_vec();
+    b_args.extend(["--retention-days", "1", "--prune-interval-secs", "1"]);
+    let node_b = Sottod::start_with(&b_args, &d.join("b.log"), "127.0.0.1:0");
+    let (alice, bob) = (d.join("alice"), d.join("bob"));
+    ok(&alice, &["register", "alice", "--server", &node_b.url]);
+    ok(&bob, &["register", "bob", "--server", &node_b.url]);
+    ok(&alice, &["--server", &node_b.url, "send", "bob", "one"]);
+    ok(&alice, &["--server", &node_a.url, "send", "bob", "two"]);
+    ok(&alice, &["--server", &node_b.url, "send", "bob", "three"]);
+    // Node A's clock really is two days slow: its log lines carry that date.
+    let two_days_ago = Command::new("date")
+        .args(["-u", "-d", "2 days ago", "+%Y-%m-%d"])
+        .output()
+        .unwrap();
+    let two_days_ago = String::from_utf8(two_days_ago.stdout).unwrap();
+    let a_log = std::fs::read_to_string(d.join("a.log")).unwrap();
+    assert!(
+        a_log.contains(two_days_ago.trim()),
+        "node A's clock is not off"
+    );
+    // Several of node B's prunes go by; then bob reads everything, "two" included.
+    std::thread::sleep(Duration::from_secs(3));
+    let got = messages(&ok(&bob, &["--server", &node_b.url, "sync", "--json"]));
+    let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["one", "two", "three"]);
+    drop((node_a, node_b));
+    with_schema(&pg, &schema, false);
+}
+
 #[test]
 fn two_sottod_nodes_one_killed_mid_sends_clients_finish_through_the_other() {
     let Some((pg, nats)) = services() else { return };

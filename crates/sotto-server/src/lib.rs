@@ -140,7 +140,15 @@ async fn maintenance(state: AppState) {
             }
             _ = prune.tick() => {
                 save_cursors(&state).await;
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                // The store's clock (the database's, with PostgreSQL), not this node's: what is
+                // due is the same whichever node's maintenance finds it.
+                let now = match state.store.clock().await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the store's clock does not answer");
+                        continue;
+                    }
+                };
                 let started = std::time::Instant::now();
                 match state.store.expire(now).await {
                     Ok(0) => {}
@@ -155,11 +163,16 @@ async fn maintenance(state: AppState) {
                     Err(e) => tracing::warn!(error = %e, "deleting expired messages failed"),
                 }
                 let cutoff = now - state.config.retention_secs;
+                let started = std::time::Instant::now();
                 match state.store.prune(cutoff).await {
                     Ok(0) => {}
                     Ok(n) => {
                         metrics::counter!("sotto_pruned_entries_total").increment(n);
-                        tracing::info!(entries = n, "pruned the log")
+                        tracing::info!(
+                            entries = n,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "pruned the log"
+                        )
                     }
                     Err(e) => tracing::warn!(error = %e, "pruning failed"),
                 }

@@ -296,6 +296,10 @@ pub trait Store: Send + Sync + 'static {
     /// `older_than` (unix seconds). Returns how many log entries went.
     async fn prune(&self, older_than: i64) -> Result<u64, StoreError>;
 
+    /// The store's clock, in Unix seconds: the one it stamps entries with. Maintenance measures
+    /// expiry and retention on it, so nodes whose clocks disagree still agree on what is due.
+    async fn clock(&self) -> Result<i64, StoreError>;
+
     /// Answers when the store can serve: a trivial query through the same path requests take
     /// (the readiness probe).
     async fn ready(&self) -> Result<(), StoreError>;

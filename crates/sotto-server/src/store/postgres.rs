@@ -159,7 +159,22 @@ CREATE TABLE deleted_accounts (
     deleted_at BIGINT NOT NULL
 );
 "#,
+    // Retention finds old entries through an index instead of reading the whole log (rows are
+    // stamped in time order, so inserts go to the index's right edge).
+    r#"
+CREATE INDEX log_created ON log(created_at);
+"#,
 ];
+
+/// The database's clock in Unix seconds, as SQL: every row is stamped with it (not with the
+/// node's clock, which may be off), so one conversation's entries are stamped in order whichever
+/// node accepted them, and retention takes a prefix of a conversation, never entries from its
+/// middle. `clock_timestamp()`: the time when it is evaluated, after the conversation's row lock
+/// is taken (a transaction's `now()` may be older than an earlier-committed entry's).
+const DB_NOW: &str = "extract(epoch FROM clock_timestamp())::int8";
+
+/// How many log rows one retention statement deletes.
+const PRUNE_ROWS_PER_STATEMENT: u64 = 2000;
 
 /// How many expired messages one statement of [`PostgresStore::expire`] deletes.
 const EXPIRE_ROWS_PER_STATEMENT: u64 = 2000;
@@ -522,13 +537,17 @@ async fn insert_log(
     sender: &str,
     data: &[u8],
 ) -> Result<u64, StoreError> {
-    let at = now();
-    tx.execute(
-        "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&conversation, &seq, &as_i64(epoch), &(kind_code(kind) as i16), &sender, &data, &at],
-    )
-    .await
-    .map_err(backend)?;
+    let at: i64 = tx
+        .query_one(
+            &format!(
+                "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, {DB_NOW}) RETURNING created_at"
+            ),
+            &[&conversation, &seq, &as_i64(epoch), &(kind_code(kind) as i16), &sender, &data],
+        )
+        .await
+        .map_err(backend)?
+        .get(0);
     Ok(as_u64(at))
 }
 
@@ -586,10 +605,9 @@ async fn run_appends(pool: &Pool, batch: Vec<AppendJob>) {
 /// checks membership and epoch, numbers the messages per conversation in queue order, bumps each
 /// conversation's `last_seq` once and inserts the entries.
 async fn append_batch(c: &mut deadpool_postgres::Object, batch: &[AppendJob]) -> BatchOutcome {
-    let created_at = now();
-    match write_batch(c, batch, created_at).await {
+    match write_batch(c, batch).await {
         Ok(Some((rows, wake_rows))) => {
-            BatchOutcome::Done(answer_batch(c, batch, rows, wake_rows, created_at).await)
+            BatchOutcome::Done(answer_batch(c, batch, rows, wake_rows).await)
         }
         Ok(None) => BatchOutcome::NotWritten,
         Err(e) => BatchOutcome::Unknown(e),
@@ -601,7 +619,6 @@ async fn append_batch(c: &mut deadpool_postgres::Object, batch: &[AppendJob]) ->
 async fn write_batch(
     c: &mut deadpool_postgres::Object,
     batch: &[AppendJob],
-    created_at: i64,
 ) -> Result<Option<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>)>, StoreError> {
     let conversations: Vec<&str> = batch.iter().map(|j| j.conversation.as_str()).collect();
     let devices: Vec<&str> = batch.iter().map(|j| j.device.as_str()).collect();
@@ -652,11 +669,15 @@ async fn write_batch(
                  FROM (SELECT conversation_id, max(seq) AS top FROM numbered GROUP BY conversation_id) n
                  WHERE c.id = n.conversation_id
              ),
+             -- Evaluated once, after the batch's conversations are locked (the statement before).
+             clock AS (SELECT extract(epoch FROM clock_timestamp())::int8 AS t),
              ins AS (
                  INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at, expires_at)
-                 SELECT conversation_id, seq, epoch, $6, device_id, data, $7::int8, $7::int8 + expiry_secs FROM numbered
+                 SELECT conversation_id, seq, epoch, $6, device_id, data, clock.t, clock.t + expiry_secs
+                 FROM numbered CROSS JOIN clock
              )
-             SELECT m.member, n.seq, n.expiry_secs FROM mem m LEFT JOIN numbered n ON n.ord = m.ord ORDER BY m.ord",
+             SELECT m.member, n.seq, n.expiry_secs, (SELECT t FROM clock)
+             FROM mem m LEFT JOIN numbered n ON n.ord = m.ord ORDER BY m.ord",
             )
             .await?;
         // Pipelined: the three statements go out together and run in order, so the append's
@@ -666,15 +687,7 @@ async fn write_batch(
             tx.query(&lock, &[&conversations]),
             tx.query(
                 &append,
-                &[
-                    &conversations,
-                    &devices,
-                    &usernames,
-                    &epochs,
-                    &data,
-                    &kind,
-                    &created_at,
-                ],
+                &[&conversations, &devices, &usernames, &epochs, &data, &kind],
             ),
             tx.query(&wake, &[&conversations]),
         )
@@ -697,7 +710,6 @@ async fn answer_batch(
     batch: &[AppendJob],
     rows: Vec<tokio_postgres::Row>,
     wake_rows: Vec<tokio_postgres::Row>,
-    created_at: i64,
 ) -> Vec<Result<Option<Appended>, StoreError>> {
     let mut wake: HashMap<String, Vec<String>> = HashMap::new();
     for r in wake_rows {
@@ -717,6 +729,7 @@ async fn answer_batch(
             Some(w) => Ok(w.clone()),
             None => wake_devices(c, &job.conversation).await,
         };
+        let created_at: i64 = row.get(3);
         let expires_at = row
             .get::<_, Option<i32>>(2)
             .map(|s| as_u64(created_at + i64::from(s)));
@@ -754,10 +767,12 @@ async fn append_one(
                  WHERE id = $1 AND epoch = $4 AND EXISTS (SELECT 1 FROM member)
                  RETURNING last_seq, expiry_secs
              ),
+             -- LATERAL: the clock is read once bump holds the conversation's row lock.
              ins AS (
                  INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at, expires_at)
-                 SELECT $1, last_seq, $4, $5, $2, $6, $7::int8, $7::int8 + expiry_secs FROM bump
-                 RETURNING seq
+                 SELECT $1, last_seq, $4, $5, $2, $6, clock.t, clock.t + expiry_secs
+                 FROM bump, LATERAL (SELECT extract(epoch FROM clock_timestamp())::int8 AS t) clock
+                 RETURNING seq, created_at
              )
              SELECT EXISTS (SELECT 1 FROM member),
                     (SELECT seq FROM ins),
@@ -765,11 +780,11 @@ async fn append_one(
                     ARRAY(SELECT d.device_id FROM conversation_devices d
                           JOIN conversation_members m
                             ON m.conversation_id = d.conversation_id AND m.username = d.username
-                          WHERE d.conversation_id = $1)",
+                          WHERE d.conversation_id = $1),
+                    (SELECT created_at FROM ins)",
         )
         .await
         .map_err(backend)?;
-    let created_at = now();
     let row = c
         .query_one(
             &stmt,
@@ -780,7 +795,6 @@ async fn append_one(
                 &as_i64(job.epoch),
                 &(kind_code(EntryKind::Message) as i16),
                 &job.data,
-                &created_at,
             ],
         )
         .await
@@ -791,6 +805,7 @@ async fn append_one(
     let Some(seq) = row.get::<_, Option<i64>>(1) else {
         return Err(stale_or_missing(c, &job.conversation).await);
     };
+    let created_at: i64 = row.get(4);
     let expires_at = row
         .get::<_, Option<i32>>(2)
         .map(|s| as_u64(created_at + i64::from(s)));
@@ -1183,8 +1198,11 @@ impl Store for PostgresStore {
         if let Some((welcome, devices)) = &commit.welcome {
             let welcome_id: i64 = tx
                 .query_one(
-                    "INSERT INTO welcomes (conversation_id, data, created_at, ratchet_tree) VALUES ($1, $2, $3, $4) RETURNING id",
-                    &[&conversation, welcome, &now(), &commit.ratchet_tree],
+                    &format!(
+                        "INSERT INTO welcomes (conversation_id, data, created_at, ratchet_tree)
+                         VALUES ($1, $2, {DB_NOW}, $3) RETURNING id"
+                    ),
+                    &[&conversation, welcome, &commit.ratchet_tree],
                 )
                 .await
                 .map_err(backend)?
@@ -1254,8 +1272,9 @@ impl Store for PostgresStore {
             .query(
                 "SELECT seq, epoch, kind, sender_device, data, created_at, expires_at FROM log
                  WHERE conversation_id = $1 AND seq > $2
-                 AND (expires_at IS NULL OR expires_at > $4) ORDER BY seq LIMIT $3",
-                &[&conversation, &as_i64(after), &i64::from(limit), &now()],
+                 AND (expires_at IS NULL OR expires_at > extract(epoch FROM now())::int8)
+                 ORDER BY seq LIMIT $3",
+                &[&conversation, &as_i64(after), &i64::from(limit)],
             )
             .await
             .map_err(backend)?;
@@ -1431,9 +1450,28 @@ impl Store for PostgresStore {
     }
 
     async fn prune(&self, older_than: i64) -> Result<u64, StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(backend)?;
-        let floors = tx
+        // In pieces of PRUNE_ROWS_PER_STATEMENT rows, each its own transaction: a send waits at
+        // most for one piece's row locks, never for the whole prune (it used to be one
+        // transaction, and the age rule read the whole log for want of an index).
+        let c = self.client().await?;
+        let read_floor = c
+            .prepare_cached(
+                "DELETE FROM log WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM log WHERE conversation_id = $1 AND seq <= $2
+                     ORDER BY seq LIMIT $3))",
+            )
+            .await
+            .map_err(backend)?;
+        let too_old = c
+            .prepare_cached(
+                "DELETE FROM log WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM log WHERE created_at > 0 AND created_at < $1
+                     ORDER BY created_at LIMIT $2))",
+            )
+            .await
+            .map_err(backend)?;
+        let piece = PRUNE_ROWS_PER_STATEMENT as i64;
+        let floors = c
             .query(
                 "SELECT conversation_id, MIN(acked_seq) FROM conversation_devices GROUP BY conversation_id",
                 &[],
@@ -1443,36 +1481,51 @@ impl Store for PostgresStore {
         let mut gone = 0u64;
         for r in floors {
             let (conv, floor): (String, i64) = (r.get(0), r.get(1));
-            gone += tx
-                .execute(
-                    "DELETE FROM log WHERE conversation_id = $1 AND seq <= $2",
-                    &[&conv, &floor],
-                )
+            loop {
+                let n = c
+                    .execute(&read_floor, &[&conv, &floor, &piece])
+                    .await
+                    .map_err(backend)?;
+                gone += n;
+                if n < PRUNE_ROWS_PER_STATEMENT {
+                    break;
+                }
+            }
+        }
+        loop {
+            let n = c
+                .execute(&too_old, &[&older_than, &piece])
                 .await
                 .map_err(backend)?;
+            gone += n;
+            if n < PRUNE_ROWS_PER_STATEMENT {
+                break;
+            }
         }
-        gone += tx
-            .execute(
-                "DELETE FROM log WHERE created_at > 0 AND created_at < $1",
-                &[&older_than],
-            )
-            .await
-            .map_err(backend)?;
-        tx.execute(
+        c.execute(
             "DELETE FROM inbox WHERE welcome_id IN (SELECT id FROM welcomes WHERE created_at < $1)",
             &[&older_than],
         )
         .await
         .map_err(backend)?;
-        tx.execute(
+        c.execute(
             "DELETE FROM welcomes WHERE created_at < $1
              OR NOT EXISTS (SELECT 1 FROM inbox i WHERE i.welcome_id = welcomes.id)",
             &[&older_than],
         )
         .await
         .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
         Ok(gone)
+    }
+
+    async fn clock(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_one("SELECT extract(epoch FROM now())::int8", &[])
+            .await
+            .map_err(backend)?
+            .get(0))
     }
 
     async fn admin_accounts(&self) -> Result<Vec<AdminAccount>, StoreError> {

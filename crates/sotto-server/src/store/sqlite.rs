@@ -2191,6 +2191,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn clock(&self) -> Result<i64, StoreError> {
+        // One node, one clock: this process's.
+        Ok(now())
+    }
+
     async fn delete_account(&self, username: &str) -> Result<Option<DeletedAccount>, StoreError> {
         let username = username.to_owned();
         self.write(move |tx| {
