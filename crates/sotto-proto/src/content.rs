@@ -1283,6 +1283,49 @@ mod tests {
         assert!(!e.contains("secret"), "{e}");
     }
 
+    /// The exact `{:?}` of a message and of body kinds that carry text: pinned, so a change that
+    /// would print plaintext (or its bytes) into a log line fails here first.
+    #[test]
+    fn debug_output_is_pinned() {
+        let m = send(Body::Text {
+            text: "secret words".into(),
+            reply_to: None,
+        });
+        let id = m.id;
+        let bodies = [
+            Body::Text {
+                text: "secret".into(),
+                reply_to: Some(id),
+            },
+            Body::Edit {
+                original: id,
+                text: "secret".into(),
+                reply_to: None,
+            },
+            Body::Reaction {
+                to: id,
+                emoji: "🤫".into(),
+            },
+            Body::Unsupported {
+                what: "image/png".into(),
+            },
+        ];
+        let shown: Vec<String> = std::iter::once(format!("{m:?}"))
+            .chain(bodies.iter().map(|b| format!("{b:?}")))
+            .collect();
+        assert_eq!(shown, SNAPSHOT);
+    }
+
+    /// `mls::Incoming` derives its Debug and shows its content through `MessageContent`'s.
+    const SNAPSHOT: [&str; 5] = [
+        "MessageContent { id: MessageId(01890b2c15f7182bd9668281dd34856acd887e28a30d8a5bca5be3dc2a006146), sent_at_ms: 1700000000123, \
+         body: Text(12 bytes, reply_to: None), encoded: 76 bytes }",
+        "Text(6 bytes, reply_to: Some(MessageId(01890b2c15f7182bd9668281dd34856acd887e28a30d8a5bca5be3dc2a006146)))",
+        "Edit(of: MessageId(01890b2c15f7182bd9668281dd34856acd887e28a30d8a5bca5be3dc2a006146), 6 bytes)",
+        "Reaction(to: MessageId(01890b2c15f7182bd9668281dd34856acd887e28a30d8a5bca5be3dc2a006146))",
+        "Unsupported(image/png)",
+    ];
+
     #[test]
     fn lengths_fall_into_buckets() {
         let a = send(Body::Text {
