@@ -2,7 +2,7 @@
 //! back once a second and reconnection with back-off.
 
 use futures_util::{SinkExt, StreamExt};
-use sotto_api::{ErrorCode, ServerFrame};
+use sotto_api::{ErrorBody, ErrorCode, ServerFrame};
 use tokio_tungstenite::tungstenite;
 
 use crate::{Client, ClientError, Message, SyncEvent, Update};
@@ -126,21 +126,37 @@ impl Client {
                 }
                 Err(e) => {
                     let why = match e {
-                        tungstenite::Error::Http(resp) if resp.status() == 401 => {
-                            return Err(ClientError::Api {
-                                status: 401,
-                                code: ErrorCode::Unauthorized,
-                                message: "device token refused".into(),
-                                current_epoch: None,
-                            })
-                        }
-                        tungstenite::Error::Http(resp) if resp.status() == 403 => {
-                            return Err(ClientError::Api {
-                                status: 403,
-                                code: ErrorCode::AccountLocked,
-                                message: "this account is locked by the server's operator".into(),
-                                current_epoch: None,
-                            })
+                        // Refused for good (a revoked device, a locked account): the server's
+                        // own error when its body came with the refusal.
+                        tungstenite::Error::Http(resp)
+                            if matches!(resp.status().as_u16(), 401 | 403) =>
+                        {
+                            let status = resp.status().as_u16();
+                            let body = resp
+                                .body()
+                                .as_deref()
+                                .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
+                            return Err(match body {
+                                Some(b) => ClientError::Api {
+                                    status,
+                                    code: b.code,
+                                    message: b.message,
+                                    current_epoch: b.current_epoch,
+                                },
+                                None if status == 403 => ClientError::Api {
+                                    status,
+                                    code: ErrorCode::AccountLocked,
+                                    message: "this account is locked by the server's operator"
+                                        .into(),
+                                    current_epoch: None,
+                                },
+                                None => ClientError::Api {
+                                    status,
+                                    code: ErrorCode::Unauthorized,
+                                    message: "device token refused".into(),
+                                    current_epoch: None,
+                                },
+                            });
                         }
                         _ => format!("server unreachable at {}", transport.base),
                     };

@@ -110,7 +110,6 @@ pub fn format_duration(secs: u32) -> String {
     }
 }
 
-/// Parses a duration: `30s`, `5m`, `1h`, `2d`, `1w`, or plain seconds.
 /// The timers a client offers first (any duration from 30 s to 4 weeks is valid), as
 /// [`parse_duration`] reads them: the common choices of the messengers people know.
 pub const TIMER_PRESETS: &[&str] = &["30s", "5m", "1h", "8h", "1d", "1w", "4w"];

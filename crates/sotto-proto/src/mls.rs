@@ -113,7 +113,7 @@ pub fn verify_leaf(
 /// understands the group-metadata extension, for both of Sotto's ciphersuites.
 fn capabilities() -> Capabilities {
     Capabilities::builder()
-        .ciphersuites(vec![DEFAULT_CIPHERSUITE, CLASSIC_CIPHERSUITE])
+        .ciphersuites(SUPPORTED_CIPHERSUITES.to_vec())
         .extensions(vec![
             ExtensionType::LastResort,
             ExtensionType::Unknown(METADATA_EXTENSION_TYPE),
@@ -121,9 +121,12 @@ fn capabilities() -> Capabilities {
         .build()
 }
 
+/// The ciphersuites Sotto uses, the default first.
+pub const SUPPORTED_CIPHERSUITES: [Ciphersuite; 2] = [DEFAULT_CIPHERSUITE, CLASSIC_CIPHERSUITE];
+
 /// Whether `suite` is one Sotto uses.
 pub fn is_supported_suite(suite: Ciphersuite) -> bool {
-    suite == DEFAULT_CIPHERSUITE || suite == CLASSIC_CIPHERSUITE
+    SUPPORTED_CIPHERSUITES.contains(&suite)
 }
 
 /// A ciphersuite from its IANA number, if Sotto uses it.

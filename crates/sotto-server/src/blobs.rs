@@ -330,13 +330,16 @@ impl Blobs {
     /// Removes everything of blob `id` (its meta last, so that a failure part way leaves it
     /// findable for the next sweep).
     async fn remove(&self, id: &str, meta: &Meta) -> Result<(), ApiError> {
+        self.remove_indexed(id, account_entry(&meta.username, id, meta.length))
+            .await
+    }
+
+    /// [`Blobs::remove`] for the blob `index` (its account's index entry) names.
+    async fn remove_indexed(&self, id: &str, index: Path) -> Result<(), ApiError> {
         for (path, _, _) in self.parts(id).await? {
             self.store.delete(&path).await.map_err(internal)?;
         }
-        for p in [
-            account_entry(&meta.username, id, meta.length),
-            meta_path(id),
-        ] {
+        for p in [index, meta_path(id)] {
             match self.store.delete(&p).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(internal(e)),
@@ -345,8 +348,8 @@ impl Blobs {
         Ok(())
     }
 
-    /// Bytes of blobs, finished or not, the account keeps.
-    /// Removes every upload and blob of an account (`sottod admin delete`). Returns how many.
+    /// Removes every upload and blob of an account (`sottod admin delete`), as its index lists
+    /// them. Returns how many.
     pub async fn remove_account(&self, username: &str) -> Result<u64, ApiError> {
         let entries: Vec<Path> = self
             .store
@@ -357,28 +360,20 @@ impl Blobs {
             .map_err(internal)?;
         let mut removed = 0;
         for entry in entries {
-            let Some((id, _)) = entry.filename().and_then(|f| f.rsplit_once('-')) else {
+            let Some(id) = entry
+                .filename()
+                .and_then(|f| f.rsplit_once('-'))
+                .map(|(id, _)| id.to_owned())
+            else {
                 continue;
             };
-            let id = id.to_owned();
-            match self.meta(&id).await {
-                Ok(meta) => self.remove(&id, &meta).await?,
-                // An index entry whose blob is gone: drop the entry and any pieces left.
-                Err(_) => {
-                    for (path, _, _) in self.parts(&id).await.unwrap_or_default() {
-                        self.store.delete(&path).await.map_err(internal)?;
-                    }
-                    match self.store.delete(&entry).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(internal(e)),
-                    }
-                }
-            }
+            self.remove_indexed(&id, entry).await?;
             removed += 1;
         }
         Ok(removed)
     }
 
+    /// Bytes of blobs, finished or not, the account keeps.
     async fn usage(&self, username: &str) -> Result<u64, ApiError> {
         let mut total = 0u64;
         let mut list = self.store.list(Some(&account_prefix(username)));

@@ -791,23 +791,35 @@ pub async fn send(
     Ok(accepted)
 }
 
-/// A page of a conversation's log. `read` is how far the device has read (at most `after`): the
-/// server may prune what every member device has read.
+/// A page of a conversation's log: at most `limit` entries (1 to [`MAX_LOG_PAGE`], the most by
+/// default) after `after`. `read` is how far the device has read, when that is before `after`
+/// (`after` otherwise): the server may prune what every member device has read.
 pub async fn log(
     state: &AppState,
     caller: &Caller,
     id: &str,
     after: u64,
     limit: Option<u32>,
-    read: u64,
+    read: Option<u64>,
 ) -> Result<LogPage, ApiError> {
-    let limit = limit.unwrap_or(MAX_LOG_PAGE).clamp(1, MAX_LOG_PAGE);
+    if after > MAX_COUNTER || read.is_some_and(|r| r > MAX_COUNTER) {
+        return Err(ApiError::bad_request(
+            "after and read are sequence numbers: at most 2^63-1",
+        ));
+    }
+    let limit = limit.unwrap_or(MAX_LOG_PAGE);
+    if !(1..=MAX_LOG_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit is 1 to {MAX_LOG_PAGE} entries"
+        )));
+    }
+    let read = read.map_or(after, |r| r.min(after));
     let (c, entries) = state
         .store
         .member_log(id, &caller.username, &caller.device_id, after, limit)
         .await?
         .ok_or_else(|| ApiError::not_found("no such conversation"))?;
-    state.cursors.note(id, &caller.device_id, read.min(after));
+    state.cursors.note(id, &caller.device_id, read);
     let more = entries.last().map(|e| e.seq < c.last_seq).unwrap_or(false);
     Ok(LogPage { entries, more })
 }

@@ -11,7 +11,7 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{Content, HttpMethod, RefOr};
+use utoipa::openapi::{Content, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use crate::http;
@@ -90,23 +90,22 @@ struct ApiDoc;
 /// What many operations share.
 struct Common;
 
-fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
-    ResponseBuilder::new()
-        .description(description)
-        .content(
-            "application/json",
-            Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                "ErrorBody",
-            )))),
-        )
-        .into()
+/// A response carrying an [`ErrorBody`].
+fn error_response(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        "application/json",
+        Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+            "ErrorBody",
+        )))),
+    )
 }
 
+/// Documents `status` on `op`, unless its own attribute already does.
 fn add(op: &mut Operation, status: &str, description: &str) {
     op.responses
         .responses
         .entry(status.to_owned())
-        .or_insert_with(|| error_response(description));
+        .or_insert_with(|| error_response(description).into());
 }
 
 impl Modify for Common {
@@ -123,17 +122,16 @@ impl Modify for Common {
         );
         for (path, item) in doc.paths.paths.iter_mut() {
             let ops = [
-                (HttpMethod::Get, item.get.as_mut()),
-                (HttpMethod::Post, item.post.as_mut()),
-                (HttpMethod::Put, item.put.as_mut()),
-                (HttpMethod::Delete, item.delete.as_mut()),
-                (HttpMethod::Head, item.head.as_mut()),
-                (HttpMethod::Patch, item.patch.as_mut()),
-                (HttpMethod::Options, item.options.as_mut()),
+                ("get", item.get.as_mut()),
+                ("post", item.post.as_mut()),
+                ("put", item.put.as_mut()),
+                ("delete", item.delete.as_mut()),
+                ("head", item.head.as_mut()),
+                ("patch", item.patch.as_mut()),
+                ("options", item.options.as_mut()),
             ];
             for (method, op) in ops {
                 let Some(op) = op else { continue };
-                let method = method_name(&method);
                 let takes_input = op.request_body.is_some()
                     || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 if takes_input {
@@ -164,20 +162,14 @@ impl Modify for Common {
                     );
                 }
                 if LIMITED.contains(&(method, path.as_str())) {
-                    let limited = ResponseBuilder::new()
-                        .description("`rate_limited`: try again after `Retry-After` seconds")
-                        .header(
-                            "Retry-After",
-                            utoipa::openapi::header::Header::new(
-                                ObjectBuilder::new().schema_type(Type::Integer),
-                            ),
-                        )
-                        .content(
-                            "application/json",
-                            Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                                "ErrorBody",
-                            )))),
-                        );
+                    let limited =
+                        error_response("`rate_limited`: try again after `Retry-After` seconds")
+                            .header(
+                                "Retry-After",
+                                utoipa::openapi::header::Header::new(
+                                    ObjectBuilder::new().schema_type(Type::Integer),
+                                ),
+                            );
                     op.responses
                         .responses
                         .insert("429".to_owned(), limited.into());
@@ -198,19 +190,6 @@ impl Modify for Common {
                 }
             }
         }
-    }
-}
-
-fn method_name(m: &HttpMethod) -> &'static str {
-    match m {
-        HttpMethod::Get => "get",
-        HttpMethod::Post => "post",
-        HttpMethod::Put => "put",
-        HttpMethod::Delete => "delete",
-        HttpMethod::Head => "head",
-        HttpMethod::Patch => "patch",
-        HttpMethod::Options => "options",
-        HttpMethod::Trace => "trace",
     }
 }
 
@@ -260,11 +239,7 @@ pub fn document_with(max_file_bytes: u64) -> Value {
             }
         }
     }
-    let suites = [
-        sotto_proto::mls::DEFAULT_CIPHERSUITE,
-        sotto_proto::mls::CLASSIC_CIPHERSUITE,
-    ]
-    .map(u16::from);
+    let suites = sotto_proto::mls::SUPPORTED_CIPHERSUITES.map(u16::from);
     doc["components"]["schemas"]["Ciphersuite"]["enum"] = json!(suites);
     doc
 }
@@ -406,6 +381,18 @@ mod tests {
         assert_eq!(s["DeviceId"]["pattern"], sotto_api::HEX32_PATTERN);
         assert_eq!(s["LinkId"]["pattern"], sotto_api::HEX64_PATTERN);
         assert_eq!(s["Ciphersuite"]["enum"].as_array().unwrap().len(), 2);
+        // The bounds written as literals in the attributes are the server's constants.
+        assert_eq!(
+            s["NewDevice"]["properties"]["key_packages"]["maxItems"],
+            crate::ds::MAX_KEY_PACKAGES_PER_UPLOAD
+        );
+        let limit = doc["paths"]["/v1/conversations/{id}/log"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap();
+        assert_eq!(limit["schema"]["maximum"], crate::ds::MAX_LOG_PAGE);
         let username = regex::Regex::new(sotto_api::USERNAME_PATTERN).unwrap();
         // The username rule and its pattern agree on every case that matters.
         for name in [

@@ -163,7 +163,6 @@ pub async fn run<Tx, Rx>(
     }
     tracing::debug!(device = %caller.device_id, "push connection open");
     let mut ping = tokio::time::interval(PING_EVERY);
-    let connected_at = std::time::Instant::now();
     ping.tick().await;
     let mut last_seen = tokio::time::Instant::now();
     // Sends in flight; while full, the socket is not read (the client's TCP window fills).
@@ -234,15 +233,14 @@ pub async fn run<Tx, Rx>(
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > IDLE_LIMIT { break; }
-                // A device revoked or an account locked since it connected goes now (not at the
-                // first tick: it has just been authenticated).
-                if connected_at.elapsed() >= PING_EVERY / 2 {
-                    if let Err(e) = ds::still_allowed(&state, &caller).await {
-                        use sotto_api::ErrorCode::{AccountLocked, Unauthorized};
-                        if matches!(e.code, AccountLocked | Unauthorized) {
-                            close_policy(&mut tx, "not allowed any more").await;
-                            break;
-                        }
+                // A device revoked or an account locked since it connected goes now. (The
+                // interval's immediate first tick was taken above: this runs PING_EVERY after
+                // the authentication at the earliest.)
+                if let Err(e) = ds::still_allowed(&state, &caller).await {
+                    use sotto_api::ErrorCode::{AccountLocked, Unauthorized};
+                    if matches!(e.code, AccountLocked | Unauthorized) {
+                        close_policy(&mut tx, "not allowed any more").await;
+                        break;
                     }
                 }
                 if !send_within(&mut tx, Message::Ping(Vec::new().into())).await { break; }

@@ -172,8 +172,13 @@ CREATE INDEX log_created ON log(created_at);
 /// node's clock, which may be off), so one conversation's entries are stamped in order whichever
 /// node accepted them, and retention takes a prefix of a conversation, never entries from its
 /// middle. `clock_timestamp()`: the time when it is evaluated, after the conversation's row lock
-/// is taken (a transaction's `now()` may be older than an earlier-committed entry's).
-const DB_NOW: &str = "extract(epoch FROM clock_timestamp())::int8";
+/// is taken (a transaction's `now()` may be older than an earlier-committed entry's). A macro, so
+/// that `concat!` puts it into statement text at compile time.
+macro_rules! db_now {
+    () => {
+        "extract(epoch FROM clock_timestamp())::int8"
+    };
+}
 
 /// How many log rows one retention statement deletes (a piece; the prune rests between pieces as
 /// long as each took).
@@ -531,6 +536,34 @@ async fn wake_devices(
     Ok(out)
 }
 
+/// Runs `stmt`, a DELETE of at most `piece` rows (its last parameter, after `params`), until a
+/// run deletes fewer: each run its own transaction, so a send waits for one piece's row locks at
+/// most. With `rest`, sleeps as long as each piece took, so the deletion has at most half of the
+/// database's time and sends the rest. Returns how many rows went.
+async fn delete_in_pieces(
+    c: &deadpool_postgres::Object,
+    stmt: &tokio_postgres::Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    piece: u64,
+    rest: bool,
+) -> Result<u64, StoreError> {
+    let limit = as_i64(piece);
+    let mut all = params.to_vec();
+    all.push(&limit);
+    let mut gone = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let n = c.execute(stmt, &all).await.map_err(backend)?;
+        gone += n;
+        if n < piece {
+            return Ok(gone);
+        }
+        if rest {
+            tokio::time::sleep(started.elapsed()).await;
+        }
+    }
+}
+
 async fn insert_log(
     tx: &deadpool_postgres::Transaction<'_>,
     conversation: &str,
@@ -542,9 +575,11 @@ async fn insert_log(
 ) -> Result<u64, StoreError> {
     let at: i64 = tx
         .query_one(
-            &format!(
+            concat!(
                 "INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, {DB_NOW}) RETURNING created_at"
+                 VALUES ($1, $2, $3, $4, $5, $6, ",
+                db_now!(),
+                ") RETURNING created_at"
             ),
             &[&conversation, &seq, &as_i64(epoch), &(kind_code(kind) as i16), &sender, &data],
         )
@@ -647,6 +682,7 @@ async fn write_batch(
             .await?;
         let append = tx
             .prepare_cached(
+                concat!(
                 "WITH req AS (
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::bytea[])
                      WITH ORDINALITY AS r(conversation_id, device_id, username, epoch, data, ord)
@@ -673,14 +709,14 @@ async fn write_batch(
                  WHERE c.id = n.conversation_id
              ),
              -- Evaluated once, after the batch's conversations are locked (the statement before).
-             clock AS (SELECT extract(epoch FROM clock_timestamp())::int8 AS t),
+             clock AS (SELECT ", db_now!(), " AS t),
              ins AS (
                  INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at, expires_at)
                  SELECT conversation_id, seq, epoch, $6, device_id, data, clock.t, clock.t + expiry_secs
                  FROM numbered CROSS JOIN clock
              )
              SELECT m.member, n.seq, n.expiry_secs, (SELECT t FROM clock)
-             FROM mem m LEFT JOIN numbered n ON n.ord = m.ord ORDER BY m.ord",
+             FROM mem m LEFT JOIN numbered n ON n.ord = m.ord ORDER BY m.ord"),
             )
             .await?;
         // Pipelined: the three statements go out together and run in order, so the append's
@@ -760,7 +796,8 @@ async fn append_one(
 ) -> Result<Option<Appended>, StoreError> {
     let stmt = c
         .prepare_cached(
-            "WITH member AS (
+            concat!(
+                "WITH member AS (
                  SELECT 1 FROM conversation_devices d
                  JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
                  WHERE d.conversation_id = $1 AND d.device_id = $2 AND d.username = $3
@@ -774,7 +811,7 @@ async fn append_one(
              ins AS (
                  INSERT INTO log (conversation_id, seq, epoch, kind, sender_device, data, created_at, expires_at)
                  SELECT $1, last_seq, $4, $5, $2, $6, clock.t, clock.t + expiry_secs
-                 FROM bump, LATERAL (SELECT extract(epoch FROM clock_timestamp())::int8 AS t) clock
+                 FROM bump, LATERAL (SELECT ", db_now!(), " AS t) clock
                  RETURNING seq, created_at
              )
              SELECT EXISTS (SELECT 1 FROM member),
@@ -784,7 +821,7 @@ async fn append_one(
                           JOIN conversation_members m
                             ON m.conversation_id = d.conversation_id AND m.username = d.username
                           WHERE d.conversation_id = $1),
-                    (SELECT created_at FROM ins)",
+                    (SELECT created_at FROM ins)"),
         )
         .await
         .map_err(backend)?;
@@ -838,9 +875,9 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
-        // A deleted account's name stays taken. (A deletion racing this registration: the
-        // deletion's own insert below then conflicts on `accounts`' row being gone or present,
-        // and one of the two transactions sees the other's commit.)
+        // A deleted account's name stays taken. (A registration racing the deletion of the same
+        // name can still land: it checked before the deletion committed. The operator sees it in
+        // `admin accounts`.)
         let n = tx
             .execute(
                 "INSERT INTO accounts (username, identity_key, created_at)
@@ -1201,9 +1238,11 @@ impl Store for PostgresStore {
         if let Some((welcome, devices)) = &commit.welcome {
             let welcome_id: i64 = tx
                 .query_one(
-                    &format!(
+                    concat!(
                         "INSERT INTO welcomes (conversation_id, data, created_at, ratchet_tree)
-                         VALUES ($1, $2, {DB_NOW}, $3) RETURNING id"
+                         VALUES ($1, $2, ",
+                        db_now!(),
+                        ", $3) RETURNING id"
                     ),
                     &[&conversation, welcome, &commit.ratchet_tree],
                 )
@@ -1473,7 +1512,7 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(backend)?;
-        let piece = PRUNE_ROWS_PER_STATEMENT as i64;
+        let piece = PRUNE_ROWS_PER_STATEMENT;
         let floors = c
             .query(
                 "SELECT conversation_id, MIN(acked_seq) FROM conversation_devices GROUP BY conversation_id",
@@ -1484,33 +1523,9 @@ impl Store for PostgresStore {
         let mut gone = 0u64;
         for r in floors {
             let (conv, floor): (String, i64) = (r.get(0), r.get(1));
-            loop {
-                let started = std::time::Instant::now();
-                let n = c
-                    .execute(&read_floor, &[&conv, &floor, &piece])
-                    .await
-                    .map_err(backend)?;
-                gone += n;
-                if n < PRUNE_ROWS_PER_STATEMENT {
-                    break;
-                }
-                tokio::time::sleep(started.elapsed()).await;
-            }
+            gone += delete_in_pieces(&c, &read_floor, &[&conv, &floor], piece, true).await?;
         }
-        loop {
-            let started = std::time::Instant::now();
-            let n = c
-                .execute(&too_old, &[&older_than, &piece])
-                .await
-                .map_err(backend)?;
-            gone += n;
-            if n < PRUNE_ROWS_PER_STATEMENT {
-                break;
-            }
-            // Rest as long as the piece took: the prune gets at most half of the database's
-            // time, and sends the rest.
-            tokio::time::sleep(started.elapsed()).await;
-        }
+        gone += delete_in_pieces(&c, &too_old, &[&older_than], piece, true).await?;
         c.execute(
             "DELETE FROM inbox WHERE welcome_id IN (SELECT id FROM welcomes WHERE created_at < $1)",
             &[&older_than],
@@ -1576,7 +1591,7 @@ impl Store for PostgresStore {
     async fn delete_account(&self, username: &str) -> Result<Option<DeletedAccount>, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
-        // Lock the account's row against its devices' concurrent changes (links, revocations).
+        // Lock the account's row: a second deletion or a lock of the same account waits for this.
         if tx
             .query_opt(
                 "SELECT 1 FROM accounts WHERE username = $1 FOR UPDATE",
@@ -1665,18 +1680,7 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(backend)?;
-        let mut gone = 0u64;
-        loop {
-            let n = c
-                .execute(&stmt, &[&now, &(EXPIRE_ROWS_PER_STATEMENT as i64)])
-                .await
-                .map_err(backend)?;
-            gone += n;
-            if n < EXPIRE_ROWS_PER_STATEMENT {
-                break;
-            }
-        }
-        Ok(gone)
+        delete_in_pieces(&c, &stmt, &[&now], EXPIRE_ROWS_PER_STATEMENT, false).await
     }
 
     async fn create_link(

@@ -1396,19 +1396,12 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let (username, identity_key) = (username.to_owned(), identity_key.to_vec());
         self.write(move |tx| {
-            let deleted: i64 = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM deleted_accounts WHERE username = ?1",
-                    params![username],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            if deleted > 0 {
-                return Err(StoreError::UsernameTaken);
-            }
+            // A deleted account's name stays taken.
             let n = tx
                 .execute(
-                    "INSERT OR IGNORE INTO accounts (username, identity_key, created_at) VALUES (?1, ?2, ?3)",
+                    "INSERT OR IGNORE INTO accounts (username, identity_key, created_at)
+                     SELECT ?1, ?2, ?3
+                     WHERE NOT EXISTS (SELECT 1 FROM deleted_accounts WHERE username = ?1)",
                     params![username, identity_key, device.created_at],
                 )
                 .map_err(backend)?;
