@@ -24,7 +24,7 @@ fn invalid_name() -> Error {
 }
 
 /// A group's line, from its local MLS state (`None` if this device holds none, or it is a DM).
-fn group_line(provider: &Provider<'_>, id: String) -> Result<Option<GroupLine>, Error> {
+pub(crate) fn group_line(provider: &Provider<'_>, id: String) -> Result<Option<GroupLine>, Error> {
     let Some(g) = Conversation::load(provider, &group_id_bytes(&id)?)? else {
         return Ok(None);
     };

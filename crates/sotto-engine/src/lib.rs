@@ -76,8 +76,8 @@ pub use files::OutgoingFile;
 pub use io::{Answer, HttpReply, HttpRequest, Method, Op, Step, Task};
 pub use store::{MemoryStore, Store, StoreError, Tx};
 pub use views::{
-    Action, AttachmentView, DeviceLine, GroupLine, HistoryItem, HistoryMessage, Message, SyncEvent,
-    SyncReport, Update,
+    Action, AttachmentView, ConversationLine, DeviceLine, GroupLine, HistoryItem, HistoryMessage,
+    Message, SyncEvent, SyncReport, Update,
 };
 
 use error::storage_err;

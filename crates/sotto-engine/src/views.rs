@@ -304,6 +304,24 @@ pub struct GroupLine {
     pub epoch: u64,
 }
 
+/// A conversation as the conversation list shows it.
+#[derive(Clone, Serialize)]
+pub struct ConversationLine {
+    /// Conversation id.
+    pub id: String,
+    /// `dm` or `group`.
+    pub kind: &'static str,
+    /// The other account of a DM, or the group's name.
+    pub title: String,
+    /// Whether this device follows it (`ok`), or why not (`refused`, `broken`, `removed`,
+    /// `left`).
+    pub status: &'static str,
+    /// Its newest message as the history shows it now (edited, unsent).
+    pub last: Option<HistoryMessage>,
+    /// Messages of other accounts this account has not read.
+    pub unread: usize,
+}
+
 /// One device of the account.
 #[derive(Debug, Clone)]
 pub struct DeviceLine {
@@ -688,6 +706,62 @@ impl Engine {
             items.sort_by_key(|i| i.seq().unwrap_or(u64::MAX));
             Ok(items)
         })
+    }
+
+    /// Every DM and group this device knows, the most recently active first (by when the server
+    /// accepted its newest message; those without a message last, by id).
+    pub fn conversation_list(&self) -> Result<Vec<ConversationLine>, Error> {
+        let me = self.my_name();
+        let read_receipts = self.local().read_receipts_on()?;
+        let mut lines = self.local().read(|tx, p| {
+            let mut out = Vec::new();
+            for c in tx.conversations()? {
+                let title = match c.kind {
+                    ConversationKind::Own => continue,
+                    ConversationKind::Dm => c.peer.clone().unwrap_or_default(),
+                    ConversationKind::Group => crate::groups::group_line(p, c.id.clone())?
+                        .map(|g| g.name)
+                        .unwrap_or_default(),
+                };
+                let newest = tx
+                    .messages(&c.id)?
+                    .into_iter()
+                    .rev()
+                    .find(|m| m.kind.is_message());
+                // Newest by the server's clock (whole seconds), within one second by the
+                // sender's (which can only reorder that second), then by arrival here; a message
+                // still being sent is the newest of all.
+                let order = newest.as_ref().map_or((0, 0, 0), |m| {
+                    let accepted = if m.seq.is_none() {
+                        u64::MAX
+                    } else {
+                        m.accepted_at
+                    };
+                    (accepted, m.sent_at_ms, m.local_order)
+                });
+                let group = c.kind == ConversationKind::Group;
+                let last = newest
+                    .map(|m| history_message(tx, m, group, &me, read_receipts))
+                    .transpose()?;
+                let unread = tx
+                    .unreceipted(&c.id, &me, sotto_proto::mimi::status::READ)?
+                    .len();
+                out.push((
+                    order,
+                    ConversationLine {
+                        id: c.id,
+                        kind: c.kind.as_str(),
+                        title,
+                        status: c.status.as_str(),
+                        last,
+                        unread,
+                    },
+                ));
+            }
+            Ok(out)
+        })?;
+        lines.sort_by(|(a, x), (b, y)| b.cmp(a).then_with(|| x.id.cmp(&y.id)));
+        Ok(lines.into_iter().map(|(_, l)| l).collect())
     }
 
     /// A local conversation's status (`ok`, `refused`, `broken`, `removed`, `left`) and its detail.

@@ -1,31 +1,130 @@
-//! `sotto-wasm`: the engine for JavaScript hosts.
+//! `sotto-wasm`: the engine for JavaScript hosts (the web client's worker, Node).
 //!
-//! A [`Device`] is one engine over the in-memory store. JavaScript starts an operation
-//! (`startRegister`, `startSendDm`, `startSync`), then calls `step` with the answer to the previous
-//! request until it says `done`: each step returns one JSON object, `{"op":"http", "method",
-//! "path", "body", "bearer"}`, `{"op":"sleep","ms"}`, `{"op":"now"}` or `{"op":"done", "ok" |
-//! "error"}`; the host answers with `{"status", "body"}` (or `{"error"}` if the request failed),
-//! `{"slept":true}` or `{"now": ms}`. The host performs the fetches; the engine never sees a socket,
-//! and its keys never leave this module's memory. This is the boundary the web client's worker
-//! uses; `scripts/wasm-check` runs a DM between two devices through it under Node against a real
-//! sottod.
+//! A [`Device`] is one engine over a journaled in-memory store. The host persists the store:
+//! after each step it takes the records that committed transactions changed ([`Device::take_changes`])
+//! and writes them, and at start it hands them all back ([`Device::restore`]). The web client's
+//! worker writes them to IndexedDB, encrypted, *before* it performs the request the step asked for,
+//! so nothing the server or the user sees depends on a change that is not on disk.
+//!
+//! Operations: `start` takes a JSON request (`{"op": "register", ...}`, see [`Request`]), then
+//! JavaScript calls `step` with the answer to the previous request until it says `done`. Each step
+//! returns one JSON object: `{"op":"http", "method", "path", "body", "bearer"}`,
+//! `{"op":"sleep","ms"}`, `{"op":"now"}` or `{"op":"done", "ok" | "error"}`; the host answers with
+//! `{"status", "body"}` (or `{"error"}` if the request failed), `{"slept":true}` or `{"now": ms}`.
+//! Reads that need no network (`query`, see [`Query`]) answer at once. The host performs the
+//! fetches; the engine never sees a socket, and its keys never leave this module's memory.
+//!
+//! Record framing (both directions): for each record, its key length (u32, little-endian), the key,
+//! its value length (u32 LE; `u32::MAX` for a deleted record, which has no value), the value.
 #![cfg(target_arch = "wasm32")]
 #![deny(missing_docs)]
 
+use std::rc::Rc;
+
+use serde::Deserialize;
 use serde_json::{json, Value};
 use sotto_engine::account::Registration;
-use sotto_engine::{Answer, Engine, Error, HttpReply, MemoryStore, Method, Op, Step, Task};
+use sotto_engine::store::{Change, ConversationKind};
+use sotto_engine::{
+    Action, Answer, Engine, Error, HttpReply, MemoryStore, Method, Op, Step, Store, StoreError,
+    SyncReport, Task, Tx,
+};
 use wasm_bindgen::prelude::*;
 
-/// One device: an engine over an in-memory store, and the operation in progress.
+/// The engine's store, shared with the [`Device`] that takes its changes.
+struct Shared(Rc<MemoryStore>);
+
+impl Store for Shared {
+    fn begin(&self, write: bool) -> Result<Box<dyn Tx + '_>, StoreError> {
+        self.0.begin(write)
+    }
+}
+
+/// One device: an engine over a journaled in-memory store, and the operation in progress.
 #[wasm_bindgen]
 pub struct Device {
     engine: Engine,
+    store: Rc<MemoryStore>,
     task: Option<Task<Value>>,
 }
 
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
+}
+
+/// An operation that talks to the server, started with `start`.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", deny_unknown_fields)]
+enum Request {
+    /// Registers a new account with this device.
+    Register { username: String, server: String },
+    /// Links this device to an account with a code from one of its devices.
+    Link { code: String, server: String },
+    /// Fetches and applies everything new.
+    Sync,
+    /// Sends a text to the DM with `peer` (setting it up first if needed).
+    SendDm { peer: String, text: String },
+    /// Sends a text to a group.
+    SendGroup { group: String, text: String },
+    /// Sets up the DM with `peer` if it does not exist; the result is its id.
+    OpenDm { peer: String },
+    /// Creates a group; the result is its id.
+    CreateGroup { name: String, members: Vec<String> },
+    /// Adds accounts to a group.
+    GroupAdd { group: String, users: Vec<String> },
+    /// Removes accounts from a group.
+    GroupRemove { group: String, users: Vec<String> },
+    /// Leaves a group.
+    GroupLeave { group: String },
+    /// Renames a group.
+    GroupRename { group: String, name: String },
+    /// Makes an account an admin of a group.
+    GroupAdmin { group: String, user: String },
+    /// Replies to, reacts to, edits or unsends a message.
+    Act { message: String, action: ActionIn },
+    /// Marks a conversation read (and sends read receipts, if they are on).
+    MarkRead { conversation: String },
+    /// Tells the conversation's connected devices that this account is typing.
+    Typing { conversation: String },
+    /// The account's devices.
+    Devices,
+    /// Revokes one of the account's devices.
+    Revoke { device: String },
+    /// A one-time code for linking another device.
+    LinkCode,
+    /// Applies a frame pushed over the WebSocket.
+    Frame { frame: sotto_api::ServerFrame },
+}
+
+/// What to do to a message.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+enum ActionIn {
+    Reply { text: String },
+    React { emoji: String },
+    Unreact,
+    Edit { text: String },
+    Unsend,
+}
+
+/// A read of this device's state, answered at once by `query`.
+#[derive(Deserialize)]
+#[serde(tag = "q", rename_all = "camelCase", deny_unknown_fields)]
+enum Query {
+    /// This device: `{username, device, server}` (nulls before registration).
+    Me,
+    /// The conversation list, most recently active first.
+    Conversations,
+    /// A conversation's history, oldest first.
+    History { conversation: String },
+    /// A group's name, admins and members.
+    Group { group: String },
+    /// Messages received and not shown yet; marks them shown.
+    TakeUnshown,
+    /// Reactions, edits, unsends and receipts received and not shown yet; marks them shown.
+    TakeUpdates,
+    /// Read positions to send over the WebSocket.
+    ReadAcks,
 }
 
 fn parse_answer(text: &str) -> Result<Option<Answer>, Error> {
@@ -73,41 +172,176 @@ fn op_json(op: Op) -> Value {
     }
 }
 
+fn report_json(r: SyncReport) -> Value {
+    json!({"warnings": r.warnings, "events": r.events, "updates": r.updates})
+}
+
+fn to_json<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Appends records in the framing the module's doc describes.
+fn frame(out: &mut Vec<u8>, c: &Change) {
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX - 1).to_le_bytes();
+    out.extend_from_slice(&len(c.key.len()));
+    out.extend_from_slice(&c.key);
+    match &c.value {
+        Some(v) => {
+            out.extend_from_slice(&len(v.len()));
+            out.extend_from_slice(v);
+        }
+        None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+    }
+}
+
+/// Reads records framed as the module's doc describes; deleted ones are skipped.
+fn unframe(mut b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    let bad = || Error::Invalid("stored records are cut short".into());
+    let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>, Error> {
+        if b.len() < n {
+            return Err(bad());
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head.to_vec())
+    };
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let n = u32::from_le_bytes(take(&mut b, 4)?.try_into().map_err(|_| bad())?);
+        let key = take(&mut b, n as usize)?;
+        let n = u32::from_le_bytes(take(&mut b, 4)?.try_into().map_err(|_| bad())?);
+        if n == u32::MAX {
+            continue;
+        }
+        out.push((key, take(&mut b, n as usize)?));
+    }
+    Ok(out)
+}
+
 #[wasm_bindgen]
 impl Device {
-    /// A new, unregistered device in memory.
+    /// A new, unregistered device.
     #[wasm_bindgen(constructor)]
     pub fn new() -> Result<Device, JsError> {
+        Self::over(MemoryStore::journaled())
+    }
+
+    /// The device whose records are `records` (framed; every record `takeChanges` handed out and
+    /// not deleted since). Refused, with nothing loaded, if a record does not decode.
+    pub fn restore(records: &[u8]) -> Result<Device, JsError> {
+        let records = unframe(records).map_err(js_err)?;
+        Self::over(MemoryStore::restore(records).map_err(js_err)?)
+    }
+
+    fn over(store: MemoryStore) -> Result<Device, JsError> {
+        let store = Rc::new(store);
         Ok(Device {
-            engine: Engine::new(Box::new(MemoryStore::new())).map_err(js_err)?,
+            engine: Engine::new(Box::new(Shared(store.clone()))).map_err(js_err)?,
+            store,
             task: None,
         })
     }
 
-    fn start<T: serde::Serialize + 'static>(&mut self, task: Task<T>) {
-        self.task = Some(task.map(|v| serde_json::to_value(v).unwrap_or(Value::Null)));
+    /// The records changed since the last call (framed; a deleted record has no value). The host
+    /// must store them, all or none, before it performs the request the last step asked for.
+    #[wasm_bindgen(js_name = takeChanges)]
+    pub fn take_changes(&self) -> Result<Vec<u8>, JsError> {
+        let mut out = Vec::new();
+        for c in self.store.take_changes().map_err(js_err)? {
+            frame(&mut out, &c);
+        }
+        Ok(out)
     }
 
-    /// Starts registering `username` at `server`.
-    #[wasm_bindgen(js_name = startRegister)]
-    pub fn start_register(&mut self, username: &str, server: &str) {
-        let at = Registration {
-            server: server.to_owned(),
-            ca_pem: None,
+    /// Starts an operation (a JSON [`Request`]); `step` runs it. One at a time.
+    pub fn start(&mut self, request: &str) -> Result<(), JsError> {
+        if self.task.is_some() {
+            return Err(js_err("an operation is already in progress"));
+        }
+        let req: Request =
+            serde_json::from_str(request).map_err(|e| js_err(format!("bad request: {e}")))?;
+        let e = &self.engine;
+        let task: Task<Value> = match req {
+            Request::Register { username, server } => e
+                .register(
+                    &username,
+                    Registration {
+                        server,
+                        ca_pem: None,
+                    },
+                )
+                .map(|()| Value::Null),
+            Request::Link { code, server } => e
+                .link(
+                    &code,
+                    Registration {
+                        server,
+                        ca_pem: None,
+                    },
+                )
+                .map(|()| Value::Null),
+            Request::Sync => e.sync().map(report_json),
+            Request::SendDm { peer, text } => e.send_dm(&peer, &text).map(|(m, _)| to_json(m)),
+            Request::SendGroup { group, text } => {
+                e.send_group(&group, &text).map(|(m, _)| to_json(m))
+            }
+            Request::OpenDm { peer } => e.dm_conversation(&peer).map(Value::String),
+            Request::CreateGroup { name, members } => e
+                .create_group(&name, &members, sotto_engine::DEFAULT_PQ_GROUP_LIMIT)
+                .map(|(id, _)| Value::String(id)),
+            Request::GroupAdd { group, users } => e.group_add(&group, &users).map(report_json),
+            Request::GroupRemove { group, users } => {
+                e.group_remove(&group, &users).map(report_json)
+            }
+            Request::GroupLeave { group } => e.group_leave(&group).map(|()| Value::Null),
+            Request::GroupRename { group, name } => e.group_rename(&group, &name).map(report_json),
+            Request::GroupAdmin { group, user } => {
+                e.group_make_admin(&group, &user).map(report_json)
+            }
+            Request::Act { message, action } => {
+                let action = match action {
+                    ActionIn::Reply { text } => Action::Reply(text),
+                    ActionIn::React { emoji } => Action::React(emoji),
+                    ActionIn::Unreact => Action::Unreact,
+                    ActionIn::Edit { text } => Action::Edit(text),
+                    ActionIn::Unsend => Action::Unsend,
+                };
+                e.act(&message, action).map(|(id, _)| Value::String(id))
+            }
+            Request::MarkRead { conversation } => match self.dm_peer(&conversation)? {
+                Some(peer) => e.mark_read_dm(&peer),
+                None => e.mark_read_group(&conversation),
+            }
+            .map(|(n, _)| json!(n)),
+            Request::Typing { conversation } => match self.dm_peer(&conversation)? {
+                Some(peer) => e.typing_dm(&peer),
+                None => e.typing_group(&conversation),
+            }
+            .map(|()| Value::Null),
+            Request::Devices => e.devices().map(|ds| {
+                ds.into_iter()
+                    .map(|d| {
+                        json!({"device": d.device_id, "created_at": d.created_at,
+                               "this_device": d.this_device, "verified": d.verified})
+                    })
+                    .collect()
+            }),
+            Request::Revoke { device } => e.revoke_device(&device).map(report_json),
+            Request::LinkCode => e.create_link_code().map(Value::String),
+            Request::Frame { frame } => e.handle_frame(frame).map(report_json),
         };
-        self.start(self.engine.register(username, at));
+        self.task = Some(task);
+        Ok(())
     }
 
-    /// Starts sending a DM (after a sync); the result is the sent message.
-    #[wasm_bindgen(js_name = startSendDm)]
-    pub fn start_send_dm(&mut self, peer: &str, text: &str) {
-        self.start(self.engine.send_dm(peer, text).map(|(m, _)| m));
-    }
-
-    /// Starts a sync; the result is its warnings.
-    #[wasm_bindgen(js_name = startSync)]
-    pub fn start_sync(&mut self) {
-        self.start(self.engine.sync().map(|r| r.warnings));
+    /// The peer of a DM this device has, `None` for any other conversation.
+    fn dm_peer(&self, conversation: &str) -> Result<Option<String>, JsError> {
+        let tx = self.store.begin(false).map_err(js_err)?;
+        Ok(tx
+            .conversation(conversation)
+            .map_err(js_err)?
+            .filter(|c| c.kind == ConversationKind::Dm)
+            .and_then(|c| c.peer))
     }
 
     /// Steps the operation in progress with the answer to its last request (`""` the first time).
@@ -126,22 +360,49 @@ impl Device {
                 self.task = None;
                 match r {
                     Ok(v) => json!({"op": "done", "ok": v}),
-                    Err(e) => json!({"op": "done", "error": e.to_string()}),
+                    Err(e) => {
+                        // The server's stable code, so the host can tell a revoked device
+                        // (`unauthorized`) or a full server (`storage_full`) from the rest.
+                        let code = match &e {
+                            Error::Api { code, .. } => to_json(code),
+                            _ => Value::Null,
+                        };
+                        json!({"op": "done", "error": e.to_string(),
+                               "refused": e.is_refusal(), "code": code})
+                    }
                 }
             }
         };
         Ok(out.to_string())
     }
 
-    /// Messages received and not shown yet, as a JSON array; marks them shown.
-    #[wasm_bindgen(js_name = takeUnshown)]
-    pub fn take_unshown(&self) -> Result<String, JsError> {
-        let msgs = self.engine.take_unshown().map_err(js_err)?;
-        serde_json::to_string(&msgs).map_err(js_err)
+    /// Answers a JSON [`Query`] from this device's state, as JSON.
+    pub fn query(&self, query: &str) -> Result<String, JsError> {
+        let q: Query =
+            serde_json::from_str(query).map_err(|e| js_err(format!("bad query: {e}")))?;
+        let e = &self.engine;
+        let v = match q {
+            Query::Me => json!({
+                "username": e.username(),
+                "device": e.device_id(),
+                "server": e.server().map_err(js_err)?,
+            }),
+            Query::Conversations => to_json(e.conversation_list().map_err(js_err)?),
+            Query::History { conversation } => {
+                to_json(e.history_items(&conversation).map_err(js_err)?)
+            }
+            Query::Group { group } => to_json(e.group_info(&group).map_err(js_err)?),
+            Query::TakeUnshown => to_json(e.take_unshown().map_err(js_err)?),
+            Query::TakeUpdates => to_json(e.take_updates().map_err(js_err)?),
+            Query::ReadAcks => to_json(e.read_acks()),
+        };
+        Ok(v.to_string())
     }
 
-    /// The registered username, if any.
-    pub fn username(&self) -> Option<String> {
-        self.engine.username()
+    /// The bearer token for the push channel's WebSocket (the browser cannot set a header there;
+    /// it offers the token as a subprotocol). Never log it.
+    #[wasm_bindgen(js_name = pushToken)]
+    pub fn push_token(&self) -> Option<String> {
+        self.engine.dangerous_bearer_token()
     }
 }

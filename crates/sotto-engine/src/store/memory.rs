@@ -1,6 +1,13 @@
-//! The in-memory store: for tests, benchmarks and WebAssembly hosts without a disk. Nothing
-//! survives the process. A transaction records how to undo each write and replays that on drop
-//! unless it was committed, so a transaction costs what it changes, not the store's size.
+//! The in-memory store: for tests, benchmarks, and WebAssembly hosts that keep the records
+//! themselves. A transaction records how to undo each write and replays that on drop unless it was
+//! committed, so a transaction costs what it changes, not the store's size.
+//!
+//! A *journaled* store ([`MemoryStore::journaled`], [`MemoryStore::restore`]) also collects, at
+//! each commit, the records the transaction changed, as opaque key/value pairs
+//! ([`MemoryStore::take_changes`]). The browser worker writes them to IndexedDB, encrypted, in one
+//! IndexedDB transaction, before it performs the next request the engine asks for: nothing the
+//! server or the user sees can depend on a change that is not on disk yet. At start it hands every
+//! stored record back to [`MemoryStore::restore`].
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -34,10 +41,138 @@ enum Undo {
     Order(u64),
 }
 
+/// Records changed by committed transactions and not yet taken: key to new value (`None`:
+/// deleted). Later commits overwrite earlier ones' values, which is what the host must store.
+type Journal = Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+
 /// A store that lives in memory.
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    journal: Option<Journal>,
+}
+
+/// One record a committed transaction changed, for a host that keeps the records itself. Keys and
+/// values are opaque to the host; values may hold secrets (keys, message text).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The record's key.
+    pub key: Vec<u8>,
+    /// Its new value; `None`: it was deleted.
+    pub value: Option<Vec<u8>>,
+}
+
+// Redacted: values hold keys and text.
+impl std::fmt::Debug for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Change")
+            .field("key_len", &self.key.len())
+            .field("value_len", &self.value.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+// Record kinds, the first byte of a record's key.
+const SETTING: u8 = b's';
+const PIN: u8 = b'p';
+const CONVERSATION: u8 = b'c';
+const MESSAGE: u8 = b'M';
+const UNDECRYPTABLE: u8 = b'u';
+const RECEIPT: u8 = b'r';
+const MLS: u8 = b'm';
+const ORDER: u8 = b'o';
+
+fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(tag);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Backend(format!("encoding a record: {e}")))
+}
+
+fn unjson<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(format!("a stored record: {e}")))
+}
+
+impl Undo {
+    /// The key of the record this undo entry restores.
+    fn key(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(match self {
+            Undo::Setting(k, _) => tagged(SETTING, k.as_bytes()),
+            Undo::Pin(k, _) => tagged(PIN, k.as_bytes()),
+            Undo::Conversation(k, _) => tagged(CONVERSATION, k.as_bytes()),
+            Undo::Message(k, _) => tagged(MESSAGE, &json(k)?),
+            Undo::Undecryptable(k, _) => tagged(UNDECRYPTABLE, &json(k)?),
+            Undo::Receipt(k, _) => tagged(RECEIPT, &json(k)?),
+            Undo::Mls(k, _) => tagged(MLS, k),
+            Undo::Order(_) => vec![ORDER],
+        })
+    }
+
+    /// The current value of that record, encoded (`None`: it does not exist).
+    fn value(&self, s: &State) -> Result<Option<Vec<u8>>, StoreError> {
+        fn enc<T: serde::Serialize>(v: Option<&T>) -> Result<Option<Vec<u8>>, StoreError> {
+            v.map(json).transpose()
+        }
+        match self {
+            Undo::Setting(k, _) => Ok(s.settings.get(k).cloned()),
+            Undo::Pin(k, _) => enc(s.pins.get(k)),
+            Undo::Conversation(k, _) => enc(s.conversations.get(k)),
+            Undo::Message(k, _) => enc(s.messages.get(k)),
+            Undo::Undecryptable(k, _) => enc(s.undecryptable.get(k)),
+            Undo::Receipt(k, _) => enc(s.receipts.get(k)),
+            Undo::Mls(k, _) => Ok(s.mls.get(k).cloned()),
+            Undo::Order(_) => enc(Some(&s.next_order)),
+        }
+    }
+}
+
+impl State {
+    /// Puts one record, as [`Undo::key`] and [`Undo::value`] encoded it.
+    fn load(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let text = |b: &[u8]| {
+            String::from_utf8(b.to_vec())
+                .map_err(|_| StoreError::Corrupt("a stored record's key is not UTF-8".into()))
+        };
+        let Some((&tag, rest)) = key.split_first() else {
+            return Err(StoreError::Corrupt(
+                "a stored record has an empty key".into(),
+            ));
+        };
+        match tag {
+            SETTING => {
+                self.settings.insert(text(rest)?, value);
+            }
+            PIN => {
+                self.pins.insert(text(rest)?, unjson(&value)?);
+            }
+            CONVERSATION => {
+                self.conversations.insert(text(rest)?, unjson(&value)?);
+            }
+            MESSAGE => {
+                self.messages.insert(unjson(rest)?, unjson(&value)?);
+            }
+            UNDECRYPTABLE => {
+                self.undecryptable.insert(unjson(rest)?, unjson(&value)?);
+            }
+            RECEIPT => {
+                self.receipts.insert(unjson(rest)?, unjson(&value)?);
+            }
+            MLS => {
+                self.mls.insert(rest.to_vec(), value);
+            }
+            ORDER if rest.is_empty() => self.next_order = unjson(&value)?,
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "a stored record has an unknown kind ({tag})"
+                )))
+            }
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -51,6 +186,46 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// An empty journaled store: every commit's changed records can be taken with
+    /// [`MemoryStore::take_changes`].
+    pub fn journaled() -> Self {
+        Self {
+            state: Mutex::default(),
+            journal: Some(Mutex::default()),
+        }
+    }
+
+    /// A journaled store holding `records`: every key and value that [`MemoryStore::take_changes`]
+    /// handed out and not deleted since, in any order. A record that does not decode is an error,
+    /// and nothing is loaded.
+    pub fn restore(
+        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self, StoreError> {
+        let mut state = State::default();
+        for (key, value) in records {
+            state.load(&key, value)?;
+        }
+        Ok(Self {
+            state: Mutex::new(state),
+            journal: Some(Mutex::default()),
+        })
+    }
+
+    /// The records changed by transactions committed since the last call, each with its newest
+    /// value, by key. Empty for a store that is not journaled.
+    pub fn take_changes(&self) -> Result<Vec<Change>, StoreError> {
+        let Some(journal) = &self.journal else {
+            return Ok(Vec::new());
+        };
+        let mut j = journal
+            .lock()
+            .map_err(|_| StoreError::Backend("memory store journal lock poisoned".into()))?;
+        Ok(std::mem::take(&mut *j)
+            .into_iter()
+            .map(|(key, value)| Change { key, value })
+            .collect())
+    }
 }
 
 impl Store for MemoryStore {
@@ -63,6 +238,7 @@ impl Store for MemoryStore {
             state: RefCell::new(guard),
             undo: RefCell::new(Vec::new()),
             committed: false,
+            journal: self.journal.as_ref(),
         }))
     }
 }
@@ -71,6 +247,7 @@ struct MemoryTx<'a> {
     state: RefCell<MutexGuard<'a, State>>,
     undo: RefCell<Vec<Undo>>,
     committed: bool,
+    journal: Option<&'a Journal>,
 }
 
 impl Drop for MemoryTx<'_> {
@@ -125,6 +302,22 @@ impl MemoryTx<'_> {
 
 impl Tx for MemoryTx<'_> {
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        if let Some(journal) = self.journal {
+            // Encode everything first: if a record cannot be encoded, the transaction rolls back
+            // (on drop) and the journal is untouched.
+            let s = self.state.borrow();
+            let mut changed = BTreeMap::new();
+            for u in self.undo.borrow().iter() {
+                if let std::collections::btree_map::Entry::Vacant(e) = changed.entry(u.key()?) {
+                    e.insert(u.value(&s)?);
+                }
+            }
+            drop(s);
+            journal
+                .lock()
+                .map_err(|_| StoreError::Backend("memory store journal lock poisoned".into()))?
+                .extend(changed);
+        }
         self.committed = true;
         Ok(())
     }

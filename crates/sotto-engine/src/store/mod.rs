@@ -18,7 +18,7 @@ pub mod conformance;
 mod memory;
 pub mod mls;
 
-pub use memory::MemoryStore;
+pub use memory::{Change, MemoryStore};
 
 /// A backend failure. The text is for the user's terminal and names no secret.
 #[derive(Debug, Error)]
@@ -117,7 +117,7 @@ impl ConversationStatus {
 }
 
 /// A conversation as this device knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationRecord {
     /// Conversation id (hex; also the MLS group id).
     pub id: String,
@@ -218,7 +218,7 @@ impl ContentKind {
 }
 
 /// A stored message, or an action on one (a reaction, an edit, an unsend).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
     /// Conversation id.
     pub conversation: String,
@@ -336,7 +336,7 @@ impl UndecryptableState {
 }
 
 /// A log entry holding an application message that did not decrypt or verify.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UndecryptableRecord {
     /// Conversation id.
     pub conversation: String,
@@ -357,7 +357,7 @@ pub struct UndecryptableRecord {
 }
 
 /// An identity key pinned on first contact.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinRecord {
     /// The account.
     pub username: String,
