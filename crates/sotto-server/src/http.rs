@@ -28,16 +28,46 @@ impl FromRequestParts<AppState> for Auth {
         if let Some(c) = parts.extensions.get::<Caller>() {
             return Ok(Auth(c.clone()));
         }
-        let token = parts
+        let header_token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.strip_prefix("Bearer "))
-            .ok_or_else(ApiError::unauthorized)?;
-        let caller = ds::authenticate(state, token).await?;
+            .and_then(|s| s.strip_prefix("Bearer "));
+        let token = match header_token {
+            Some(t) => t.to_owned(),
+            None => ws_protocol_token(&parts.headers).ok_or_else(ApiError::unauthorized)?,
+        };
+        let caller = ds::authenticate(state, &token).await?;
         parts.extensions.insert(caller.clone());
         Ok(Auth(caller))
     }
+}
+
+/// The subprotocol a browser's push connection asks for, and which the server selects: a browser
+/// cannot set `Authorization` on a WebSocket, so it offers its token as a second subprotocol.
+pub const WS_PROTOCOL: &str = "sotto.v1";
+/// The prefix of that second subprotocol: `sotto.bearer.DEVICE.SECRET` for the token
+/// `DEVICE:SECRET` (a subprotocol is an HTTP token, which cannot hold `:`). The server never
+/// selects it, so it is not echoed back.
+pub const WS_BEARER_PREFIX: &str = "sotto.bearer.";
+
+/// The token offered as a subprotocol on a WebSocket upgrade, if any.
+fn ws_protocol_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    if !headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    {
+        return None;
+    }
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WS_BEARER_PREFIX))
+        .and_then(|t| t.split_once('.'))
+        .map(|(device, secret)| format!("{device}:{secret}"))
 }
 
 /// A rate-limited class of requests (see [`Limited`]).
@@ -506,6 +536,7 @@ async fn ws(
     }
     match upgrade {
         Ok(u) => u
+            .protocols([WS_PROTOCOL])
             .max_message_size(crate::ws::MAX_CLIENT_FRAME)
             .max_frame_size(crate::ws::MAX_CLIENT_FRAME)
             // Small buffers: an idle connection costs a few KB, not tungstenite's default ~130 KB.
@@ -600,10 +631,6 @@ async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> 
     Ok("ready")
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such route")
-}
-
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         ErrorCode::MethodNotAllowed,
@@ -675,7 +702,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
         .merge(crate::blobs::routes())
-        .fallback(not_found)
+        .fallback(crate::web::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }

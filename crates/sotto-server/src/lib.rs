@@ -36,6 +36,7 @@ pub mod openapi;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod web;
 pub mod ws;
 
 pub use bus::{AuthCache, Bus, Hub, LocalBus, NatsBus};
@@ -65,6 +66,8 @@ pub struct Config {
     pub shutdown_timeout: std::time::Duration,
     /// Whether `/metrics` is served with the API (off when it has an address of its own).
     pub metrics_on_api: bool,
+    /// The web client's bundle, served at `/` (`None`: not served; `/` is a 404).
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             drain: std::time::Duration::ZERO,
             shutdown_timeout: std::time::Duration::from_secs(10),
             metrics_on_api: true,
+            web_dir: None,
         }
     }
 }

@@ -116,6 +116,13 @@ struct Args {
     /// public listener.
     #[arg(long, env = "SOTTO_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// The web client's built bundle, served at `/` (`scripts/web-build` makes it). Without one,
+    /// `/` says how to build it.
+    #[arg(long, env = "SOTTO_WEB_DIR", default_value = "./web/dist")]
+    web_dir: PathBuf,
+    /// Do not serve the web client (`/` is a 404).
+    #[arg(long, env = "SOTTO_NO_WEB")]
+    no_web: bool,
     /// A TOML file of settings: each key is one of these flags' long name (`retention-days =
     /// 7`, `no-rate-limits = true`). A flag or its environment variable wins over the file, the
     /// file over the default; an unknown key or a bad value stops sottod at start.
@@ -545,6 +552,7 @@ async fn main() -> anyhow::Result<()> {
         drain: std::time::Duration::from_secs(args.drain_secs),
         shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
         metrics_on_api: args.metrics_listen.is_none(),
+        web_dir: (!args.no_web).then(|| args.web_dir.clone()),
         limits: if args.no_rate_limits {
             Limits::none()
         } else {
