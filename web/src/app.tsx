@@ -1,0 +1,669 @@
+// The web client's page. It holds no key: every operation goes to the worker (client.ts).
+import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
+import type { JSX } from 'preact';
+import { CallError, type Client } from './client';
+import type { ConversationLine, DeviceLine, GroupLine, HistoryMessage, Incoming, Me } from './protocol';
+import { qrPath } from './qr';
+
+type Phase = 'loading' | 'waiting' | 'fatal' | 'ready';
+
+function describe(e: unknown): string {
+  if (e instanceof CallError) return e.message;
+  if (e instanceof Error) return e.message;
+  return String(e);
+}
+
+function time(rfc3339: string): string {
+  const d = new Date(rfc3339);
+  return Number.isNaN(d.getTime()) ? '' : d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+function names(s: string): string[] {
+  return s
+    .split(/[\s,]+/)
+    .map((x) => x.trim())
+    .filter((x) => x.length > 0);
+}
+
+export function App({ client }: { client: Client }): JSX.Element {
+  const [phase, setPhase] = useState<Phase>('loading');
+  const [fatal, setFatal] = useState('');
+  const [me, setMe] = useState<Me | null>(null);
+  const [error, setError] = useState('');
+  const [online, setOnline] = useState<string>('');
+  const [conversations, setConversations] = useState<ConversationLine[]>([]);
+  const [open, setOpen] = useState<string | null>(null);
+  const [panel, setPanel] = useState<'chat' | 'devices'>('chat');
+  const [tick, setTick] = useState(0);
+  const [typing, setTyping] = useState<Record<string, { user: string; until: number }>>({});
+  const [cutOff, setCutOff] = useState(false);
+
+  const act = useCallback(
+    async <T,>(f: () => Promise<T>): Promise<T | undefined> => {
+      setError('');
+      try {
+        return await f();
+      } catch (e) {
+        setError(describe(e));
+        return undefined;
+      }
+    },
+    [],
+  );
+
+  useEffect(
+    () =>
+      client.on((m) => {
+        switch (m.kind) {
+          case 'ready':
+            setMe(m.me);
+            setPhase('ready');
+            break;
+          case 'waiting':
+            setPhase((p) => (p === 'loading' ? 'waiting' : p));
+            break;
+          case 'fatal':
+            setFatal(m.error);
+            setPhase('fatal');
+            break;
+          case 'cutOff':
+            setCutOff(true);
+            break;
+          case 'changed':
+            setTick((t) => t + 1);
+            break;
+          case 'connection':
+            setOnline(m.online ? '' : m.detail);
+            break;
+          case 'incoming':
+            notify(m.messages);
+            break;
+          case 'typing':
+            setTyping((t) => ({ ...t, [m.conversation]: { user: m.user, until: Date.now() + 6000 } }));
+            setTimeout(() => setTick((x) => x + 1), 6100);
+            break;
+        }
+      }),
+    [client],
+  );
+
+  useEffect(() => {
+    if (phase !== 'ready' || me?.username == null) return;
+    void client.conversations().then(setConversations, (e: unknown) => setError(describe(e)));
+  }, [client, phase, me, tick]);
+
+  if (phase === 'loading') return <main class="center"><p role="status">Opening Sotto…</p></main>;
+  if (phase === 'waiting')
+    return (
+      <main class="center">
+        <p role="status">Sotto is open in another tab. This tab takes over when that one closes.</p>
+      </main>
+    );
+  if (phase === 'fatal')
+    return (
+      <main class="center">
+        <p role="alert">Sotto cannot start here: {fatal}</p>
+      </main>
+    );
+  if (me?.username == null)
+    return <Welcome client={client} act={act} error={error} onReady={(m) => setMe(m)} />;
+
+  const current = conversations.find((c) => c.id === open) ?? null;
+  return (
+    <div class={`shell ${open !== null || panel !== 'chat' ? 'has-open' : ''}`}>
+      <aside class="sidebar" aria-label="Conversations and account">
+        <header class="me">
+          <span>
+            Signed in as <strong data-testid="me">{me.username}</strong>
+          </span>
+          <button type="button" onClick={() => { setPanel('devices'); setOpen(null); }}>
+            Devices
+          </button>
+        </header>
+        <NotificationsButton />
+        <NewChat
+          client={client}
+          act={act}
+          onOpen={(id) => { setPanel('chat'); setOpen(id); setTick((t) => t + 1); }}
+        />
+        <nav aria-label="Conversations">
+          <ul class="conversations">
+            {conversations.map((c) => (
+              <li key={c.id}>
+                <button
+                  type="button"
+                  class={c.id === open ? 'active' : ''}
+                  aria-current={c.id === open ? 'true' : undefined}
+                  onClick={() => { setPanel('chat'); setOpen(c.id); }}
+                >
+                  <span class="title">
+                    {c.kind === 'group' ? '# ' : ''}
+                    {c.title}
+                  </span>
+                  {c.unread > 0 && (
+                    <span class="badge" aria-label={`${c.unread} unread`}>
+                      {c.unread}
+                    </span>
+                  )}
+                  <span class="preview">
+                    {c.last === null
+                      ? 'No messages yet'
+                      : `${c.last.outgoing ? 'You' : c.last.sender}: ${c.last.deleted ? 'Message deleted' : (c.last.text ?? '')}`}
+                  </span>
+                </button>
+              </li>
+            ))}
+          </ul>
+        </nav>
+      </aside>
+      <main class="pane">
+        {cutOff && (
+          <p class="error" role="alert">
+            This browser is no longer one of {me.username}'s devices: it was revoked from another device, or
+            the account was deleted. What it shows here stays readable, but it can no longer send or receive.
+            To use Sotto here again, clear this site's data and link this browser anew.
+          </p>
+        )}
+        {online !== '' && !cutOff && (
+          <p class="offline" role="status">
+            Offline: {online}
+          </p>
+        )}
+        {error !== '' && (
+          <p class="error" role="alert">
+            {error}
+          </p>
+        )}
+        {panel === 'devices' ? (
+          <Devices client={client} act={act} onBack={() => setPanel('chat')} />
+        ) : current !== null ? (
+          <Conversation
+            key={current.id}
+            client={client}
+            act={act}
+            line={current}
+            me={me.username}
+            tick={tick}
+            typing={typing[current.id]}
+            onBack={() => setOpen(null)}
+            onGone={() => setOpen(null)}
+          />
+        ) : (
+          <p class="hint">Pick a conversation, or start one with someone's username.</p>
+        )}
+      </main>
+    </div>
+  );
+}
+
+type Act = <T>(f: () => Promise<T>) => Promise<T | undefined>;
+
+function Welcome(props: { client: Client; act: Act; error: string; onReady: (m: Me) => void }): JSX.Element {
+  const { client, act } = props;
+  const [username, setUsername] = useState('');
+  const [code, setCode] = useState('');
+  const [busy, setBusy] = useState(false);
+  const go = async (e: Event, request: 'register' | 'link') => {
+    e.preventDefault();
+    setBusy(true);
+    await act(async () => {
+      if (request === 'register') await client.start({ op: 'register', username, server: '' });
+      else await client.start({ op: 'link', code: code.trim(), server: '' });
+      props.onReady(await client.me());
+    });
+    setBusy(false);
+  };
+  return (
+    <main class="center welcome">
+      <h1>Sotto</h1>
+      <p>End-to-end encrypted messages. Your keys stay in this browser.</p>
+      {props.error !== '' && (
+        <p class="error" role="alert">
+          {props.error}
+        </p>
+      )}
+      <form onSubmit={(e) => void go(e, 'register')} aria-label="Create an account">
+        <h2>New here</h2>
+        <label for="username">Username</label>
+        <input
+          id="username"
+          autocomplete="username"
+          value={username}
+          onInput={(e) => setUsername(e.currentTarget.value)}
+          required
+        />
+        <button type="submit" disabled={busy}>
+          Create account
+        </button>
+      </form>
+      <form onSubmit={(e) => void go(e, 'link')} aria-label="Link this browser">
+        <h2>Already use Sotto on another device</h2>
+        <label for="code">Link code from that device</label>
+        <input id="code" value={code} onInput={(e) => setCode(e.currentTarget.value)} required />
+        <button type="submit" disabled={busy}>
+          Link this browser
+        </button>
+      </form>
+      {busy && <p role="status">Working… (creating keys and talking to the server)</p>}
+    </main>
+  );
+}
+
+function NotificationsButton(): JSX.Element | null {
+  const [state, setState] = useState(typeof Notification === 'undefined' ? 'denied' : Notification.permission);
+  if (state !== 'default') return null;
+  return (
+    <button
+      type="button"
+      class="notify"
+      onClick={() => void Notification.requestPermission().then(setState)}
+    >
+      Notify me of new messages
+    </button>
+  );
+}
+
+function notify(messages: Incoming[]): void {
+  if (!document.hidden || typeof Notification === 'undefined' || Notification.permission !== 'granted') return;
+  for (const m of messages) {
+    if (!m.outgoing) new Notification(`Sotto: ${m.sender}`, { body: m.text, tag: m.conversation });
+  }
+}
+
+function NewChat(props: { client: Client; act: Act; onOpen: (id: string) => void }): JSX.Element {
+  const { client, act } = props;
+  const [peer, setPeer] = useState('');
+  const [group, setGroup] = useState('');
+  const [members, setMembers] = useState('');
+  const [busy, setBusy] = useState(false);
+  return (
+    <div class="new">
+      <form
+        aria-label="New chat"
+        onSubmit={(e) => {
+          e.preventDefault();
+          setBusy(true);
+          void act(() => client.start({ op: 'openDm', peer: peer.trim() })).then((id) => {
+            setBusy(false);
+            if (typeof id === 'string') {
+              setPeer('');
+              props.onOpen(id);
+            }
+          });
+        }}
+      >
+        <label for="peer">Chat with (username)</label>
+        <input id="peer" value={peer} onInput={(e) => setPeer(e.currentTarget.value)} required />
+        <button type="submit" disabled={busy}>
+          Start chat
+        </button>
+      </form>
+      <details>
+        <summary>New group</summary>
+        <form
+          aria-label="New group"
+          onSubmit={(e) => {
+            e.preventDefault();
+            setBusy(true);
+            void act(() => client.start({ op: 'createGroup', name: group.trim(), members: names(members) })).then(
+              (id) => {
+                setBusy(false);
+                if (typeof id === 'string') {
+                  setGroup('');
+                  setMembers('');
+                  props.onOpen(id);
+                }
+              },
+            );
+          }}
+        >
+          <label for="group-name">Group name</label>
+          <input id="group-name" value={group} onInput={(e) => setGroup(e.currentTarget.value)} required />
+          <label for="group-members">Members (usernames, comma separated)</label>
+          <input id="group-members" value={members} onInput={(e) => setMembers(e.currentTarget.value)} />
+          <button type="submit" disabled={busy}>
+            Create group
+          </button>
+        </form>
+      </details>
+    </div>
+  );
+}
+
+function Conversation(props: {
+  client: Client;
+  act: Act;
+  line: ConversationLine;
+  me: string;
+  tick: number;
+  typing: { user: string; until: number } | undefined;
+  onBack: () => void;
+  onGone: () => void;
+}): JSX.Element {
+  const { client, act, line } = props;
+  const [history, setHistory] = useState<HistoryMessage[]>([]);
+  const [text, setText] = useState('');
+  const [replyTo, setReplyTo] = useState<HistoryMessage | null>(null);
+  const [editing, setEditing] = useState<HistoryMessage | null>(null);
+  const [showInfo, setShowInfo] = useState(false);
+  const [sending, setSending] = useState(false);
+  const list = useRef<HTMLOListElement>(null);
+  const lastTyping = useRef(0);
+
+  useEffect(() => {
+    void client.history(line.id).then(setHistory, () => undefined);
+  }, [client, line.id, props.tick, line.last?.id]);
+
+  useEffect(() => {
+    list.current?.lastElementChild?.scrollIntoView({ block: 'end' });
+  }, [history.length]);
+
+  // Read while it is open and the tab is seen.
+  useEffect(() => {
+    if (line.unread > 0 && !document.hidden) {
+      void client.start({ op: 'markRead', conversation: line.id }).catch(() => undefined);
+    }
+  }, [client, line.id, line.unread]);
+
+  const send = async (e: Event) => {
+    e.preventDefault();
+    const body = text.trim();
+    if (body === '') return;
+    setSending(true);
+    const done = await act(async () => {
+      if (editing !== null) {
+        await client.start({ op: 'act', message: editing.id, action: { kind: 'edit', text: body } });
+      } else if (replyTo !== null) {
+        await client.start({ op: 'act', message: replyTo.id, action: { kind: 'reply', text: body } });
+      } else if (line.kind === 'dm') {
+        await client.start({ op: 'sendDm', peer: line.title, text: body });
+      } else {
+        await client.start({ op: 'sendGroup', group: line.id, text: body });
+      }
+      return true;
+    });
+    setSending(false);
+    if (done) {
+      setText('');
+      setReplyTo(null);
+      setEditing(null);
+    }
+  };
+
+  const onType = (value: string) => {
+    setText(value);
+    const now = Date.now();
+    if (value !== '' && now - lastTyping.current > 4000) {
+      lastTyping.current = now;
+      void client.start({ op: 'typing', conversation: line.id }).catch(() => undefined);
+    }
+  };
+
+  const byId = new Map(history.map((m) => [m.id, m]));
+  const typing = props.typing !== undefined && props.typing.until > Date.now() ? props.typing.user : null;
+  return (
+    <section class="conversation" aria-label={`Conversation with ${line.title}`}>
+      <header class="conv-head">
+        <button type="button" class="back" onClick={props.onBack} aria-label="Back to conversations">
+          ←
+        </button>
+        <h2>{line.kind === 'group' ? `# ${line.title}` : line.title}</h2>
+        {line.kind === 'group' && (
+          <button type="button" aria-expanded={showInfo} onClick={() => setShowInfo(!showInfo)}>
+            Group settings
+          </button>
+        )}
+      </header>
+      {line.status !== 'ok' && (
+        <p class="error" role="status">
+          This conversation is {line.status}: you cannot send here.
+        </p>
+      )}
+      {showInfo && line.kind === 'group' && (
+        <GroupSettings client={client} act={act} id={line.id} me={props.me} tick={props.tick} onGone={props.onGone} />
+      )}
+      <ol class="messages" ref={list} aria-label="Messages" aria-live="polite">
+        {history.map((m) =>
+          m.undecryptable !== undefined ? (
+            <li key={`u${m.seq ?? ''}`} class="undecryptable">
+              A message from {m.sender ?? 'someone'} could not be decrypted
+              {m.undecryptable === 'waiting' ? ' yet; it is tried again on the next sync.' : '.'}
+            </li>
+          ) : (
+            <li key={m.id} class={m.outgoing ? 'out' : 'in'} data-message-id={m.id}>
+              <div class="meta">
+                <span class="sender">{m.outgoing ? 'You' : m.sender}</span>{' '}
+                <time dateTime={m.sent_at}>{time(m.sent_at)}</time>
+                {m.seq === null && <span class="pending"> · sending</span>}
+                {m.edits > 0 && !m.deleted && <span class="edited"> · edited</span>}
+              </div>
+              {m.reply_to !== null && (
+                <blockquote class="quote">
+                  {byId.get(m.reply_to)?.text ?? 'an earlier message'}
+                </blockquote>
+              )}
+              <p class="text">
+                {m.deleted ? <em>Message deleted</em> : m.content === 'timer' ? <em>{m.text}</em> : m.text}
+              </p>
+              {Object.keys(m.reactions).length > 0 && (
+                <ul class="reactions" aria-label="Reactions">
+                  {Object.entries(m.reactions).map(([emoji, who]) => (
+                    <li key={emoji} title={who.join(', ')}>
+                      {emoji} {who.length}
+                    </li>
+                  ))}
+                </ul>
+              )}
+              {m.outgoing && m.read_by.length > 0 && <span class="receipt">Read by {m.read_by.join(', ')}</span>}
+              {!m.deleted && m.content === 'message' && (
+                <div class="actions">
+                  <button type="button" onClick={() => { setReplyTo(m); setEditing(null); }}>
+                    Reply
+                  </button>
+                  <button
+                    type="button"
+                    onClick={() =>
+                      void act(() => client.start({ op: 'act', message: m.id, action: { kind: 'react', emoji: '👍' } }))
+                    }
+                    aria-label="React with thumbs up"
+                  >
+                    👍
+                  </button>
+                  {m.outgoing && (
+                    <>
+                      <button type="button" onClick={() => { setEditing(m); setReplyTo(null); setText(m.text ?? ''); }}>
+                        Edit
+                      </button>
+                      <button
+                        type="button"
+                        onClick={() => void act(() => client.start({ op: 'act', message: m.id, action: { kind: 'unsend' } }))}
+                      >
+                        Unsend
+                      </button>
+                    </>
+                  )}
+                </div>
+              )}
+            </li>
+          ),
+        )}
+      </ol>
+      {typing !== null && (
+        <p class="typing" role="status">
+          {typing} is typing…
+        </p>
+      )}
+      <form class="composer" onSubmit={(e) => void send(e)} aria-label="Send a message">
+        {(replyTo !== null || editing !== null) && (
+          <p class="context">
+            {editing !== null ? 'Editing your message' : `Replying to ${replyTo?.sender ?? ''}`}{' '}
+            <button type="button" onClick={() => { setReplyTo(null); setEditing(null); setText(''); }}>
+              Cancel
+            </button>
+          </p>
+        )}
+        <label for="composer" class="visually-hidden">
+          Message
+        </label>
+        <textarea
+          id="composer"
+          rows={2}
+          value={text}
+          disabled={line.status !== 'ok'}
+          onInput={(e) => onType(e.currentTarget.value)}
+          onKeyDown={(e) => {
+            if (e.key === 'Enter' && !e.shiftKey) {
+              e.preventDefault();
+              e.currentTarget.form?.requestSubmit();
+            }
+          }}
+        />
+        <button type="submit" disabled={sending || line.status !== 'ok'}>
+          {editing !== null ? 'Save' : 'Send'}
+        </button>
+      </form>
+    </section>
+  );
+}
+
+function GroupSettings(props: {
+  client: Client;
+  act: Act;
+  id: string;
+  me: string;
+  tick: number;
+  onGone: () => void;
+}): JSX.Element {
+  const { client, act, id } = props;
+  const [info, setInfo] = useState<GroupLine | null>(null);
+  const [add, setAdd] = useState('');
+  const [name, setName] = useState('');
+  useEffect(() => {
+    void client.group(id).then(setInfo, () => undefined);
+  }, [client, id, props.tick]);
+  if (info === null) return <p role="status">Loading the group…</p>;
+  const admin = info.admins.includes(props.me);
+  return (
+    <section class="group-settings" aria-label="Group settings">
+      <p>
+        {info.post_quantum ? 'Post-quantum hybrid encryption' : 'Classic encryption'} · epoch {info.epoch}
+      </p>
+      <h3>Members</h3>
+      <ul>
+        {info.members.map(([user, devices]) => (
+          <li key={user}>
+            {user} ({devices.length} {devices.length === 1 ? 'device' : 'devices'})
+            {info.admins.includes(user) && ' · admin'}
+            {admin && user !== props.me && (
+              <>
+                {!info.admins.includes(user) && (
+                  <button type="button" onClick={() => void act(() => client.start({ op: 'groupAdmin', group: id, user }))}>
+                    Make {user} admin
+                  </button>
+                )}
+                <button
+                  type="button"
+                  onClick={() => void act(() => client.start({ op: 'groupRemove', group: id, users: [user] }))}
+                >
+                  Remove {user}
+                </button>
+              </>
+            )}
+          </li>
+        ))}
+      </ul>
+      {admin && (
+        <>
+          <form
+            aria-label="Add members"
+            onSubmit={(e) => {
+              e.preventDefault();
+              void act(() => client.start({ op: 'groupAdd', group: id, users: names(add) })).then(() => setAdd(''));
+            }}
+          >
+            <label for="group-add">Add (usernames)</label>
+            <input id="group-add" value={add} onInput={(e) => setAdd(e.currentTarget.value)} required />
+            <button type="submit">Add</button>
+          </form>
+          <form
+            aria-label="Rename the group"
+            onSubmit={(e) => {
+              e.preventDefault();
+              void act(() => client.start({ op: 'groupRename', group: id, name: name.trim() })).then(() => setName(''));
+            }}
+          >
+            <label for="group-rename">New name</label>
+            <input id="group-rename" value={name} onInput={(e) => setName(e.currentTarget.value)} required />
+            <button type="submit">Rename</button>
+          </form>
+        </>
+      )}
+      <button
+        type="button"
+        class="danger"
+        onClick={() => void act(() => client.start({ op: 'groupLeave', group: id })).then(props.onGone)}
+      >
+        Leave group
+      </button>
+    </section>
+  );
+}
+
+function Devices(props: { client: Client; act: Act; onBack: () => void }): JSX.Element {
+  const { client, act } = props;
+  const [devices, setDevices] = useState<DeviceLine[] | null>(null);
+  const [code, setCode] = useState<string | null>(null);
+  const load = useCallback(() => {
+    void act(() => client.devices()).then((d) => setDevices(d ?? []));
+  }, [client, act]);
+  useEffect(load, [load]);
+  const qr = code === null ? null : qrPath(code);
+  return (
+    <section class="devices" aria-label="Devices">
+      <header class="conv-head">
+        <button type="button" class="back" onClick={props.onBack} aria-label="Back to conversations">
+          ←
+        </button>
+        <h2>Your devices</h2>
+      </header>
+      {devices === null ? (
+        <p role="status">Loading devices…</p>
+      ) : (
+        <ul>
+          {devices.map((d) => (
+            <li key={d.device}>
+              <code>{d.device.slice(0, 16)}</code> · since {new Date(d.created_at).toLocaleDateString()} ·{' '}
+              {d.verified ? 'verified' : 'NOT verified'}
+              {d.this_device ? (
+                ' · this browser'
+              ) : (
+                <button
+                  type="button"
+                  class="danger"
+                  onClick={() => void act(() => client.start({ op: 'revoke', device: d.device })).then(load)}
+                >
+                  Revoke
+                </button>
+              )}
+            </li>
+          ))}
+        </ul>
+      )}
+      <button type="button" onClick={() => void act(() => client.start({ op: 'linkCode' })).then((c) => setCode(typeof c === 'string' ? c : null))}>
+        Link a new device
+      </button>
+      {code !== null && qr !== null && (
+        <div class="link-code">
+          <p>
+            On the new device, enter this code (valid 10 minutes, once):{' '}
+            <code data-testid="link-code">{code}</code>
+          </p>
+          <svg viewBox={`0 0 ${qr.size} ${qr.size}`} role="img" aria-label="QR code of the link code" class="qr">
+            <rect width={qr.size} height={qr.size} class="qr-bg" />
+            <path d={qr.d} class="qr-fg" />
+          </svg>
+        </div>
+      )}
+    </section>
+  );
+}

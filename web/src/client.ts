@@ -1,0 +1,87 @@
+// The page's side of the worker: typed calls, and events.
+import type {
+  ConversationLine,
+  DeviceLine,
+  GroupLine,
+  HistoryMessage,
+  Me,
+  PageMessage,
+  Query,
+  Request,
+  WorkerMessage,
+} from './protocol';
+
+/** An operation the engine or the server refused, or that could not reach the server. */
+export class CallError extends Error {
+  constructor(
+    message: string,
+    readonly refused: boolean,
+  ) {
+    super(message);
+  }
+}
+
+/** A page message before it is numbered (distributes over the union). */
+type Unnumbered<T> = T extends unknown ? Omit<T, 'id'> : never;
+
+type Pending = { resolve: (v: unknown) => void; reject: (e: CallError) => void };
+
+export class Client {
+  private readonly worker: Worker;
+  private next = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly listeners = new Set<(m: WorkerMessage) => void>();
+
+  constructor() {
+    this.worker = new Worker(new URL('./worker.ts', import.meta.url), { type: 'module' });
+    this.worker.onmessage = (e: MessageEvent<WorkerMessage>) => {
+      const m = e.data;
+      if (m.kind === 'reply') {
+        const p = this.pending.get(m.id);
+        if (p === undefined) return;
+        this.pending.delete(m.id);
+        if ('error' in m) p.reject(new CallError(m.error, m.refused));
+        else p.resolve(m.ok);
+        return;
+      }
+      for (const l of this.listeners) l(m);
+    };
+  }
+
+  on(listener: (m: WorkerMessage) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private call(m: Unnumbered<PageMessage>): Promise<unknown> {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ ...m, id } as PageMessage);
+    });
+  }
+
+  start(request: Request): Promise<unknown> {
+    return this.call({ kind: 'start', request });
+  }
+
+  private query(query: Query): Promise<unknown> {
+    return this.call({ kind: 'query', query });
+  }
+
+  me(): Promise<Me> {
+    return this.query({ q: 'me' }) as Promise<Me>;
+  }
+  conversations(): Promise<ConversationLine[]> {
+    return this.query({ q: 'conversations' }) as Promise<ConversationLine[]>;
+  }
+  history(conversation: string): Promise<HistoryMessage[]> {
+    return this.query({ q: 'history', conversation }) as Promise<HistoryMessage[]>;
+  }
+  group(group: string): Promise<GroupLine> {
+    return this.query({ q: 'group', group }) as Promise<GroupLine>;
+  }
+  devices(): Promise<DeviceLine[]> {
+    return this.start({ op: 'devices' }) as Promise<DeviceLine[]>;
+  }
+}

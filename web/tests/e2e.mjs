@@ -1,0 +1,261 @@
+// The web client in a real Chromium (Debian's, driven by playwright-core) against a real sottod
+// serving the built bundle, with the real CLI as a third party. Every check is on what a person
+// sees on the page.
+//
+//   node tests/e2e.mjs SOTTOD SOTTO_CLI DIST
+//
+// Prints one line per behaviour and the timings it measured; exits non-zero on the first failure.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, statSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [sottod, cli, dist] = process.argv.slice(2);
+if (!sottod || !cli || !dist) {
+  console.error('usage: node tests/e2e.mjs SOTTOD SOTTO_CLI DIST');
+  process.exit(2);
+}
+const CHROMIUM = process.env.SOTTO_CHROMIUM ?? '/usr/bin/chromium';
+const WAIT = 20_000;
+const work = mkdtempSync(join(tmpdir(), 'sotto-web-'));
+const suffix = Math.floor(Math.random() * 1e9).toString(36);
+const names = { alice: `alice${suffix}`, bob: `bob${suffix}`, carol: `carol${suffix}` };
+const plaintexts = [];
+const said = (t) => (plaintexts.push(t), t);
+
+function fail(why) {
+  throw new Error(why);
+}
+
+async function startServer() {
+  const log = join(work, 'sottod.log');
+  const out = (await import('node:fs')).openSync(log, 'w');
+  const child = spawn(sottod, ['--data-dir', join(work, 'server'), '--listen', '127.0.0.1:0', '--web-dir', dist], {
+    stdio: ['ignore', out, out],
+  });
+  for (let i = 0; i < 200; i++) {
+    const m = readFileSync(log, 'utf8').match(/http:\/\/127\.0\.0\.1:\d+/);
+    if (m) return { child, url: m[0], log };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill();
+  fail(`sottod did not start: ${readFileSync(log, 'utf8')}`);
+}
+
+function sotto(home, ...args) {
+  return execFileSync(cli, ['--home', join(work, home), ...args], { encoding: 'utf8', env: { ...process.env, RUST_BACKTRACE: '0' } });
+}
+
+// A page whose CSP violations and uncaught errors fail the run.
+async function openPage(context, url, problems) {
+  const page = await context.newPage();
+  page.on('console', (m) => {
+    if (/Content Security Policy|Refused to/.test(m.text())) problems.push(`CSP: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  const t0 = Date.now();
+  await page.goto(url);
+  return { page, t0 };
+}
+
+async function register(page, username) {
+  await page.getByLabel('Username').fill(username);
+  await page.getByRole('button', { name: 'Create account' }).click();
+  await page.getByTestId('me').filter({ hasText: username }).waitFor({ timeout: WAIT });
+}
+
+function messages(page) {
+  return page.getByRole('list', { name: 'Messages' }).locator(':scope > li');
+}
+
+async function send(page, text) {
+  await page.getByLabel('Message', { exact: true }).fill(text);
+  await page.getByRole('button', { name: 'Send', exact: true }).click();
+  await messages(page).filter({ hasText: text }).first().waitFor({ timeout: WAIT });
+}
+
+async function openConversation(page, title) {
+  await page.getByRole('navigation', { name: 'Conversations' }).getByRole('button', { name: new RegExp(title) }).first().click();
+  await page.getByRole('heading', { name: title }).waitFor({ timeout: WAIT });
+}
+
+async function sees(page, text, what) {
+  try {
+    await messages(page).filter({ hasText: text }).first().waitFor({ timeout: WAIT });
+  } catch {
+    fail(`${what}: "${text}" is not on the page; it shows: ${await page.getByRole('list', { name: 'Messages' }).innerText().catch(() => '(no message list)')}`);
+  }
+}
+
+const timings = {};
+// With SOTTO_SCREENSHOTS=DIR, the main views are saved there as PNG (the README shows them).
+const shots = process.env.SOTTO_SCREENSHOTS;
+async function shot(page, name) {
+  if (shots) await page.screenshot({ path: join(shots, `${name}.png`) });
+}
+const checks = [];
+function ok(name) {
+  checks.push(name);
+  console.log(`ok - ${name}`);
+}
+
+const { child, url, log } = await startServer();
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const problems = [];
+try {
+  // 1. Two people register in two browser profiles and chat in a DM, then in a group.
+  const ctxA = await browser.newContext();
+  const ctxB = await browser.newContext();
+  const { page: alice, t0 } = await openPage(ctxA, url, problems);
+  await alice.getByRole('button', { name: 'Create account' }).waitFor();
+  timings.first_load_to_interactive_ms = Date.now() - t0;
+  const { page: bob } = await openPage(ctxB, url, problems);
+  await alice.setViewportSize({ width: 1100, height: 700 });
+  await shot(alice, 'web-welcome');
+  await register(alice, names.alice);
+  await register(bob, names.bob);
+
+  await alice.getByLabel('Chat with (username)').fill(names.bob);
+  await alice.getByRole('button', { name: 'Start chat' }).click();
+  await alice.getByRole('heading', { name: names.bob }).waitFor({ timeout: WAIT });
+  await send(alice, said('hello bob, from a browser'));
+  const unread = bob.getByRole('navigation', { name: 'Conversations' }).getByLabel('1 unread');
+  await unread.waitFor({ timeout: WAIT });
+  await openConversation(bob, names.alice);
+  await sees(bob, 'hello bob, from a browser', 'bob reading the DM');
+  await send(bob, said('hi alice, read you'));
+  await sees(alice, 'hi alice, read you', 'alice receiving the answer by push');
+  ok('two browsers register and chat in a DM');
+
+  await alice.getByText('New group').click();
+  await alice.getByLabel('Group name').fill('Book club');
+  await alice.getByLabel('Members (usernames, comma separated)').fill(names.bob);
+  await alice.getByRole('button', { name: 'Create group' }).click();
+  await alice.getByRole('heading', { name: '# Book club' }).waitFor({ timeout: WAIT });
+  await send(alice, said('first chapter tonight'));
+  await openConversation(bob, 'Book club');
+  await sees(bob, 'first chapter tonight', 'bob reading the group');
+  await send(bob, said('I am in'));
+  await sees(alice, 'I am in', 'alice reading the group answer');
+  await alice.getByRole('button', { name: 'Group settings' }).click();
+  await alice.getByRole('region', { name: 'Group settings' }).getByText(names.bob).first().waitFor();
+  await shot(alice, 'web-group');
+  await alice.getByRole('button', { name: 'Group settings' }).click();
+  ok('two browsers chat in a group');
+
+  // 6. A reaction, an edit and an unsend, seen on the other side.
+  const target = messages(bob).filter({ hasText: 'first chapter tonight' }).first();
+  await target.getByRole('button', { name: 'React with thumbs up' }).click();
+  await messages(alice).filter({ hasText: 'first chapter tonight' }).getByRole('list', { name: 'Reactions' }).filter({ hasText: '👍 1' }).waitFor({ timeout: WAIT });
+  const mine = messages(alice).filter({ hasText: 'first chapter tonight' }).first();
+  await mine.getByRole('button', { name: 'Edit' }).click();
+  await alice.getByLabel('Message', { exact: true }).fill(said('second chapter tonight'));
+  await alice.getByRole('button', { name: 'Save' }).click();
+  await messages(bob).filter({ hasText: 'second chapter tonight' }).filter({ hasText: 'edited' }).waitFor({ timeout: WAIT });
+  await messages(alice).filter({ hasText: 'I am in' }).waitFor();
+  await send(alice, said('oops, wrong group'));
+  await sees(bob, 'oops, wrong group', 'bob before the unsend');
+  await messages(alice).filter({ hasText: 'oops, wrong group' }).getByRole('button', { name: 'Unsend' }).click();
+  await messages(bob).filter({ hasText: 'Message deleted' }).waitFor({ timeout: WAIT });
+  if ((await messages(bob).filter({ hasText: 'oops, wrong group' }).count()) !== 0) fail('the unsent text is still on bob\'s page');
+  await shot(bob, 'web-reactions-edit-unsend');
+  ok('a reaction, an edit and an unsend are seen on the other side');
+
+  // 4. A reload keeps the history and the keys.
+  const r0 = Date.now();
+  await alice.reload();
+  await alice.getByTestId('me').filter({ hasText: names.alice }).waitFor({ timeout: WAIT });
+  timings.reload_to_interactive_ms = Date.now() - r0;
+  await openConversation(alice, names.bob);
+  await sees(alice, 'hi alice, read you', 'alice after a reload');
+  await send(alice, said('still me after a reload'));
+  await openConversation(bob, names.alice);
+  await sees(bob, 'still me after a reload', 'bob receiving from the reloaded browser');
+  ok('a reload keeps the history and the keys');
+
+  // 2. A browser and a CLI device talk both ways.
+  sotto('carol', '--server', url, 'register', names.carol);
+  sotto('carol', 'send', names.alice, said('hello from the command line'));
+  await alice.getByRole('navigation', { name: 'Conversations' }).getByRole('button', { name: new RegExp(names.carol) }).waitFor({ timeout: WAIT });
+  await openConversation(alice, names.carol);
+  await sees(alice, 'hello from the command line', 'alice reading the CLI');
+  await send(alice, said('hello from the browser'));
+  await shot(alice, 'web-dm');
+  await alice.setViewportSize({ width: 390, height: 760 });
+  await shot(alice, 'web-phone-conversation');
+  await alice.getByRole('button', { name: 'Back to conversations' }).click();
+  await shot(alice, 'web-phone-list');
+  await alice.setViewportSize({ width: 1100, height: 700 });
+  await openConversation(alice, names.carol);
+  const got = sotto('carol', 'sync', '--json');
+  if (!got.includes('hello from the browser')) fail(`the CLI did not get the browser's message: ${got}`);
+  ok('a browser and a CLI device talk both ways');
+
+  // 3. A browser linked to a CLI account sees that account's conversations from then on.
+  const code = sotto('carol', 'device', 'add').trim().split('\n').pop();
+  const ctxC = await browser.newContext();
+  const { page: carolWeb } = await openPage(ctxC, url, problems);
+  await carolWeb.getByLabel('Link code from that device').fill(code);
+  await carolWeb.getByRole('button', { name: 'Link this browser' }).click();
+  await carolWeb.getByTestId('me').filter({ hasText: names.carol }).waitFor({ timeout: WAIT });
+  // carol's CLI adds the new device to her conversations on its next sync.
+  sotto('carol', 'sync');
+  await send(alice, said('carol, on every device'));
+  await openConversation(carolWeb, names.alice);
+  await sees(carolWeb, 'carol, on every device', 'carol\'s linked browser');
+  ok('a browser linked to a CLI account sees its conversations from then on');
+
+  await alice.getByRole('button', { name: 'Devices' }).click();
+  await alice.getByRole('button', { name: 'Link a new device' }).click();
+  await alice.getByTestId('link-code').waitFor({ timeout: WAIT });
+  await alice.getByRole('img', { name: 'QR code of the link code' }).waitFor();
+  await shot(alice, 'web-devices');
+  await openConversation(alice, names.carol);
+
+  // 7. Revoking the browser device cuts it off.
+  const devices = sotto('carol', 'devices');
+  const webDevice = devices.split('\n').find((l) => l.trim() !== '' && !l.includes('this device'))?.split(/\s+/)[0];
+  if (!webDevice) fail(`no second device in: ${devices}`);
+  sotto('carol', 'device', 'revoke', webDevice);
+  await carolWeb.getByLabel('Message', { exact: true }).fill('am I still here?');
+  await carolWeb.getByRole('button', { name: 'Send', exact: true }).click();
+  await carolWeb.getByRole('alert').filter({ hasText: `no longer one of ${names.carol}'s devices` }).waitFor({ timeout: WAIT });
+  // What it had stays readable.
+  await sees(carolWeb, 'carol, on every device', 'the revoked browser\'s history');
+  const cliSees = sotto('carol', 'history', names.alice, '--json');
+  if (cliSees.includes('am I still here?')) fail('a revoked browser could still send');
+  ok('revoking the browser device cuts it off');
+
+  if (problems.length > 0) fail(problems.join('\n'));
+  ok('no CSP violation and no uncaught error on any page');
+} finally {
+  await browser.close();
+  child.kill();
+}
+
+// 8. Nothing the server stores or logs contains the plaintext.
+const files = [];
+const walk = (d) => {
+  for (const f of readdirSync(d)) {
+    const p = join(d, f);
+    if (statSync(p).isDirectory()) walk(p);
+    else files.push(p);
+  }
+};
+walk(join(work, 'server'));
+files.push(log);
+for (const f of files) {
+  const body = readFileSync(f);
+  for (const t of plaintexts) {
+    if (body.includes(Buffer.from(t))) fail(`the server's ${f} contains "${t}"`);
+  }
+}
+ok(`nothing the server stores or logs contains a plaintext (${files.length} files, ${plaintexts.length} texts)`);
+console.log(`timings: ${JSON.stringify(timings)}`);
+rmSync(work, { recursive: true, force: true });
+console.log(`web e2e: ${checks.length} checks passed`);
