@@ -5,7 +5,7 @@ import { CallError, type Client } from './client';
 import type { ConversationLine, DeviceLine, GroupLine, HistoryMessage, Incoming, Me } from './protocol';
 import { qrPath } from './qr';
 
-type Phase = 'loading' | 'waiting' | 'fatal' | 'ready';
+type Phase = 'loading' | 'fatal' | 'ready';
 
 function describe(e: unknown): string {
   if (e instanceof CallError) return e.message;
@@ -59,9 +59,6 @@ export function App({ client }: { client: Client }): JSX.Element {
             setMe(m.me);
             setPhase('ready');
             break;
-          case 'waiting':
-            setPhase((p) => (p === 'loading' ? 'waiting' : p));
-            break;
           case 'fatal':
             setFatal(m.error);
             setPhase('fatal');
@@ -93,12 +90,6 @@ export function App({ client }: { client: Client }): JSX.Element {
   }, [client, phase, me, tick]);
 
   if (phase === 'loading') return <main class="center"><p role="status">Opening Sotto…</p></main>;
-  if (phase === 'waiting')
-    return (
-      <main class="center">
-        <p role="status">Sotto is open in another tab. This tab takes over when that one closes.</p>
-      </main>
-    );
   if (phase === 'fatal')
     return (
       <main class="center">

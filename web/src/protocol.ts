@@ -124,7 +124,6 @@ export type WorkerMessage =
   | { kind: 'reply'; id: number; error: string; refused: boolean }
   | { kind: 'ready'; me: Me }
   | { kind: 'fatal'; error: string }
-  | { kind: 'waiting' }
   /** The server no longer accepts this device (revoked from another device, or the account was
    *  deleted). */
   | { kind: 'cutOff' }

@@ -26,10 +26,6 @@ let socketBackoff = 500;
 // Operations run one after another: the engine steps one task at a time.
 let queue: Promise<unknown> = Promise.resolve();
 
-function post(m: WorkerMessage): void {
-  self.postMessage(m);
-}
-
 async function persist(d: Device): Promise<void> {
   if (vault === null) throw new Error('the device store is not open');
   await vault.store(d.takeChanges());
@@ -188,16 +184,20 @@ function connect(d: Device): void {
   };
 }
 
-async function handle(m: PageMessage): Promise<void> {
+type Reply = (m: WorkerMessage) => void;
+
+/** Runs a page's call on this worker's device (this worker holds it) and answers through
+ *  `reply`: to its own page, or over the channel to another tab's. */
+async function handle(m: PageMessage, reply: Reply): Promise<void> {
   const d = device;
   if (d === null) {
-    post({ kind: 'reply', id: m.id, error: 'the device is not open yet', refused: false });
+    reply({ kind: 'reply', id: m.id, error: 'the device is not open yet', refused: false });
     return;
   }
   try {
     if (m.kind === 'query') {
       // Views only: none of these queries changes a record.
-      post({ kind: 'reply', id: m.id, ok: JSON.parse(d.query(JSON.stringify(m.query))) });
+      reply({ kind: 'reply', id: m.id, ok: JSON.parse(d.query(JSON.stringify(m.query))) });
       return;
     }
     const request: Request =
@@ -210,20 +210,77 @@ async function handle(m: PageMessage): Promise<void> {
       post({ kind: 'ready', me: me(d) });
       connect(d);
     }
-    post({ kind: 'reply', id: m.id, ok });
+    reply({ kind: 'reply', id: m.id, ok });
     await run(() => announce(d));
   } catch (e) {
     const refused = e instanceof EngineError && e.refused;
     const error = e instanceof Error ? e.message : String(e);
-    post({ kind: 'reply', id: m.id, error, refused });
+    reply({ kind: 'reply', id: m.id, error, refused });
     noteCutOff(e);
   }
 }
 
+// Several tabs. The worker that holds the lock (the holder) runs the device; every other tab's
+// worker (a follower) sends its page's calls to the holder over a BroadcastChannel and passes
+// the holder's answers and events back. The IndexedDB records are only ever written by the
+// holder. When the holder's tab closes, the browser gives the lock to a waiting follower, which
+// opens the device and carries on. A call the old holder never acknowledged is run by the new
+// one; an operation it acknowledged and did not answer is answered with an error rather than run
+// again (it may have reached the server).
+type Wire =
+  | { type: 'call'; from: string; msg: PageMessage }
+  | { type: 'reply'; to: string; msg: WorkerMessage }
+  | { type: 'ack'; to: string; id: number }
+  | { type: 'event'; msg: WorkerMessage }
+  | { type: 'hello'; from: string };
+
+const TAB = crypto.randomUUID();
+const channel = new BroadcastChannel('sotto-device');
+let holder = false;
+const inFlight = new Map<number, PageMessage>();
+const acked = new Set<number>();
 const early: PageMessage[] = [];
+
+channel.onmessage = (e: MessageEvent<Wire>) => {
+  const w = e.data;
+  if (holder) {
+    if (w.type === 'call') {
+      channel.postMessage({ type: 'ack', to: w.from, id: w.msg.id } satisfies Wire);
+      void handle(w.msg, (msg) => channel.postMessage({ type: 'reply', to: w.from, msg } satisfies Wire));
+    } else if (w.type === 'hello' && device !== null) {
+      channel.postMessage({ type: 'reply', to: w.from, msg: { kind: 'ready', me: me(device) } } satisfies Wire);
+    }
+    return;
+  }
+  if (w.type === 'ack' && w.to === TAB) {
+    acked.add(w.id);
+  } else if (w.type === 'reply' && w.to === TAB) {
+    if (w.msg.kind === 'reply') {
+      inFlight.delete(w.msg.id);
+      acked.delete(w.msg.id);
+    }
+    self.postMessage(w.msg);
+  } else if (w.type === 'event') {
+    self.postMessage(w.msg);
+  }
+};
+
+/** Events go to this worker's page and, from the holder, to every other tab. */
+function post(m: WorkerMessage): void {
+  self.postMessage(m);
+  if (holder) channel.postMessage({ type: 'event', msg: m } satisfies Wire);
+}
+
 self.onmessage = (e: MessageEvent<PageMessage>) => {
-  if (device === null) early.push(e.data);
-  else void handle(e.data);
+  const m = e.data;
+  if (holder && device !== null) {
+    void handle(m, (r) => self.postMessage(r));
+  } else if (holder) {
+    early.push(m);
+  } else {
+    inFlight.set(m.id, m);
+    channel.postMessage({ type: 'call', from: TAB, msg: m } satisfies Wire);
+  }
 };
 
 async function start(): Promise<void> {
@@ -233,20 +290,32 @@ async function start(): Promise<void> {
   device = records.length > 0 ? Device.restore(records) : new Device();
   const who = me(device);
   post({ kind: 'ready', me: who });
-  for (const m of early.splice(0)) void handle(m);
+  // Calls this tab sent the old holder: views, and what it never received, are run here;
+  // operations it received are not run twice.
+  for (const m of inFlight.values()) {
+    if (m.kind === 'query' || !acked.has(m.id)) void handle(m, (r) => self.postMessage(r));
+    else
+      self.postMessage({
+        kind: 'reply',
+        id: m.id,
+        error: 'the tab that held Sotto closed while this was in progress: check whether it went through',
+        refused: false,
+      } satisfies WorkerMessage);
+  }
+  inFlight.clear();
+  acked.clear();
+  for (const m of early.splice(0)) void handle(m, (r) => self.postMessage(r));
   if (who.username !== null) connect(device);
 }
 
 if (!('locks' in navigator)) {
-  post({ kind: 'fatal', error: 'this browser has no Web Locks: Sotto needs a current browser' });
+  self.postMessage({ kind: 'fatal', error: 'this browser has no Web Locks: Sotto needs a current browser' });
 } else {
-  let holding = false;
-  setTimeout(() => {
-    if (!holding) post({ kind: 'waiting' });
-  }, 300);
-  // The lock is held until this worker ends (its tab closes or reloads).
+  // Ask whoever holds the device who we are; if nobody does, the lock below is ours at once.
+  channel.postMessage({ type: 'hello', from: TAB } satisfies Wire);
+  // Held until this worker ends (its tab closes or reloads); queued behind the holder otherwise.
   void navigator.locks.request(LOCK, async () => {
-    holding = true;
+    holder = true;
     try {
       await start();
     } catch (e) {

@@ -75,8 +75,17 @@ async function send(page, text) {
   await messages(page).filter({ hasText: text }).first().waitFor({ timeout: WAIT });
 }
 
+// The conversation list's entry for `title` (a username, or a group's name), not one whose
+// last message merely mentions it.
+function entry(page, title) {
+  return page
+    .getByRole('navigation', { name: 'Conversations' })
+    .getByRole('button')
+    .filter({ has: page.locator('span.title').getByText(new RegExp(`^(# )?${title}$`)) });
+}
+
 async function openConversation(page, title) {
-  await page.getByRole('navigation', { name: 'Conversations' }).getByRole('button', { name: new RegExp(title) }).first().click();
+  await entry(page, title).click({ timeout: WAIT });
   await page.getByRole('heading', { name: title }).waitFor({ timeout: WAIT });
 }
 
@@ -111,7 +120,7 @@ try {
   // 1. Two people register in two browser profiles and chat in a DM, then in a group.
   const ctxA = await browser.newContext();
   const ctxB = await browser.newContext();
-  const { page: alice, t0 } = await openPage(ctxA, url, problems);
+  let { page: alice, t0 } = await openPage(ctxA, url, problems);
   await alice.getByRole('button', { name: 'Create account' }).waitFor();
   timings.first_load_to_interactive_ms = Date.now() - t0;
   const { page: bob } = await openPage(ctxB, url, problems);
@@ -178,10 +187,31 @@ try {
   await sees(bob, 'still me after a reload', 'bob receiving from the reloaded browser');
   ok('a reload keeps the history and the keys');
 
+  // Several tabs: a second tab follows the one that holds the device, and takes over when it
+  // closes.
+  const alice2 = await ctxA.newPage();
+  alice2.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  await alice2.goto(url);
+  await alice2.getByTestId('me').filter({ hasText: names.alice }).waitFor({ timeout: WAIT });
+  await openConversation(alice2, names.bob);
+  await sees(alice2, 'still me after a reload', 'a second tab');
+  await send(alice2, said('from a second tab'));
+  await sees(bob, 'from a second tab', 'bob receiving from the second tab');
+  await send(bob, said('both tabs see this'));
+  await sees(alice2, 'both tabs see this', 'the second tab receiving');
+  await sees(alice, 'both tabs see this', 'the first tab receiving');
+  await alice.close();
+  alice = alice2;
+  await send(alice2, said('the first tab is closed'));
+  await sees(bob, 'the first tab is closed', 'bob receiving after the hand-over');
+  await send(bob, said('and still reaching you'));
+  await sees(alice2, 'and still reaching you', 'the second tab receiving by its own push');
+  ok('a second tab follows the first and takes over when it closes');
+
   // 2. A browser and a CLI device talk both ways.
   sotto('carol', '--server', url, 'register', names.carol);
   sotto('carol', 'send', names.alice, said('hello from the command line'));
-  await alice.getByRole('navigation', { name: 'Conversations' }).getByRole('button', { name: new RegExp(names.carol) }).waitFor({ timeout: WAIT });
+  await entry(alice, names.carol).waitFor({ timeout: WAIT });
   await openConversation(alice, names.carol);
   await sees(alice, 'hello from the command line', 'alice reading the CLI');
   await send(alice, said('hello from the browser'));
