@@ -2,7 +2,7 @@
 import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
 import type { JSX } from 'preact';
 import { CallError, type Client } from './client';
-import type { ConversationLine, DeviceLine, GroupLine, HistoryMessage, Incoming, Me } from './protocol';
+import type { ConversationLine, ConversationSettings, DeviceLine, GroupLine, HistoryMessage, Me } from './protocol';
 import { qrPath } from './qr';
 
 type Phase = 'loading' | 'fatal' | 'ready';
@@ -72,9 +72,6 @@ export function App({ client }: { client: Client }): JSX.Element {
           case 'connection':
             setOnline(m.online ? '' : m.detail);
             break;
-          case 'incoming':
-            notify(m.messages);
-            break;
           case 'typing':
             setTyping((t) => ({ ...t, [m.conversation]: { user: m.user, until: Date.now() + 6000 } }));
             setTimeout(() => setTick((x) => x + 1), 6100);
@@ -84,9 +81,13 @@ export function App({ client }: { client: Client }): JSX.Element {
     [client],
   );
 
+  const lastSeen = useRef({ ids: new Map<string, string>(), ready: false });
   useEffect(() => {
     if (phase !== 'ready' || me?.username == null) return;
-    void client.conversations().then(setConversations, (e: unknown) => setError(describe(e)));
+    void client.conversations().then((list) => {
+      notify(list, lastSeen.current);
+      setConversations(list);
+    }, (e: unknown) => setError(describe(e)));
   }, [client, phase, me, tick]);
 
   if (phase === 'loading') return <main class="center"><p role="status">Opening Sotto…</p></main>;
@@ -152,7 +153,14 @@ export function App({ client }: { client: Client }): JSX.Element {
           <p class="error" role="alert">
             This browser is no longer one of {me.username}'s devices: it was revoked from another device, or
             the account was deleted. What it shows here stays readable, but it can no longer send or receive.
-            To use Sotto here again, clear this site's data and link this browser anew.
+            To use Sotto here again, remove it from this browser and link the browser anew.{' '}
+            <button
+              type="button"
+              class="danger"
+              onClick={() => void client.wipe().finally(() => window.location.reload())}
+            >
+              Remove Sotto from this browser
+            </button>
           </p>
         )}
         {online !== '' && !cutOff && (
@@ -254,11 +262,116 @@ function NotificationsButton(): JSX.Element | null {
   );
 }
 
-function notify(messages: Incoming[]): void {
-  if (!document.hidden || typeof Notification === 'undefined' || Notification.permission !== 'granted') return;
-  for (const m of messages) {
-    if (!m.outgoing) new Notification(`Sotto: ${m.sender}`, { body: m.text, tag: m.conversation });
+/** While the tab is hidden, a notification for each conversation whose newest message is new
+ *  and not this account's (after the permission was asked for and given). It names the sender
+ *  and the conversation, not the text: the system keeps notifications, on the lock screen too.
+ *  `seen` remembers each conversation's newest message from one list to the next; the first list
+ *  after the page opens only fills it. */
+function notify(list: ConversationLine[], seen: { ids: Map<string, string>; ready: boolean }): void {
+  for (const c of list) {
+    const last = c.last;
+    if (last === null || seen.ids.get(c.id) === last.id) continue;
+    seen.ids.set(c.id, last.id);
+    if (!seen.ready || last.outgoing || !document.hidden) continue;
+    if (typeof Notification === 'undefined' || Notification.permission !== 'granted') continue;
+    new Notification('Sotto', {
+      body: c.kind === 'group' ? `New message from ${last.sender} in ${c.title}` : `New message from ${last.sender}`,
+      tag: c.id,
+    });
   }
+  seen.ready = true;
+}
+
+function until(rfc3339: string): string {
+  const left = Math.round((new Date(rfc3339).getTime() - Date.now()) / 1000);
+  if (Number.isNaN(left)) return '';
+  if (left <= 0) return 'disappearing now';
+  if (left < 120) return `disappears in ${left} s`;
+  if (left < 7200) return `disappears in ${Math.round(left / 60)} min`;
+  if (left < 172800) return `disappears in ${Math.round(left / 3600)} h`;
+  return `disappears in ${Math.round(left / 86400)} days`;
+}
+
+const TIMERS: [string, number | null][] = [
+  ['Off', null],
+  ['30 seconds', 30],
+  ['5 minutes', 300],
+  ['1 hour', 3600],
+  ['1 day', 86400],
+  ['1 week', 604800],
+  ['4 weeks', 2419200],
+];
+
+function Disappearing(props: { client: Client; act: Act; line: ConversationLine; tick: number }): JSX.Element {
+  const { client, act, line } = props;
+  const [settings, setSettings] = useState<ConversationSettings | null>(null);
+  const [busy, setBusy] = useState(false);
+  useEffect(() => {
+    void client.settings(line.id).then(setSettings, () => undefined);
+  }, [client, line.id, props.tick]);
+  if (settings === null) return <></>;
+  const reload = () => void client.settings(line.id).then(setSettings, () => undefined);
+  const change = async (secs: number | null, afterRead: boolean) => {
+    setBusy(true);
+    await act(() => client.start({ op: 'setTimer', conversation: line.id, secs, afterRead }));
+    setBusy(false);
+    reload();
+  };
+  return (
+    <section class="disappearing" aria-label="Disappearing messages">
+      <p>
+        Disappearing messages: <strong data-testid="timer">{settings.text}</strong>
+      </p>
+      <label for="timer">Timer (for everyone in this conversation)</label>
+      <select
+        id="timer"
+        disabled={busy}
+        value={String(settings.timer?.secs ?? '')}
+        onChange={(e) => {
+          const v = e.currentTarget.value;
+          void change(v === '' ? null : Number(v), settings.timer?.afterRead ?? false);
+        }}
+      >
+        {TIMERS.map(([name, secs]) => (
+          <option key={name} value={secs === null ? '' : String(secs)}>
+            {name}
+          </option>
+        ))}
+        {settings.timer !== null && !TIMERS.some(([, s]) => s === settings.timer?.secs) && (
+          <option value={String(settings.timer.secs)}>{settings.timer.secs} seconds</option>
+        )}
+      </select>
+      {settings.timer !== null && (
+        <label class="inline">
+          <input
+            type="checkbox"
+            disabled={busy}
+            checked={settings.timer.afterRead}
+            onChange={(e) => void change(settings.timer?.secs ?? null, e.currentTarget.checked)}
+          />{' '}
+          Count from when each person reads it
+        </label>
+      )}
+      {line.kind === 'dm' && (
+        <label class="inline">
+          <input
+            type="checkbox"
+            disabled={busy}
+            checked={settings.vanish}
+            onChange={(e) => {
+              const on = e.currentTarget.checked;
+              setBusy(true);
+              void act(() => client.start({ op: 'setVanish', conversation: line.id, on })).then(() => {
+                setBusy(false);
+                reload();
+              });
+            }}
+          />{' '}
+          Vanish mode: messages go once read and the reader leaves the chat
+        </label>
+      )}
+    </section>
+  );
 }
 
 function NewChat(props: { client: Client; act: Act; onOpen: (id: string) => void }): JSX.Element {
@@ -337,6 +450,7 @@ function Conversation(props: {
   const [replyTo, setReplyTo] = useState<HistoryMessage | null>(null);
   const [editing, setEditing] = useState<HistoryMessage | null>(null);
   const [showInfo, setShowInfo] = useState(false);
+  const [showTimer, setShowTimer] = useState(false);
   const [sending, setSending] = useState(false);
   const list = useRef<HTMLOListElement>(null);
   const lastTyping = useRef(0);
@@ -349,12 +463,42 @@ function Conversation(props: {
     list.current?.lastElementChild?.scrollIntoView({ block: 'end' });
   }, [history.length]);
 
+  // A countdown on disappearing messages, redrawn every second while there is one.
+  const [, setNow] = useState(0);
+  const counting = history.some((m) => m.expires_at !== null && m.expires_at !== undefined);
+  useEffect(() => {
+    if (!counting) return;
+    const t = setInterval(() => setNow(Date.now()), 1000);
+    return () => clearInterval(t);
+  }, [counting]);
+
   // Read while it is open and the tab is seen.
   useEffect(() => {
     if (line.unread > 0 && !document.hidden) {
       void client.start({ op: 'markRead', conversation: line.id }).catch(() => undefined);
     }
   }, [client, line.id, line.unread]);
+
+  // On screen: its messages are shown (after-read timers start). Left, or the tab hidden: vanish
+  // mode lets what went through go.
+  useEffect(() => {
+    if (!document.hidden) void client.view(line.id).catch(() => undefined);
+  }, [client, line.id, props.tick, history.length]);
+  useEffect(() => {
+    const onVisibility = () => {
+      if (document.hidden) {
+        void client.leave().catch(() => undefined);
+      } else {
+        void client.view(line.id).catch(() => undefined);
+        void client.start({ op: 'markRead', conversation: line.id }).catch(() => undefined);
+      }
+    };
+    document.addEventListener('visibilitychange', onVisibility);
+    return () => {
+      document.removeEventListener('visibilitychange', onVisibility);
+      void client.leave().catch(() => undefined);
+    };
+  }, [client, line.id]);
 
   const send = async (e: Event) => {
     e.preventDefault();
@@ -399,12 +543,16 @@ function Conversation(props: {
           ←
         </button>
         <h2>{line.kind === 'group' ? `# ${line.title}` : line.title}</h2>
+        <button type="button" aria-expanded={showTimer} onClick={() => setShowTimer(!showTimer)}>
+          Disappearing
+        </button>
         {line.kind === 'group' && (
           <button type="button" aria-expanded={showInfo} onClick={() => setShowInfo(!showInfo)}>
             Group settings
           </button>
         )}
       </header>
+      {showTimer && <Disappearing client={client} act={act} line={line} tick={props.tick} />}
       {line.status !== 'ok' && (
         <p class="error" role="status">
           This conversation is {line.status}: you cannot send here.
@@ -413,7 +561,7 @@ function Conversation(props: {
       {showInfo && line.kind === 'group' && (
         <GroupSettings client={client} act={act} id={line.id} me={props.me} tick={props.tick} onGone={props.onGone} />
       )}
-      <ol class="messages" ref={list} aria-label="Messages" aria-live="polite">
+      <ol class="messages" ref={list} aria-label="Messages" aria-live="polite" aria-relevant="additions">
         {history.map((m) =>
           m.undecryptable !== undefined ? (
             <li key={`u${m.seq ?? ''}`} class="undecryptable">
@@ -427,6 +575,9 @@ function Conversation(props: {
                 <time dateTime={m.sent_at}>{time(m.sent_at)}</time>
                 {m.seq === null && <span class="pending"> · sending</span>}
                 {m.edits > 0 && !m.deleted && <span class="edited"> · edited</span>}
+                {m.expires_at !== null && m.expires_at !== undefined && (
+                  <span class="expires"> · {until(m.expires_at)}</span>
+                )}
               </div>
               {m.reply_to !== null && (
                 <blockquote class="quote">
@@ -569,7 +720,9 @@ function GroupSettings(props: {
             aria-label="Add members"
             onSubmit={(e) => {
               e.preventDefault();
-              void act(() => client.start({ op: 'groupAdd', group: id, users: names(add) })).then(() => setAdd(''));
+              void act(() => client.start({ op: 'groupAdd', group: id, users: names(add) }).then(() => true)).then((done) => {
+                if (done) setAdd('');
+              });
             }}
           >
             <label for="group-add">Add (usernames)</label>
@@ -580,7 +733,9 @@ function GroupSettings(props: {
             aria-label="Rename the group"
             onSubmit={(e) => {
               e.preventDefault();
-              void act(() => client.start({ op: 'groupRename', group: id, name: name.trim() })).then(() => setName(''));
+              void act(() => client.start({ op: 'groupRename', group: id, name: name.trim() }).then(() => true)).then((done) => {
+                if (done) setName('');
+              });
             }}
           >
             <label for="group-rename">New name</label>
@@ -592,7 +747,11 @@ function GroupSettings(props: {
       <button
         type="button"
         class="danger"
-        onClick={() => void act(() => client.start({ op: 'groupLeave', group: id })).then(props.onGone)}
+        onClick={() =>
+          void act(() => client.start({ op: 'groupLeave', group: id }).then(() => true)).then((done) => {
+            if (done) props.onGone();
+          })
+        }
       >
         Leave group
       </button>

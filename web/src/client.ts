@@ -1,6 +1,7 @@
 // The page's side of the worker: typed calls, and events.
 import type {
   ConversationLine,
+  ConversationSettings,
   DeviceLine,
   GroupLine,
   HistoryMessage,
@@ -80,6 +81,21 @@ export class Client {
   }
   group(group: string): Promise<GroupLine> {
     return this.query({ q: 'group', group }) as Promise<GroupLine>;
+  }
+  settings(conversation: string): Promise<ConversationSettings> {
+    return this.query({ q: 'settings', conversation }) as Promise<ConversationSettings>;
+  }
+  /** The conversation is on screen. */
+  view(conversation: string): Promise<unknown> {
+    return this.call({ kind: 'view', conversation });
+  }
+  /** The person left the conversation that was on screen. */
+  leave(): Promise<unknown> {
+    return this.call({ kind: 'leave' });
+  }
+  /** Forgets this device in this browser (its keys and records); the worker stops. */
+  wipe(): Promise<unknown> {
+    return this.call({ kind: 'wipe' });
   }
   devices(): Promise<DeviceLine[]> {
     return this.start({ op: 'devices' }) as Promise<DeviceLine[]>;

@@ -21,6 +21,8 @@ export type Request =
   | { op: 'devices' }
   | { op: 'revoke'; device: string }
   | { op: 'linkCode' }
+  | { op: 'setTimer'; conversation: string; secs: number | null; afterRead: boolean }
+  | { op: 'setVanish'; conversation: string; on: boolean }
   /** A frame pushed over the WebSocket (the worker's own use). */
   | { op: 'frame'; frame: unknown };
 
@@ -36,7 +38,16 @@ export type Query =
   | { q: 'me' }
   | { q: 'conversations' }
   | { q: 'history'; conversation: string }
-  | { q: 'group'; group: string };
+  | { q: 'group'; group: string }
+  | { q: 'settings'; conversation: string };
+
+/** A conversation's disappearing settings. */
+export interface ConversationSettings {
+  timer: { secs: number; afterRead: boolean } | null;
+  vanish: boolean;
+  /** As the history says it: `timer set to 1 h after reading`, `vanish mode on, timer off`. */
+  text: string;
+}
 
 export interface Me {
   username: string | null;
@@ -104,19 +115,16 @@ export interface DeviceLine {
   verified: boolean;
 }
 
-/** A message arriving (sotto-engine `Message`), for notifications. */
-export interface Incoming {
-  id: string;
-  conversation: string;
-  sender: string;
-  text: string;
-  outgoing: boolean;
-}
-
 /** Page to worker. */
 export type PageMessage =
   | { id: number; kind: 'start'; request: Request }
-  | { id: number; kind: 'query'; query: Query };
+  | { id: number; kind: 'query'; query: Query }
+  /** The conversation is on screen: its messages count as shown (after-read clocks start). */
+  | { id: number; kind: 'view'; conversation: string }
+  /** The person left the conversation on screen (vanish-mode messages that went through go). */
+  | { id: number; kind: 'leave' }
+  /** Forget this device in this browser: its keys and records. */
+  | { id: number; kind: 'wipe' };
 
 /** Worker to page: an answer to one call, or an event. */
 export type WorkerMessage =
@@ -129,5 +137,4 @@ export type WorkerMessage =
   | { kind: 'cutOff' }
   | { kind: 'changed' }
   | { kind: 'connection'; online: boolean; detail: string }
-  | { kind: 'incoming'; messages: Incoming[] }
   | { kind: 'typing'; conversation: string; user: string };

@@ -148,16 +148,18 @@ export class Vault {
     }
     // Everything is sealed before the transaction opens: IndexedDB commits a transaction as soon
     // as it has no request pending, so no await may come between its requests.
-    const tx = this.db.transaction(RECORDS, 'readwrite');
+    // Strict: complete only once the data is on disk, not just handed to the OS, since the
+    // request the engine asks for next may depend on it (the browsers' default is relaxed).
+    const tx = this.db.transaction(RECORDS, 'readwrite', { durability: 'strict' });
     const store = tx.objectStore(RECORDS);
     for (const [id, sealed] of puts) store.put(sealed, id);
     for (const id of deletes) store.delete(id);
     await done(tx);
   }
 
-  /** Forgets the device: the keys first (so the records can no longer be opened), then them. */
+  /** Forgets the device: its keys and its records, in one transaction. */
   async wipe(): Promise<void> {
-    const tx = this.db.transaction([KEYS, RECORDS], 'readwrite');
+    const tx = this.db.transaction([KEYS, RECORDS], 'readwrite', { durability: 'strict' });
     tx.objectStore(KEYS).clear();
     tx.objectStore(RECORDS).clear();
     await done(tx);

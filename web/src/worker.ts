@@ -3,15 +3,17 @@
 // the vault, and answers the page's typed calls.
 //
 // Durability: after every step of an operation, the records it changed are written to the vault
-// *before* the worker performs the request the step asked for, and before it answers the page.
-// A tab closed at any point comes back to a state the server and the user could have seen.
+// (an IndexedDB transaction with strict durability) *before* the worker performs the request the
+// step asked for, and before it answers the page. Read positions go to the server only from the
+// operation queue, after what they report is stored. If a write fails, the worker stops: its
+// memory is then ahead of the disk, and only a reload (from the disk) is safe.
 //
-// One tab at a time holds the device (a Web Lock): a second tab's worker waits, tells its page,
-// and takes over when the first tab closes.
+// Several tabs: the worker that holds the Web Lock (the holder) runs the device; the others
+// (followers) forward their page's calls to it over a BroadcastChannel (see the end of the file).
 
 import init, { Device } from './wasm/sotto_wasm.js';
 import wasmUrl from './wasm/sotto_wasm_bg.wasm?url';
-import type { Incoming, PageMessage, Request, WorkerMessage } from './protocol';
+import type { PageMessage, Request, WorkerMessage } from './protocol';
 import { Vault } from './vault';
 
 declare const self: DedicatedWorkerGlobalScope;
@@ -25,10 +27,38 @@ let socket: WebSocket | null = null;
 let socketBackoff = 500;
 // Operations run one after another: the engine steps one task at a time.
 let queue: Promise<unknown> = Promise.resolve();
+// Set once the server refuses this device's token: nothing is retried after that.
+let cutOff = false;
+// Set once a write to the vault failed: the worker does nothing more.
+let stopped = false;
 
-async function persist(d: Device): Promise<void> {
+/** Stops this worker for good with a message for the page: the holder's lock goes with it, so
+ *  another tab (or a reload) starts again from what is stored. */
+function stop(error: string): void {
+  stopped = true;
+  socket?.close();
+  post({ kind: 'fatal', error });
+  self.close();
+}
+
+/** Stores what the engine changed; returns whether anything had. */
+async function persist(d: Device): Promise<boolean> {
   if (vault === null) throw new Error('the device store is not open');
-  await vault.store(d.takeChanges());
+  const changes = d.takeChanges();
+  try {
+    await vault.store(changes);
+  } catch (e) {
+    const why =
+      `this browser could not save Sotto's data (${e instanceof Error ? e.name : 'error'}); ` +
+      'free some space or allow storage for this site, then reload';
+    stop(why);
+    throw new Error(why);
+  }
+  return changes.length > 0;
+}
+
+function nowSecs(): number {
+  return Math.floor(Date.now() / 1000);
 }
 
 interface Op {
@@ -53,9 +83,6 @@ class EngineError extends Error {
     super(message);
   }
 }
-
-// Set once the server refuses this device's token: nothing is retried after that.
-let cutOff = false;
 
 function noteCutOff(e: unknown): void {
   if (e instanceof EngineError && e.code === 'unauthorized' && !cutOff) {
@@ -102,6 +129,7 @@ async function drive(d: Device, request: Request): Promise<unknown> {
 }
 
 function run<T>(f: () => Promise<T>): Promise<T> {
+  if (stopped) return Promise.reject(new Error('Sotto stopped in this tab: reload it'));
   const next = queue.then(f, f);
   queue = next.catch(() => undefined);
   return next;
@@ -111,14 +139,20 @@ function me(d: Device): { username: string | null; device: string | null; server
   return JSON.parse(d.query('{"q":"me"}'));
 }
 
-/** After anything that may have brought messages: tell the page, and what arrived. (Taking them
- *  marks them shown, a change that is stored like any other.) */
+/** After anything that may have changed what the page shows. Reactions, edits and receipts are
+ *  marked shown here (the page reads them from the history); messages stay unshown until their
+ *  conversation is on screen (`view`), so that after-read timers start when they can be read. */
 async function announce(d: Device): Promise<void> {
-  const incoming = JSON.parse(d.query('{"q":"takeUnshown"}')) as Incoming[];
   d.query('{"q":"takeUpdates"}');
   await persist(d);
-  if (incoming.length > 0) post({ kind: 'incoming', messages: incoming });
   post({ kind: 'changed' });
+}
+
+/** Deletes what has expired (and, `leaving`, what vanish mode lets go); tells the page if
+ *  anything went. */
+async function expire(d: Device, leaving: boolean): Promise<void> {
+  d.purge(nowSecs(), leaving);
+  if (await persist(d)) post({ kind: 'changed' });
 }
 
 interface Report {
@@ -134,26 +168,36 @@ function typingFrom(report: unknown): void {
   }
 }
 
+/** Catches up, then tells the page. A refused token marks the device cut off. */
+function syncNow(d: Device): void {
+  void run(async () => {
+    await drive(d, { op: 'sync' });
+    await announce(d);
+  }).catch(noteCutOff);
+}
+
 function connect(d: Device): void {
   const token = d.pushToken();
-  if (token === undefined || cutOff) return;
+  if (token === undefined || cutOff || stopped) return;
   const url = SERVER.replace(/^http/, 'ws') + '/v1/ws';
   const ws = new WebSocket(url, ['sotto.v1', 'sotto.bearer.' + token.replace(':', '.')]);
   socket = ws;
+  let opened = false;
   let acks: ReturnType<typeof setInterval> | undefined;
   ws.onopen = () => {
+    opened = true;
     socketBackoff = 500;
     post({ kind: 'connection', online: true, detail: 'connected' });
     // Whatever came while offline.
-    void run(async () => {
-      await drive(d, { op: 'sync' });
-      await announce(d);
-    }).catch(noteCutOff);
+    syncNow(d);
+    // Read positions, from the queue: what they report has been stored by then.
     acks = setInterval(() => {
-      if (ws.readyState !== WebSocket.OPEN) return;
-      for (const frame of JSON.parse(d.query('{"q":"readAcks"}')) as unknown[]) {
-        ws.send(JSON.stringify(frame));
-      }
+      void run(async () => {
+        if (ws.readyState !== WebSocket.OPEN) return;
+        for (const frame of JSON.parse(d.query('{"q":"readAcks"}')) as unknown[]) {
+          ws.send(JSON.stringify(frame));
+        }
+      }).catch(() => undefined);
     }, 1000);
   };
   ws.onmessage = (e: MessageEvent) => {
@@ -177,7 +221,9 @@ function connect(d: Device): void {
     if (acks !== undefined) clearInterval(acks);
     if (socket !== ws) return;
     socket = null;
-    if (cutOff) return;
+    if (cutOff || stopped) return;
+    // A refused upgrade only closes the socket; a sync says whether the token still works.
+    if (!opened) syncNow(d);
     post({ kind: 'connection', online: false, detail: 'server unreachable: reconnecting' });
     setTimeout(() => connect(d), socketBackoff);
     socketBackoff = Math.min(socketBackoff * 2, 15000);
@@ -196,8 +242,27 @@ async function handle(m: PageMessage, reply: Reply): Promise<void> {
   }
   try {
     if (m.kind === 'query') {
-      // Views only: none of these queries changes a record.
+      // Views only: none of these queries changes a record. (A view can show a commit a few
+      // milliseconds before it is stored; if the tab dies then, the entry is fetched again.)
       reply({ kind: 'reply', id: m.id, ok: JSON.parse(d.query(JSON.stringify(m.query))) });
+      return;
+    }
+    if (m.kind === 'view' || m.kind === 'leave') {
+      await run(async () => {
+        if (m.kind === 'view') d.showConversation(m.conversation, nowSecs());
+        await expire(d, m.kind === 'leave');
+      });
+      reply({ kind: 'reply', id: m.id, ok: null });
+      return;
+    }
+    if (m.kind === 'wipe') {
+      await run(async () => {
+        socket?.close();
+        cutOff = true;
+        await vault?.wipe();
+      });
+      reply({ kind: 'reply', id: m.id, ok: null });
+      stop('Sotto was removed from this browser: reload to start again');
       return;
     }
     const request: Request =
@@ -223,46 +288,75 @@ async function handle(m: PageMessage, reply: Reply): Promise<void> {
 // Several tabs. The worker that holds the lock (the holder) runs the device; every other tab's
 // worker (a follower) sends its page's calls to the holder over a BroadcastChannel and passes
 // the holder's answers and events back. The IndexedDB records are only ever written by the
-// holder. When the holder's tab closes, the browser gives the lock to a waiting follower, which
-// opens the device and carries on. A call the old holder never acknowledged is run by the new
-// one; an operation it acknowledged and did not answer is answered with an error rather than run
-// again (it may have reached the server).
+// holder. The holder acknowledges each call as it receives it. When the holder's tab closes, the
+// browser gives the lock to a waiting follower, which opens the device and announces itself.
+// Then every follower sends again the calls nobody acknowledged, and answers the operations that
+// were acknowledged but not answered with an error rather than running them twice (they may have
+// reached the server); views are asked again.
 type Wire =
   | { type: 'call'; from: string; msg: PageMessage }
-  | { type: 'reply'; to: string; msg: WorkerMessage }
   | { type: 'ack'; to: string; id: number }
+  | { type: 'reply'; to: string; msg: WorkerMessage }
   | { type: 'event'; msg: WorkerMessage }
+  | { type: 'holder' }
   | { type: 'hello'; from: string };
 
 const TAB = crypto.randomUUID();
 const channel = new BroadcastChannel('sotto-device');
 let holder = false;
+// This tab's calls sent to the holder and not answered yet, and which of them it acknowledged.
 const inFlight = new Map<number, PageMessage>();
 const acked = new Set<number>();
-const early: PageMessage[] = [];
+// Calls that arrived while this worker held the lock but had not opened the device yet.
+const early: { m: PageMessage; reply: Reply }[] = [];
+
+const LOST = 'the tab that held Sotto closed while this was in progress: check whether it went through';
+
+/** After a hand-over: what to do with this tab's unanswered calls. `local`: this tab is the new
+ *  holder (run them here); otherwise send them to the new holder. */
+function resend(local: boolean): void {
+  for (const m of [...inFlight.values()]) {
+    if (m.kind !== 'query' && acked.has(m.id)) {
+      inFlight.delete(m.id);
+      self.postMessage({ kind: 'reply', id: m.id, error: LOST, refused: false } satisfies WorkerMessage);
+    } else if (local) {
+      inFlight.delete(m.id);
+      void handle(m, (r) => self.postMessage(r));
+    } else {
+      channel.postMessage({ type: 'call', from: TAB, msg: m } satisfies Wire);
+    }
+  }
+  acked.clear();
+}
 
 channel.onmessage = (e: MessageEvent<Wire>) => {
   const w = e.data;
+  // Answers to this tab's calls, whatever it is now (a late answer from the old holder).
+  if (w.type === 'ack' && w.to === TAB) {
+    if (inFlight.has(w.id)) acked.add(w.id);
+    return;
+  }
+  if (w.type === 'reply' && w.to === TAB) {
+    if (w.msg.kind === 'reply') {
+      if (!inFlight.delete(w.msg.id)) return; // answered already
+      acked.delete(w.msg.id);
+    }
+    self.postMessage(w.msg);
+    return;
+  }
   if (holder) {
     if (w.type === 'call') {
       channel.postMessage({ type: 'ack', to: w.from, id: w.msg.id } satisfies Wire);
-      void handle(w.msg, (msg) => channel.postMessage({ type: 'reply', to: w.from, msg } satisfies Wire));
+      const reply: Reply = (msg) => channel.postMessage({ type: 'reply', to: w.from, msg } satisfies Wire);
+      if (device === null) early.push({ m: w.msg, reply });
+      else void handle(w.msg, reply);
     } else if (w.type === 'hello' && device !== null) {
       channel.postMessage({ type: 'reply', to: w.from, msg: { kind: 'ready', me: me(device) } } satisfies Wire);
     }
     return;
   }
-  if (w.type === 'ack' && w.to === TAB) {
-    acked.add(w.id);
-  } else if (w.type === 'reply' && w.to === TAB) {
-    if (w.msg.kind === 'reply') {
-      inFlight.delete(w.msg.id);
-      acked.delete(w.msg.id);
-    }
-    self.postMessage(w.msg);
-  } else if (w.type === 'event') {
-    self.postMessage(w.msg);
-  }
+  if (w.type === 'event') self.postMessage(w.msg);
+  else if (w.type === 'holder') resend(false);
 };
 
 /** Events go to this worker's page and, from the holder, to every other tab. */
@@ -273,10 +367,12 @@ function post(m: WorkerMessage): void {
 
 self.onmessage = (e: MessageEvent<PageMessage>) => {
   const m = e.data;
-  if (holder && device !== null) {
+  if (stopped) {
+    self.postMessage({ kind: 'reply', id: m.id, error: 'Sotto stopped in this tab: reload it', refused: false });
+  } else if (holder && device !== null) {
     void handle(m, (r) => self.postMessage(r));
   } else if (holder) {
-    early.push(m);
+    early.push({ m, reply: (r) => self.postMessage(r) });
   } else {
     inFlight.set(m.id, m);
     channel.postMessage({ type: 'call', from: TAB, msg: m } satisfies Wire);
@@ -290,22 +386,16 @@ async function start(): Promise<void> {
   device = records.length > 0 ? Device.restore(records) : new Device();
   const who = me(device);
   post({ kind: 'ready', me: who });
-  // Calls this tab sent the old holder: views, and what it never received, are run here;
-  // operations it received are not run twice.
-  for (const m of inFlight.values()) {
-    if (m.kind === 'query' || !acked.has(m.id)) void handle(m, (r) => self.postMessage(r));
-    else
-      self.postMessage({
-        kind: 'reply',
-        id: m.id,
-        error: 'the tab that held Sotto closed while this was in progress: check whether it went through',
-        refused: false,
-      } satisfies WorkerMessage);
-  }
-  inFlight.clear();
-  acked.clear();
-  for (const m of early.splice(0)) void handle(m, (r) => self.postMessage(r));
+  channel.postMessage({ type: 'holder' } satisfies Wire);
+  resend(true);
+  for (const { m, reply } of early.splice(0)) void handle(m, reply);
   if (who.username !== null) connect(device);
+  // Disappearing messages go on time whether or not anything else happens.
+  const d = device;
+  setInterval(() => {
+    const next = d.nextExpiry();
+    if (next !== undefined && next <= nowSecs()) void run(() => expire(d, false)).catch(() => undefined);
+  }, 1000);
 }
 
 if (!('locks' in navigator)) {
@@ -319,7 +409,8 @@ if (!('locks' in navigator)) {
     try {
       await start();
     } catch (e) {
-      post({ kind: 'fatal', error: e instanceof Error ? e.message : String(e) });
+      // Give the lock up (by ending this worker), so that the device is not held by nobody.
+      if (!stopped) stop(e instanceof Error ? e.message : String(e));
     }
     await new Promise(() => undefined);
   });

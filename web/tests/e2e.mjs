@@ -175,6 +175,28 @@ try {
   await shot(bob, 'web-reactions-edit-unsend');
   ok('a reaction, an edit and an unsend are seen on the other side');
 
+  // Disappearing messages: a timer set in the DM reaches the other side, a message sent under it
+  // shows its countdown on both, and goes from both pages on time.
+  await openConversation(alice, names.bob);
+  await openConversation(bob, names.alice);
+  await alice.getByRole('button', { name: 'Disappearing' }).click();
+  await alice.getByLabel('Timer (for everyone in this conversation)').selectOption({ label: '30 seconds' });
+  await alice.getByTestId('timer').filter({ hasText: 'timer set to 30 s' }).waitFor({ timeout: WAIT });
+  await sees(bob, 'timer set to 30 s', 'bob seeing the timer change');
+  const fleeting = said('this one disappears');
+  await send(alice, fleeting);
+  await sees(bob, fleeting, 'bob before the timer runs out');
+  await messages(bob).filter({ hasText: fleeting }).filter({ hasText: /disappears in \d+ s/ }).waitFor({ timeout: WAIT });
+  for (const [page, who] of [[alice, 'alice'], [bob, 'bob']]) {
+    await messages(page).filter({ hasText: fleeting }).waitFor({ state: 'detached', timeout: 60_000 }).catch(() => {
+      fail(`the disappearing message is still on ${who}'s page after its 30 s`);
+    });
+  }
+  await alice.getByLabel('Timer (for everyone in this conversation)').selectOption({ label: 'Off' });
+  await alice.getByTestId('timer').filter({ hasText: 'timer off' }).waitFor({ timeout: WAIT });
+  await alice.getByRole('button', { name: 'Disappearing' }).click();
+  ok('a disappearing timer reaches the other side and its message goes from both pages');
+
   // 4. A reload keeps the history and the keys.
   const r0 = Date.now();
   await alice.reload();
@@ -189,9 +211,7 @@ try {
 
   // Several tabs: a second tab follows the one that holds the device, and takes over when it
   // closes.
-  const alice2 = await ctxA.newPage();
-  alice2.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  await alice2.goto(url);
+  const { page: alice2 } = await openPage(ctxA, url, problems);
   await alice2.getByTestId('me').filter({ hasText: names.alice }).waitFor({ timeout: WAIT });
   await openConversation(alice2, names.bob);
   await sees(alice2, 'still me after a reload', 'a second tab');
@@ -260,6 +280,35 @@ try {
   const cliSees = sotto('carol', 'history', names.alice, '--json');
   if (cliSees.includes('am I still here?')) fail('a revoked browser could still send');
   ok('revoking the browser device cuts it off');
+
+  // What the browser stores: sealed records only, under keys no script can export.
+  const stored = await bob.evaluate(async (texts) => {
+    const req = (r) => new Promise((res, rej) => { r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
+    const db = await req(indexedDB.open('sotto'));
+    const values = await req(db.transaction('records').objectStore('records').getAll());
+    const ids = await req(db.transaction('records').objectStore('records').getAllKeys());
+    const keys = await req(db.transaction('keys').objectStore('keys').get('v1'));
+    const enc = new TextEncoder();
+    const blobs = values.flatMap((v) => [new Uint8Array(v.ct), new Uint8Array(v.iv)]).concat(ids.map((k) => enc.encode(String(k))));
+    const has = (hay, needle) => {
+      outer: for (let i = 0; i + needle.length <= hay.length; i++) {
+        for (let j = 0; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
+        return true;
+      }
+      return false;
+    };
+    const found = texts.filter((t) => blobs.some((b) => has(b, enc.encode(t))));
+    return {
+      records: values.length,
+      found,
+      sealed: values.every((v) => v.ct instanceof ArrayBuffer && v.iv.length === 12),
+      keys: [keys.seal, keys.name].map((k) => `${k.type}/${k.algorithm.name}/${k.extractable}`),
+    };
+  }, [...plaintexts, names.alice, names.carol]);
+  if (stored.records < 10 || !stored.sealed) fail(`bob's IndexedDB is not what the vault writes: ${JSON.stringify(stored)}`);
+  if (stored.found.length > 0) fail(`bob's IndexedDB holds in the clear: ${stored.found.join(', ')}`);
+  if (stored.keys.join() !== 'secret/AES-GCM/false,secret/HMAC/false') fail(`bob's vault keys: ${stored.keys}`);
+  ok(`the browser's IndexedDB holds ${stored.records} sealed records, no plaintext or name, under non-extractable keys`);
 
   if (problems.length > 0) fail(problems.join('\n'));
   ok('no CSP violation and no uncaught error on any page');

@@ -131,5 +131,14 @@ async fn a_browser_authenticates_its_push_channel_with_a_subprotocol() {
             ),
         }
     }
+    // Only the push channel takes the token that way: another route refuses it.
+    let resp = support::http()
+        .get(format!("{}/v1/conversations", server.url))
+        .header("upgrade", "websocket")
+        .header("sec-websocket-protocol", format!("sotto.v1, {as_protocol}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
     server.stop().await;
 }

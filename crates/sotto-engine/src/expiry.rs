@@ -463,6 +463,21 @@ impl crate::Engine {
         })
     }
 
+    /// Marks the messages of `conversation` shown, because a person has it on screen, and
+    /// starts the clocks of its after-read messages at `now` (Unix seconds). For a shell that
+    /// shows conversations rather than a stream (the web client), so that an after-read timer
+    /// starts when the message can be read, not when it arrived.
+    pub fn show_conversation(&self, conversation: &str, now: u64) -> Result<(), Error> {
+        self.local().with_tx(|tx, _| {
+            for m in tx.unshown_messages()? {
+                if m.conversation == conversation && m.kind.is_message() {
+                    tx.mark_shown(&m.conversation, &m.id)?;
+                }
+            }
+            start_clocks(tx, now)
+        })
+    }
+
     /// [`crate::Engine::take_unshown`], starting the clocks of the after-read messages among
     /// them at `now`, so that what is returned shows when each goes.
     pub fn take_unshown_at(&self, now: u64) -> Result<Vec<crate::Message>, Error> {

@@ -35,7 +35,11 @@ impl FromRequestParts<AppState> for Auth {
             .and_then(|s| s.strip_prefix("Bearer "));
         let token = match header_token {
             Some(t) => t.to_owned(),
-            None => ws_protocol_token(&parts.headers).ok_or_else(ApiError::unauthorized)?,
+            // Only the push channel takes the token as a subprotocol.
+            None if parts.uri.path() == "/v1/ws" => {
+                ws_protocol_token(&parts.headers).ok_or_else(ApiError::unauthorized)?
+            }
+            None => return Err(ApiError::unauthorized()),
         };
         let caller = ds::authenticate(state, &token).await?;
         parts.extensions.insert(caller.clone());

@@ -111,12 +111,16 @@ pub async fn fallback(State(s): State<AppState>, method: Method, uri: Uri) -> Re
             } else {
                 "no-cache"
             };
-            let body = if method == Method::HEAD {
-                Vec::new()
+            let len = bytes.len();
+            let mut r = if method == Method::HEAD {
+                ([(header::CONTENT_TYPE, ct)], ()).into_response()
             } else {
-                bytes
+                ([(header::CONTENT_TYPE, ct)], bytes).into_response()
             };
-            with_headers(([(header::CONTENT_TYPE, ct)], body).into_response(), cache)
+            // HEAD says how long the file is, as GET would.
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            with_headers(r, cache)
         }
         Err(_) if uri.path() == "/" => with_headers(
             (

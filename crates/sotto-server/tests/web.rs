@@ -101,6 +101,7 @@ async fn the_bundle_is_served_under_the_csp_and_nothing_else_is() {
     let head = get(&r, Method::HEAD, "/assets/index-abc123.js").await;
     assert_eq!(head.status, StatusCode::OK);
     assert!(head.body.is_empty());
+    assert_eq!(head.headers["content-length"], "10");
 
     for path in [
         "/../secret.txt",

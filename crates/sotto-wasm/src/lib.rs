@@ -12,7 +12,10 @@
 //! `{"op":"sleep","ms"}`, `{"op":"now"}` or `{"op":"done", "ok" | "error"}`; the host answers with
 //! `{"status", "body"}` (or `{"error"}` if the request failed), `{"slept":true}` or `{"now": ms}`.
 //! Reads that need no network (`query`, see [`Query`]) answer at once. The host performs the
-//! fetches; the engine never sees a socket, and its keys never leave this module's memory.
+//! fetches; the engine never sees a socket. The host is trusted with secrets: the records it
+//! stores hold the device's keys and messages in the clear (the web client's worker seals them
+//! before they reach IndexedDB), and it holds the bearer token for the push channel. The web
+//! client's page is not the host: only its worker is.
 //!
 //! Record framing (both directions): for each record, its key length (u32, little-endian), the key,
 //! its value length (u32 LE; `u32::MAX` for a deleted record, which has no value), the value.
@@ -24,6 +27,7 @@ use std::rc::Rc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sotto_engine::account::Registration;
+use sotto_engine::expiry::{Target, TimerMode};
 use sotto_engine::store::{Change, ConversationKind};
 use sotto_engine::{
     Action, Answer, Engine, Error, HttpReply, MemoryStore, Method, Op, Step, Store, StoreError,
@@ -94,6 +98,16 @@ enum Request {
     LinkCode,
     /// Applies a frame pushed over the WebSocket.
     Frame { frame: sotto_api::ServerFrame },
+    /// Sets a conversation's disappearing timer (`secs: null` turns it off), counted from
+    /// sending or, with `afterRead`, from reading.
+    #[serde(rename_all = "camelCase")]
+    SetTimer {
+        conversation: String,
+        secs: Option<u32>,
+        after_read: bool,
+    },
+    /// Turns vanish mode on or off in a DM.
+    SetVanish { conversation: String, on: bool },
 }
 
 /// What to do to a message.
@@ -121,6 +135,10 @@ enum Query {
     Group { group: String },
     /// Messages received and not shown yet; marks them shown.
     TakeUnshown,
+    /// Messages received and not shown yet (marks nothing).
+    Unshown,
+    /// A conversation's disappearing settings: `{timer: {secs, afterRead} | null, vanish, text}`.
+    Settings { conversation: String },
     /// Reactions, edits, unsends and receipts received and not shown yet; marks them shown.
     TakeUpdates,
     /// Read positions to send over the WebSocket.
@@ -174,6 +192,15 @@ fn op_json(op: Op) -> Value {
 
 fn report_json(r: SyncReport) -> Value {
     json!({"warnings": r.warnings, "events": r.events, "updates": r.updates})
+}
+
+/// Unix seconds from JavaScript's number (negative or not a number: 0).
+fn secs(now: f64) -> u64 {
+    if now.is_finite() && now > 0.0 {
+        now as u64
+    } else {
+        0
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: T) -> Value {
@@ -329,9 +356,34 @@ impl Device {
             Request::Revoke { device } => e.revoke_device(&device).map(report_json),
             Request::LinkCode => e.create_link_code().map(Value::String),
             Request::Frame { frame } => e.handle_frame(frame).map(report_json),
+            Request::SetTimer {
+                conversation,
+                secs,
+                after_read,
+            } => {
+                let mode = if after_read {
+                    TimerMode::AfterRead
+                } else {
+                    TimerMode::AfterSend
+                };
+                e.set_timer(self.target(&conversation)?, secs.map(|s| (s, mode)))
+                    .map(report_json)
+            }
+            Request::SetVanish { conversation, on } => match self.dm_peer(&conversation)? {
+                Some(peer) => e.set_vanish(&peer, on).map(report_json),
+                None => return Err(js_err("vanish mode is for DMs")),
+            },
         };
         self.task = Some(task);
         Ok(())
+    }
+
+    /// The DM or group a settings change is for.
+    fn target(&self, conversation: &str) -> Result<Target, JsError> {
+        Ok(match self.dm_peer(conversation)? {
+            Some(peer) => Target::Dm(peer),
+            None => Target::Group(conversation.to_owned()),
+        })
     }
 
     /// The peer of a DM this device has, `None` for any other conversation.
@@ -393,10 +445,48 @@ impl Device {
             }
             Query::Group { group } => to_json(e.group_info(&group).map_err(js_err)?),
             Query::TakeUnshown => to_json(e.take_unshown().map_err(js_err)?),
+            Query::Unshown => to_json(e.unshown().map_err(js_err)?),
+            Query::Settings { conversation } => {
+                let s = e.conversation_settings(&conversation).map_err(js_err)?;
+                json!({
+                    "timer": s.timer.map(|t| json!({
+                        "secs": t.secs(),
+                        "afterRead": t.mode() == TimerMode::AfterRead,
+                    })),
+                    "vanish": s.vanish,
+                    "text": sotto_engine::expiry::describe(&s),
+                })
+            }
             Query::TakeUpdates => to_json(e.take_updates().map_err(js_err)?),
             Query::ReadAcks => to_json(e.read_acks()),
         };
         Ok(v.to_string())
+    }
+
+    /// Marks a conversation's messages shown (it is on screen) and starts the clocks of its
+    /// after-read messages at `now` (Unix seconds). A write: the host stores the changes.
+    #[wasm_bindgen(js_name = showConversation)]
+    pub fn show_conversation(&self, conversation: &str, now: f64) -> Result<(), JsError> {
+        self.engine
+            .show_conversation(conversation, secs(now))
+            .map_err(js_err)
+    }
+
+    /// Deletes what has expired at `now` (Unix seconds); with `leaving` (the user left the
+    /// conversation), also the vanish-mode messages that went through. Returns the messages that
+    /// went, as JSON `[{id, conversation, shown}]`. A write: the host stores the changes.
+    pub fn purge(&self, now: f64, leaving: bool) -> Result<String, JsError> {
+        let gone = self
+            .engine
+            .purge_expired(secs(now), leaving)
+            .map_err(js_err)?;
+        serde_json::to_string(&gone).map_err(js_err)
+    }
+
+    /// When the next message of this device expires (Unix seconds), if any.
+    #[wasm_bindgen(js_name = nextExpiry)]
+    pub fn next_expiry(&self) -> Result<Option<f64>, JsError> {
+        Ok(self.engine.next_expiry().map_err(js_err)?.map(|s| s as f64))
     }
 
     /// The bearer token for the push channel's WebSocket (the browser cannot set a header there;

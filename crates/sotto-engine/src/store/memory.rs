@@ -94,7 +94,9 @@ fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 fn unjson<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(format!("a stored record: {e}")))
+    // Not serde's message: it can quote the record's content (a message's text).
+    serde_json::from_slice(b)
+        .map_err(|_| StoreError::Corrupt("a stored record does not decode".into()))
 }
 
 impl Undo {
