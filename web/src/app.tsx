@@ -7,6 +7,9 @@ import { qrPath } from './qr';
 
 type Phase = 'loading' | 'fatal' | 'ready';
 
+/** How many messages a conversation shows at first, and how many more each time. */
+const PAGE = 200;
+
 function describe(e: unknown): string {
   if (e instanceof CallError) return e.message;
   if (e instanceof Error) return e.message;
@@ -455,9 +458,11 @@ function Conversation(props: {
   const list = useRef<HTMLOListElement>(null);
   const lastTyping = useRef(0);
 
+  // The end of the conversation; earlier pages on request.
+  const [limit, setLimit] = useState(PAGE);
   useEffect(() => {
-    void client.history(line.id).then(setHistory, () => undefined);
-  }, [client, line.id, props.tick, line.last?.id]);
+    void client.history(line.id, limit).then(setHistory, () => undefined);
+  }, [client, line.id, props.tick, line.last?.id, limit]);
 
   useEffect(() => {
     list.current?.lastElementChild?.scrollIntoView({ block: 'end' });
@@ -560,6 +565,11 @@ function Conversation(props: {
       )}
       {showInfo && line.kind === 'group' && (
         <GroupSettings client={client} act={act} id={line.id} me={props.me} tick={props.tick} onGone={props.onGone} />
+      )}
+      {history.length >= limit && (
+        <button type="button" class="earlier" onClick={() => setLimit(limit + PAGE)}>
+          Show earlier messages
+        </button>
       )}
       <ol class="messages" ref={list} aria-label="Messages" aria-live="polite" aria-relevant="additions">
         {history.map((m) =>

@@ -76,8 +76,9 @@ export class Client {
   conversations(): Promise<ConversationLine[]> {
     return this.query({ q: 'conversations' }) as Promise<ConversationLine[]>;
   }
-  history(conversation: string): Promise<HistoryMessage[]> {
-    return this.query({ q: 'history', conversation }) as Promise<HistoryMessage[]>;
+  /** The newest `limit` items of a conversation's history, oldest first. */
+  history(conversation: string, limit: number): Promise<HistoryMessage[]> {
+    return this.query({ q: 'history', conversation, limit }) as Promise<HistoryMessage[]>;
   }
   group(group: string): Promise<GroupLine> {
     return this.query({ q: 'group', group }) as Promise<GroupLine>;

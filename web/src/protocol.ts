@@ -37,7 +37,7 @@ export type Action =
 export type Query =
   | { q: 'me' }
   | { q: 'conversations' }
-  | { q: 'history'; conversation: string }
+  | { q: 'history'; conversation: string; limit?: number }
   | { q: 'group'; group: string }
   | { q: 'settings'; conversation: string };
 

@@ -52,12 +52,20 @@ async function drive(d, request) {
   }
 }
 
-function rendererRssKb() {
+// The renderer processes of this browser: their RSS in KiB, largest first (the page and its
+// worker live in the largest; Chromium keeps a spare renderer too).
+function renderers() {
   const out = execFileSync('ps', ['-eo', 'rss,args'], { encoding: 'utf8' });
   return out
     .split('\n')
     .filter((l) => l.includes('--type=renderer'))
-    .reduce((sum, l) => sum + Number(l.trim().split(/\s+/)[0]), 0);
+    .map((l) => Number(l.trim().split(/\s+/)[0]))
+    .sort((a, b) => b - a);
+}
+function rendererRssKb() {
+  const all = renderers();
+  console.error(`renderer processes (RSS MiB): ${all.map((k) => Math.round(k / 1024)).join(', ')}`);
+  return all[0] ?? 0;
 }
 
 const browser = await chromium.launch({
@@ -75,6 +83,8 @@ try {
   await page.getByLabel('Username').fill(bob);
   await page.getByRole('button', { name: 'Create account' }).click();
   await page.getByTestId('me').waitFor({ timeout: 30000 });
+  await new Promise((r) => setTimeout(r, 2000));
+  results.renderer_rss_mb_registered_empty = Math.round(rendererRssKb() / 1024);
   await page.close();
 
   const alice = new Device();

@@ -681,6 +681,12 @@ impl Engine {
     /// A conversation's history by log position (messages not yet acknowledged last), with entries
     /// that did not decrypt in their places.
     pub fn history_items(&self, conversation: &str) -> Result<Vec<HistoryItem>, Error> {
+        self.history_tail(conversation, usize::MAX)
+    }
+
+    /// The newest `last` items of [`Engine::history_items`], oldest first: what a view that shows
+    /// the end of a long conversation needs, without folding the edits and reactions of the rest.
+    pub fn history_tail(&self, conversation: &str, last: usize) -> Result<Vec<HistoryItem>, Error> {
         let me = self.my_name();
         let read_receipts = self.local().read_receipts_on()?;
         self.local().read(|tx, _| {
@@ -689,21 +695,35 @@ impl Engine {
             let followed = c
                 .as_ref()
                 .is_some_and(|c| c.status == crate::store::ConversationStatus::Ok);
-            let mut items = Vec::new();
-            for m in tx.messages(conversation)? {
-                if m.kind.is_message() {
-                    items.push(HistoryItem::Message {
-                        seq: m.seq,
-                        message: history_message(tx, m, group, &me, read_receipts)?,
-                    });
-                }
+            // Placed first, shown after: only the items kept are folded.
+            enum Entry {
+                Message(Box<MessageRecord>),
+                Undecryptable(UndecryptableRecord),
             }
-            items.extend(
+            let mut entries: Vec<(u64, Entry)> = tx
+                .messages(conversation)?
+                .into_iter()
+                .filter(|m| m.kind.is_message())
+                .map(|m| (m.seq.unwrap_or(u64::MAX), Entry::Message(Box::new(m))))
+                .collect();
+            entries.extend(
                 tx.undecryptable(conversation)?
                     .into_iter()
-                    .map(|u| undecryptable_item(u, followed)),
+                    .map(|u| (u.seq, Entry::Undecryptable(u))),
             );
-            items.sort_by_key(|i| i.seq().unwrap_or(u64::MAX));
+            // Stable: messages keep their store order (seq, then local order) among equals.
+            entries.sort_by_key(|(seq, _)| *seq);
+            let skip = entries.len().saturating_sub(last);
+            let mut items = Vec::with_capacity(entries.len() - skip);
+            for (_, e) in entries.into_iter().skip(skip) {
+                items.push(match e {
+                    Entry::Message(m) => HistoryItem::Message {
+                        seq: m.seq,
+                        message: history_message(tx, *m, group, &me, read_receipts)?,
+                    },
+                    Entry::Undecryptable(u) => undecryptable_item(u, followed),
+                });
+            }
             Ok(items)
         })
     }

@@ -1,55 +1,19 @@
 //! The in-memory backend passes the client store conformance suite, and so does the journaled
 //! store that the browser worker persists, reloaded from its persisted records before every
-//! transaction.
+//! transaction (`conformance::Reloaded`; the web client's browser test runs the same suite on it
+//! inside Chromium).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
-
-use sotto_engine::store::{conformance, MemoryStore, Store, StoreError, Tx};
+use sotto_engine::store::{conformance, MemoryStore, Store, StoreError};
 
 #[test]
 fn memory_store_conforms() {
     conformance::run(&|| Box::new(MemoryStore::new()) as Box<dyn Store>);
 }
 
-/// What the browser worker does, with a map for IndexedDB: before each transaction it writes the
-/// changes committed so far to "disk", and here it then throws the memory away and restores the
-/// store from disk alone. Whatever the journal misses, the next transaction does not see.
-struct Reloading {
-    disk: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
-    // Each generation is leaked: a transaction borrows the store it came from, and a test's
-    // handful of stores is not worth more machinery.
-    current: Cell<&'static MemoryStore>,
-}
-
-impl Reloading {
-    fn new() -> Self {
-        Self {
-            disk: RefCell::default(),
-            current: Cell::new(Box::leak(Box::new(MemoryStore::journaled()))),
-        }
-    }
-}
-
-impl Store for Reloading {
-    fn begin(&self, write: bool) -> Result<Box<dyn Tx + '_>, StoreError> {
-        let mut disk = self.disk.borrow_mut();
-        for c in self.current.get().take_changes()? {
-            match c.value {
-                Some(v) => disk.insert(c.key, v),
-                None => disk.remove(&c.key),
-            };
-        }
-        let reloaded = MemoryStore::restore(disk.iter().map(|(k, v)| (k.clone(), v.clone())))?;
-        self.current.set(Box::leak(Box::new(reloaded)));
-        self.current.get().begin(write)
-    }
-}
-
 #[test]
 fn journaled_store_reloaded_from_its_records_conforms() {
-    conformance::run(&|| Box::new(Reloading::new()) as Box<dyn Store>);
+    conformance::run(&|| Box::new(conformance::Reloaded::new()) as Box<dyn Store>);
 }
 
 #[test]

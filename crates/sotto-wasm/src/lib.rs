@@ -129,8 +129,12 @@ enum Query {
     Me,
     /// The conversation list, most recently active first.
     Conversations,
-    /// A conversation's history, oldest first.
-    History { conversation: String },
+    /// A conversation's history, oldest first: its newest `limit` items (all without a limit).
+    History {
+        conversation: String,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// A group's name, admins and members.
     Group { group: String },
     /// Messages received and not shown yet; marks them shown.
@@ -440,9 +444,13 @@ impl Device {
                 "server": e.server().map_err(js_err)?,
             }),
             Query::Conversations => to_json(e.conversation_list().map_err(js_err)?),
-            Query::History { conversation } => {
-                to_json(e.history_items(&conversation).map_err(js_err)?)
-            }
+            Query::History {
+                conversation,
+                limit,
+            } => to_json(
+                e.history_tail(&conversation, limit.unwrap_or(usize::MAX))
+                    .map_err(js_err)?,
+            ),
             Query::Group { group } => to_json(e.group_info(&group).map_err(js_err)?),
             Query::TakeUnshown => to_json(e.take_unshown().map_err(js_err)?),
             Query::Unshown => to_json(e.unshown().map_err(js_err)?),
@@ -495,4 +503,27 @@ impl Device {
     pub fn push_token(&self) -> Option<String> {
         self.engine.dangerous_bearer_token()
     }
+}
+
+/// The names of the client store conformance checks, in order.
+#[cfg(feature = "conformance")]
+#[wasm_bindgen(js_name = conformanceChecks)]
+pub fn conformance_checks() -> Vec<String> {
+    sotto_engine::store::conformance::checks()
+        .iter()
+        .map(|(name, _)| (*name).to_owned())
+        .collect()
+}
+
+/// Runs conformance check number `index` on a fresh journaled store that is rebuilt from its
+/// stored records before every transaction, as the web client's worker keeps it. A broken rule
+/// traps (WebAssembly cannot catch the check's panic): the host reports the check by its name.
+#[cfg(feature = "conformance")]
+#[wasm_bindgen(js_name = conformanceRun)]
+pub fn conformance_run(index: usize) -> Result<(), JsError> {
+    let (_, check) = sotto_engine::store::conformance::checks()
+        .get(index)
+        .ok_or_else(|| js_err("no such check"))?;
+    check(&sotto_engine::store::conformance::Reloaded::new());
+    Ok(())
 }

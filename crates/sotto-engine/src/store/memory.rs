@@ -24,6 +24,9 @@ struct State {
     pins: BTreeMap<String, PinRecord>,
     conversations: BTreeMap<String, ConversationRecord>,
     messages: BTreeMap<(String, String), MessageRecord>,
+    /// The actions on each message: (conversation, target) to the actions' ids. Kept by
+    /// [`State::put_message`] and [`State::take_message`], the only ways messages come and go.
+    targets: BTreeMap<(String, String), std::collections::BTreeSet<String>>,
     undecryptable: BTreeMap<(String, u64), UndecryptableRecord>,
     receipts: BTreeMap<(String, String, String), u8>,
     mls: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -133,6 +136,43 @@ impl Undo {
 }
 
 impl State {
+    fn put_message(&mut self, key: (String, String), m: MessageRecord) {
+        if let Some(t) = &m.target {
+            self.targets
+                .entry((key.0.clone(), t.clone()))
+                .or_default()
+                .insert(key.1.clone());
+        }
+        if let Some(old) = self.messages.insert(key.clone(), m) {
+            self.untarget(&key, &old);
+        }
+    }
+
+    fn take_message(&mut self, key: &(String, String)) -> Option<MessageRecord> {
+        let old = self.messages.remove(key)?;
+        self.untarget(key, &old);
+        Some(old)
+    }
+
+    fn untarget(&mut self, key: &(String, String), m: &MessageRecord) {
+        let Some(t) = &m.target else { return };
+        // A replaced record with the same target keeps its entry.
+        if self
+            .messages
+            .get(key)
+            .is_some_and(|now| now.target.as_ref() == Some(t))
+        {
+            return;
+        }
+        let tk = (key.0.clone(), t.clone());
+        if let Some(ids) = self.targets.get_mut(&tk) {
+            ids.remove(&key.1);
+            if ids.is_empty() {
+                self.targets.remove(&tk);
+            }
+        }
+    }
+
     /// Puts one record, as [`Undo::key`] and [`Undo::value`] encoded it.
     fn load(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
         let text = |b: &[u8]| {
@@ -154,9 +194,7 @@ impl State {
             CONVERSATION => {
                 self.conversations.insert(text(rest)?, unjson(&value)?);
             }
-            MESSAGE => {
-                self.messages.insert(unjson(rest)?, unjson(&value)?);
-            }
+            MESSAGE => self.put_message(unjson(rest)?, unjson(&value)?),
             UNDECRYPTABLE => {
                 self.undecryptable.insert(unjson(rest)?, unjson(&value)?);
             }
@@ -269,7 +307,12 @@ impl Drop for MemoryTx<'_> {
                 Undo::Setting(k, v) => restore(&mut s.settings, k, v),
                 Undo::Pin(k, v) => restore(&mut s.pins, k, v),
                 Undo::Conversation(k, v) => restore(&mut s.conversations, k, v),
-                Undo::Message(k, v) => restore(&mut s.messages, k, v.map(|b| *b)),
+                Undo::Message(k, v) => match v {
+                    Some(m) => s.put_message(k, *m),
+                    None => {
+                        s.take_message(&k);
+                    }
+                },
                 Undo::Undecryptable(k, v) => restore(&mut s.undecryptable, k, v),
                 Undo::Receipt(k, v) => restore(&mut s.receipts, k, v),
                 Undo::Mls(k, v) => restore(&mut s.mls, k, v),
@@ -413,7 +456,7 @@ impl Tx for MemoryTx<'_> {
         s.next_order += 1;
         let mut m = m.clone();
         m.local_order = order + 1;
-        s.messages.insert(key.clone(), m);
+        s.put_message(key.clone(), m);
         drop(s);
         self.log(Undo::Order(order));
         self.log(Undo::Message(key, None));
@@ -457,7 +500,7 @@ impl Tx for MemoryTx<'_> {
         let key = (conversation.to_owned(), id.to_owned());
         let mut s = self.state.borrow_mut();
         if s.messages.get(&key).is_some_and(|m| m.seq.is_none()) {
-            let old = s.messages.remove(&key);
+            let old = s.take_message(&key);
             drop(s);
             self.log(Undo::Message(key, old.map(Box::new)));
         }
@@ -479,12 +522,13 @@ impl Tx for MemoryTx<'_> {
         conversation: &str,
         target: &str,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        let mut v: Vec<MessageRecord> = self
-            .state
-            .borrow()
-            .messages
-            .values()
-            .filter(|m| m.conversation == conversation && m.target.as_deref() == Some(target))
+        let s = self.state.borrow();
+        let Some(ids) = s.targets.get(&(conversation.to_owned(), target.to_owned())) else {
+            return Ok(Vec::new());
+        };
+        let mut v: Vec<MessageRecord> = ids
+            .iter()
+            .filter_map(|id| s.messages.get(&(conversation.to_owned(), id.clone())))
             .cloned()
             .collect();
         v.sort_by(by_seq_then_order);
@@ -503,7 +547,7 @@ impl Tx for MemoryTx<'_> {
 
     fn delete_message(&self, conversation: &str, id: &str) -> Result<(), StoreError> {
         let key = (conversation.to_owned(), id.to_owned());
-        let old = self.state.borrow_mut().messages.remove(&key);
+        let old = self.state.borrow_mut().take_message(&key);
         if old.is_some() {
             self.log(Undo::Message(key, old.map(Box::new)));
         }
@@ -555,8 +599,9 @@ impl Tx for MemoryTx<'_> {
             .state
             .borrow()
             .receipts
-            .keys()
-            .filter(|(c, m, _)| c == conversation && m == message)
+            .range((conversation.to_owned(), message.to_owned(), String::new())..)
+            .map(|(k, _)| k)
+            .take_while(|(c, m, _)| c == conversation && m == message)
             .cloned()
             .collect();
         for key in keys {
@@ -589,9 +634,9 @@ impl Tx for MemoryTx<'_> {
             .state
             .borrow()
             .messages
-            .values()
-            .filter(|m| m.conversation == conversation)
-            .cloned()
+            .range((conversation.to_owned(), String::new())..)
+            .take_while(|((c, _), _)| c == conversation)
+            .map(|(_, m)| m.clone())
             .collect();
         v.sort_by(by_seq_then_order);
         Ok(v)
@@ -634,8 +679,8 @@ impl Tx for MemoryTx<'_> {
             .state
             .borrow()
             .receipts
-            .iter()
-            .filter(|((c, m, _), _)| c == conversation && m == message)
+            .range((conversation.to_owned(), message.to_owned(), String::new())..)
+            .take_while(|((c, m, _), _)| c == conversation && m == message)
             .map(|((_, _, u), s)| (u.clone(), *s))
             .collect())
     }
