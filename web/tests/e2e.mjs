@@ -175,6 +175,29 @@ try {
   await shot(bob, 'web-reactions-edit-unsend');
   ok('a reaction, an edit and an unsend are seen on the other side');
 
+  // A reply shows what it answers. Group management from the page: the admin appoints another,
+  // who renames the group; the admin removes a member, whose page then says so.
+  await messages(bob).filter({ hasText: 'second chapter tonight' }).getByRole('button', { name: 'Reply' }).click();
+  await bob.getByLabel('Message', { exact: true }).fill(said('which page do we start at?'));
+  await bob.getByRole('button', { name: 'Send', exact: true }).click();
+  await messages(alice)
+    .filter({ hasText: 'which page do we start at?' })
+    .locator('blockquote', { hasText: 'second chapter tonight' })
+    .waitFor({ timeout: WAIT });
+  await alice.getByRole('button', { name: 'Group settings' }).click();
+  const settingsA = alice.getByRole('region', { name: 'Group settings' });
+  await settingsA.getByRole('button', { name: `Make ${names.bob} admin` }).click();
+  await settingsA.getByRole('listitem').filter({ hasText: names.bob }).filter({ hasText: '· admin' }).waitFor({ timeout: WAIT });
+  await bob.getByRole('button', { name: 'Group settings' }).click();
+  await bob.getByLabel('New name').fill('Book club II');
+  await bob.getByRole('button', { name: 'Rename' }).click();
+  await alice.getByRole('heading', { name: '# Book club II' }).waitFor({ timeout: WAIT });
+  await settingsA.getByRole('button', { name: `Remove ${names.bob}` }).click();
+  await bob.getByText('This conversation is removed').waitFor({ timeout: WAIT });
+  if (!(await bob.getByLabel('Message', { exact: true }).isDisabled())) fail('a removed member can still type in the group');
+  await alice.getByRole('button', { name: 'Group settings' }).click();
+  ok('a reply, and group admins, renaming and removal, seen on both pages');
+
   // Disappearing messages: a timer set in the DM reaches the other side, a message sent under it
   // shows its countdown on both, and goes from both pages on time.
   await openConversation(alice, names.bob);
