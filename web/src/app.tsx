@@ -2,13 +2,21 @@
 import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
 import type { JSX } from 'preact';
 import { CallError, type Client } from './client';
-import type { ConversationLine, ConversationSettings, DeviceLine, GroupLine, HistoryMessage, Me } from './protocol';
+import type { Attachment, ConversationLine, ConversationSettings, DeviceLine, GroupLine, HistoryMessage, Me } from './protocol';
 import { qrPath } from './qr';
 
 type Phase = 'loading' | 'fatal' | 'ready';
 
 /** How many messages a conversation shows at first, and how many more each time. */
 const PAGE = 200;
+
+/** A message in one line, for the conversation list. */
+function preview(m: HistoryMessage): string {
+  if (m.deleted) return 'Message deleted';
+  const file = m.attachments[0];
+  if (file !== undefined) return m.text ? `📎 ${file.name}: ${m.text}` : `📎 ${file.name}`;
+  return m.text ?? '';
+}
 
 function describe(e: unknown): string {
   if (e instanceof CallError) return e.message;
@@ -133,7 +141,7 @@ export function App({ client }: { client: Client }): JSX.Element {
                 >
                   <span class="title">
                     {c.kind === 'group' ? '# ' : ''}
-                    {c.title}
+                    {c.title !== '' ? c.title : `group ${c.id.slice(0, 8)}`}
                   </span>
                   {c.unread > 0 && (
                     <span class="badge" aria-label={`${c.unread} unread`}>
@@ -143,7 +151,7 @@ export function App({ client }: { client: Client }): JSX.Element {
                   <span class="preview">
                     {c.last === null
                       ? 'No messages yet'
-                      : `${c.last.outgoing ? 'You' : c.last.sender}: ${c.last.deleted ? 'Message deleted' : (c.last.text ?? '')}`}
+                      : `${c.last.outgoing ? 'You' : c.last.sender}: ${preview(c.last)}`}
                   </span>
                 </button>
               </li>
@@ -457,6 +465,25 @@ function Conversation(props: {
   const [sending, setSending] = useState(false);
   const list = useRef<HTMLOListElement>(null);
   const lastTyping = useRef(0);
+  const [progress, setProgress] = useState<string | null>(null);
+  useEffect(
+    () =>
+      client.on((m) => {
+        if (m.kind === 'progress' && m.conversation === line.id) {
+          setProgress(`Sending ${m.name}: ${Math.floor((100 * m.sent) / Math.max(m.total, 1))}%`);
+        }
+      }),
+    [client, line.id],
+  );
+  const attach = async (file: File) => {
+    setProgress(`Encrypting ${file.name}…`);
+    const done = await act(async () => {
+      await client.upload(line.id, file, text.trim());
+      return true;
+    });
+    setProgress(null);
+    if (done) setText('');
+  };
 
   // The end of the conversation; earlier pages on request.
   const [limit, setLimit] = useState(PAGE);
@@ -597,6 +624,7 @@ function Conversation(props: {
               <p class="text">
                 {m.deleted ? <em>Message deleted</em> : m.content === 'timer' ? <em>{m.text}</em> : m.text}
               </p>
+              {!m.deleted && m.attachments.map((a) => <FileView key={a.id} client={client} act={act} file={a} />)}
               {Object.keys(m.reactions).length > 0 && (
                 <ul class="reactions" aria-label="Reactions">
                   {Object.entries(m.reactions).map(([emoji, who]) => (
@@ -673,8 +701,74 @@ function Conversation(props: {
         <button type="submit" disabled={sending || line.status !== 'ok'}>
           {editing !== null ? 'Save' : 'Send'}
         </button>
+        <label class="attach">
+          Attach a file
+          <input
+            type="file"
+            disabled={line.status !== 'ok' || progress !== null}
+            onChange={(e) => {
+              const f = e.currentTarget.files?.[0];
+              e.currentTarget.value = '';
+              if (f !== undefined) void attach(f);
+            }}
+          />
+        </label>
+        {progress !== null && (
+          <p class="progress" role="status">
+            {progress}
+          </p>
+        )}
       </form>
     </section>
+  );
+}
+
+function size(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+const IMAGES = ['image/png', 'image/jpeg', 'image/gif', 'image/webp'];
+
+/** A file in a message: its name and size; images are shown on request, other files saved. The
+ *  worker fetches and decrypts; the page gets the bytes as a blob: URL (the CSP allows those for
+ *  images). */
+function FileView(props: { client: Client; act: Act; file: Attachment }): JSX.Element {
+  const { client, act, file } = props;
+  const [url, setUrl] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const image = IMAGES.includes(file.content_type);
+  useEffect(() => () => {
+    if (url !== null) URL.revokeObjectURL(url);
+  }, [url]);
+  const fetchFile = async () => {
+    setBusy(true);
+    const got = await act(() => client.download(file.id));
+    setBusy(false);
+    if (got === undefined) return;
+    const u = URL.createObjectURL(new Blob([got.data], { type: got.type }));
+    if (image) {
+      setUrl(u);
+    } else {
+      const a = document.createElement('a');
+      a.href = u;
+      a.download = got.name;
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(u), 60_000);
+    }
+  };
+  return (
+    <div class="file">
+      <span class="file-name">{file.name}</span> <span class="file-size">({size(file.size)})</span>{' '}
+      {url === null ? (
+        <button type="button" disabled={busy} onClick={() => void fetchFile()}>
+          {busy ? 'Fetching…' : image ? 'Show image' : 'Download'}
+        </button>
+      ) : (
+        <img src={url} alt={file.name} class="file-image" />
+      )}
+    </div>
   );
 }
 

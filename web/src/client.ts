@@ -3,6 +3,7 @@ import type {
   ConversationLine,
   ConversationSettings,
   DeviceLine,
+  FileData,
   GroupLine,
   HistoryMessage,
   Me,
@@ -93,6 +94,15 @@ export class Client {
   /** The person left the conversation that was on screen. */
   leave(): Promise<unknown> {
     return this.call({ kind: 'leave' });
+  }
+  /** Encrypts, uploads and sends `file` in `conversation` (progress: `progress` events). */
+  async upload(conversation: string, file: File, caption: string): Promise<unknown> {
+    const data = await file.arrayBuffer();
+    return this.call({ kind: 'upload', conversation, name: file.name, type: file.type, data, caption });
+  }
+  /** The file a message carries, fetched and decrypted. */
+  download(message: string): Promise<FileData> {
+    return this.call({ kind: 'download', message }) as Promise<FileData>;
   }
   /** Forgets this device in this browser (its keys and records); the worker stops. */
   wipe(): Promise<unknown> {

@@ -23,6 +23,17 @@ export type Request =
   | { op: 'linkCode' }
   | { op: 'setTimer'; conversation: string; secs: number | null; afterRead: boolean }
   | { op: 'setVanish'; conversation: string; on: boolean }
+  | {
+      op: 'sendFile';
+      conversation: string;
+      blob: string;
+      key: string;
+      hash: string;
+      size: number;
+      contentType: string;
+      name: string;
+      caption: string | null;
+    }
   /** A frame pushed over the WebSocket (the worker's own use). */
   | { op: 'frame'; frame: unknown };
 
@@ -124,7 +135,18 @@ export type PageMessage =
   /** The person left the conversation on screen (vanish-mode messages that went through go). */
   | { id: number; kind: 'leave' }
   /** Forget this device in this browser: its keys and records. */
-  | { id: number; kind: 'wipe' };
+  | { id: number; kind: 'wipe' }
+  /** Encrypt, upload and send a file; progress comes as `progress` events. */
+  | { id: number; kind: 'upload'; conversation: string; name: string; type: string; data: ArrayBuffer; caption: string }
+  /** Fetch and decrypt the file a message carries; the answer is a `FileData`. */
+  | { id: number; kind: 'download'; message: string };
+
+/** A downloaded, decrypted file. */
+export interface FileData {
+  name: string;
+  type: string;
+  data: ArrayBuffer;
+}
 
 /** Worker to page: an answer to one call, or an event. */
 export type WorkerMessage =
@@ -137,4 +159,5 @@ export type WorkerMessage =
   | { kind: 'cutOff' }
   | { kind: 'changed' }
   | { kind: 'connection'; online: boolean; detail: string }
-  | { kind: 'typing'; conversation: string; user: string };
+  | { kind: 'typing'; conversation: string; user: string }
+  | { kind: 'progress'; conversation: string; name: string; sent: number; total: number };

@@ -13,7 +13,7 @@
 
 import init, { Device } from './wasm/sotto_wasm.js';
 import wasmUrl from './wasm/sotto_wasm_bg.wasm?url';
-import type { PageMessage, Request, WorkerMessage } from './protocol';
+import type { FileData, PageMessage, Request, WorkerMessage } from './protocol';
 import { Vault } from './vault';
 
 declare const self: DedicatedWorkerGlobalScope;
@@ -232,6 +232,108 @@ function connect(d: Device): void {
 
 type Reply = (m: WorkerMessage) => void;
 
+/** The largest file the browser sends for now: it is encrypted in memory, whole. */
+const MAX_UPLOAD = 64 * 1024 * 1024;
+/** Bytes per tus PATCH. */
+const PATCH_BYTES = 8 * 1024 * 1024;
+
+function hex(b: Uint8Array): string {
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+/** The server's reason for refusing a request, from its JSON error body. */
+async function refusal(resp: Response, what: string): Promise<Error> {
+  let reason = `HTTP ${resp.status}`;
+  try {
+    const body = (await resp.json()) as { message?: unknown };
+    if (typeof body.message === 'string') reason = body.message;
+  } catch {
+    // not JSON: the status says enough
+  }
+  return new Error(`${what}: server refused: ${reason}`);
+}
+
+/** Encrypts a file, uploads the blob (tus, in PATCHes, telling the page how far it got), and
+ *  sends the message that carries it. */
+async function upload(d: Device, m: Extract<PageMessage, { kind: 'upload' }>): Promise<unknown> {
+  if (m.data.byteLength > MAX_UPLOAD) {
+    throw new Error(`${m.name} is over 64 MB: the browser sends files up to 64 MB for now (the command line sends up to 2 GB)`);
+  }
+  const token = d.pushToken();
+  if (token === undefined) throw new Error('this browser is not registered');
+  const sealed = Device.encryptFile(new Uint8Array(m.data));
+  const key = hex(sealed.subarray(0, 32));
+  const hash = hex(sealed.subarray(32, 64));
+  const blob = sealed.subarray(64);
+  const auth = { authorization: `Bearer ${token}`, 'tus-resumable': '1.0.0' };
+  let created: Response;
+  try {
+    created = await fetch(`${SERVER}/v1/blobs`, {
+      method: 'POST',
+      credentials: 'omit',
+      headers: { ...auth, 'upload-length': String(blob.length), 'upload-metadata': `conversation ${btoa(m.conversation)}` },
+    });
+  } catch {
+    throw new Error(`server unreachable at ${SERVER}`);
+  }
+  if (created.status !== 201) throw await refusal(created, `${m.name} was not sent`);
+  const id = (created.headers.get('location') ?? '').split('/').pop() ?? '';
+  let offset = 0;
+  while (offset < blob.length) {
+    const end = Math.min(offset + PATCH_BYTES, blob.length);
+    let resp: Response;
+    try {
+      resp = await fetch(`${SERVER}/v1/blobs/${id}`, {
+        method: 'PATCH',
+        credentials: 'omit',
+        headers: { ...auth, 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' },
+        body: blob.slice(offset, end),
+      });
+    } catch {
+      throw new Error(`server unreachable at ${SERVER} while sending ${m.name}`);
+    }
+    if (resp.status !== 204) throw await refusal(resp, `${m.name} was not sent`);
+    offset = Number(resp.headers.get('upload-offset') ?? end);
+    post({ kind: 'progress', conversation: m.conversation, name: m.name, sent: offset, total: blob.length });
+  }
+  return run(() =>
+    drive(d, {
+      op: 'sendFile',
+      conversation: m.conversation,
+      blob: id,
+      key,
+      hash,
+      size: m.data.byteLength,
+      contentType: m.type || 'application/octet-stream',
+      name: m.name,
+      caption: m.caption === '' ? null : m.caption,
+    }),
+  );
+}
+
+/** Fetches the blob of a message's file and opens it with the key this device holds. */
+async function download(d: Device, message: string): Promise<FileData> {
+  const info = JSON.parse(d.query(JSON.stringify({ q: 'attachment', message }))) as {
+    blob: string;
+    content_type: string;
+    name: string;
+  } | null;
+  if (info === null) throw new Error('that message carries no file on this device');
+  const token = d.pushToken();
+  let resp: Response;
+  try {
+    resp = await fetch(`${SERVER}/v1/blobs/${info.blob}`, {
+      credentials: 'omit',
+      headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
+    });
+  } catch {
+    throw new Error(`server unreachable at ${SERVER}`);
+  }
+  if (resp.status !== 200) throw await refusal(resp, `${info.name} could not be fetched`);
+  const file = d.decryptFile(message, new Uint8Array(await resp.arrayBuffer()));
+  return { name: info.name, type: info.content_type, data: file.buffer as ArrayBuffer };
+}
+
 /** Runs a page's call on this worker's device (this worker holds it) and answers through
  *  `reply`: to its own page, or over the channel to another tab's. */
 async function handle(m: PageMessage, reply: Reply): Promise<void> {
@@ -253,6 +355,15 @@ async function handle(m: PageMessage, reply: Reply): Promise<void> {
         await expire(d, m.kind === 'leave');
       });
       reply({ kind: 'reply', id: m.id, ok: null });
+      return;
+    }
+    if (m.kind === 'upload') {
+      reply({ kind: 'reply', id: m.id, ok: await upload(d, m) });
+      await run(() => announce(d));
+      return;
+    }
+    if (m.kind === 'download') {
+      reply({ kind: 'reply', id: m.id, ok: await download(d, m.message) });
       return;
     }
     if (m.kind === 'wipe') {

@@ -220,6 +220,30 @@ try {
   await alice.getByRole('button', { name: 'Disappearing' }).click();
   ok('a disappearing timer reaches the other side and its message goes from both pages');
 
+  // 5. Attachments: an image and a text file, encrypted in alice's browser, shown and saved by
+  // bob's after his decrypts them.
+  const png = Buffer.from(
+    'iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAEElEQVR4nGP4zwAE/xkgFAAb8gP91pbyKwAAAABJRU5ErkJggg==',
+    'base64',
+  );
+  await alice.getByLabel('Attach a file').setInputFiles({ name: 'dot.png', mimeType: 'image/png', buffer: png });
+  const notes = said('the meeting moved to Thursday, room 4');
+  await alice.getByLabel('Attach a file').setInputFiles({ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from(notes) });
+  await messages(alice).filter({ hasText: 'notes.txt' }).waitFor({ timeout: WAIT });
+  const dot = messages(bob).filter({ hasText: 'dot.png' });
+  await dot.getByRole('button', { name: 'Show image' }).click({ timeout: WAIT });
+  const img = dot.getByRole('img', { name: 'dot.png' });
+  await img.waitFor({ timeout: WAIT });
+  const width = await img.evaluate((el) => (el.complete ? el.naturalWidth : new Promise((r) => (el.onload = () => r(el.naturalWidth)))));
+  if (width !== 2) fail(`bob's copy of dot.png does not decode as the 2x2 image: width ${width}`);
+  await shot(bob, 'web-attachments');
+  const saving = bob.waitForEvent('download');
+  await messages(bob).filter({ hasText: 'notes.txt' }).getByRole('button', { name: 'Download' }).click({ timeout: WAIT });
+  const saved = await saving;
+  const savedText = readFileSync(await saved.path(), 'utf8');
+  if (savedText !== notes || saved.suggestedFilename() !== 'notes.txt') fail(`bob saved ${saved.suggestedFilename()}: "${savedText}"`);
+  ok('an image and a file go encrypted from one browser and open in the other');
+
   // 4. A reload keeps the history and the keys.
   const r0 = Date.now();
   await alice.reload();

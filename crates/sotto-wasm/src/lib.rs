@@ -29,10 +29,14 @@ use serde_json::{json, Value};
 use sotto_engine::account::Registration;
 use sotto_engine::expiry::{Target, TimerMode};
 use sotto_engine::store::{Change, ConversationKind};
+use sotto_engine::OutgoingFile;
 use sotto_engine::{
     Action, Answer, Engine, Error, HttpReply, MemoryStore, Method, Op, Step, Store, StoreError,
     SyncReport, Task, Tx,
 };
+use sotto_proto::attachment::FileKey;
+use sotto_proto::identity::unhex;
+use sotto_proto::FileRef;
 use wasm_bindgen::prelude::*;
 
 /// The engine's store, shared with the [`Device`] that takes its changes.
@@ -108,6 +112,19 @@ enum Request {
     },
     /// Turns vanish mode on or off in a DM.
     SetVanish { conversation: String, on: bool },
+    /// Sends a file the host encrypted (`encryptFile`) and uploaded: its blob id, key and hash
+    /// (hex), size before encryption, media type and name.
+    #[serde(rename_all = "camelCase")]
+    SendFile {
+        conversation: String,
+        blob: String,
+        key: String,
+        hash: String,
+        size: u64,
+        content_type: String,
+        name: String,
+        caption: Option<String>,
+    },
 }
 
 /// What to do to a message.
@@ -141,6 +158,8 @@ enum Query {
     TakeUnshown,
     /// Messages received and not shown yet (marks nothing).
     Unshown,
+    /// The file a message carries, without its key: `{blob, size, content_type, name}`, or null.
+    Attachment { message: String },
     /// A conversation's disappearing settings: `{timer: {secs, afterRead} | null, vanish, text}`.
     Settings { conversation: String },
     /// Reactions, edits, unsends and receipts received and not shown yet; marks them shown.
@@ -373,6 +392,40 @@ impl Device {
                 e.set_timer(self.target(&conversation)?, secs.map(|s| (s, mode)))
                     .map(report_json)
             }
+            Request::SendFile {
+                conversation,
+                blob,
+                key,
+                hash,
+                size,
+                content_type,
+                name,
+                caption,
+            } => {
+                let bad = || js_err("bad file reference");
+                let key = unhex(&key)
+                    .and_then(|k| FileKey::from_bytes(&k).ok())
+                    .ok_or_else(bad)?;
+                let hash: [u8; 32] = unhex(&hash)
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or_else(bad)?;
+                if !sotto_proto::attachment::is_blob_id(&blob) {
+                    return Err(bad());
+                }
+                let file = OutgoingFile {
+                    file: FileRef {
+                        blob,
+                        key,
+                        size,
+                        hash,
+                        content_type,
+                        name,
+                    },
+                    caption: caption.filter(|c| !c.is_empty()),
+                    preview: None,
+                };
+                e.send_file(&conversation, file).map(|(m, _)| to_json(m))
+            }
             Request::SetVanish { conversation, on } => match self.dm_peer(&conversation)? {
                 Some(peer) => e.set_vanish(&peer, on).map(report_json),
                 None => return Err(js_err("vanish mode is for DMs")),
@@ -454,6 +507,11 @@ impl Device {
             Query::Group { group } => to_json(e.group_info(&group).map_err(js_err)?),
             Query::TakeUnshown => to_json(e.take_unshown().map_err(js_err)?),
             Query::Unshown => to_json(e.unshown().map_err(js_err)?),
+            Query::Attachment { message } => match e.attachment(&message).map_err(js_err)? {
+                Some((_, a)) => json!({"blob": a.blob, "size": a.size,
+                                       "content_type": a.content_type, "name": a.name}),
+                None => Value::Null,
+            },
             Query::Settings { conversation } => {
                 let s = e.conversation_settings(&conversation).map_err(js_err)?;
                 json!({
@@ -489,6 +547,39 @@ impl Device {
             .purge_expired(secs(now), leaving)
             .map_err(js_err)?;
         serde_json::to_string(&gone).map_err(js_err)
+    }
+
+    /// Encrypts a file for sending (`sotto_proto::attachment`, under a fresh key): the result is
+    /// the key (32 bytes), the blob's SHA-256 (32 bytes), then the blob to upload.
+    #[wasm_bindgen(js_name = encryptFile)]
+    pub fn encrypt_file(file: &[u8]) -> Result<Vec<u8>, JsError> {
+        let key = FileKey::random();
+        let (blob, hash) = sotto_proto::attachment::encrypt(&key, file).map_err(js_err)?;
+        let mut out = Vec::with_capacity(64 + blob.len());
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&hash);
+        out.extend_from_slice(&blob);
+        Ok(out)
+    }
+
+    /// Decrypts the blob of message `message`'s file with the key this device holds for it,
+    /// checking its hash and size: the file, or an error if it does not open.
+    #[wasm_bindgen(js_name = decryptFile)]
+    pub fn decrypt_file(&self, message: &str, blob: &[u8]) -> Result<Vec<u8>, JsError> {
+        let (_, a) = self
+            .engine
+            .attachment(message)
+            .map_err(js_err)?
+            .ok_or_else(|| js_err("no file in that message on this device"))?;
+        let bad = || js_err("the stored file reference is damaged");
+        let key = unhex(&a.key)
+            .and_then(|k| FileKey::from_bytes(&k).ok())
+            .ok_or_else(bad)?;
+        let hash: [u8; 32] = unhex(&a.hash)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(bad)?;
+        sotto_proto::attachment::decrypt(&key, a.size, Some(hash), blob)
+            .map_err(|_| js_err("the file does not open: it was changed or cut short"))
     }
 
     /// When the next message of this device expires (Unix seconds), if any.
