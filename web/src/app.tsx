@@ -606,7 +606,7 @@ function Conversation(props: {
               {m.undecryptable === 'waiting' ? ' yet; it is tried again on the next sync.' : '.'}
             </li>
           ) : (
-            <li key={m.id} class={m.outgoing ? 'out' : 'in'} data-message-id={m.id}>
+            <li key={m.id} class={`${m.outgoing ? 'out' : 'in'}${m.mentions_me ? ' mention' : ''}`} data-message-id={m.id}>
               <div class="meta">
                 <span class="sender">{m.outgoing ? 'You' : m.sender}</span>{' '}
                 <time dateTime={m.sent_at}>{time(m.sent_at)}</time>
@@ -640,15 +640,23 @@ function Conversation(props: {
                   <button type="button" onClick={() => { setReplyTo(m); setEditing(null); }}>
                     Reply
                   </button>
-                  <button
-                    type="button"
-                    onClick={() =>
-                      void act(() => client.start({ op: 'act', message: m.id, action: { kind: 'react', emoji: '👍' } }))
-                    }
-                    aria-label="React with thumbs up"
-                  >
-                    👍
-                  </button>
+                  {REACTIONS.map(([emoji, name]) => (
+                    <button
+                      key={emoji}
+                      type="button"
+                      onClick={() =>
+                        void act(() =>
+                          (m.reactions[emoji] ?? []).includes(props.me)
+                            ? client.start({ op: 'act', message: m.id, action: { kind: 'unreact' } })
+                            : client.start({ op: 'act', message: m.id, action: { kind: 'react', emoji } }),
+                        )
+                      }
+                      aria-label={`React with ${name}`}
+                      aria-pressed={(m.reactions[emoji] ?? []).includes(props.me)}
+                    >
+                      {emoji}
+                    </button>
+                  ))}
                   {m.outgoing && (
                     <>
                       <button type="button" onClick={() => { setEditing(m); setReplyTo(null); setText(m.text ?? ''); }}>
@@ -731,6 +739,16 @@ function size(n: number): string {
 
 const IMAGES = ['image/png', 'image/jpeg', 'image/gif', 'image/webp'];
 
+/** The reactions offered on a message (pressing yours again takes it back). */
+const REACTIONS: [string, string][] = [
+  ['👍', 'thumbs up'],
+  ['❤️', 'heart'],
+  ['😂', 'laughter'],
+  ['😮', 'surprise'],
+  ['😢', 'sadness'],
+  ['🙏', 'thanks'],
+];
+
 /** A file in a message: its name and size; images are shown on request, other files saved. The
  *  worker fetches and decrypts; the page gets the bytes as a blob: URL (the CSP allows those for
  *  images). */
@@ -762,9 +780,18 @@ function FileView(props: { client: Client; act: Act; file: Attachment }): JSX.El
     <div class="file">
       <span class="file-name">{file.name}</span> <span class="file-size">({size(file.size)})</span>{' '}
       {url === null ? (
-        <button type="button" disabled={busy} onClick={() => void fetchFile()}>
-          {busy ? 'Fetching…' : image ? 'Show image' : 'Download'}
-        </button>
+        <>
+          {file.preview !== undefined && (
+            <img
+              src={`data:${file.preview.content_type};base64,${file.preview.data}`}
+              alt={`Preview of ${file.name}`}
+              class="file-preview"
+            />
+          )}
+          <button type="button" disabled={busy} onClick={() => void fetchFile()}>
+            {busy ? 'Fetching…' : image ? 'Show image' : 'Download'}
+          </button>
+        </>
       ) : (
         <img src={url} alt={file.name} class="file-image" />
       )}
@@ -863,6 +890,31 @@ function GroupSettings(props: {
   );
 }
 
+/** The account's read-receipt setting: reciprocal, and followed by all its devices. */
+function ReadReceipts(props: { client: Client; act: Act }): JSX.Element {
+  const { client, act } = props;
+  const [on, setOn] = useState<boolean | null>(null);
+  useEffect(() => {
+    void client.me().then((m) => setOn(m.read_receipts ?? true), () => undefined);
+  }, [client]);
+  if (on === null) return <></>;
+  return (
+    <label class="inline setting">
+      <input
+        type="checkbox"
+        checked={on}
+        onChange={(e) => {
+          const want = e.currentTarget.checked;
+          void act(() => client.start({ op: 'setReadReceipts', on: want }).then(() => true)).then((done) => {
+            if (done) setOn(want);
+          });
+        }}
+      />{' '}
+      Send and show read receipts (on all your devices; off, you see nobody's either)
+    </label>
+  );
+}
+
 function Devices(props: { client: Client; act: Act; onBack: () => void }): JSX.Element {
   const { client, act } = props;
   const [devices, setDevices] = useState<DeviceLine[] | null>(null);
@@ -903,6 +955,7 @@ function Devices(props: { client: Client; act: Act; onBack: () => void }): JSX.E
           ))}
         </ul>
       )}
+      <ReadReceipts client={client} act={act} />
       <button type="button" onClick={() => void act(() => client.start({ op: 'linkCode' })).then((c) => setCode(typeof c === 'string' ? c : null))}>
         Link a new device
       </button>

@@ -98,7 +98,8 @@ export class Client {
   /** Encrypts, uploads and sends `file` in `conversation` (progress: `progress` events). */
   async upload(conversation: string, file: File, caption: string): Promise<unknown> {
     const data = await file.arrayBuffer();
-    return this.call({ kind: 'upload', conversation, name: file.name, type: file.type, data, caption });
+    const preview = await previewOf(file);
+    return this.call({ kind: 'upload', conversation, name: file.name, type: file.type, data, caption, preview });
   }
   /** The file a message carries, fetched and decrypted. */
   download(message: string): Promise<FileData> {
@@ -111,4 +112,33 @@ export class Client {
   devices(): Promise<DeviceLine[]> {
     return this.start({ op: 'devices' }) as Promise<DeviceLine[]>;
   }
+}
+
+/** Largest preview a message may carry (sotto_proto::MAX_PREVIEW_BYTES). */
+const MAX_PREVIEW = 16 * 1024;
+
+/** A small JPEG of an image file (at most 16 KiB, 160 px on its longer side), for the receiver
+ *  to see before downloading; null for anything the browser cannot draw. */
+async function previewOf(file: File): Promise<ArrayBuffer | null> {
+  if (!/^image\/(png|jpeg|gif|webp)$/.test(file.type)) return null;
+  try {
+    const bitmap = await createImageBitmap(file);
+    for (const [side, quality] of [
+      [160, 0.7],
+      [120, 0.5],
+      [80, 0.4],
+    ] as const) {
+      const scale = Math.min(1, side / Math.max(bitmap.width, bitmap.height));
+      const canvas = new OffscreenCanvas(
+        Math.max(1, Math.round(bitmap.width * scale)),
+        Math.max(1, Math.round(bitmap.height * scale)),
+      );
+      canvas.getContext('2d')?.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+      const blob = await canvas.convertToBlob({ type: 'image/jpeg', quality });
+      if (blob.size <= MAX_PREVIEW) return blob.arrayBuffer();
+    }
+  } catch {
+    // not an image the browser can decode: no preview
+  }
+  return null;
 }

@@ -23,6 +23,7 @@ export type Request =
   | { op: 'linkCode' }
   | { op: 'setTimer'; conversation: string; secs: number | null; afterRead: boolean }
   | { op: 'setVanish'; conversation: string; on: boolean }
+  | { op: 'setReadReceipts'; on: boolean }
   | {
       op: 'sendFile';
       conversation: string;
@@ -33,6 +34,8 @@ export type Request =
       contentType: string;
       name: string;
       caption: string | null;
+      /** A small JPEG or PNG, base64 (at most 16 KiB). */
+      preview: string | null;
     }
   /** A frame pushed over the WebSocket (the worker's own use). */
   | { op: 'frame'; frame: unknown };
@@ -64,6 +67,8 @@ export interface Me {
   username: string | null;
   device: string | null;
   server: string | null;
+  /** Whether this account sends and shows read receipts (an account setting). */
+  read_receipts?: boolean;
 }
 
 export interface Attachment {
@@ -72,6 +77,8 @@ export interface Attachment {
   size: number;
   content_type: string;
   downloaded: boolean;
+  /** The sender's small image, shown before the download. */
+  preview?: { content_type: string; data: string };
 }
 
 /** A message as the history shows it now (sotto-engine `HistoryMessage`). */
@@ -137,7 +144,16 @@ export type PageMessage =
   /** Forget this device in this browser: its keys and records. */
   | { id: number; kind: 'wipe' }
   /** Encrypt, upload and send a file; progress comes as `progress` events. */
-  | { id: number; kind: 'upload'; conversation: string; name: string; type: string; data: ArrayBuffer; caption: string }
+  | {
+      id: number;
+      kind: 'upload';
+      conversation: string;
+      name: string;
+      type: string;
+      data: ArrayBuffer;
+      caption: string;
+      preview: ArrayBuffer | null;
+    }
   /** Fetch and decrypt the file a message carries; the answer is a `FileData`. */
   | { id: number; kind: 'download'; message: string };
 

@@ -13,7 +13,7 @@
 
 import init, { Device } from './wasm/sotto_wasm.js';
 import wasmUrl from './wasm/sotto_wasm_bg.wasm?url';
-import type { FileData, PageMessage, Request, WorkerMessage } from './protocol';
+import type { FileData, Me, PageMessage, Request, WorkerMessage } from './protocol';
 import { Vault } from './vault';
 
 declare const self: DedicatedWorkerGlobalScope;
@@ -135,8 +135,8 @@ function run<T>(f: () => Promise<T>): Promise<T> {
   return next;
 }
 
-function me(d: Device): { username: string | null; device: string | null; server: string | null } {
-  return JSON.parse(d.query('{"q":"me"}'));
+function me(d: Device): Me {
+  return JSON.parse(d.query('{"q":"me"}')) as Me;
 }
 
 /** After anything that may have changed what the page shows. Reactions, edits and receipts are
@@ -237,6 +237,12 @@ const MAX_UPLOAD = 64 * 1024 * 1024;
 /** Bytes per tus PATCH. */
 const PATCH_BYTES = 8 * 1024 * 1024;
 
+function base64(b: Uint8Array): string {
+  let s = '';
+  for (const x of b) s += String.fromCharCode(x);
+  return btoa(s);
+}
+
 function hex(b: Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 }
@@ -307,6 +313,7 @@ async function upload(d: Device, m: Extract<PageMessage, { kind: 'upload' }>): P
       contentType: m.type || 'application/octet-stream',
       name: m.name,
       caption: m.caption === '' ? null : m.caption,
+      preview: m.preview === null ? null : base64(new Uint8Array(m.preview)),
     }),
   );
 }

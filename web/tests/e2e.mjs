@@ -231,6 +231,8 @@ try {
   await alice.getByLabel('Attach a file').setInputFiles({ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from(notes) });
   await messages(alice).filter({ hasText: 'notes.txt' }).waitFor({ timeout: WAIT });
   const dot = messages(bob).filter({ hasText: 'dot.png' });
+  // The sender's preview shows before anything is downloaded.
+  await dot.getByRole('img', { name: 'Preview of dot.png' }).waitFor({ timeout: WAIT });
   await dot.getByRole('button', { name: 'Show image' }).click({ timeout: WAIT });
   const img = dot.getByRole('img', { name: 'dot.png' });
   await img.waitFor({ timeout: WAIT });
@@ -242,7 +244,7 @@ try {
   const saved = await saving;
   const savedText = readFileSync(await saved.path(), 'utf8');
   if (savedText !== notes || saved.suggestedFilename() !== 'notes.txt') fail(`bob saved ${saved.suggestedFilename()}: "${savedText}"`);
-  ok('an image and a file go encrypted from one browser and open in the other');
+  ok('an image (with its preview) and a file go encrypted from one browser and open in the other');
 
   // 4. A reload keeps the history and the keys.
   const r0 = Date.now();

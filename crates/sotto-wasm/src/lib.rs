@@ -36,7 +36,7 @@ use sotto_engine::{
 };
 use sotto_proto::attachment::FileKey;
 use sotto_proto::identity::unhex;
-use sotto_proto::FileRef;
+use sotto_proto::{FileRef, Preview};
 use wasm_bindgen::prelude::*;
 
 /// The engine's store, shared with the [`Device`] that takes its changes.
@@ -112,6 +112,8 @@ enum Request {
     },
     /// Turns vanish mode on or off in a DM.
     SetVanish { conversation: String, on: bool },
+    /// Turns read receipts on or off for the account (every device follows; reciprocal).
+    SetReadReceipts { on: bool },
     /// Sends a file the host encrypted (`encryptFile`) and uploaded: its blob id, key and hash
     /// (hex), size before encryption, media type and name.
     #[serde(rename_all = "camelCase")]
@@ -124,6 +126,9 @@ enum Request {
         content_type: String,
         name: String,
         caption: Option<String>,
+        /// A small JPEG or PNG shown before the download (base64; at most 16 KiB).
+        #[serde(default)]
+        preview: Option<sotto_api::B64>,
     },
 }
 
@@ -401,6 +406,7 @@ impl Device {
                 content_type,
                 name,
                 caption,
+                preview,
             } => {
                 let bad = || js_err("bad file reference");
                 let key = unhex(&key)
@@ -422,10 +428,18 @@ impl Device {
                         name,
                     },
                     caption: caption.filter(|c| !c.is_empty()),
-                    preview: None,
+                    preview: preview.map(|p| Preview {
+                        content_type: if p.0.starts_with(b"\x89PNG") {
+                            "image/png".into()
+                        } else {
+                            "image/jpeg".into()
+                        },
+                        data: p.0,
+                    }),
                 };
                 e.send_file(&conversation, file).map(|(m, _)| to_json(m))
             }
+            Request::SetReadReceipts { on } => e.set_read_receipts(on).map(report_json),
             Request::SetVanish { conversation, on } => match self.dm_peer(&conversation)? {
                 Some(peer) => e.set_vanish(&peer, on).map(report_json),
                 None => return Err(js_err("vanish mode is for DMs")),
@@ -495,6 +509,7 @@ impl Device {
                 "username": e.username(),
                 "device": e.device_id(),
                 "server": e.server().map_err(js_err)?,
+                "read_receipts": e.read_receipts().unwrap_or(true),
             }),
             Query::Conversations => to_json(e.conversation_list().map_err(js_err)?),
             Query::History {
