@@ -38,9 +38,10 @@ function done(tx: IDBTransaction): Promise<void> {
   });
 }
 
-function b64(bytes: ArrayBuffer): string {
+/** Standard base64 of some bytes. */
+export function base64(bytes: Uint8Array): string {
   let s = '';
-  for (const b of new Uint8Array(bytes)) s += String.fromCharCode(b);
+  for (const b of bytes) s += String.fromCharCode(b);
   return btoa(s);
 }
 
@@ -127,7 +128,7 @@ export class Vault {
     while (at < changes.length) {
       const klen = view.getUint32(at, true);
       const key = changes.slice(at + 4, at + 4 + klen);
-      const id = b64(await crypto.subtle.sign('HMAC', this.keys.name, key));
+      const id = base64(new Uint8Array(await crypto.subtle.sign('HMAC', this.keys.name, key)));
       const vlen = view.getUint32(at + 4 + klen, true);
       if (vlen === 0xffffffff) {
         deletes.push(id);

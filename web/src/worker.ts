@@ -14,7 +14,7 @@
 import init, { Device } from './wasm/sotto_wasm.js';
 import wasmUrl from './wasm/sotto_wasm_bg.wasm?url';
 import type { FileData, Me, PageMessage, Request, WorkerMessage } from './protocol';
-import { Vault } from './vault';
+import { base64, Vault } from './vault';
 
 declare const self: DedicatedWorkerGlobalScope;
 
@@ -236,12 +236,6 @@ type Reply = (m: WorkerMessage) => void;
 const MAX_UPLOAD = 64 * 1024 * 1024;
 /** Bytes per tus PATCH. */
 const PATCH_BYTES = 8 * 1024 * 1024;
-
-function base64(b: Uint8Array): string {
-  let s = '';
-  for (const x of b) s += String.fromCharCode(x);
-  return btoa(s);
-}
 
 function hex(b: Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');

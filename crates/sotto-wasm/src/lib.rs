@@ -161,8 +161,6 @@ enum Query {
     Group { group: String },
     /// Messages received and not shown yet; marks them shown.
     TakeUnshown,
-    /// Messages received and not shown yet (marks nothing).
-    Unshown,
     /// The file a message carries, without its key: `{blob, size, content_type, name}`, or null.
     Attachment { message: String },
     /// A conversation's disappearing settings: `{timer: {secs, afterRead} | null, vanish, text}`.
@@ -521,7 +519,6 @@ impl Device {
             ),
             Query::Group { group } => to_json(e.group_info(&group).map_err(js_err)?),
             Query::TakeUnshown => to_json(e.take_unshown().map_err(js_err)?),
-            Query::Unshown => to_json(e.unshown().map_err(js_err)?),
             Query::Attachment { message } => match e.attachment(&message).map_err(js_err)? {
                 Some((_, a)) => json!({"blob": a.blob, "size": a.size,
                                        "content_type": a.content_type, "name": a.name}),

@@ -136,6 +136,17 @@ impl Undo {
 }
 
 impl State {
+    /// A conversation's messages, as a range of the map (keys start with the conversation id).
+    fn messages_of<'s>(
+        &'s self,
+        conversation: &'s str,
+    ) -> impl Iterator<Item = &'s MessageRecord> + 's {
+        self.messages
+            .range((conversation.to_owned(), String::new())..)
+            .take_while(move |((c, _), _)| c == conversation)
+            .map(|(_, m)| m)
+    }
+
     fn put_message(&mut self, key: (String, String), m: MessageRecord) {
         if let Some(t) = &m.target {
             self.targets
@@ -633,10 +644,8 @@ impl Tx for MemoryTx<'_> {
         let mut v: Vec<MessageRecord> = self
             .state
             .borrow()
-            .messages
-            .range((conversation.to_owned(), String::new())..)
-            .take_while(|((c, _), _)| c == conversation)
-            .map(|(_, m)| m.clone())
+            .messages_of(conversation)
+            .cloned()
             .collect();
         v.sort_by(by_seq_then_order);
         Ok(v)
@@ -693,11 +702,9 @@ impl Tx for MemoryTx<'_> {
     ) -> Result<Vec<String>, StoreError> {
         let s = self.state.borrow();
         let mut v: Vec<&MessageRecord> = s
-            .messages
-            .values()
+            .messages_of(conversation)
             .filter(|m| {
-                m.conversation == conversation
-                    && !m.outgoing
+                !m.outgoing
                     && m.seq.is_some()
                     && matches!(m.kind, ContentKind::Text | ContentKind::File)
                     && s.receipts
