@@ -319,43 +319,32 @@ fn listen_prints_messages_as_they_arrive() {
     listener.wait().unwrap();
 }
 
-/// PostgreSQL and NATS on their CI addresses, or a skip message (a failure under CI).
+/// PostgreSQL and NATS (see `sotto_server::testkit`), or a skip message (a failure under CI).
 fn services() -> Option<(String, String)> {
-    let pg = std::env::var("SOTTO_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let reachable = |addr: &str| {
-        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok()
-    };
-    let (pg_ok, nats_ok) = (reachable("127.0.0.1:5432"), reachable("127.0.0.1:4222"));
-    if pg_ok && nats_ok {
-        return Some((pg, "nats://127.0.0.1:4222".into()));
-    }
-    let why = format!("PostgreSQL reachable: {pg_ok}, NATS reachable: {nats_ok}");
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "multi-node test needs PostgreSQL and NATS under CI ({why})"
-    );
-    eprintln!("SKIPPED: multi-node test needs PostgreSQL on 127.0.0.1:5432 and NATS on 127.0.0.1:4222 ({why})");
-    None
+    block_on(sotto_server::testkit::postgres_and_nats())
 }
 
+/// Creates or drops a test's schema.
 fn with_schema(pg: &str, schema: &str, create: bool) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    block_on(async {
+        if create {
+            let client = sotto_server::testkit::sql(pg).await.unwrap();
+            client
+                .batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .await
+                .unwrap();
+        } else {
+            sotto_server::testkit::drop_schema(pg, schema).await;
+        }
+    })
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let sql = if create {
-            format!("CREATE SCHEMA {schema}")
-        } else {
-            format!("DROP SCHEMA IF EXISTS {schema} CASCADE")
-        };
-        client.batch_execute(&sql).await.unwrap();
-    });
+        .unwrap()
+        .block_on(f)
 }
 
 /// libfaketime, to run a node with its clock off (`.ci/run` installs the `faketime` package);
@@ -379,7 +368,7 @@ fn a_node_two_days_slow_stamps_nothing_that_retention_cuts_from_a_conversation()
     let Some(faketime) = libfaketime() else {
         return;
     };
-    let schema = format!("sotto_skew_{}", std::process::id());
+    let schema = sotto_server::testkit::schema_name("skew");
     with_schema(&pg, &schema, true);
     let db = format!("{pg}?options=-c%20search_path%3D{schema}");
     let dir = tempfile::tempdir().unwrap();
@@ -428,7 +417,7 @@ fn a_node_two_days_slow_stamps_nothing_that_retention_cuts_from_a_conversation()
 #[test]
 fn two_sottod_nodes_one_killed_mid_sends_clients_finish_through_the_other() {
     let Some((pg, nats)) = services() else { return };
-    let schema = format!("sotto_cli_{}", std::process::id());
+    let schema = sotto_server::testkit::schema_name("cli");
     with_schema(&pg, &schema, true);
     let db = format!("{pg}?options=-c%20search_path%3D{schema}");
     let dir = tempfile::tempdir().unwrap();

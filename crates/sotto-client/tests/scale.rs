@@ -210,16 +210,11 @@ async fn group_messages_and_commits_cross_nodes() {
 
 /// Runs SQL in the test's schema.
 async fn sql(pg: &str, schema: &str, statements: &str) {
-    let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let task = tokio::spawn(conn);
+    let client = sotto_server::testkit::sql(pg).await.unwrap();
     client
         .batch_execute(&format!("SET search_path = {schema}; {statements}"))
         .await
         .unwrap();
-    drop(client);
-    let _ = task.await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

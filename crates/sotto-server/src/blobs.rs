@@ -39,7 +39,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload
 use serde::{Deserialize, Serialize};
 use sotto_api::{ErrorBody, ErrorCode};
 
-use crate::error::ApiError;
+use crate::ds::DsError;
 use crate::http::{ApiPath as UrlPath, Auth};
 use crate::AppState;
 
@@ -86,17 +86,17 @@ struct Meta {
     updated_at: i64,
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+fn internal(e: impl std::fmt::Display) -> DsError {
     // The store's errors name paths, and a blob id in a path is a capability: not for the log.
     tracing::warn!(error = %without_ids(&e.to_string()), "blob store failure");
-    ApiError::new(
+    DsError::new(
         ErrorCode::Internal,
         "the blob store failed; nothing was changed",
     )
 }
 
-fn not_found() -> ApiError {
-    ApiError::not_found("no such blob")
+fn not_found() -> DsError {
+    DsError::not_found("no such blob")
 }
 
 fn meta_path(id: &str) -> Path {
@@ -152,7 +152,7 @@ fn without_ids(s: &str) -> String {
 }
 
 /// A blob id (anything else is no blob: 404 without a lookup).
-fn check_id(id: &str) -> Result<(), ApiError> {
+fn check_id(id: &str) -> Result<(), DsError> {
     if sotto_proto::attachment::is_blob_id(id) {
         Ok(())
     } else {
@@ -241,7 +241,7 @@ impl Blobs {
         )
     }
 
-    async fn meta(&self, id: &str) -> Result<Meta, ApiError> {
+    async fn meta(&self, id: &str) -> Result<Meta, DsError> {
         check_id(id)?;
         match self.store.get(&meta_path(id)).await {
             Ok(r) => {
@@ -253,7 +253,7 @@ impl Blobs {
         }
     }
 
-    async fn put_meta(&self, id: &str, m: &Meta) -> Result<(), ApiError> {
+    async fn put_meta(&self, id: &str, m: &Meta) -> Result<(), DsError> {
         let bytes = serde_json::to_vec(m).map_err(internal)?;
         self.store
             .put(&meta_path(id), PutPayload::from(bytes))
@@ -263,7 +263,7 @@ impl Blobs {
     }
 
     /// The pieces of an unfinished upload, in order: (path, offset, size).
-    async fn parts(&self, id: &str) -> Result<Vec<(Path, u64, u64)>, ApiError> {
+    async fn parts(&self, id: &str) -> Result<Vec<(Path, u64, u64)>, DsError> {
         let mut out = Vec::new();
         let mut list = self.store.list(Some(&part_prefix(id)));
         while let Some(m) = list.next().await {
@@ -280,7 +280,7 @@ impl Blobs {
     }
 
     /// How much of an unfinished upload has arrived: the pieces, which must follow each other.
-    async fn offset(&self, id: &str) -> Result<u64, ApiError> {
+    async fn offset(&self, id: &str) -> Result<u64, DsError> {
         let mut at = 0;
         for (_, offset, size) in self.parts(id).await? {
             if offset != at {
@@ -298,7 +298,7 @@ impl Blobs {
         id: &str,
         length: u64,
         range: std::ops::Range<u64>,
-    ) -> Result<Body, ApiError> {
+    ) -> Result<Body, DsError> {
         let pieces = self.parts(id).await?;
         let mut at = 0;
         let mut wanted = Vec::new();
@@ -329,13 +329,13 @@ impl Blobs {
 
     /// Removes everything of blob `id` (its meta last, so that a failure part way leaves it
     /// findable for the next sweep).
-    async fn remove(&self, id: &str, meta: &Meta) -> Result<(), ApiError> {
+    async fn remove(&self, id: &str, meta: &Meta) -> Result<(), DsError> {
         self.remove_indexed(id, account_entry(&meta.username, id, meta.length))
             .await
     }
 
     /// [`Blobs::remove`] for the blob `index` (its account's index entry) names.
-    async fn remove_indexed(&self, id: &str, index: Path) -> Result<(), ApiError> {
+    async fn remove_indexed(&self, id: &str, index: Path) -> Result<(), DsError> {
         for (path, _, _) in self.parts(id).await? {
             self.store.delete(&path).await.map_err(internal)?;
         }
@@ -350,7 +350,7 @@ impl Blobs {
 
     /// Removes every upload and blob of an account (`sottod admin delete`), as its index lists
     /// them. Returns how many.
-    pub async fn remove_account(&self, username: &str) -> Result<u64, ApiError> {
+    pub async fn remove_account(&self, username: &str) -> Result<u64, DsError> {
         let entries: Vec<Path> = self
             .store
             .list(Some(&account_prefix(username)))
@@ -374,7 +374,7 @@ impl Blobs {
     }
 
     /// Bytes of blobs, finished or not, the account keeps.
-    async fn usage(&self, username: &str) -> Result<u64, ApiError> {
+    async fn usage(&self, username: &str) -> Result<u64, DsError> {
         let mut total = 0u64;
         let mut list = self.store.list(Some(&account_prefix(username)));
         while let Some(m) = list.next().await {
@@ -398,16 +398,16 @@ impl Blobs {
         ids: &[String],
         conversation: &str,
         username: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), DsError> {
         if ids.len() > MAX_ATTACHMENTS {
-            return Err(ApiError::bad_request(format!(
+            return Err(DsError::bad_request(format!(
                 "a message names at most {MAX_ATTACHMENTS} attachments"
             )));
         }
         let mut metas = Vec::with_capacity(ids.len());
         for id in ids {
             let refused = || {
-                ApiError::bad_request(
+                DsError::bad_request(
                     "an attachment the message names is not a finished upload of this account's \
                      for this conversation",
                 )
@@ -441,7 +441,7 @@ impl Blobs {
     /// Schedules blobs to go at `at` (Unix seconds), with the message that names them: their
     /// conversation has a disappearing timer. Should a blob have two such times (sent again), the
     /// earlier one removes it.
-    pub(crate) async fn expire_at(&self, ids: &[String], at: u64) -> Result<(), ApiError> {
+    pub(crate) async fn expire_at(&self, ids: &[String], at: u64) -> Result<(), DsError> {
         for id in ids {
             self.store
                 .put(&expiry_entry(at, id), PutPayload::default())
@@ -454,7 +454,7 @@ impl Blobs {
     /// Removes the blobs whose expiry (see [`Blobs::expire_at`]) is at or before `now`: one
     /// listing of the expiry index, which names the time, so no meta is read for a blob that
     /// has time left.
-    async fn sweep_expired(&self, now: i64) -> Result<u64, ApiError> {
+    async fn sweep_expired(&self, now: i64) -> Result<u64, DsError> {
         let mut due = Vec::new();
         let mut list = self.store.list(Some(&Path::from("expiry")));
         while let Some(m) = list.next().await {
@@ -493,7 +493,7 @@ impl Blobs {
     /// Removes what has outlived its time: blobs whose message expired, uploads unsent after
     /// [`ORPHAN_SECS`], and blobs first sent before `sent_before` (the log's retention: their
     /// messages are gone). Returns how many blobs went.
-    pub async fn sweep(&self, now: i64, sent_before: i64) -> Result<u64, ApiError> {
+    pub async fn sweep(&self, now: i64, sent_before: i64) -> Result<u64, DsError> {
         let expired = self.sweep_expired(now).await?;
         // A meta is written last when its time starts (creation, a PATCH, the first send), so one
         // written after the later of the two limits cannot have expired and is not read: a sweep
@@ -547,16 +547,16 @@ fn tus_headers(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
-fn header_u64(h: &HeaderMap, name: &str) -> Result<u64, ApiError> {
+fn header_u64(h: &HeaderMap, name: &str) -> Result<u64, DsError> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| ApiError::bad_request(format!("missing or invalid {name} header")))
+        .ok_or_else(|| DsError::bad_request(format!("missing or invalid {name} header")))
 }
 
-fn check_tus(h: &HeaderMap) -> Result<(), ApiError> {
+fn check_tus(h: &HeaderMap) -> Result<(), DsError> {
     if h.get("tus-resumable").and_then(|v| v.to_str().ok()) != Some(TUS_VERSION) {
-        return Err(ApiError::bad_request(
+        return Err(DsError::bad_request(
             "uploads speak tus 1.0.0: send Tus-Resumable: 1.0.0",
         ));
     }
@@ -564,9 +564,9 @@ fn check_tus(h: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// The conversation named in `Upload-Metadata` (`conversation <base64>`).
-fn metadata_conversation(h: &HeaderMap) -> Result<String, ApiError> {
+fn metadata_conversation(h: &HeaderMap) -> Result<String, DsError> {
     let bad = || {
-        ApiError::bad_request(
+        DsError::bad_request(
             "Upload-Metadata must name the conversation: `conversation <base64 of its id>`",
         )
     };
@@ -584,7 +584,7 @@ fn metadata_conversation(h: &HeaderMap) -> Result<String, ApiError> {
             return String::from_utf8(v)
                 .ok()
                 .filter(|id| sotto_api::is_hex_id(id, 32))
-                .ok_or_else(|| ApiError::not_found("no such conversation"));
+                .ok_or_else(|| DsError::not_found("no such conversation"));
         }
     }
     Err(bad())
@@ -605,7 +605,7 @@ async fn options(State(state): State<AppState>) -> Response {
     );
     h.insert(
         "tus-max-size",
-        HeaderValue::from(state.blobs.max_blob_bytes()),
+        HeaderValue::from(state.ds.blobs.max_blob_bytes()),
     );
     (StatusCode::NO_CONTENT, h).into_response()
 }
@@ -627,13 +627,13 @@ async fn create(
     State(state): State<AppState>,
     Auth(caller): Auth,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DsError> {
     check_tus(&headers)?;
     let length = header_u64(&headers, "upload-length")?;
-    let max = state.blobs.max_file_bytes;
-    let max_blob = state.blobs.max_blob_bytes();
+    let max = state.ds.blobs.max_file_bytes;
+    let max_blob = state.ds.blobs.max_blob_bytes();
     if length > max_blob {
-        return Err(ApiError::new(
+        return Err(DsError::new(
             ErrorCode::PayloadTooLarge,
             format!(
                 "the upload is {length} bytes; this server takes files of at most {max} bytes \
@@ -643,18 +643,19 @@ async fn create(
     }
     let conversation = metadata_conversation(&headers)?;
     state
+        .ds
         .store
         .membership(&conversation, &caller.username, &caller.device_id)
         .await?
-        .ok_or_else(|| ApiError::not_found("no such conversation"))?;
-    let quota = state.blobs.account_quota_bytes;
+        .ok_or_else(|| DsError::not_found("no such conversation"))?;
+    let quota = state.ds.blobs.account_quota_bytes;
     // Creations on this node take turns between the usage check and the new index entry, so
     // concurrent uploads cannot all pass one quota (across nodes it stays a bound, not a ledger).
-    let _turn = state.blobs.creating.lock().await;
+    let _turn = state.ds.blobs.creating.lock().await;
     if quota > 0 {
-        let used = state.blobs.usage(&caller.username).await?;
+        let used = state.ds.blobs.usage(&caller.username).await?;
         if used.saturating_add(length) > quota {
-            return Err(ApiError::new(
+            return Err(DsError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "over quota: this account keeps {used} bytes of files and may keep {quota}; \
@@ -677,6 +678,7 @@ async fn create(
         updated_at: 0,
     };
     state
+        .ds
         .blobs
         .store
         .put(
@@ -685,7 +687,7 @@ async fn create(
         )
         .await
         .map_err(internal)?;
-    state.blobs.put_meta(&id, &meta).await?;
+    state.ds.blobs.put_meta(&id, &meta).await?;
     let mut h = HeaderMap::new();
     tus_headers(&mut h);
     h.insert(
@@ -705,15 +707,15 @@ async fn status(
     State(state): State<AppState>,
     Auth(caller): Auth,
     UrlPath(id): UrlPath<String>,
-) -> Result<Response, ApiError> {
-    let meta = state.blobs.meta(&id).await?;
+) -> Result<Response, DsError> {
+    let meta = state.ds.blobs.meta(&id).await?;
     let offset = if meta.complete {
         meta.length
     } else {
         if meta.device != caller.device_id {
             return Err(not_found());
         }
-        state.blobs.offset(&id).await?
+        state.ds.blobs.offset(&id).await?
     };
     if meta.complete && !member(&state, &meta, &caller).await? {
         return Err(not_found());
@@ -729,8 +731,9 @@ async fn member(
     state: &AppState,
     meta: &Meta,
     caller: &crate::ds::Caller,
-) -> Result<bool, ApiError> {
+) -> Result<bool, DsError> {
     Ok(state
+        .ds
         .store
         .membership(&meta.conversation, &caller.username, &caller.device_id)
         .await?
@@ -752,9 +755,9 @@ async fn append(
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DsError> {
     check_tus(&headers)?;
-    let meta = state.blobs.meta(&id).await?;
+    let meta = state.ds.blobs.meta(&id).await?;
     if meta.device != caller.device_id {
         return Err(not_found());
     }
@@ -763,7 +766,7 @@ async fn append(
         .and_then(|v| v.to_str().ok())
         != Some("application/offset+octet-stream")
     {
-        return Err(ApiError::bad_request(
+        return Err(DsError::bad_request(
             "an upload's bytes go as Content-Type: application/offset+octet-stream",
         ));
     }
@@ -771,10 +774,10 @@ async fn append(
     let offset = if meta.complete {
         meta.length
     } else {
-        state.blobs.offset(&id).await?
+        state.ds.blobs.offset(&id).await?
     };
     if claimed != offset {
-        return Err(ApiError::new(
+        return Err(DsError::new(
             ErrorCode::Conflict,
             format!("the upload is at offset {offset}, not {claimed} (ask with HEAD)"),
         ));
@@ -782,6 +785,7 @@ async fn append(
     let room = meta.length - offset;
     let piece = Path::from(format!("part/{id}/{offset:020}"));
     let upload = state
+        .ds
         .blobs
         .store
         .put_multipart(&piece)
@@ -790,18 +794,18 @@ async fn append(
     let mut w = WriteMultipart::new_with_chunk_size(upload, WRITE_CHUNK * 5);
     let mut got = 0u64;
     let mut stream = body.into_data_stream();
-    let mut failure: Option<ApiError> = None;
+    let mut failure: Option<DsError> = None;
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
             Err(_) => {
-                failure = Some(ApiError::bad_request("the upload's body broke off"));
+                failure = Some(DsError::bad_request("the upload's body broke off"));
                 break;
             }
         };
         got += chunk.len() as u64;
         if got > room {
-            failure = Some(ApiError::new(
+            failure = Some(DsError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "the upload is {} bytes; this piece goes past its end",
@@ -829,6 +833,7 @@ async fn append(
     metrics::counter!("sotto_blob_bytes_total", "direction" => "in").increment(got);
     if got > 0 {
         state
+            .ds
             .blobs
             .put_meta(
                 &id,
@@ -856,24 +861,24 @@ async fn terminate(
     State(state): State<AppState>,
     Auth(caller): Auth,
     UrlPath(id): UrlPath<String>,
-) -> Result<Response, ApiError> {
-    let meta = state.blobs.meta(&id).await?;
+) -> Result<Response, DsError> {
+    let meta = state.ds.blobs.meta(&id).await?;
     if meta.username != caller.username {
         return Err(not_found());
     }
-    state.blobs.remove(&id, &meta).await?;
+    state.ds.blobs.remove(&id, &meta).await?;
     let mut h = HeaderMap::new();
     tus_headers(&mut h);
     Ok((StatusCode::NO_CONTENT, h).into_response())
 }
 
 /// A single `Range: bytes=...` over a blob of `len` bytes: `Some(start..end)`, `None` if absent.
-fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<std::ops::Range<u64>>, ApiError> {
+fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<std::ops::Range<u64>>, DsError> {
     let Some(v) = h.get(header::RANGE) else {
         return Ok(None);
     };
     let bad = || {
-        ApiError::new(
+        DsError::new(
             ErrorCode::BadRequest,
             format!("a Range must be one range of bytes within the blob's {len} bytes"),
         )
@@ -918,8 +923,8 @@ async fn download(
     Auth(caller): Auth,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let meta = state.blobs.meta(&id).await?;
+) -> Result<Response, DsError> {
+    let meta = state.ds.blobs.meta(&id).await?;
     if !meta.complete || !member(&state, &meta, &caller).await? {
         return Err(not_found());
     }
@@ -947,7 +952,7 @@ async fn download(
         return Ok((status, h).into_response());
     }
     metrics::counter!("sotto_blob_bytes_total", "direction" => "out").increment(r.end - r.start);
-    let body = state.blobs.read(&id, meta.length, r).await?;
+    let body = state.ds.blobs.read(&id, meta.length, r).await?;
     Ok((status, h, body).into_response())
 }
 

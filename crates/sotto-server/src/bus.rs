@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+
+use crate::auth::AuthCache;
 
 use sotto_api::ServerFrame;
 use tokio::sync::mpsc;
@@ -23,61 +24,6 @@ pub type FrameText = axum::extract::ws::Utf8Bytes;
 
 /// One registered connection: its id, its queue and whether a frame for it was dropped.
 type Connection = (u64, mpsc::Sender<FrameText>, Arc<AtomicBool>);
-
-/// Recently verified device tokens (device id → token hash and account), so that a busy device does
-/// not cost a database read per request. Entries live [`AuthCache::TTL`]. A revoked device is
-/// forgotten at once on every node (the bus carries revocations) and kept out for a TTL, so a
-/// verification that raced the revocation cannot put it back.
-#[derive(Debug, Default)]
-pub struct AuthCache(Mutex<HashMap<String, CachedToken>>);
-
-#[derive(Debug)]
-enum CachedToken {
-    /// Token hash, account, verified at.
-    Verified([u8; 32], String, Instant),
-    /// Revoked at.
-    Revoked(Instant),
-}
-
-impl AuthCache {
-    /// How long a verified token is trusted without asking the database again.
-    pub const TTL: Duration = Duration::from_secs(30);
-    const MAX: usize = 200_000;
-
-    /// The cached (token hash, username) of a device, if fresh.
-    pub fn get(&self, device_id: &str) -> Option<([u8; 32], String)> {
-        let m = self.0.lock().ok()?;
-        match m.get(device_id)? {
-            CachedToken::Verified(h, u, at) if at.elapsed() < Self::TTL => Some((*h, u.clone())),
-            _ => None,
-        }
-    }
-
-    /// Remembers a device's verified token hash (unless it was revoked within the TTL).
-    pub fn put(&self, device_id: &str, hash: [u8; 32], username: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            if let Some(CachedToken::Revoked(at)) = m.get(device_id) {
-                if at.elapsed() < Self::TTL {
-                    return;
-                }
-            }
-            if m.len() >= Self::MAX {
-                m.retain(|_, t| matches!(t, CachedToken::Revoked(at) if at.elapsed() < Self::TTL));
-            }
-            m.insert(
-                device_id.to_owned(),
-                CachedToken::Verified(hash, username.to_owned(), Instant::now()),
-            );
-        }
-    }
-
-    /// Forgets a revoked device's token.
-    pub fn revoke(&self, device_id: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(device_id.to_owned(), CachedToken::Revoked(Instant::now()));
-        }
-    }
-}
 
 /// The local registry of connected devices.
 #[derive(Debug)]

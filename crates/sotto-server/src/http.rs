@@ -1,4 +1,6 @@
-//! HTTP handlers: thin wrappers that authenticate, parse and call [`crate::ds`].
+//! HTTP handlers: thin wrappers that authenticate, decode and call the
+//! [`DeliveryService`](crate::ds::DeliveryService). A limited operation gets its JSON body as a
+//! future ([`json_body`]) that the service reads only after the rate limit admits the request.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::ws::WebSocketUpgrade;
@@ -12,9 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sotto_api::*;
 
-use crate::ds::{self, Caller};
-use crate::error::ApiError;
-use crate::limits::Class;
+use crate::ds::{Body, Caller, DsError};
 use crate::AppState;
 
 /// The authenticated calling device.
@@ -22,9 +22,9 @@ use crate::AppState;
 pub struct Auth(pub Caller);
 
 impl FromRequestParts<AppState> for Auth {
-    type Rejection = ApiError;
+    type Rejection = DsError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DsError> {
         if let Some(c) = parts.extensions.get::<Caller>() {
             return Ok(Auth(c.clone()));
         }
@@ -37,11 +37,11 @@ impl FromRequestParts<AppState> for Auth {
             Some(t) => t.to_owned(),
             // Only the push channel takes the token as a subprotocol.
             None if parts.uri.path() == "/v1/ws" => {
-                ws_protocol_token(&parts.headers).ok_or_else(ApiError::unauthorized)?
+                ws_protocol_token(&parts.headers).ok_or_else(DsError::unauthorized)?
             }
-            None => return Err(ApiError::unauthorized()),
+            None => return Err(DsError::unauthorized()),
         };
-        let caller = ds::authenticate(state, &token).await?;
+        let caller = state.ds.authenticate(&token).await?;
         parts.extensions.insert(caller.clone());
         Ok(Auth(caller))
     }
@@ -74,75 +74,6 @@ fn ws_protocol_token(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(|(device, secret)| format!("{device}:{secret}"))
 }
 
-/// A rate-limited class of requests (see [`Limited`]).
-pub trait LimitClass {
-    /// The per-device bucket class (`None`: not limited per device).
-    const DEVICE: Option<Class>;
-    /// The per-IP bucket class (`None`: not limited per address).
-    const IP: Option<Class>;
-}
-
-macro_rules! limit_class {
-    ($name:ident, $device:expr, $ip:expr, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Debug)]
-        pub struct $name;
-        impl LimitClass for $name {
-            const DEVICE: Option<Class> = $device;
-            const IP: Option<Class> = $ip;
-        }
-    };
-}
-
-limit_class!(
-    RegisterLimit,
-    None,
-    Some(Class::Register),
-    "Registrations and links, per IP."
-);
-limit_class!(
-    ClaimLimit,
-    Some(Class::Claim),
-    Some(Class::ClaimIp),
-    "Key-package claims, per device and per IP."
-);
-limit_class!(
-    SendLimit,
-    Some(Class::Send),
-    Some(Class::SendIp),
-    "Messages and commits, per device and per IP."
-);
-
-limit_class!(
-    EphemeralLimit,
-    Some(Class::Ephemeral),
-    None,
-    "Ephemeral messages (typing indicators), per device."
-);
-
-/// Takes a token from a rate-limit bucket before the body is read, so refused floods cost no
-/// parsing; answers 429 `rate_limited` with `Retry-After` when the bucket is empty.
-#[derive(Debug)]
-pub struct Limited<C>(std::marker::PhantomData<C>);
-
-impl<C: LimitClass> FromRequestParts<AppState> for Limited<C> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(class) = C::DEVICE {
-            let Auth(c) = Auth::from_request_parts(parts, state).await?;
-            state.limiter.check(class, &c.device_id).await?;
-        }
-        if let Some(class) = C::IP {
-            let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
-                .await
-                .unwrap_or(ClientIp(None));
-            state.limiter.check_ip(class, ip).await?;
-        }
-        Ok(Limited(std::marker::PhantomData))
-    }
-}
-
 /// The peer's IP address, when the server runs behind a real listener (`None` in in-process tests
 /// that call the router directly).
 #[derive(Debug, Clone, Copy)]
@@ -161,9 +92,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-fn rejection(status: StatusCode, text: String) -> ApiError {
+fn rejection(status: StatusCode, text: String) -> DsError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(ErrorCode::PayloadTooLarge, "request body too large")
+        DsError::new(ErrorCode::PayloadTooLarge, "request body too large")
     } else {
         let mut text = text;
         let mut n = text.len().min(200);
@@ -171,18 +102,18 @@ fn rejection(status: StatusCode, text: String) -> ApiError {
             n -= 1;
         }
         text.truncate(n);
-        ApiError::bad_request(text)
+        DsError::bad_request(text)
     }
 }
 
-/// A JSON body whose rejection is an [`ApiError`].
+/// A JSON body whose rejection is an [`DsError`].
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
+    type Rejection = DsError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, DsError> {
         Json::<T>::from_request(req, state)
             .await
             .map(|Json(v)| ApiJson(v))
@@ -190,14 +121,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A path parameter whose rejection is an [`ApiError`].
+/// A request's JSON body, read when the returned future is awaited: the delivery service awaits
+/// it once the request is admitted by its rate limit.
+fn json_body<T: DeserializeOwned + Send>(req: Request) -> impl Body<T> {
+    async move {
+        ApiJson::<T>::from_request(req, &())
+            .await
+            .map(|ApiJson(v)| v)
+    }
+}
+
+/// A path parameter whose rejection is an [`DsError`].
 #[derive(Debug)]
 pub struct ApiPath<T>(pub T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = ApiError;
+    type Rejection = DsError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, DsError> {
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(v)| ApiPath(v))
@@ -205,14 +146,14 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-/// A query string whose rejection is an [`ApiError`].
+/// A query string whose rejection is an [`DsError`].
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
+    type Rejection = DsError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, DsError> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| ApiQuery(v))
@@ -220,7 +161,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-type ApiResult<T> = Result<Json<T>, ApiError>;
+type ApiResult<T> = Result<Json<T>, DsError>;
 
 /// Register an account and its first device.
 ///
@@ -233,10 +174,11 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         (status = 409, description = "`username_taken`", body = ErrorBody)))]
 async fn register(
     State(s): State<AppState>,
-    _: Limited<RegisterLimit>,
-    ApiJson(req): ApiJson<RegisterRequest>,
-) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
-    Ok((StatusCode::CREATED, Json(ds::register(&s, req).await?)))
+    ClientIp(ip): ClientIp,
+    req: Request,
+) -> Result<(StatusCode, Json<RegisterResponse>), DsError> {
+    let registered = s.ds.register(ip, json_body(req)).await?;
+    Ok((StatusCode::CREATED, Json(registered)))
 }
 
 /// An account's identity key, devices and revoked devices.
@@ -250,7 +192,7 @@ async fn account(
     Auth(_): Auth,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<AccountInfo> {
-    Ok(Json(ds::account(&s, &name).await?))
+    Ok(Json(s.ds.account(&name).await?))
 }
 
 /// Upload key packages for the calling device.
@@ -263,7 +205,7 @@ async fn upload_kps(
     Auth(c): Auth,
     ApiJson(req): ApiJson<UploadKeyPackages>,
 ) -> ApiResult<KeyPackageCount> {
-    Ok(Json(ds::upload_key_packages(&s, &c, req).await?))
+    Ok(Json(s.ds.upload_key_packages(&c, req).await?))
 }
 
 /// Revoke a device of the caller's account.
@@ -281,8 +223,8 @@ async fn revoke_device(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiPath(device_id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
-    ds::revoke_device(&s, &c, &device_id).await?;
+) -> Result<StatusCode, DsError> {
+    s.ds.revoke_device(&c, &device_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -290,7 +232,7 @@ async fn revoke_device(
 #[utoipa::path(get, path = "/v1/key-packages/count", tag = "key packages", security(("device" = [])),
     responses((status = 200, description = "The counts", body = KeyPackageCount)))]
 async fn kp_count(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<KeyPackageCount> {
-    Ok(Json(ds::key_package_count(&s, &c).await?))
+    Ok(Json(s.ds.key_package_count(&c).await?))
 }
 
 /// Claim one key package per device of an account.
@@ -301,10 +243,10 @@ async fn kp_count(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<KeyPack
 async fn claim(
     State(s): State<AppState>,
     Auth(c): Auth,
-    _: Limited<ClaimLimit>,
-    ApiJson(req): ApiJson<ClaimRequest>,
+    ClientIp(ip): ClientIp,
+    req: Request,
 ) -> ApiResult<ClaimResponse> {
-    Ok(Json(ds::claim(&s, &c, req).await?))
+    Ok(Json(s.ds.claim(&c, ip, json_body(req)).await?))
 }
 
 /// Get or create the DM conversation with another account.
@@ -318,7 +260,7 @@ async fn create_dm(
     Auth(c): Auth,
     ApiJson(req): ApiJson<CreateDmRequest>,
 ) -> ApiResult<ConversationInfo> {
-    Ok(Json(ds::create_dm(&s, &c, req).await?))
+    Ok(Json(s.ds.create_dm(&c, req).await?))
 }
 
 /// Create an empty group owned by the caller (its first commit adds the members).
@@ -328,8 +270,8 @@ async fn create_group(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiJson(_req): ApiJson<CreateGroupRequest>,
-) -> Result<(StatusCode, Json<ConversationInfo>), ApiError> {
-    Ok((StatusCode::CREATED, Json(ds::create_group(&s, &c).await?)))
+) -> Result<(StatusCode, Json<ConversationInfo>), DsError> {
+    Ok((StatusCode::CREATED, Json(s.ds.create_group(&c).await?)))
 }
 
 /// Leave a group (an admin's device then removes the caller's devices from the MLS group).
@@ -343,8 +285,8 @@ async fn leave(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
-    ds::leave(&s, &c, &id).await?;
+) -> Result<StatusCode, DsError> {
+    s.ds.leave(&c, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -352,7 +294,7 @@ async fn leave(
 #[utoipa::path(get, path = "/v1/conversations", tag = "conversations", security(("device" = [])),
     responses((status = 200, description = "Its conversations", body = ConversationList)))]
 async fn conversations(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<ConversationList> {
-    Ok(Json(ds::conversations(&s, &c).await?))
+    Ok(Json(s.ds.conversations(&c).await?))
 }
 
 /// Post a commit bundle (the first commit for an epoch wins).
@@ -367,11 +309,11 @@ async fn conversations(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<Co
 async fn commit(
     State(s): State<AppState>,
     Auth(c): Auth,
+    ClientIp(ip): ClientIp,
     ApiPath(id): ApiPath<String>,
-    _: Limited<SendLimit>,
-    ApiJson(req): ApiJson<CommitRequest>,
+    req: Request,
 ) -> ApiResult<Accepted> {
-    Ok(Json(ds::commit(&s, &c, &id, req).await?))
+    Ok(Json(s.ds.commit(&c, ip, &id, json_body(req)).await?))
 }
 
 /// Post an MLS application message for the current epoch.
@@ -386,11 +328,11 @@ async fn commit(
 async fn send(
     State(s): State<AppState>,
     Auth(c): Auth,
+    ClientIp(ip): ClientIp,
     ApiPath(id): ApiPath<String>,
-    _: Limited<SendLimit>,
-    ApiJson(req): ApiJson<SendRequest>,
+    req: Request,
 ) -> ApiResult<Accepted> {
-    Ok(Json(ds::send(&s, &c, &id, req, None).await?))
+    Ok(Json(s.ds.send(&c, ip, &id, json_body(req), None).await?))
 }
 
 /// Relay a typing indicator.
@@ -409,10 +351,9 @@ async fn ephemeral(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiPath(id): ApiPath<String>,
-    _: Limited<EphemeralLimit>,
-    ApiJson(req): ApiJson<SendRequest>,
-) -> Result<StatusCode, ApiError> {
-    ds::ephemeral(&s, &c, &id, req).await?;
+    req: Request,
+) -> Result<StatusCode, DsError> {
+    s.ds.ephemeral(&c, &id, json_body(req)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -446,14 +387,14 @@ async fn log(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<LogPage> {
-    Ok(Json(ds::log(&s, &c, &id, q.after, q.limit, q.read).await?))
+    Ok(Json(s.ds.log(&c, &id, q.after, q.limit, q.read).await?))
 }
 
 /// The calling device's pending welcomes.
 #[utoipa::path(get, path = "/v1/inbox", tag = "inbox", security(("device" = [])),
     responses((status = 200, description = "The items", body = Inbox)))]
 async fn inbox(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<Inbox> {
-    Ok(Json(ds::inbox(&s, &c).await?))
+    Ok(Json(s.ds.inbox(&c).await?))
 }
 
 /// Delete processed inbox items.
@@ -463,8 +404,8 @@ async fn ack_inbox(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiJson(req): ApiJson<InboxAck>,
-) -> Result<StatusCode, ApiError> {
-    ds::ack_inbox(&s, &c, req).await?;
+) -> Result<StatusCode, DsError> {
+    s.ds.ack_inbox(&c, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -477,11 +418,8 @@ async fn create_link(
     State(s): State<AppState>,
     Auth(c): Auth,
     ApiJson(req): ApiJson<CreateLinkRequest>,
-) -> Result<(StatusCode, Json<LinkCreated>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(ds::create_link(&s, &c, req).await?),
-    ))
+) -> Result<(StatusCode, Json<LinkCreated>), DsError> {
+    Ok((StatusCode::CREATED, Json(s.ds.create_link(&c, req).await?)))
 }
 
 /// Fetch a pending link's encrypted bundle.
@@ -491,10 +429,10 @@ async fn create_link(
         (status = 410, description = "`link_expired`: no such link, expired or used", body = ErrorBody)))]
 async fn fetch_link(
     State(s): State<AppState>,
-    _: Limited<RegisterLimit>,
-    ApiJson(req): ApiJson<LinkFetchRequest>,
+    ClientIp(ip): ClientIp,
+    req: Request,
 ) -> ApiResult<LinkBundle> {
-    Ok(Json(ds::fetch_link(&s, req).await?))
+    Ok(Json(s.ds.fetch_link(ip, json_body(req)).await?))
 }
 
 /// Register a new device through a link (consumes it).
@@ -505,10 +443,11 @@ async fn fetch_link(
         (status = 410, description = "`link_expired`: no such link, expired or used", body = ErrorBody)))]
 async fn redeem_link(
     State(s): State<AppState>,
-    _: Limited<RegisterLimit>,
-    ApiJson(req): ApiJson<LinkRedeemRequest>,
-) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
-    Ok((StatusCode::CREATED, Json(ds::redeem_link(&s, req).await?)))
+    ClientIp(ip): ClientIp,
+    req: Request,
+) -> Result<(StatusCode, Json<RegisterResponse>), DsError> {
+    let registered = s.ds.redeem_link(ip, json_body(req)).await?;
+    Ok((StatusCode::CREATED, Json(registered)))
 }
 
 /// The push channel (WebSocket).
@@ -531,11 +470,7 @@ async fn ws(
         // A push connection opened now would be closed at once: send the client elsewhere.
         return draining().into_response();
     }
-    let limited = match s.limiter.check(Class::ConnectDevice, &c.device_id).await {
-        Ok(()) => s.limiter.check_ip(Class::ConnectIp, ip).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = limited {
+    if let Err(e) = s.ds.admit_connection(&c, ip).await {
         return e.into_response();
     }
     match upgrade {
@@ -557,7 +492,7 @@ async fn ws(
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
-    Json(crate::openapi::document_with(state.blobs.max_file_bytes))
+    Json(crate::openapi::document_with(state.ds.blobs.max_file_bytes))
 }
 
 /// Liveness: the process answers (also at `/health`).
@@ -582,9 +517,9 @@ async fn health_alias() -> &'static str {
     responses(
         (status = 200, description = "The metrics", content_type = "text/plain", body = String),
         (status = 404, description = "Served on another address", body = ErrorBody)))]
-async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
-    if !state.config.metrics_on_api {
-        return Err(ApiError::not_found(
+async fn metrics_text(State(state): State<AppState>) -> Result<Response, DsError> {
+    if !state.ds.config.metrics_on_api {
+        return Err(DsError::not_found(
             "metrics are served on their own address",
         ));
     }
@@ -601,8 +536,8 @@ pub fn metrics_response() -> Response {
 }
 
 /// 503 `unavailable` for a node shutting down.
-fn draining() -> ApiError {
-    ApiError::new(
+fn draining() -> DsError {
+    DsError::new(
         ErrorCode::Unavailable,
         "draining: this node is shutting down",
     )
@@ -616,12 +551,12 @@ fn draining() -> ApiError {
     responses(
         (status = 200, description = "Ready", content_type = "text/plain", body = String),
         (status = 503, description = "`unavailable`", body = ErrorBody)))]
-async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    let unavailable = |why: &'static str| ApiError::new(ErrorCode::Unavailable, why);
+async fn ready(State(state): State<AppState>) -> Result<&'static str, DsError> {
+    let unavailable = |why: &'static str| DsError::new(ErrorCode::Unavailable, why);
     if state.draining() {
         return Err(draining());
     }
-    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.ds.store.ready()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: the store does not answer");
@@ -629,14 +564,14 @@ async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> 
         }
         Err(_) => return Err(unavailable("the store does not answer")),
     }
-    if !state.bus.ready() {
+    if !state.ds.bus.ready() {
         return Err(unavailable("the bus is not connected"));
     }
     Ok("ready")
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
+async fn method_not_allowed() -> DsError {
+    DsError::new(
         ErrorCode::MethodNotAllowed,
         "method not allowed on this route",
     )

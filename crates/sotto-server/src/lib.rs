@@ -23,6 +23,7 @@ use axum::serve::Listener;
 use axum::Router;
 use tokio::sync::watch;
 
+pub mod auth;
 pub mod backup;
 pub mod blobs;
 pub mod bus;
@@ -35,11 +36,14 @@ pub mod net;
 pub mod openapi;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod tls;
 pub mod web;
 pub mod ws;
 
-pub use bus::{AuthCache, Bus, Hub, LocalBus, NatsBus};
+pub use auth::AuthCache;
+pub use bus::{Bus, Hub, LocalBus, NatsBus};
 pub use store::{postgres::PostgresStore, sqlite::SqliteStore, Store};
 
 /// Tunables.
@@ -133,20 +137,20 @@ async fn maintenance(state: AppState) {
     let mut flush = tokio::time::interval(std::time::Duration::from_secs(2));
     // The first prune comes one interval after start, not at once: a node that starts (or
     // restarts while clients reconnect) serves first, and deletes a backlog a period later.
-    let every = std::time::Duration::from_secs(state.config.prune_interval_secs.max(1));
+    let every = std::time::Duration::from_secs(state.ds.config.prune_interval_secs.max(1));
     let mut prune = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = flush.tick() => {
                 save_cursors(&state).await;
-                state.limiter.sweep();
+                state.ds.limiter.sweep();
                 telemetry::upkeep();
             }
             _ = prune.tick() => {
                 save_cursors(&state).await;
                 // The store's clock (the database's, with PostgreSQL), not this node's: what is
                 // due is the same whichever node's maintenance finds it.
-                let now = match state.store.clock().await {
+                let now = match state.ds.store.clock().await {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::warn!(error = %e, "the store's clock does not answer");
@@ -154,7 +158,7 @@ async fn maintenance(state: AppState) {
                     }
                 };
                 let started = std::time::Instant::now();
-                match state.store.expire(now).await {
+                match state.ds.store.expire(now).await {
                     Ok(0) => {}
                     Ok(n) => {
                         metrics::counter!("sotto_expired_entries_total").increment(n);
@@ -166,9 +170,9 @@ async fn maintenance(state: AppState) {
                     }
                     Err(e) => tracing::warn!(error = %e, "deleting expired messages failed"),
                 }
-                let cutoff = now - state.config.retention_secs;
+                let cutoff = now - state.ds.config.retention_secs;
                 let started = std::time::Instant::now();
-                match state.store.prune(cutoff).await {
+                match state.ds.store.prune(cutoff).await {
                     Ok(0) => {}
                     Ok(n) => {
                         metrics::counter!("sotto_pruned_entries_total").increment(n);
@@ -180,7 +184,7 @@ async fn maintenance(state: AppState) {
                     }
                     Err(e) => tracing::warn!(error = %e, "pruning failed"),
                 }
-                match state.blobs.sweep(now, cutoff).await {
+                match state.ds.blobs.sweep(now, cutoff).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(blobs = n, "removed expired and orphaned blobs"),
                     Err(e) => tracing::warn!(error = %e.message, "sweeping blobs failed"),
@@ -195,40 +199,28 @@ async fn maintenance(state: AppState) {
 }
 
 async fn save_cursors(state: &AppState) {
-    let batch = state.cursors.take();
+    let batch = state.ds.cursors.take();
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = state.store.save_cursors(batch).await {
+    if let Err(e) = state.ds.store.save_cursors(batch).await {
         tracing::warn!(error = %e, "could not save read positions");
     }
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler: the delivery service, and the signal that shuts the node down.
 #[derive(Clone)]
 pub struct AppState {
-    /// Storage.
-    pub store: Arc<dyn Store>,
-    /// Wake-ups to all nodes.
-    pub bus: Arc<dyn Bus>,
-    /// This node's connections.
-    pub hub: Arc<Hub>,
-    /// Tunables.
-    pub config: Arc<Config>,
+    /// The delivery service, with the store, bus, limits and blobs it works with.
+    pub ds: ds::DeliveryService,
     /// Flips to `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
-    /// Read positions waiting to be saved.
-    pub cursors: Arc<Cursors>,
-    /// Rate limits.
-    pub limiter: Arc<limits::RateLimiter>,
-    /// Attachment blobs (in memory unless [`AppState::with_blobs`] says where).
-    pub blobs: Arc<blobs::Blobs>,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("config", &self.config)
+            .field("ds", &self.ds)
             .finish_non_exhaustive()
     }
 }
@@ -243,19 +235,16 @@ impl AppState {
         config: Config,
     ) -> (Self, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(false);
-        (
-            Self {
-                store,
-                bus,
-                hub,
-                limiter: Arc::new(limits::RateLimiter::new(config.limits.clone())),
-                blobs: Arc::new(blobs::Blobs::memory(blobs::DEFAULT_MAX_FILE_BYTES)),
-                config: Arc::new(config),
-                shutdown: rx,
-                cursors: Arc::new(Cursors::default()),
-            },
-            tx,
-        )
+        let ds = ds::DeliveryService {
+            store,
+            bus,
+            hub,
+            limiter: Arc::new(limits::RateLimiter::new(config.limits.clone())),
+            blobs: Arc::new(blobs::Blobs::memory(blobs::DEFAULT_MAX_FILE_BYTES)),
+            config: Arc::new(config),
+            cursors: Arc::new(Cursors::default()),
+        };
+        (Self { ds, shutdown: rx }, tx)
     }
 
     /// Whether the node is shutting down (`/readyz` then answers 503).
@@ -265,7 +254,13 @@ impl AppState {
 
     /// The same state with its blobs kept in `blobs`.
     pub fn with_blobs(mut self, blobs: blobs::Blobs) -> Self {
-        self.blobs = Arc::new(blobs);
+        self.ds.blobs = Arc::new(blobs);
+        self
+    }
+
+    /// The same state with its rate limits checked by `limiter`.
+    pub fn with_limiter(mut self, limiter: limits::RateLimiter) -> Self {
+        self.ds.limiter = Arc::new(limiter);
         self
     }
 
@@ -278,7 +273,7 @@ impl AppState {
 
 /// The application router.
 pub fn app(state: AppState) -> Router {
-    let limit = state.config.max_body_bytes;
+    let limit = state.ds.config.max_body_bytes;
     telemetry::handle();
     http::router(state)
         .layer(DefaultBodyLimit::max(limit))
@@ -288,8 +283,7 @@ pub fn app(state: AppState) -> Router {
             |_: Box<dyn std::any::Any + Send>| {
                 use axum::response::IntoResponse;
                 tracing::error!("handler panicked");
-                error::ApiError::new(sotto_api::ErrorCode::Internal, "internal error")
-                    .into_response()
+                ds::DsError::internal("internal error").into_response()
             },
         ))
 }
@@ -318,8 +312,8 @@ where
     L: Listener<Addr = std::net::SocketAddr>,
 {
     let upkeep = tokio::spawn(maintenance(state.clone()));
-    let listener = net::IdleListener::new(listener, state.config.read_idle);
-    let (drain, timeout) = (state.config.drain, state.config.shutdown_timeout);
+    let listener = net::IdleListener::new(listener, state.ds.config.read_idle);
+    let (drain, timeout) = (state.ds.config.drain, state.ds.config.shutdown_timeout);
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let router = app(state).into_make_service_with_connect_info::<Peer>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::error::ApiError;
+use crate::ds::DsError;
 
 /// A rate: `count` events per `per`, in bursts of up to `count`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -463,11 +463,11 @@ impl RateLimiter {
     /// Takes one token for `key` in `class`, or says how long to wait (429 `rate_limited` with
     /// `Retry-After`); 503 `unavailable` when it cannot tell (no room left for a new key, or the
     /// shared limiter is unreachable and the node fails closed).
-    pub async fn check(&self, class: Class, key: &str) -> Result<(), ApiError> {
+    pub async fn check(&self, class: Class, key: &str) -> Result<(), DsError> {
         self.check_key(class, Key::Device(key)).await
     }
 
-    async fn check_key(&self, class: Class, key: Key<'_>) -> Result<(), ApiError> {
+    async fn check_key(&self, class: Class, key: Key<'_>) -> Result<(), DsError> {
         let Some(rate) = self.limits.rate(class) else {
             return Ok(());
         };
@@ -484,19 +484,19 @@ impl RateLimiter {
             Err(Refusal::Wait(wait)) => {
                 metrics::counter!("sotto_rate_limited_total", "class" => class.label())
                     .increment(1);
-                Err(ApiError::rate_limited(
+                Err(DsError::rate_limited(
                     format!("too many {}; try again in {wait} s", class.what()),
                     wait,
                 ))
             }
             Err(Refusal::Crowded) => {
                 metrics::counter!("sotto_rate_limited_total", "class" => "crowded").increment(1);
-                Err(ApiError::rate_limited(
+                Err(DsError::rate_limited(
                     "this server is busy with many clients; try again shortly",
                     1,
                 ))
             }
-            Err(Refusal::Unreachable) => Err(ApiError::new(
+            Err(Refusal::Unreachable) => Err(DsError::new(
                 sotto_api::ErrorCode::Unavailable,
                 "the server cannot check its rate limits right now; try again shortly",
             )),
@@ -506,7 +506,7 @@ impl RateLimiter {
     /// [`RateLimiter::check`] keyed by an IP address: IPv4 per address, IPv6 per /64 (one
     /// subscriber's usual allocation, so cycling addresses gains nothing). No address, as in
     /// in-process tests: no limit.
-    pub async fn check_ip(&self, class: Class, ip: Option<IpAddr>) -> Result<(), ApiError> {
+    pub async fn check_ip(&self, class: Class, ip: Option<IpAddr>) -> Result<(), DsError> {
         let key = match ip {
             Some(IpAddr::V4(v4)) => Key::V4(v4.octets()),
             Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {

@@ -582,7 +582,7 @@ async fn main() -> anyhow::Result<()> {
             when_unreachable = ?args.limits_fail,
             "rate limits shared by every node through Redis"
         );
-        state.limiter = Arc::new(sotto_server::limits::RateLimiter::shared(limits, shared));
+        state.ds.limiter = Arc::new(sotto_server::limits::RateLimiter::shared(limits, shared));
     }
     let blobs = open_blobs(&args)?;
     let state = state

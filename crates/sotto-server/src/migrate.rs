@@ -231,16 +231,14 @@ pub async fn sqlite_to_postgres(
     );
     let src = Connection::open(&db).map_err(|e| e.to_string())?;
 
-    let mut config: tokio_postgres::Config = to
-        .parse()
-        .map_err(|e: tokio_postgres::Error| e.to_string())?;
+    let (mut config, tls) = crate::store::pg_tls::parse(to)?;
     if let Some(schema) = schema {
         config.options(format!("-c search_path={schema}"));
     }
     let (mut client, conn) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(tls)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::store::pg_tls::with_causes(&e))?;
     tokio::spawn(conn);
     let tx = client.transaction().await.map_err(|e| e.to_string())?;
     let existing: i64 = tx

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http;
 
-/// Routes whose requests take a token from a rate-limit bucket (see `http::Limited`): they can
+/// Routes whose requests take a token from a rate-limit bucket (each operation checks its own, in `ds`): they can
 /// answer 429 with `Retry-After`.
 const LIMITED: &[(&str, &str)] = &[
     ("post", "/v1/accounts"),

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::ds::DsError;
 use crate::AppState;
 
 /// The policy on every page, script and module served here: scripts, the worker and the wasm
@@ -92,16 +92,16 @@ fn with_headers(mut r: Response, cache: &'static str) -> Response {
 /// Every request no API route matched: a file of the web client, or a JSON 404.
 pub async fn fallback(State(s): State<AppState>, method: Method, uri: Uri) -> Response {
     if method != Method::GET && method != Method::HEAD {
-        return ApiError::not_found("no such route").into_response();
+        return DsError::not_found("no such route").into_response();
     }
-    let Some(root) = s.config.web_dir.as_deref() else {
-        return ApiError::not_found("no such route").into_response();
+    let Some(root) = s.ds.config.web_dir.as_deref() else {
+        return DsError::not_found("no such route").into_response();
     };
     let Some(path) = file_in(root, &uri) else {
-        return ApiError::not_found("no such route").into_response();
+        return DsError::not_found("no such route").into_response();
     };
     let Some(ct) = content_type(&path) else {
-        return ApiError::not_found("no such route").into_response();
+        return DsError::not_found("no such route").into_response();
     };
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
@@ -131,7 +131,7 @@ pub async fn fallback(State(s): State<AppState>, method: Method, uri: Uri) -> Re
                 .into_response(),
             "no-cache",
         ),
-        Err(_) => ApiError::not_found("no such route").into_response(),
+        Err(_) => DsError::not_found("no such route").into_response(),
     }
 }
 

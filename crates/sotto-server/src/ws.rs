@@ -13,9 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use sotto_api::{ClientFrame, ErrorBody, SendRequest, ServerFrame, MAX_WS_SENDS_IN_FLIGHT};
 
 use crate::bus::Origin;
-use crate::ds::{self, Caller};
-use crate::error::ApiError;
-use crate::limits::Class;
+use crate::ds::{Caller, DsError};
 use crate::AppState;
 
 /// The largest frame a client may send.
@@ -98,23 +96,11 @@ async fn post(
     id: String,
     message: sotto_api::B64,
 ) -> ServerFrame {
-    let res = async {
-        state.limiter.check(Class::Send, &caller.device_id).await?;
-        state.limiter.check_ip(Class::SendIp, ip).await?;
-        ds::send(
-            &state,
-            &caller,
-            &id,
-            SendRequest {
-                message,
-                attachments: Vec::new(),
-            },
-            Some(origin),
-        )
-        .await
-    }
-    .await;
-    match res {
+    let body = std::future::ready(Ok(SendRequest {
+        message,
+        attachments: Vec::new(),
+    }));
+    match state.ds.send(&caller, ip, &id, body, Some(origin)).await {
         Ok(accepted) => ServerFrame::Sent {
             reference,
             accepted,
@@ -123,10 +109,11 @@ async fn post(
     }
 }
 
-fn refused(reference: u64, e: ApiError) -> ServerFrame {
+/// The one place a [`DsError`] becomes a frame: `refused`, with the status HTTP would answer.
+fn refused(reference: u64, e: DsError) -> ServerFrame {
     ServerFrame::Refused {
         reference,
-        status: e.status().as_u16(),
+        status: crate::error::http_status(e.code).as_u16(),
         retry_after: e.retry_after,
         error: ErrorBody {
             code: e.code,
@@ -156,7 +143,7 @@ pub async fn run<Tx, Rx>(
     Tx: futures_util::Sink<Message> + Unpin,
     Rx: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let mut sub = state.hub.subscribe(&caller.device_id);
+    let mut sub = state.ds.hub.subscribe(&caller.device_id);
     let mut shutdown = state.shutdown.clone();
     if !send_frame(&mut tx, &ServerFrame::Ready).await {
         return;
@@ -206,7 +193,7 @@ pub async fn run<Tx, Rx>(
                         last_seen = tokio::time::Instant::now();
                         match ClientFrame::from_json(&text) {
                             Ok(ClientFrame::Read { id, seq }) if plausible_id(&id) => {
-                                state.cursors.note(&id, &caller.device_id, seq);
+                                state.ds.note_read(&caller, &id, seq);
                             }
                             Ok(ClientFrame::Send { reference, id, message }) => {
                                 sends.get_or_insert_with(FuturesUnordered::new).push(Box::pin(post(
@@ -236,7 +223,7 @@ pub async fn run<Tx, Rx>(
                 // A device revoked or an account locked since it connected goes now. (The
                 // interval's immediate first tick was taken above: this runs PING_EVERY after
                 // the authentication at the earliest.)
-                if let Err(e) = ds::still_allowed(&state, &caller).await {
+                if let Err(e) = state.ds.still_allowed(&caller).await {
                     use sotto_api::ErrorCode::{AccountLocked, Unauthorized};
                     if matches!(e.code, AccountLocked | Unauthorized) {
                         close_policy(&mut tx, "not allowed any more").await;

@@ -983,9 +983,7 @@ struct Socket {
 impl Socket {
     async fn open(t: &T, token: &str) -> Self {
         use axum::extract::ws::Message;
-        let caller = sotto_server::ds::authenticate(&t.state, token)
-            .await
-            .unwrap();
+        let caller = t.state.ds.authenticate(token).await.unwrap();
         let (to_server, rx) = tokio::sync::mpsc::channel::<Message>(256);
         let (tx, from_server) = tokio::sync::mpsc::channel::<Message>(256);
         let sink = Box::pin(futures_util::sink::unfold(
@@ -1152,7 +1150,7 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
             .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
-            t.state.cursors.get(&id, &alice_device),
+            t.state.ds.cursors.get(&id, &alice_device),
             Some(position),
             "{query}"
         );
@@ -1216,12 +1214,12 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
     .await;
     let bob_device = bob.keys.certificate().device_id.to_hex();
     for _ in 0..100 {
-        if t.state.cursors.get(&id, &bob_device) == Some(2) {
+        if t.state.ds.cursors.get(&id, &bob_device) == Some(2) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(t.state.cursors.get(&id, &bob_device), Some(2));
+    assert_eq!(t.state.ds.cursors.get(&id, &bob_device), Some(2));
 
     // The per-device send limit applies to the socket as to HTTP: 429 with a wait.
     let mut limited = None;

@@ -657,18 +657,14 @@ async fn alice_and_bob_at_epoch_1(s: &dyn Store) {
         .unwrap();
 }
 
+/// A PostgreSQL store in a schema of its own (see `sotto_server::testkit`).
 pub async fn postgres_store() -> Option<(PostgresStore, String, String)> {
-    let url = std::env::var("SOTTO_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!("sotto_test_{}_{}", std::process::id(), rand_suffix());
-    match PostgresStore::connect(&url, Some(&schema)).await {
-        Ok(s) => Some((s, schema, url)),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: PostgreSQL not reachable at {url} ({e}); set SOTTO_TEST_DATABASE_URL or start it (see .ci/run)");
-            None
-        }
-        Err(e) => panic!("PostgreSQL required under CI at {url}: {e}"),
-    }
+    let url = sotto_server::testkit::postgres().await?;
+    let schema = sotto_server::testkit::schema_name("test");
+    let store = PostgresStore::connect(&url, Some(&schema))
+        .await
+        .unwrap_or_else(|e| panic!("opening a store at {url}: {e}"));
+    Some((store, schema, url))
 }
 
 fn rand_suffix() -> u64 {
@@ -683,14 +679,7 @@ fn rand_suffix() -> u64 {
     h.finish()
 }
 
-pub async fn drop_schema(url: &str, schema: &str) {
-    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-        tokio::spawn(conn);
-        let _ = client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await;
-    }
-}
+use sotto_server::testkit::drop_schema;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_out_of_space_refuses_cleanly_and_batches_lose_nothing() {

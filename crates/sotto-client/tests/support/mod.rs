@@ -220,41 +220,8 @@ pub async fn sync_texts(c: &Client) -> Vec<(String, String)> {
 
 /// PostgreSQL and NATS for multi-node tests: `Some((pg_url, nats_url))`, or `None` with a skip
 /// message when they are not running (under CI, `CI` set, they are required).
-pub async fn services() -> Option<(String, String)> {
-    let pg = std::env::var("SOTTO_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let nats =
-        std::env::var("SOTTO_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let pg_ok = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
-        .await
-        .is_ok();
-    let nats_ok = async_nats::connect(&nats).await.is_ok();
-    if pg_ok && nats_ok {
-        return Some((pg, nats));
-    }
-    let why = format!("PostgreSQL at {pg} reachable: {pg_ok}; NATS at {nats} reachable: {nats_ok}");
-    if std::env::var_os("CI").is_some() {
-        panic!("multi-node tests need PostgreSQL and NATS under CI ({why})");
-    }
-    eprintln!("SKIPPED: multi-node test needs PostgreSQL and NATS ({why}); .ci/run starts them");
-    None
-}
-
-pub fn schema_name(tag: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    format!("sotto_{tag}_{:x}", h.finish())
-}
-
-pub async fn drop_schema(pg: &str, schema: &str) {
-    if let Ok((client, conn)) = tokio_postgres::connect(pg, tokio_postgres::NoTls).await {
-        tokio::spawn(conn);
-        let _ = client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await;
-    }
-}
+#[allow(unused_imports)] // not every test binary runs multi-node tests
+pub use sotto_server::testkit::{drop_schema, postgres_and_nats as services, schema_name};
 
 /// A TCP proxy in front of a server that, while `drop_answers` is set, forwards requests but
 /// replaces the server's answer with `502 Bad Gateway` and closes: the request took effect, the

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use sotto_api::{Accepted, EntryKind, InboxItem, LogEntry};
 use thiserror::Error;
 
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 

@@ -11,7 +11,6 @@ use deadpool_postgres::{Manager, Pool};
 use sotto_api::{Accepted, InboxItem, LogEntry, B64};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio_postgres::NoTls;
 
 use super::*;
 
@@ -29,6 +28,11 @@ impl IntoStoreError for tokio_postgres::Error {
     fn into_store_error(self) -> StoreError {
         if self.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL) {
             StoreError::Full
+        } else if self.as_db_error().is_none() {
+            // Connecting, TLS or I/O: the causes say what went wrong (a certificate that does not
+            // verify, a refused connection) and hold no data. A database's own errors may quote
+            // rows, so they keep only their first line.
+            StoreError::Backend(super::pg_tls::with_causes(&self))
         } else {
             super::backend(self)
         }
@@ -215,10 +219,11 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user@host:port/db`), optionally inside `schema` (created if
+    /// Connects to `url` (`postgres://user@host:port/db`, with TLS as its `sslmode` says: see
+    /// [`super::pg_tls`]), optionally inside `schema` (created if
     /// missing; tests use one schema each), and runs pending migrations.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
+        let (mut config, tls) = super::pg_tls::parse(url).map_err(StoreError::Backend)?;
         if let Some(schema) = schema {
             if !schema
                 .bytes()
@@ -226,7 +231,7 @@ impl PostgresStore {
             {
                 return Err(StoreError::Backend("invalid schema name".into()));
             }
-            let (client, conn) = config.connect(NoTls).await.map_err(backend)?;
+            let (client, conn) = config.connect(tls.clone()).await.map_err(backend)?;
             let task = tokio::spawn(conn);
             client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
@@ -236,7 +241,7 @@ impl PostgresStore {
             let _ = task.await;
             config.options(format!("-c search_path={schema}"));
         }
-        let manager = Manager::new(config, NoTls);
+        let manager = Manager::new(config, tls);
         let pool = Pool::builder(manager)
             .max_size(16)
             .build()
