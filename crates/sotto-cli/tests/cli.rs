@@ -347,6 +347,22 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Reads a `sotto listen`'s stderr until it says it is connected (its push connection is open, so
+/// what is sent from now on reaches it live).
+fn wait_connected(stderr: &mut impl BufRead) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "listen ended before it connected"
+        );
+        if line.trim() == "connected" {
+            return;
+        }
+    }
+}
+
 /// libfaketime, to run a node with its clock off (`.ci/run` installs the `faketime` package);
 /// `None` with a skip line outside CI.
 fn libfaketime() -> Option<String> {
@@ -1660,7 +1676,8 @@ fn sottod_admin_lists_locks_and_unlocks_accounts() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut stderr = BufReader::new(listen.stderr.take().unwrap());
+    wait_connected(&mut stderr);
     assert!(admin(&["lock", "alice"]).ok);
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     loop {
@@ -1688,7 +1705,7 @@ fn sottod_admin_lists_locks_and_unlocks_accounts() {
     };
     assert!(!status.success());
     let mut err = String::new();
-    std::io::Read::read_to_string(&mut listen.stderr.take().unwrap(), &mut err).unwrap();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
     assert!(err.contains("locked"), "{err}");
     // A name that is no account.
     let nobody = admin(&["lock", "zed"]);
@@ -1819,11 +1836,11 @@ fn listen_stopped_by_sigterm_leaves_the_conversation_and_vanish_messages_go() {
         .arg(&b)
         .args(["listen", "--json"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(listen.stdout.take().unwrap()).lines();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_connected(&mut BufReader::new(listen.stderr.take().unwrap()));
     ok(&a, &["send", "bob", "VANISH-LISTEN-MARKER"]);
     // bob's listen shows it ...
     loop {

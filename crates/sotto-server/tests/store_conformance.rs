@@ -49,8 +49,55 @@ fn commit(epoch: u64, sender: &str, welcome_to: &[&str]) -> NewCommit {
     }
 }
 
-async fn conformance(s: Arc<dyn Store>) {
-    // Accounts and devices.
+/// alice (device a1) and bob (b1), two one-time key packages each.
+async fn two_accounts(s: &dyn Store) {
+    s.create_account("alice", &[1; 32], device("a1"), kps(1, 2))
+        .await
+        .unwrap();
+    s.create_account("bob", &[2; 32], device("b1"), kps(2, 2))
+        .await
+        .unwrap();
+}
+
+/// alice, bob and carol; alice's group "9a0b", which carol was in and left, at epoch 2 (seq 2).
+async fn group_at_epoch_2(s: &dyn Store) {
+    two_accounts(s).await;
+    s.create_account("carol", &[4; 32], device("c1"), kps(4, 1))
+        .await
+        .unwrap();
+    s.create_group("alice", "9a0b").await.unwrap();
+    let member = |d: &str, u: &str| (d.to_owned(), u.to_owned());
+    for (epoch, members) in [
+        (
+            0,
+            vec![
+                member("a1", "alice"),
+                member("b1", "bob"),
+                member("c1", "carol"),
+            ],
+        ),
+        (1, vec![member("a1", "alice"), member("b1", "bob")]),
+    ] {
+        s.append_commit(
+            "9a0b",
+            NewCommit {
+                epoch,
+                sender_device: "a1".into(),
+                commit: vec![epoch as u8],
+                welcome: None,
+                ratchet_tree: None,
+                state: vec![42 + epoch as u8],
+                expiry_secs: None,
+                members,
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Accounts and devices: unique names and device ids, all or nothing.
+async fn accounts_and_devices(s: Arc<dyn Store>) {
     s.create_account("alice", &[1; 32], device("a1"), kps(1, 2))
         .await
         .unwrap();
@@ -76,7 +123,11 @@ async fn conformance(s: Arc<dyn Store>) {
     assert!(s.device_auth("zz").await.unwrap().is_none());
     let acc = s.account("alice").await.unwrap().unwrap();
     assert_eq!((acc.identity_key, acc.devices.len()), (vec![1; 32], 1));
+}
 
+/// Key-package claims: one-time packages once each, then the last resort; ciphersuites never mix.
+async fn key_package_claims(s: Arc<dyn Store>) {
+    two_accounts(&*s).await;
     // Key packages: one-time ones once each, oldest first; then the last-resort one, again and again.
     assert_eq!(s.key_package_count("b1", PQ).await.unwrap(), 2);
     let c1 = s.claim_key_packages("bob", &[], "a1", PQ).await.unwrap();
@@ -128,7 +179,11 @@ async fn conformance(s: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
+}
 
+/// One DM per pair of accounts, whoever asks, however often.
+async fn one_dm_per_pair(s: Arc<dyn Store>) {
+    two_accounts(&*s).await;
     // One DM per pair, whoever asks, however often.
     let dm = s.get_or_create_dm("bob", "alice", "c0ffee").await.unwrap();
     let again = s.get_or_create_dm("alice", "bob", "other").await.unwrap();
@@ -139,7 +194,12 @@ async fn conformance(s: Arc<dyn Store>) {
     let mut devs = s.devices_of(&dm.members).await.unwrap();
     devs.sort();
     assert_eq!(devs, ["a1", "b1"]);
+}
 
+/// The commit rule, and a bundle's welcome stored with its commit only.
+async fn the_first_commit_for_an_epoch_wins(s: Arc<dyn Store>) {
+    two_accounts(&*s).await;
+    s.get_or_create_dm("bob", "alice", "c0ffee").await.unwrap();
     // The commit rule: first commit for an epoch wins; the bundle's welcome lands with it.
     let acc = s
         .append_commit("c0ffee", commit(0, "a1", &["b1"]))
@@ -166,7 +226,11 @@ async fn conformance(s: Arc<dyn Store>) {
     );
     s.ack_inbox("b1", inbox[0].id).await.unwrap();
     assert!(s.inbox("b1").await.unwrap().is_empty());
+}
 
+/// Messages: the current epoch, a member device, sequence numbers that follow on.
+async fn messages_need_the_current_epoch_and_a_member_device(s: Arc<dyn Store>) {
+    alice_and_bob_at_epoch_1(&*s).await;
     // Messages: current epoch only, sequence numbers follow on.
     assert!(matches!(
         s.append_message("c0ffee", "alice", "a1", 0, b"x").await,
@@ -219,7 +283,11 @@ async fn conformance(s: Arc<dyn Store>) {
         "the log says when each entry was accepted"
     );
     assert_eq!(s.conversation("c0ffee").await.unwrap().unwrap().last_seq, 4);
+}
 
+/// Concurrency: one winner per epoch, gap-free sequence numbers.
+async fn concurrent_commits_have_one_winner_and_appends_no_gaps(s: Arc<dyn Store>) {
+    alice_and_bob_at_epoch_1(&*s).await;
     // Concurrency: one winner per epoch, gap-free sequence numbers.
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -238,6 +306,7 @@ async fn conformance(s: Arc<dyn Store>) {
         }
     }
     assert_eq!(wins, 1);
+    let base = s.conversation("c0ffee").await.unwrap().unwrap().last_seq + 1;
     let mut tasks = Vec::new();
     for i in 0..40u8 {
         let s = s.clone();
@@ -255,7 +324,16 @@ async fn conformance(s: Arc<dyn Store>) {
         seqs.push(t.await.unwrap());
     }
     seqs.sort();
-    assert_eq!(seqs, (6..46).collect::<Vec<u64>>());
+    assert_eq!(seqs, (base..base + 40).collect::<Vec<u64>>());
+}
+
+/// A burst of good and bad appends: each its own answer, the good ones gap-free.
+async fn a_mixed_burst_answers_every_append(s: Arc<dyn Store>) {
+    alice_and_bob_at_epoch_1(&*s).await;
+    s.append_commit("c0ffee", commit(1, "a1", &[]))
+        .await
+        .unwrap();
+    let base = s.conversation("c0ffee").await.unwrap().unwrap().last_seq;
     // A burst mixing good appends with stale, foreign and unknown ones (a backend may batch them
     // together): each gets its own answer, the good ones land gap-free with their own data.
     let mut tasks = Vec::new();
@@ -288,14 +366,20 @@ async fn conformance(s: Arc<dyn Store>) {
     landed.sort();
     assert_eq!(
         landed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
-        (46..46 + landed.len() as u64).collect::<Vec<_>>()
+        (base + 1..base + 1 + landed.len() as u64).collect::<Vec<_>>()
     );
     assert_eq!(landed.len(), 30);
-    let log = s.log_after("c0ffee", 45, 100).await.unwrap();
+    let log = s.log_after("c0ffee", base, 100).await.unwrap();
     assert_eq!(
         log.iter().map(|e| (e.seq, e.data.0[0])).collect::<Vec<_>>(),
         landed
     );
+}
+
+/// Racing creations of one DM.
+async fn racing_dm_creations_agree(s: Arc<dyn Store>) {
+    two_accounts(&*s).await;
+    // Racing creations of one DM agree on it (or all fail: "carl" has no account).
     let dms: Vec<_> = {
         let mut tasks = Vec::new();
         for i in 0..8 {
@@ -317,7 +401,11 @@ async fn conformance(s: Arc<dyn Store>) {
         out
     };
     assert!(dms.is_empty() || dms.windows(2).all(|w| w[0] == w[1]));
+}
 
+/// Device links: one-time, expiring, redeemed atomically with the registration.
+async fn links_are_one_time_expiring_and_atomic(s: Arc<dyn Store>) {
+    two_accounts(&*s).await;
     // Links: one-time, expiring, redeemed atomically with the device's registration.
     assert!(matches!(
         s.create_link("L0", "alice", "b1", b"sealed", 100).await,
@@ -355,13 +443,12 @@ async fn conformance(s: Arc<dyn Store>) {
     ));
     assert_eq!(s.fetch_link("L1", 50).await.unwrap(), None);
     assert_eq!(s.account("alice").await.unwrap().unwrap().devices.len(), 2);
-
-    groups(&*s).await;
 }
 
 /// Groups: membership derived from commits, departures, one stored welcome for many devices,
 /// read positions and pruning.
-async fn groups(s: &dyn Store) {
+async fn groups_derive_membership_from_commits(s: Arc<dyn Store>) {
+    two_accounts(&*s).await;
     s.create_account("carol", &[4; 32], device("c1"), kps(4, 1))
         .await
         .unwrap();
@@ -477,12 +564,13 @@ async fn groups(s: &dyn Store) {
     s.prune(now + 10).await.unwrap();
     assert!(s.log_after("9a0b", 0, 100).await.unwrap().is_empty());
     assert_eq!(s.conversation("9a0b").await.unwrap().unwrap().last_seq, 6);
-    revocation(s).await;
 }
 
-async fn revocation(s: &dyn Store) {
+/// Revocation: immediate, cancels the device's links, never undone by a later commit.
+async fn revocation_is_immediate_and_final(s: Arc<dyn Store>) {
+    group_at_epoch_2(&*s).await;
     // bob links a second device; it joins the group; then bob revokes it.
-    link_device(s, "bob", device("b2")).await;
+    link_device(&*s, "bob", device("b2")).await;
     let members = vec![
         ("a1".to_owned(), "alice".to_owned()),
         ("b1".to_owned(), "bob".to_owned()),
@@ -564,6 +652,66 @@ async fn revocation(s: &dyn Store) {
     ));
 }
 
+/// Every check above, as one test per backend and check: a failure names its behaviour and
+/// hides no other.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = sotto_server::SqliteStore::open(dir.path()).unwrap();
+                    super::$check(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        /// The same contract while the log is indexed every row (the default indexes in
+        /// thousands): most reads then cross from `log_index` into the rows not indexed yet.
+        mod sqlite_indexing_every_row {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    use sotto_server::store::sqlite::SqliteOptions;
+                    let dir = tempfile::tempdir().unwrap();
+                    let options = SqliteOptions {
+                        log_index_every: Some(1),
+                        ..Default::default()
+                    };
+                    let store = sotto_server::SqliteStore::open_with(dir.path(), options).unwrap();
+                    super::$check(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let Some((store, schema, url)) = super::postgres_store().await else {
+                        return;
+                    };
+                    super::$check(std::sync::Arc::new(store)).await;
+                    super::drop_schema(&url, &schema).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    accounts_and_devices,
+    key_package_claims,
+    one_dm_per_pair,
+    the_first_commit_for_an_epoch_wins,
+    messages_need_the_current_epoch_and_a_member_device,
+    concurrent_commits_have_one_winner_and_appends_no_gaps,
+    a_mixed_burst_answers_every_append,
+    racing_dm_creations_agree,
+    links_are_one_time_expiring_and_atomic,
+    groups_derive_membership_from_commits,
+    revocation_is_immediate_and_final,
+);
+
 /// Registers a device under an existing account through a one-time link, as `sotto link` does.
 async fn link_device(s: &dyn Store, user: &str, dev: DeviceRecord) {
     let id = format!("{:064x}", rand_suffix());
@@ -574,37 +722,6 @@ async fn link_device(s: &dyn Store, user: &str, dev: DeviceRecord) {
         .await
         .unwrap();
     s.redeem_link(&id, 1, dev, kps(5, 1)).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_backend_conforms() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance(Arc::new(SqliteStore::open(dir.path()).unwrap())).await;
-}
-
-/// The same contract while the log is indexed every row (the default indexes in thousands): most
-/// reads then cross from `log_index` into the rows not indexed yet.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_backend_conforms_indexing_the_log_every_row() {
-    use sotto_server::store::sqlite::SqliteOptions;
-    let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions {
-        log_index_every: Some(1),
-        ..Default::default()
-    };
-    conformance(Arc::new(
-        SqliteStore::open_with(dir.path(), options).unwrap(),
-    ))
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_backend_conforms() {
-    let Some((store, schema, url)) = postgres_store().await else {
-        return;
-    };
-    conformance(Arc::new(store)).await;
-    drop_schema(&url, &schema).await;
 }
 
 /// PostgreSQL batches concurrent appends into one transaction; one the database refuses as a
@@ -645,12 +762,7 @@ async fn postgres_batch_refused_as_a_whole_is_retried_one_by_one() {
 
 /// Accounts alice (device a1) and bob (b1) and their DM "c0ffee", at epoch 1 (seq 1).
 async fn alice_and_bob_at_epoch_1(s: &dyn Store) {
-    s.create_account("alice", &[1; 32], device("a1"), kps(1, 1))
-        .await
-        .unwrap();
-    s.create_account("bob", &[2; 32], device("b1"), kps(2, 1))
-        .await
-        .unwrap();
+    two_accounts(s).await;
     s.get_or_create_dm("alice", "bob", "c0ffee").await.unwrap();
     s.append_commit("c0ffee", commit(0, "a1", &["b1"]))
         .await
