@@ -8,6 +8,7 @@ use thiserror::Error;
 
 pub mod pg_tls;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 /// Storage failures, split into what the caller did wrong and what broke.

@@ -402,25 +402,11 @@ async fn apply_members(
     if kind != "group" {
         return Ok(());
     }
-    let added: Vec<String> = match &commit.welcome {
-        Some((_, devs)) => commit
-            .members
-            .iter()
-            .filter(|(d, _)| devs.contains(d))
-            .map(|(_, u)| u.clone())
-            .collect(),
-        None => Vec::new(),
-    };
-    let mut accounts: Vec<String> = commit.members.iter().map(|(_, u)| u.clone()).collect();
-    accounts.sort();
-    accounts.dedup();
-    tx.execute(
-        "DELETE FROM departed WHERE conversation_id = $1 AND (username = ANY($2) OR NOT (username = ANY($3)))",
-        &[&conversation, &added, &accounts],
-    )
-    .await
-    .map_err(backend)?;
-    let departed: Vec<String> = tx
+    let welcomed = commit
+        .welcome
+        .as_ref()
+        .map_or(&[][..], |(_, d)| d.as_slice());
+    let before: Vec<String> = tx
         .query(
             "SELECT username FROM departed WHERE conversation_id = $1",
             &[&conversation],
@@ -430,16 +416,23 @@ async fn apply_members(
         .into_iter()
         .map(|r| r.get(0))
         .collect();
+    let (members, departed) = super::rules::group_after_commit(&commit.members, welcomed, &before);
+    tx.execute(
+        "DELETE FROM departed WHERE conversation_id = $1 AND NOT (username = ANY($2))",
+        &[&conversation, &departed],
+    )
+    .await
+    .map_err(backend)?;
     tx.execute(
         "DELETE FROM conversation_members WHERE conversation_id = $1",
         &[&conversation],
     )
     .await
     .map_err(backend)?;
-    for a in accounts.iter().filter(|a| !departed.contains(a)) {
+    for m in &members {
         tx.execute(
             "INSERT INTO conversation_members (conversation_id, username) VALUES ($1, $2)",
-            &[&conversation, a],
+            &[&conversation, m],
         )
         .await
         .map_err(backend)?;
@@ -511,11 +504,7 @@ async fn wake_devices(
     id: &str,
 ) -> Result<Vec<String>, StoreError> {
     let stmt = c
-        .prepare_cached(
-            "SELECT d.device_id FROM conversation_devices d
-             JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
-             WHERE d.conversation_id = $1",
-        )
+        .prepare_cached(super::rules::WAKE_TREE_DEVICES)
         .await
         .map_err(backend)?;
     let mut out: Vec<String> = c
@@ -527,11 +516,7 @@ async fn wake_devices(
         .collect();
     if out.is_empty() {
         out = c
-            .query(
-                "SELECT v.device_id FROM devices v JOIN conversation_members m ON m.username = v.username
-                 WHERE m.conversation_id = $1",
-                &[&id],
-            )
+            .query(super::rules::WAKE_BEFORE_FIRST_COMMIT, &[&id])
             .await
             .map_err(backend)?
             .into_iter()
@@ -918,15 +903,7 @@ impl Store for PostgresStore {
             .into_iter()
             .map(|r| r.get(0))
             .collect();
-        if !devices.iter().any(|d| d == caller) {
-            return Err(StoreError::CallerGone);
-        }
-        if !devices.iter().any(|d| d == device_id) {
-            return Err(StoreError::NotFound("device"));
-        }
-        if devices.len() == 1 {
-            return Err(StoreError::LastDevice);
-        }
+        super::rules::check_revoke(&devices, device_id, caller)?;
         // The devices row goes before the membership rows and links: a commit or a link being
         // made at the same moment holds a share lock on it (see apply_members, create_link), so
         // these deletes run after it committed and see its rows.
@@ -945,8 +922,12 @@ impl Store for PostgresStore {
         .await
         .map_err(backend)?;
         tx.execute(
-            "INSERT INTO revoked_devices (device_id, username, revoked_at) VALUES ($1, $2, $3)",
-            &[&device_id, &username, &now()],
+            concat!(
+                "INSERT INTO revoked_devices (device_id, username, revoked_at) VALUES ($1, $2, ",
+                db_now!(),
+                ")"
+            ),
+            &[&device_id, &username],
         )
         .await
         .map_err(backend)?;
@@ -967,9 +948,7 @@ impl Store for PostgresStore {
             let hash: Vec<u8> = r.get(1);
             Ok(DeviceAuth {
                 username: r.get(0),
-                token_hash: hash
-                    .try_into()
-                    .map_err(|_| StoreError::Backend("bad token hash".into()))?,
+                token_hash: super::rules::token_hash(&hash)?,
                 locked: r.get(2),
             })
         })
@@ -999,18 +978,14 @@ impl Store for PostgresStore {
             .into_iter()
             .map(|r| {
                 let hash: Vec<u8> = r.get(2);
-                let mut token_hash = [0u8; 32];
-                if hash.len() == 32 {
-                    token_hash.copy_from_slice(&hash);
-                }
-                DeviceRecord {
+                Ok(DeviceRecord {
                     device_id: r.get(0),
                     certificate: r.get(1),
-                    token_hash,
+                    token_hash: super::rules::token_hash(&hash)?,
                     created_at: r.get(3),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
         let revoked: Vec<String> = c
             .query(
                 "SELECT device_id FROM revoked_devices WHERE username = $1 ORDER BY device_id",
@@ -1058,7 +1033,7 @@ impl Store for PostgresStore {
         let suite = i32::from(suite);
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
-        let devices: Vec<String> = tx
+        let all: Vec<String> = tx
             .query(
                 "SELECT device_id FROM devices WHERE username = $1 ORDER BY created_at, device_id",
                 &[&username],
@@ -1067,8 +1042,8 @@ impl Store for PostgresStore {
             .map_err(backend)?
             .into_iter()
             .map(|r| r.get::<_, String>(0))
-            .filter(|d| d != exclude && (only.is_empty() || only.contains(d)))
             .collect();
+        let devices = super::rules::claim_targets(all, only, exclude);
         let mut out = Vec::with_capacity(devices.len());
         for d in devices {
             // A one-time package, locked so two nodes never hand out the same one.
@@ -1089,9 +1064,12 @@ impl Store for PostgresStore {
                 continue;
             }
             // Else the last-resort package: never deleted, so concurrent claims share it unlocked.
+            // (A claim that finds every one-time package locked by another claim takes it too,
+            // rather than wait: SQLite's single writer never sees that case.)
             let last_resort = tx
                 .query_opt(
-                    "SELECT data FROM key_packages WHERE device_id = $1 AND suite = $2 AND last_resort LIMIT 1",
+                    "SELECT data FROM key_packages WHERE device_id = $1 AND suite = $2 AND last_resort
+                     ORDER BY id LIMIT 1",
                     &[&d, &suite],
                 )
                 .await
@@ -1111,8 +1089,7 @@ impl Store for PostgresStore {
         b: &str,
         new_id: &str,
     ) -> Result<ConversationRecord, StoreError> {
-        let (x, y) = if a <= b { (a, b) } else { (b, a) };
-        let dm_key = format!("{x}\n{y}");
+        let (x, y, dm_key) = super::rules::dm_key(a, b);
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -1458,9 +1435,7 @@ impl Store for PostgresStore {
                 .into_iter()
                 .map(|r| r.get(0))
                 .collect();
-            if !remaining.is_empty() && !remaining.iter().any(|m| admins.contains(m)) {
-                return Err(StoreError::LastAdmin);
-            }
+            super::rules::check_last_admin(username, admins, &remaining)?;
         }
         tx.execute(
             "INSERT INTO departed (conversation_id, username)

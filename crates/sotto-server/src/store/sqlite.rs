@@ -1116,38 +1116,22 @@ fn apply_members(
             .map_err(backend)?;
     }
     if kind == "group" {
-        let added: std::collections::HashSet<&str> = commit
+        let welcomed = commit
             .welcome
             .as_ref()
-            .map(|(_, devs)| {
-                commit
-                    .members
-                    .iter()
-                    .filter(|(d, _)| devs.contains(d))
-                    .map(|(_, u)| u.as_str())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let accounts: std::collections::BTreeSet<&str> =
-            commit.members.iter().map(|(_, u)| u.as_str()).collect();
-        for a in &added {
-            tx.execute(
-                "DELETE FROM departed WHERE conversation_id = ?1 AND username = ?2",
-                params![conversation, a],
-            )
-            .map_err(backend)?;
-        }
-        let departed: Vec<String> = tx
+            .map_or(&[][..], |(_, d)| d.as_slice());
+        let before: Vec<String> = tx
             .prepare_cached("SELECT username FROM departed WHERE conversation_id = ?1")
             .and_then(|mut s| {
                 s.query_map(params![conversation], |r| r.get(0))?
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(backend)?;
-        for d in departed.iter().filter(|d| !accounts.contains(d.as_str())) {
+        let (members, departed) = rules::group_after_commit(&commit.members, welcomed, &before);
+        for gone in before.iter().filter(|d| !departed.contains(d)) {
             tx.execute(
                 "DELETE FROM departed WHERE conversation_id = ?1 AND username = ?2",
-                params![conversation, d],
+                params![conversation, gone],
             )
             .map_err(backend)?;
         }
@@ -1156,13 +1140,10 @@ fn apply_members(
             params![conversation],
         )
         .map_err(backend)?;
-        for a in accounts {
-            if departed.iter().any(|d| d == a) && !added.contains(a) {
-                continue;
-            }
+        for m in &members {
             tx.execute(
                 "INSERT INTO conversation_members (conversation_id, username) VALUES (?1, ?2)",
-                params![conversation, a],
+                params![conversation, m],
             )
             .map_err(backend)?;
         }
@@ -1197,11 +1178,7 @@ fn membership_of(
 /// The member devices of a conversation to wake (see [`Store::wake_list`]).
 fn wake_devices(conn: &Connection, id: &str) -> Result<Vec<String>, StoreError> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT d.device_id FROM conversation_devices d
-             JOIN conversation_members m ON m.conversation_id = d.conversation_id AND m.username = d.username
-             WHERE d.conversation_id = ?1",
-        )
+        .prepare_cached(rules::WAKE_TREE_DEVICES)
         .map_err(backend)?;
     let mut out = stmt
         .query_map(params![id], |r| r.get::<_, String>(0))
@@ -1210,10 +1187,7 @@ fn wake_devices(conn: &Connection, id: &str) -> Result<Vec<String>, StoreError> 
         .map_err(backend)?;
     if out.is_empty() {
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT v.device_id FROM devices v JOIN conversation_members m ON m.username = v.username
-                 WHERE m.conversation_id = ?1",
-            )
+            .prepare_cached(rules::WAKE_BEFORE_FIRST_COMMIT)
             .map_err(backend)?;
         out = stmt
             .query_map(params![id], |r| r.get::<_, String>(0))
@@ -1430,15 +1404,7 @@ impl Store for SqliteStore {
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .map_err(backend)?;
-            if !devices.contains(&caller) {
-                return Err(StoreError::CallerGone);
-            }
-            if !devices.contains(&device_id) {
-                return Err(StoreError::NotFound("device"));
-            }
-            if devices.len() == 1 {
-                return Err(StoreError::LastDevice);
-            }
+            rules::check_revoke(&devices, &device_id, &caller)?;
             for sql in [
                 "DELETE FROM key_packages WHERE device_id = ?1",
                 "DELETE FROM inbox WHERE device_id = ?1",
@@ -1481,9 +1447,7 @@ impl Store for SqliteStore {
             })
             .map_err(backend)?
             .map(|(username, hash, locked)| {
-                let token_hash = hash
-                    .try_into()
-                    .map_err(|_| StoreError::Backend("bad token hash".into()))?;
+                let token_hash = rules::token_hash(&hash)?;
                 Ok(DeviceAuth {
                     username,
                     token_hash,
@@ -1517,21 +1481,26 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             let devices = stmt
                 .query_map(params![username], |r| {
-                    let hash: Vec<u8> = r.get(2)?;
-                    let mut token_hash = [0u8; 32];
-                    if hash.len() == 32 {
-                        token_hash.copy_from_slice(&hash);
-                    }
-                    Ok(DeviceRecord {
-                        device_id: r.get(0)?,
-                        certificate: r.get(1)?,
-                        token_hash,
-                        created_at: r.get(3)?,
-                    })
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
                 })
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?;
+                .map_err(backend)?
+                .into_iter()
+                .map(|(device_id, certificate, hash, created_at)| {
+                    Ok(DeviceRecord {
+                        device_id,
+                        certificate,
+                        token_hash: rules::token_hash(&hash)?,
+                        created_at,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
             let revoked: Vec<String> = conn
                 .prepare_cached(
                     "SELECT device_id FROM revoked_devices WHERE username = ?1 ORDER BY device_id",
@@ -1592,9 +1561,7 @@ impl Store for SqliteStore {
                     .map_err(backend)?
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(backend)?;
-                all.into_iter()
-                    .filter(|d| d != &exclude && (only.is_empty() || only.contains(d)))
-                    .collect()
+                rules::claim_targets(all, &only, &exclude)
             };
             let mut out = Vec::with_capacity(devices.len());
             for d in devices {
@@ -1628,12 +1595,9 @@ impl Store for SqliteStore {
         b: &str,
         new_id: &str,
     ) -> Result<ConversationRecord, StoreError> {
-        let (mut x, mut y, new_id) = (a.to_owned(), b.to_owned(), new_id.to_owned());
-        if x > y {
-            std::mem::swap(&mut x, &mut y);
-        }
+        let (x, y, dm_key) = rules::dm_key(a, b);
+        let (x, y, new_id) = (x.to_owned(), y.to_owned(), new_id.to_owned());
         self.write(move |tx| {
-            let dm_key = format!("{x}\n{y}");
             let existing: Option<String> = tx
                 .query_row(
                     "SELECT id FROM conversations WHERE dm_key = ?1",
@@ -1953,9 +1917,7 @@ impl Store for SqliteStore {
                             .collect::<Result<Vec<_>, _>>()
                     })
                     .map_err(backend)?;
-                if !remaining.is_empty() && !remaining.iter().any(|m| admins.contains(m)) {
-                    return Err(StoreError::LastAdmin);
-                }
+                rules::check_last_admin(&username, &admins, &remaining)?;
             }
             let still_in_tree: i64 = tx
                 .query_row(
