@@ -15,6 +15,9 @@ pub const API_PREFIX: &str = "/v1";
 #[cfg(feature = "openapi")]
 pub mod schema;
 
+pub mod id;
+pub use id::{BlobId, ConversationId, DeviceId, InvalidId, LinkId, Username};
+
 /// A username: 3 to 32 of `a-z`, `0-9`, `_`, `.`, `-`.
 pub const USERNAME_PATTERN: &str = "^[a-z0-9_.-]{3,32}$";
 /// A device id or a conversation id (also the MLS group id): 32 lowercase hex digits.
@@ -188,7 +191,7 @@ pub struct NewDevice {
 pub struct RegisterRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// Unique username.
-    pub username: String,
+    pub username: Username,
     #[cfg_attr(feature = "openapi", schema(value_type = schema::IdentityKey))]
     /// The account's Ed25519 identity public key (32 bytes).
     pub identity_key: B64,
@@ -281,12 +284,12 @@ pub struct KeyPackageCount {
 pub struct ClaimRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// Whose devices to claim key packages for.
-    pub username: String,
+    pub username: Username,
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::DeviceId>))]
     /// Only these devices (all of the account's devices when empty). The calling device is never
     /// included.
     #[serde(default)]
-    pub devices: Vec<String>,
+    pub devices: Vec<DeviceId>,
     #[cfg_attr(feature = "openapi", schema(value_type = Option<schema::Ciphersuite>))]
     /// The MLS ciphersuite (IANA number) of the group the devices are for; the default
     /// (post-quantum hybrid) suite when absent.
@@ -320,7 +323,7 @@ pub struct ClaimResponse {
 pub struct CreateDmRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// The other account.
-    pub peer: String,
+    pub peer: Username,
 }
 
 /// A conversation as the server sees it.
@@ -393,7 +396,7 @@ pub struct SendRequest {
     /// long as the message and no longer: finished uploads of the sender's account for this
     /// conversation. Uploads no message names are removed after a day.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub attachments: Vec<String>,
+    pub attachments: Vec<BlobId>,
 }
 
 /// A durable, accepted log entry.
@@ -507,7 +510,7 @@ pub struct InboxAck {
 pub struct CreateLinkRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::LinkId))]
     /// Hash-derived link id (64 hex digits); the secret never reaches the server.
-    pub link_id: String,
+    pub link_id: LinkId,
     #[cfg_attr(feature = "openapi", schema(value_type = schema::LinkBundleBytes))]
     /// The account bundle, encrypted under the link secret.
     pub bundle: B64,
@@ -529,7 +532,7 @@ pub struct LinkCreated {
 pub struct LinkFetchRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::LinkId))]
     /// The link id.
-    pub link_id: String,
+    pub link_id: LinkId,
 }
 
 /// The encrypted bundle of a pending link.
@@ -550,7 +553,7 @@ pub struct LinkBundle {
 pub struct LinkRedeemRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::LinkId))]
     /// The link id.
-    pub link_id: String,
+    pub link_id: LinkId,
     /// The new device, certified by the account's identity key.
     pub device: NewDevice,
 }
@@ -707,7 +710,7 @@ pub enum ClientFrame {
     Read {
         #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
-        id: String,
+        id: ConversationId,
         /// Last applied sequence number.
         seq: u64,
     },
@@ -724,7 +727,7 @@ pub enum ClientFrame {
         reference: u64,
         #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
-        id: String,
+        id: ConversationId,
         /// The MLS application message.
         message: B64,
     },
@@ -763,12 +766,12 @@ impl ClientFrame {
         let f: FlatClientFrame<'_> = serde_json::from_str(text)?;
         match (&*f.kind, f.reference, f.id, f.seq, f.message) {
             ("read", None, Some(id), Some(seq), None) => Ok(Self::Read {
-                id: id.into_owned(),
+                id: ConversationId::new(id.into_owned()).map_err(serde_json::Error::custom)?,
                 seq,
             }),
             ("send", Some(reference), Some(id), None, Some(message)) => Ok(Self::Send {
                 reference,
-                id: id.into_owned(),
+                id: ConversationId::new(id.into_owned()).map_err(serde_json::Error::custom)?,
                 message,
             }),
             _ => Err(serde_json::Error::custom("not a client frame")),
@@ -880,30 +883,33 @@ mod tests {
     #[test]
     fn client_frame_from_json_agrees_with_serde() {
         let cases = [
-            r#"{"type":"read","id":"ab","seq":3}"#,
-            r#"{"seq":3,"id":"ab","type":"read"}"#,
-            r#"{"type":"send","ref":1,"id":"ab","message":"AQID"}"#,
-            r#"{"type":"send","ref":1,"id":"a\u0062","message":"AQID"}"#,
-            r#"{"type":"re\u0061d","id":"ab","seq":3}"#,
-            r#"{"type":"read","id":"ab","seq":3,"ref":null}"#,
-            r#"{"type":"read","id":"ab","seq":3,"message":null}"#,
-            r#"{"type":"read","id":"ab","seq":3,"ref":1}"#,
-            r#"{"type":"read","id":"ab"}"#,
+            r#"{"type":"read","id":"abababababababababababababababab","seq":3}"#,
+            r#"{"seq":3,"id":"abababababababababababababababab","type":"read"}"#,
+            r#"{"type":"send","ref":1,"id":"abababababababababababababababab","message":"AQID"}"#,
+            r#"{"type":"send","ref":1,"id":"a\u0062ababababababababababababababab","message":"AQID"}"#,
+            r#"{"type":"re\u0061d","id":"abababababababababababababababab","seq":3}"#,
+            r#"{"type":"read","id":"abababababababababababababababab","seq":3,"ref":null}"#,
+            r#"{"type":"read","id":"abababababababababababababababab","seq":3,"message":null}"#,
+            r#"{"type":"read","id":"abababababababababababababababab","seq":3,"ref":1}"#,
+            r#"{"type":"read","id":"abababababababababababababababab"}"#,
             r#"{"type":"read","id":null,"seq":3}"#,
-            r#"{"type":"send","ref":1,"id":"ab","message":"AQID","seq":1}"#,
-            r#"{"type":"send","ref":1,"id":"ab","message":"not base64!"}"#,
-            r#"{"type":"send","ref":-1,"id":"ab","message":"AQID"}"#,
-            r#"{"type":"send","ref":1,"id":"ab"}"#,
-            r#"{"type":"read","type":"read","id":"ab","seq":3}"#,
-            r#"{"type":"read","id":"ab","id":"cd","seq":3}"#,
+            r#"{"type":"send","ref":1,"id":"abababababababababababababababab","message":"AQID","seq":1}"#,
+            r#"{"type":"send","ref":1,"id":"abababababababababababababababab","message":"not base64!"}"#,
+            r#"{"type":"send","ref":-1,"id":"abababababababababababababababab","message":"AQID"}"#,
+            r#"{"type":"send","ref":1,"id":"abababababababababababababababab"}"#,
+            r#"{"type":"read","type":"read","id":"abababababababababababababababab","seq":3}"#,
+            r#"{"type":"read","id":"abababababababababababababababab","id":"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd","seq":3}"#,
             r#"{"type":"pong"}"#,
-            r#"{"type":"read","id":"ab","seq":3,"extra":1}"#,
-            r#"{"id":"ab","seq":3}"#,
+            r#"{"type":"read","id":"abababababababababababababababab","seq":3,"extra":1}"#,
+            r#"{"id":"abababababababababababababababab","seq":3}"#,
             r#"{"type":null}"#,
             r#"[]"#,
             r#""read""#,
-            r#"{"type":"read","id":"ab","seq":3} x"#,
+            r#"{"type":"read","id":"abababababababababababababababab","seq":3} x"#,
             "",
+            // A malformed conversation id: refused by both.
+            r#"{"type":"read","id":"ab","seq":3}"#,
+            r#"{"type":"send","ref":1,"id":"../x","message":"AQID"}"#,
         ];
         for c in &cases[..5] {
             assert!(ClientFrame::from_json(c).is_ok(), "{c}");
@@ -922,7 +928,7 @@ mod tests {
         fn client_frame_from_json_agrees_on_any_field_mix(
             ty in prop::sample::select(vec!["read", "send", "x"]),
             fields in prop::collection::vec((prop::sample::select(vec!["ref", "id", "seq", "message", "type", "other"]),
-                prop::sample::select(vec!["1", "null", "\"ab\"", "\"AQID\"", "-1", "{}"])), 0..5),
+                prop::sample::select(vec!["1", "null", "\"ab\"", "\"abababababababababababababababab\"", "\"AQID\"", "-1", "{}"])), 0..5),
         ) {
             let mut text = format!(r#"{{"type":"{ty}""#);
             for (k, v) in fields {
@@ -1060,12 +1066,12 @@ mod frame_tests {
     fn client_frames_round_trip_and_refuse_unknown_fields() {
         for f in [
             ClientFrame::Read {
-                id: "ab".into(),
+                id: ConversationId::new("ab".repeat(16)).unwrap(),
                 seq: 3,
             },
             ClientFrame::Send {
                 reference: 9,
-                id: "ab".into(),
+                id: ConversationId::new("ab".repeat(16)).unwrap(),
                 message: B64(vec![1, 2, 3]),
             },
         ] {

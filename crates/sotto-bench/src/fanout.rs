@@ -149,7 +149,7 @@ pub async fn run(
             http.post(format!("{url}/v1/key-packages/claim"))
                 .bearer_auth(&creator.token)
                 .json(&ClaimRequest {
-                    username: d.user.to_string(),
+                    username: sotto_api::Username::new(d.user.as_str())?,
                     devices: vec![],
                     ciphersuite: Some(u16::from(suite)),
                 })

@@ -104,7 +104,7 @@ pub(crate) async fn register_with(
     let provider = OpenMlsRustCrypto::default();
     let (one, lr) = keys.key_packages(&provider, suite, 1, true)?;
     let req = RegisterRequest {
-        username: name.into(),
+        username: sotto_api::Username::new(name)?,
         identity_key: B64(identity.public().to_bytes().to_vec()),
         device: NewDevice {
             certificate: B64(keys.certificate().to_bytes()),
@@ -153,7 +153,7 @@ pub(crate) async fn post_commit(
 
 /// One DM pair, ready to send: the conversation and messages encrypted in advance.
 struct Pair {
-    conversation: String,
+    conversation: ConversationId,
     sender_token: String,
     receiver_token: String,
     payloads: Vec<Vec<u8>>,
@@ -176,7 +176,7 @@ async fn setup_pair(
         http.post(format!("{send_url}/v1/dms"))
             .bearer_auth(&a.token)
             .json(&CreateDmRequest {
-                peer: b.user.to_string(),
+                peer: sotto_api::Username::new(b.user.as_str())?,
             })
             .send()
             .await?,
@@ -186,7 +186,7 @@ async fn setup_pair(
         http.post(format!("{send_url}/v1/key-packages/claim"))
             .bearer_auth(&a.token)
             .json(&ClaimRequest {
-                username: b.user.to_string(),
+                username: sotto_api::Username::new(b.user.as_str())?,
                 devices: vec![],
                 ciphersuite: None,
             })
@@ -237,7 +237,7 @@ async fn setup_pair(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Pair {
-        conversation: dm.id,
+        conversation: ConversationId::new(dm.id)?,
         sender_token: a.token,
         receiver_token: b.token,
         payloads,
@@ -278,7 +278,7 @@ async fn receive(
     http: reqwest::Client,
     url: String,
     pair: usize,
-    (conversation, token, setup_entries): (String, String, u64),
+    (conversation, token, setup_entries): (ConversationId, String, u64),
     arrivals: Clock,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {

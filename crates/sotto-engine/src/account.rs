@@ -123,7 +123,7 @@ impl Flow {
         let identity = AccountIdentity::generate();
         let (keys, device) = self.new_device(&identity, &username).await?;
         let req = RegisterRequest {
-            username: username.to_string(),
+            username: sotto_api::Username::new(username.as_str())?,
             identity_key: B64(identity.public().to_bytes().to_vec()),
             device,
         };
@@ -146,7 +146,7 @@ impl Flow {
             identity,
         };
         let req = CreateLinkRequest {
-            link_id: code.link_id(),
+            link_id: sotto_api::LinkId::new(code.link_id())?,
             bundle: B64(code.seal(&bundle)),
         };
         let _: LinkCreated = self.post("/v1/links", &req).await?;
@@ -162,7 +162,7 @@ impl Flow {
             .post(
                 "/v1/links/fetch",
                 &LinkFetchRequest {
-                    link_id: code.link_id(),
+                    link_id: sotto_api::LinkId::new(code.link_id())?,
                 },
             )
             .await?;
@@ -177,7 +177,7 @@ impl Flow {
             .post(
                 "/v1/links/redeem",
                 &LinkRedeemRequest {
-                    link_id: code.link_id(),
+                    link_id: sotto_api::LinkId::new(code.link_id())?,
                     device,
                 },
             )

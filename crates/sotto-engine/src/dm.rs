@@ -67,7 +67,7 @@ impl Flow {
                 .post(
                     "/v1/dms",
                     &CreateDmRequest {
-                        peer: peer.to_owned(),
+                        peer: sotto_api::Username::new(peer)?,
                     },
                 )
                 .await

@@ -114,6 +114,13 @@ impl Error {
     }
 }
 
+impl From<sotto_api::InvalidId> for Error {
+    /// An id the user gave, or one read back from the store, that is not well-formed.
+    fn from(e: sotto_api::InvalidId) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         Error::Storage(e.to_string())

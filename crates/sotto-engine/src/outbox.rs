@@ -152,7 +152,10 @@ impl Flow {
                     &format!("/v1/conversations/{id}/messages"),
                     &SendRequest {
                         message: B64(bytes),
-                        attachments: attachments.clone(),
+                        attachments: attachments
+                            .iter()
+                            .map(|a| sotto_api::BlobId::new(a.as_str()))
+                            .collect::<Result<_, _>>()?,
                     },
                 )
                 .await;

@@ -91,8 +91,11 @@ impl Flow {
             .post(
                 "/v1/key-packages/claim",
                 &ClaimRequest {
-                    username: username.to_owned(),
-                    devices: only.to_vec(),
+                    username: sotto_api::Username::new(username)?,
+                    devices: only
+                        .iter()
+                        .map(|d| sotto_api::DeviceId::new(d.as_str()))
+                        .collect::<Result<_, _>>()?,
                     ciphersuite: Some(suite),
                 },
             )

@@ -56,7 +56,12 @@ impl Engine {
     pub fn read_acks(&self) -> Vec<ClientFrame> {
         std::mem::take(&mut *self.inner.unacked.borrow_mut())
             .into_iter()
-            .map(|(id, seq)| ClientFrame::Read { id, seq })
+            // Ids come from the server's own answers; one that is not well-formed names no
+            // conversation the server would take a read position for.
+            .filter_map(|(id, seq)| {
+                let id = sotto_api::ConversationId::new(id).ok()?;
+                Some(ClientFrame::Read { id, seq })
+            })
             .collect()
     }
 }

@@ -395,7 +395,7 @@ impl Blobs {
     /// Sending the same message again is fine.
     pub(crate) async fn bind(
         &self,
-        ids: &[String],
+        ids: &[sotto_api::BlobId],
         conversation: &str,
         username: &str,
     ) -> Result<(), DsError> {
@@ -441,7 +441,11 @@ impl Blobs {
     /// Schedules blobs to go at `at` (Unix seconds), with the message that names them: their
     /// conversation has a disappearing timer. Should a blob have two such times (sent again), the
     /// earlier one removes it.
-    pub(crate) async fn expire_at(&self, ids: &[String], at: u64) -> Result<(), DsError> {
+    pub(crate) async fn expire_at(
+        &self,
+        ids: &[sotto_api::BlobId],
+        at: u64,
+    ) -> Result<(), DsError> {
         for id in ids {
             self.store
                 .put(&expiry_entry(at, id), PutPayload::default())

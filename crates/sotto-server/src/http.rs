@@ -190,7 +190,7 @@ async fn register(
 async fn account(
     State(s): State<AppState>,
     Auth(_): Auth,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(name): ApiPath<Username>,
 ) -> ApiResult<AccountInfo> {
     Ok(Json(s.ds.account(&name).await?))
 }
@@ -222,7 +222,7 @@ async fn upload_kps(
 async fn revoke_device(
     State(s): State<AppState>,
     Auth(c): Auth,
-    ApiPath(device_id): ApiPath<String>,
+    ApiPath(device_id): ApiPath<DeviceId>,
 ) -> Result<StatusCode, DsError> {
     s.ds.revoke_device(&c, &device_id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -284,7 +284,7 @@ async fn create_group(
 async fn leave(
     State(s): State<AppState>,
     Auth(c): Auth,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<ConversationId>,
 ) -> Result<StatusCode, DsError> {
     s.ds.leave(&c, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -310,7 +310,7 @@ async fn commit(
     State(s): State<AppState>,
     Auth(c): Auth,
     ClientIp(ip): ClientIp,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<ConversationId>,
     req: Request,
 ) -> ApiResult<Accepted> {
     Ok(Json(s.ds.commit(&c, ip, &id, json_body(req)).await?))
@@ -329,7 +329,7 @@ async fn send(
     State(s): State<AppState>,
     Auth(c): Auth,
     ClientIp(ip): ClientIp,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<ConversationId>,
     req: Request,
 ) -> ApiResult<Accepted> {
     Ok(Json(s.ds.send(&c, ip, &id, json_body(req), None).await?))
@@ -350,7 +350,7 @@ async fn send(
 async fn ephemeral(
     State(s): State<AppState>,
     Auth(c): Auth,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<ConversationId>,
     req: Request,
 ) -> Result<StatusCode, DsError> {
     s.ds.ephemeral(&c, &id, json_body(req)).await?;
@@ -384,7 +384,7 @@ struct LogQuery {
 async fn log(
     State(s): State<AppState>,
     Auth(c): Auth,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<ConversationId>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<LogPage> {
     Ok(Json(s.ds.log(&c, &id, q.after, q.limit, q.read).await?))

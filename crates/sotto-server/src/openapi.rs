@@ -360,12 +360,12 @@ mod tests {
         }
         for f in [
             ClientFrame::Read {
-                id: id.clone(),
+                id: ConversationId::new(id.clone()).unwrap(),
                 seq: 1,
             },
             ClientFrame::Send {
                 reference: 1,
-                id: id.clone(),
+                id: ConversationId::new(id.clone()).unwrap(),
                 message: B64(vec![1]),
             },
         ] {

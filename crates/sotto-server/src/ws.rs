@@ -93,7 +93,7 @@ async fn post(
     ip: Option<IpAddr>,
     origin: Origin,
     reference: u64,
-    id: String,
+    id: sotto_api::ConversationId,
     message: sotto_api::B64,
 ) -> ServerFrame {
     let body = std::future::ready(Ok(SendRequest {
@@ -121,15 +121,6 @@ fn refused(reference: u64, e: DsError) -> ServerFrame {
             current_epoch: e.current_epoch,
         },
     }
-}
-
-/// Conversation ids are lowercase hex; anything else cannot name a conversation.
-fn plausible_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The connection loop, over any sink and stream of WebSocket messages.
@@ -192,7 +183,7 @@ pub async fn run<Tx, Rx>(
                     Some(Ok(Message::Text(text))) => {
                         last_seen = tokio::time::Instant::now();
                         match ClientFrame::from_json(&text) {
-                            Ok(ClientFrame::Read { id, seq }) if plausible_id(&id) => {
+                            Ok(ClientFrame::Read { id, seq }) => {
                                 state.ds.note_read(&caller, &id, seq);
                             }
                             Ok(ClientFrame::Send { reference, id, message }) => {
@@ -206,7 +197,7 @@ pub async fn run<Tx, Rx>(
                                     message,
                                 )));
                             }
-                            Ok(ClientFrame::Read { .. }) | Err(_) => {
+                            Err(_) => {
                                 close_policy(&mut tx, "not a client frame").await;
                                 break;
                             }

@@ -145,7 +145,7 @@ fn new_device(identity: AccountIdentity, user: &str, n_kps: usize) -> (Dev, NewD
 async fn register(t: &T, user: &str, n_kps: usize) -> Dev {
     let (mut dev, nd) = new_device(AccountIdentity::generate(), user, n_kps);
     let req = RegisterRequest {
-        username: user.into(),
+        username: sotto_api::Username::new(user).unwrap(),
         identity_key: B64(dev.identity.public().to_bytes().to_vec()),
         device: nd,
     };
@@ -1067,6 +1067,69 @@ async fn the_inbox_holds_the_welcome_until_acknowledged() {
     .await;
 }
 
+/// A malformed username, device, conversation, link or blob id is refused where it enters (path,
+/// body), with 400 and the kind of id named, before anything is looked up.
+#[tokio::test]
+async fn malformed_ids_are_refused_at_the_edge() {
+    let t = T::new();
+    let alice = register(&t, "alice", 1).await;
+    let hex = "0123456789abcdef0123456789abcdef";
+    let cases: Vec<(Method, String, Option<Value>, &str)> = vec![
+        (Method::GET, "/v1/accounts/Al".into(), None, "username"),
+        (Method::DELETE, "/v1/devices/xyz".into(), None, "device id"),
+        (
+            Method::GET,
+            format!("/v1/conversations/{}/log", hex.to_uppercase()),
+            None,
+            "conversation id",
+        ),
+        (
+            Method::POST,
+            format!("/v1/conversations/{hex}0/messages"),
+            Some(json!({"message": "AAAA"})),
+            "conversation id",
+        ),
+        (
+            Method::POST,
+            "/v1/dms".into(),
+            Some(json!({"peer": "x"})),
+            "username",
+        ),
+        (
+            Method::POST,
+            "/v1/key-packages/claim".into(),
+            Some(json!({"username": "alice", "devices": ["nope"]})),
+            "device id",
+        ),
+        (
+            Method::POST,
+            "/v1/links/fetch".into(),
+            Some(json!({"link_id": hex})),
+            "link id",
+        ),
+        (
+            Method::POST,
+            format!("/v1/conversations/{hex}/messages"),
+            Some(json!({"message": "AAAA", "attachments": ["../blob"]})),
+            "blob id",
+        ),
+    ];
+    for (method, path, body, kind) in cases {
+        let v = t
+            .expect_err(
+                method,
+                &path,
+                Some(&alice.token),
+                body.map(|b| serde_json::to_vec(&b).unwrap()),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            )
+            .await;
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(&format!("invalid {kind}")), "{path}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn links_are_one_time_and_validated() {
     let t = T::new();
@@ -1262,7 +1325,7 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
     // connection it came over (its answer says where it landed).
     a.send(&ClientFrame::Send {
         reference: 7,
-        id: id.clone(),
+        id: ConversationId::new(id.clone()).unwrap(),
         message: B64(m1.clone()),
     })
     .await;
@@ -1339,7 +1402,7 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
     // message that is not MLS, a conversation that does not exist.
     e.send(&ClientFrame::Send {
         reference: 1,
-        id: id.clone(),
+        id: ConversationId::new(id.clone()).unwrap(),
         message: B64(m2.clone()),
     })
     .await;
@@ -1363,7 +1426,7 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
     ] {
         a.send(&ClientFrame::Send {
             reference,
-            id: conv,
+            id: ConversationId::new(conv).unwrap(),
             message: B64(body),
         })
         .await;
@@ -1387,7 +1450,7 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
 
     // A read acknowledgement moves the device's read position (which lets the server prune).
     b.send(&ClientFrame::Read {
-        id: id.clone(),
+        id: ConversationId::new(id.clone()).unwrap(),
         seq: 2,
     })
     .await;
@@ -1405,7 +1468,7 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
     for reference in 100..200 {
         a.send(&ClientFrame::Send {
             reference,
-            id: id.clone(),
+            id: ConversationId::new(id.clone()).unwrap(),
             message: B64(b"x".to_vec()),
         })
         .await;
@@ -1435,7 +1498,7 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
     assert_eq!(e.next().await, None);
     a.send(&ClientFrame::Send {
         reference: 1000,
-        id: id.clone(),
+        id: ConversationId::new(id.clone()).unwrap(),
         message: B64(m2),
     })
     .await;

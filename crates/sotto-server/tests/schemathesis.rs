@@ -72,7 +72,7 @@ async fn post(c: &reqwest::Client, url: &str, token: Option<&str>, body: Value) 
 async fn register(c: &reqwest::Client, base: &str, user: &str) -> (AccountIdentity, String) {
     let identity = AccountIdentity::generate();
     let req = RegisterRequest {
-        username: user.into(),
+        username: sotto_api::Username::new(user).unwrap(),
         identity_key: B64(identity.public().to_bytes().to_vec()),
         device: new_device(&identity, user),
     };

@@ -69,14 +69,6 @@ fn validate_device(
     Ok((cert, kps))
 }
 
-fn check_link_id(link_id: &str) -> Result<(), DsError> {
-    if is_hex_id(link_id, 64) {
-        Ok(())
-    } else {
-        Err(DsError::bad_request("invalid link id"))
-    }
-}
-
 impl DeliveryService {
     /// Registers an account and its first device.
     pub async fn register(
@@ -102,7 +94,7 @@ impl DeliveryService {
     }
 
     /// An account's public identity and devices.
-    pub async fn account(&self, username: &str) -> Result<AccountInfo, DsError> {
+    pub async fn account(&self, username: &sotto_api::Username) -> Result<AccountInfo, DsError> {
         let username = parse_username(username)?;
         let acc = self
             .store
@@ -129,15 +121,16 @@ impl DeliveryService {
     /// token stops working on every node, its push connections close, its key packages and
     /// pending welcomes go, and it stops being a member device of every conversation. The
     /// account's other devices then remove it from the MLS groups on their next sync.
-    pub async fn revoke_device(&self, caller: &Caller, device_id: &str) -> Result<(), DsError> {
-        if !is_hex_id(device_id, 32) {
-            return Err(DsError::not_found("device not found"));
-        }
+    pub async fn revoke_device(
+        &self,
+        caller: &Caller,
+        device_id: &DeviceId,
+    ) -> Result<(), DsError> {
         self.store
             .revoke_device(&caller.username, device_id, &caller.device_id)
             .await?;
         self.hub.revoke(device_id);
-        self.bus.revoke(device_id.to_owned());
+        self.bus.revoke(device_id.to_string());
         tracing::info!(device = %device_id, "device revoked");
         // The account's other devices remove it from their conversations' MLS groups on sync:
         // wake them so that happens now.
@@ -152,7 +145,6 @@ impl DeliveryService {
         caller: &Caller,
         req: CreateLinkRequest,
     ) -> Result<LinkCreated, DsError> {
-        check_link_id(&req.link_id)?;
         if req.bundle.0.is_empty() || req.bundle.0.len() > MAX_LINK_BUNDLE {
             return Err(DsError::bad_request("bundle size out of range"));
         }
@@ -183,8 +175,7 @@ impl DeliveryService {
         self.pending_link(&req.link_id).await
     }
 
-    async fn pending_link(&self, link_id: &str) -> Result<LinkBundle, DsError> {
-        check_link_id(link_id)?;
+    async fn pending_link(&self, link_id: &LinkId) -> Result<LinkBundle, DsError> {
         let (username, bundle) = self
             .store
             .fetch_link(link_id, now_secs())

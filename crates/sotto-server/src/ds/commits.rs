@@ -38,7 +38,7 @@ impl DeliveryService {
         &self,
         caller: &Caller,
         ip: Option<IpAddr>,
-        id: &str,
+        id: &ConversationId,
         body: impl Body<CommitRequest>,
     ) -> Result<Accepted, DsError> {
         self.admit(Limit::Send, Some(&caller.device_id), ip).await?;

@@ -68,7 +68,7 @@ impl DeliveryService {
     /// The caller leaves a group. It stops being a member at once; an admin's device removes its
     /// devices from the MLS group on its next sync. The last admin cannot leave while others
     /// remain.
-    pub async fn leave(&self, caller: &Caller, id: &str) -> Result<(), DsError> {
+    pub async fn leave(&self, caller: &Caller, id: &ConversationId) -> Result<(), DsError> {
         self.ensure_current(caller).await?;
         let c = self.member_conversation(caller, id).await?;
         if c.kind != "group" {

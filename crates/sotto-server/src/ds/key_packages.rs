@@ -106,21 +106,19 @@ impl DeliveryService {
             .await?;
         let req = body.await?;
         let username = parse_username(&req.username)?;
-        if req.devices.iter().any(|d| !is_hex_id(d, 32)) {
-            return Err(DsError::bad_request("invalid device id"));
-        }
         let suite = match req.ciphersuite {
             None => u16::from(DEFAULT_CIPHERSUITE),
             Some(s) if sotto_proto::mls::suite_from_u16(s).is_some() => s,
             Some(_) => return Err(DsError::bad_request("unsupported ciphersuite")),
         };
         self.ensure_current(caller).await?;
+        let only: Vec<String> = req.devices.into_iter().map(String::from).collect();
         if self.store.account(username.as_str()).await?.is_none() {
             return Err(DsError::not_found(format!("no account named {username}")));
         }
         let claimed = self
             .store
-            .claim_key_packages(username.as_str(), &req.devices, &caller.device_id, suite)
+            .claim_key_packages(username.as_str(), &only, &caller.device_id, suite)
             .await?;
         tracing::info!(user = %username, count = claimed.len(), "key packages claimed");
         Ok(ClaimResponse {

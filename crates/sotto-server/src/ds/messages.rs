@@ -14,7 +14,7 @@ impl DeliveryService {
         &self,
         caller: &Caller,
         ip: Option<IpAddr>,
-        id: &str,
+        id: &ConversationId,
         body: impl Body<SendRequest>,
         origin: Option<Origin>,
     ) -> Result<Accepted, DsError> {
@@ -51,7 +51,7 @@ impl DeliveryService {
         // Small messages travel inside the wake-up: the receiving devices need no fetch.
         let frame = if req.message.0.len() <= MAX_INLINE_ENTRY {
             ServerFrame::Entry {
-                id: id.to_owned(),
+                id: id.to_string(),
                 entry: LogEntry {
                     seq: accepted.seq,
                     epoch: accepted.epoch,
@@ -64,7 +64,7 @@ impl DeliveryService {
             }
         } else {
             ServerFrame::Conversation {
-                id: id.to_owned(),
+                id: id.to_string(),
                 seq: accepted.seq,
             }
         };
@@ -78,7 +78,7 @@ impl DeliveryService {
     pub async fn ephemeral(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &ConversationId,
         body: impl Body<SendRequest>,
     ) -> Result<(), DsError> {
         self.admit(Limit::Ephemeral, Some(&caller.device_id), None)
@@ -96,7 +96,7 @@ impl DeliveryService {
         self.bus.publish(
             devices,
             ServerFrame::Ephemeral {
-                id: id.to_owned(),
+                id: id.to_string(),
                 seq: c.last_seq,
                 sender_device: caller.device_id.clone(),
                 message: req.message,
@@ -111,7 +111,7 @@ impl DeliveryService {
     pub async fn log(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &ConversationId,
         after: u64,
         limit: Option<u32>,
         read: Option<u64>,
