@@ -65,13 +65,35 @@ pub enum MlsError {
     /// A leaf belongs to an account whose identity key the caller has not pinned yet.
     #[error("identity key of account {0} is not known yet")]
     UnknownAccount(Username),
-    /// A bug or a storage failure on our side.
+    /// A bug or a storage failure on our side, with the error that caused it (openmls', the
+    /// storage's, or ours) as its source.
     #[error("internal MLS error: {0}")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-fn internal(e: impl std::fmt::Display) -> MlsError {
-    MlsError::Internal(e.to_string())
+/// An openmls provider whose storage errors can be kept as an [`MlsError::Internal`]'s source
+/// (every provider here has one: the SDK's store, openmls' in-memory storage).
+pub trait Provider:
+    OpenMlsProvider<
+    StorageProvider: openmls_traits::storage::StorageProvider<
+        { openmls_traits::storage::CURRENT_VERSION },
+        Error: Send + Sync + 'static,
+    >,
+>
+{
+}
+
+impl<P> Provider for P
+where
+    P: OpenMlsProvider,
+    <P::StorageProvider as openmls_traits::storage::StorageProvider<
+        { openmls_traits::storage::CURRENT_VERSION },
+    >>::Error: Send + Sync + 'static,
+{
+}
+
+fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> MlsError {
+    MlsError::Internal(e.into())
 }
 
 /// The caller's store of pinned account identity keys.
@@ -360,7 +382,7 @@ impl DeviceKeys {
     }
 
     /// Makes `n` one-time key packages (plus a last-resort one if asked), serialized for upload.
-    pub fn key_packages<P: OpenMlsProvider>(
+    pub fn key_packages<P: Provider>(
         &self,
         provider: &P,
         suite: Ciphersuite,
@@ -374,7 +396,7 @@ impl DeviceKeys {
             }
             let bundle = b
                 .build(suite, provider, &self.signer, self.credential())
-                .map_err(|e| internal(format!("{e:?}")))?;
+                .map_err(internal)?;
             bundle
                 .key_package()
                 .tls_serialize_detached()
@@ -581,7 +603,7 @@ impl PendingJoin {
     /// ratchet tree (it would make each welcome's HPKE context, hashed once per new member, as large
     /// as the tree): the joiner gets it from the server, and openmls checks it against the tree hash
     /// in the welcome's signed group info, so a wrong tree is refused.
-    pub fn stage<P: OpenMlsProvider>(
+    pub fn stage<P: Provider>(
         provider: &P,
         welcome: &[u8],
         ratchet_tree: Option<&[u8]>,
@@ -631,7 +653,7 @@ impl PendingJoin {
     }
 
     /// Verifies every member's certificate, then joins.
-    pub fn accept<P: OpenMlsProvider>(
+    pub fn accept<P: Provider>(
         self,
         provider: &P,
         trust: &impl Trust,
@@ -665,7 +687,7 @@ pub struct Conversation {
 impl Conversation {
     /// Creates a new group with only this device in it, using `group_id` (the conversation id), the
     /// given ciphersuite, and for a group (not a DM) its metadata.
-    pub fn create<P: OpenMlsProvider>(
+    pub fn create<P: Provider>(
         provider: &P,
         keys: &DeviceKeys,
         group_id: &[u8],
@@ -690,7 +712,7 @@ impl Conversation {
             GroupId::from_slice(group_id),
             keys.credential(),
         )
-        .map_err(|e| internal(format!("{e:?}")))?;
+        .map_err(internal)?;
         Ok(Self { group })
     }
 
@@ -731,20 +753,15 @@ impl Conversation {
     }
 
     /// Loads a group from storage.
-    pub fn load<P: OpenMlsProvider>(
-        provider: &P,
-        group_id: &[u8],
-    ) -> Result<Option<Self>, MlsError> {
+    pub fn load<P: Provider>(provider: &P, group_id: &[u8]) -> Result<Option<Self>, MlsError> {
         MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map(|g| g.map(|group| Self { group }))
-            .map_err(|e| internal(format!("{e:?}")))
+            .map_err(internal)
     }
 
     /// Deletes this group's state from storage.
-    pub fn delete<P: OpenMlsProvider>(mut self, provider: &P) -> Result<(), MlsError> {
-        self.group
-            .delete(provider.storage())
-            .map_err(|e| internal(format!("{e:?}")))
+    pub fn delete<P: Provider>(mut self, provider: &P) -> Result<(), MlsError> {
+        self.group.delete(provider.storage()).map_err(internal)
     }
 
     /// The current epoch.
@@ -785,7 +802,7 @@ impl Conversation {
     /// Makes one commit with the given changes. The commit stays pending until
     /// [`Conversation::merge_pending`] (server accepted) or [`Conversation::clear_pending`] (server
     /// refused). The first commit of a group also carries the signed epoch-0 group info.
-    pub fn commit<P: OpenMlsProvider>(
+    pub fn commit<P: Provider>(
         &mut self,
         provider: &P,
         keys: &DeviceKeys,
@@ -818,16 +835,16 @@ impl Conversation {
         if let Some(m) = changes.metadata {
             builder = builder
                 .propose_group_context_extensions(group_extensions(Some(m))?)
-                .map_err(|e| internal(format!("{e:?}")))?;
+                .map_err(internal)?;
         }
         let bundle = builder
             .load_psks(provider.storage())
-            .map_err(|e| internal(format!("{e:?}")))?
+            .map_err(internal)?
             .create_group_info(false)
             .build(provider.rand(), provider.crypto(), &keys.signer, |_| true)
-            .map_err(|e| internal(format!("{e:?}")))?
+            .map_err(internal)?
             .stage_commit(provider)
-            .map_err(|e| internal(format!("{e:?}")))?;
+            .map_err(internal)?;
         let (commit, welcome, _) = bundle.into_messages();
         Ok(CommitBundle {
             epoch,
@@ -846,7 +863,7 @@ impl Conversation {
     }
 
     /// Adds devices (whose key packages were verified against pinned keys) in one commit.
-    pub fn add_devices<P: OpenMlsProvider>(
+    pub fn add_devices<P: Provider>(
         &mut self,
         provider: &P,
         keys: &DeviceKeys,
@@ -863,7 +880,7 @@ impl Conversation {
     }
 
     /// Removes devices by leaf index in one commit.
-    pub fn remove_leaves<P: OpenMlsProvider>(
+    pub fn remove_leaves<P: Provider>(
         &mut self,
         provider: &P,
         keys: &DeviceKeys,
@@ -880,29 +897,27 @@ impl Conversation {
     }
 
     /// Applies our pending commit (the server accepted it).
-    pub fn merge_pending<P: OpenMlsProvider>(&mut self, provider: &P) -> Result<(), MlsError> {
-        self.group
-            .merge_pending_commit(provider)
-            .map_err(|e| internal(format!("{e:?}")))
+    pub fn merge_pending<P: Provider>(&mut self, provider: &P) -> Result<(), MlsError> {
+        self.group.merge_pending_commit(provider).map_err(internal)
     }
 
     /// Drops our pending commit (the server refused it).
-    pub fn clear_pending<P: OpenMlsProvider>(&mut self, provider: &P) -> Result<(), MlsError> {
+    pub fn clear_pending<P: Provider>(&mut self, provider: &P) -> Result<(), MlsError> {
         self.group
             .clear_pending_commit(provider.storage())
-            .map_err(|e| internal(format!("{e:?}")))
+            .map_err(internal)
     }
 
     /// A fresh per-message salt for MIMI content, as the draft suggests: the first 16 bytes of
     /// HMAC-SHA256 keyed with the MLS exporter secret `salt_base_secret` over a local random
     /// nonce, so the salt is unpredictable even if the local random source is weak.
-    pub fn salt<P: OpenMlsProvider>(&self, provider: &P) -> Result<[u8; 16], MlsError> {
+    pub fn salt<P: Provider>(&self, provider: &P) -> Result<[u8; 16], MlsError> {
         use hmac::{Hmac, Mac};
         use rand::RngCore;
         let base = zeroize::Zeroizing::new(
             self.group
                 .export_secret(provider.crypto(), "salt_base_secret", &[], 32)
-                .map_err(|e| internal(format!("{e:?}")))?,
+                .map_err(internal)?,
         );
         let mut nonce = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -916,7 +931,7 @@ impl Conversation {
 
     /// A new message from `sender` in this conversation, with a fresh salt: its id is fixed from
     /// here on (send [`MessageContent::encoded`] again, never a recomposed copy).
-    pub fn compose<P: OpenMlsProvider>(
+    pub fn compose<P: Provider>(
         &self,
         provider: &P,
         sender: &Username,
@@ -935,7 +950,7 @@ impl Conversation {
     }
 
     /// A text message from the device `keys` belong to: [`Conversation::compose`] for a text.
-    pub fn compose_text<P: OpenMlsProvider>(
+    pub fn compose_text<P: Provider>(
         &self,
         provider: &P,
         keys: &DeviceKeys,
@@ -950,7 +965,7 @@ impl Conversation {
     }
 
     /// Encrypts a message for the current epoch.
-    pub fn encrypt<P: OpenMlsProvider>(
+    pub fn encrypt<P: Provider>(
         &mut self,
         provider: &P,
         keys: &DeviceKeys,
@@ -966,7 +981,7 @@ impl Conversation {
 
     /// Processes a message from the conversation's log. Commits are only staged; call
     /// [`Conversation::merge_verified`] to apply them.
-    pub fn process<P: OpenMlsProvider>(
+    pub fn process<P: Provider>(
         &mut self,
         provider: &P,
         bytes: &[u8],
@@ -1010,7 +1025,7 @@ impl Conversation {
     /// Checks a staged commit against the group's rules (see [`crate::group::check_change`]),
     /// verifies every leaf it adds or changes against pinned identity keys, then merges it. On any
     /// failure nothing is merged.
-    pub fn merge_verified<P: OpenMlsProvider>(
+    pub fn merge_verified<P: Provider>(
         &mut self,
         provider: &P,
         pending: PendingCommit,
@@ -1035,7 +1050,7 @@ impl Conversation {
         }
         self.group
             .merge_staged_commit(provider, *pending.staged)
-            .map_err(|e| internal(format!("{e:?}")))
+            .map_err(internal)
     }
 }
 
@@ -1232,7 +1247,7 @@ impl ServerGroup {
             values: std::sync::RwLock::new(values),
         };
         let group = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
-            .map_err(|e| internal(format!("{e:?}")))?
+            .map_err(internal)?
             .ok_or_else(|| internal("group state missing from snapshot"))?;
         Ok(Self { group, storage })
     }
@@ -1342,7 +1357,7 @@ impl ServerGroup {
         }
         self.group
             .merge_commit(&self.storage, *staged)
-            .map_err(|e| internal(format!("{e:?}")))?;
+            .map_err(internal)?;
         let sender = sender_leaf
             .and_then(|i| leaves_before.iter().find(|(l, _)| *l == i))
             .and_then(|(_, c)| certificate_of(c).ok())
@@ -1353,5 +1368,18 @@ impl ServerGroup {
             removed,
             members: self.members(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_keeps_its_source() {
+        let e = internal(std::io::Error::other("disk gone"));
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<std::io::Error>().is_some());
+        assert_eq!(e.to_string(), "internal MLS error: disk gone");
     }
 }
