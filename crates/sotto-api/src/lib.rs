@@ -757,24 +757,54 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     T::deserialize(d).map(Some)
 }
 
+/// Why a text is not a client frame.
+#[derive(Debug)]
+pub enum ClientFrameError {
+    /// A `send` frame, well-formed but for its conversation id: it can be answered, with a
+    /// `refused` frame carrying `reference`.
+    BadId {
+        /// The frame's `ref`.
+        reference: u64,
+        /// What was wrong.
+        error: InvalidId,
+    },
+    /// Not a client frame at all.
+    Malformed(serde_json::Error),
+}
+
 impl ClientFrame {
     /// Parses a frame, accepting and refusing exactly what `serde_json::from_str` does, without
     /// serde's buffering of internally tagged enums (it copies every field before it knows the
     /// type).
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         use serde::de::Error;
-        let f: FlatClientFrame<'_> = serde_json::from_str(text)?;
+        Self::parse(text).map_err(|e| match e {
+            ClientFrameError::BadId { error, .. } => serde_json::Error::custom(error),
+            ClientFrameError::Malformed(e) => e,
+        })
+    }
+
+    /// [`ClientFrame::from_json`], telling a `send` frame whose only fault is its conversation id
+    /// (which the server answers) from anything else (which it does not).
+    pub fn parse(text: &str) -> Result<Self, ClientFrameError> {
+        use serde::de::Error;
+        let f: FlatClientFrame<'_> =
+            serde_json::from_str(text).map_err(ClientFrameError::Malformed)?;
         match (&*f.kind, f.reference, f.id, f.seq, f.message) {
             ("read", None, Some(id), Some(seq), None) => Ok(Self::Read {
-                id: ConversationId::new(id.into_owned()).map_err(serde_json::Error::custom)?,
+                id: ConversationId::new(id.into_owned())
+                    .map_err(|e| ClientFrameError::Malformed(serde_json::Error::custom(e)))?,
                 seq,
             }),
             ("send", Some(reference), Some(id), None, Some(message)) => Ok(Self::Send {
                 reference,
-                id: ConversationId::new(id.into_owned()).map_err(serde_json::Error::custom)?,
+                id: ConversationId::new(id.into_owned())
+                    .map_err(|error| ClientFrameError::BadId { reference, error })?,
                 message,
             }),
-            _ => Err(serde_json::Error::custom("not a client frame")),
+            _ => Err(ClientFrameError::Malformed(serde_json::Error::custom(
+                "not a client frame",
+            ))),
         }
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use sotto_api::{ClientFrame, ErrorBody, SendRequest, ServerFrame, MAX_WS_SENDS_IN_FLIGHT};
+use sotto_api::{
+    ClientFrame, ClientFrameError, ErrorBody, SendRequest, ServerFrame, MAX_WS_SENDS_IN_FLIGHT,
+};
 
 use crate::bus::Origin;
 use crate::ds::{Caller, DsError};
@@ -182,7 +184,7 @@ pub async fn run<Tx, Rx>(
                     }
                     Some(Ok(Message::Text(text))) => {
                         last_seen = tokio::time::Instant::now();
-                        match ClientFrame::from_json(&text) {
+                        match ClientFrame::parse(&text) {
                             Ok(ClientFrame::Read { id, seq }) => {
                                 state.ds.note_read(&caller, &id, seq);
                             }
@@ -197,7 +199,14 @@ pub async fn run<Tx, Rx>(
                                     message,
                                 )));
                             }
-                            Err(_) => {
+                            // A send for a malformed conversation id is answered, as over HTTP.
+                            Err(ClientFrameError::BadId { reference, error }) => {
+                                let answer = refused(reference, DsError::bad_request(error.to_string()));
+                                sends
+                                    .get_or_insert_with(FuturesUnordered::new)
+                                    .push(Box::pin(std::future::ready(answer)));
+                            }
+                            Err(ClientFrameError::Malformed(_)) => {
                                 close_policy(&mut tx, "not a client frame").await;
                                 break;
                             }

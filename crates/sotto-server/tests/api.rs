@@ -1442,6 +1442,21 @@ async fn websocket_sends_follow_the_http_rules_and_small_entries_arrive_inline()
             other => panic!("unexpected frame {other:?}"),
         }
     }
+    // A send for a malformed conversation id is refused with its ref, and the connection stays.
+    a.send_text(r#"{"type":"send","ref":4,"id":"../etc","message":"AQID"}"#.to_owned())
+        .await;
+    match a.next().await.unwrap() {
+        ServerFrame::Refused {
+            reference: 4,
+            status: 400,
+            error,
+            ..
+        } => assert!(
+            error.message.contains("invalid conversation id"),
+            "{error:?}"
+        ),
+        other => panic!("unexpected frame {other:?}"),
+    }
     assert_eq!(
         table_count(&t, "log"),
         2,

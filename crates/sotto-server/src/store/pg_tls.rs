@@ -8,9 +8,15 @@
 //! | `verify-ca` | always | chains to `sslrootcert` |
 //! | `verify-full` | always | chains to `sslrootcert` and names the host |
 //!
-//! `sslrootcert` is a PEM file of trusted certificates, or `system` (the default) for the
-//! operating system's store. Across a network, use `verify-full`: the others let an active attacker
-//! read what crosses (token hashes, link bundles, metadata).
+//! `sslrootcert` is a PEM file of trusted certificates, or `system` (the default for
+//! `verify-full`) for the operating system's store. `verify-ca` checks no name, so it takes only a
+//! file: against the system's roots any publicly trusted certificate would pass (libpq refuses
+//! that too). Across a network, use `verify-full`: the others let an active attacker read what
+//! crosses (token hashes, link bundles, metadata).
+//!
+//! One difference from libpq: `prefer` does not retry in the clear when a TLS handshake fails
+//! (tokio-postgres does not). A server whose TLS rustls cannot complete (TLS 1.0 or 1.1 only)
+//! needs `sslmode=disable`.
 //!
 //! The stream offers no channel binding (SCRAM-SHA-256 without `-PLUS`): PostgreSQL's default
 //! `channel_binding=prefer` accepts that.
@@ -106,7 +112,9 @@ fn split_tls_params(url: &str) -> Result<(String, Option<String>, Option<String>
         let kept: Vec<&str> = query
             .split('&')
             .filter(|raw| {
-                let decoded = url::form_urlencoded::parse(raw.as_bytes()).next();
+                // Percent-decoding only: tokio-postgres and libpq read `+` as a plus.
+                let raw_plus = raw.replace('+', "%2B");
+                let decoded = url::form_urlencoded::parse(raw_plus.as_bytes()).next();
                 !decoded.is_some_and(|(k, v)| take(&k, &v))
             })
             .collect();
@@ -117,14 +125,88 @@ fn split_tls_params(url: &str) -> Result<(String, Option<String>, Option<String>
         };
         Ok((rest, mode, root))
     } else {
-        let kept: Vec<&str> = url
-            .split_whitespace()
-            .filter(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                !take(k.trim(), v.trim())
-            })
-            .collect();
+        let mut kept = Vec::new();
+        for (key, value, raw) in conninfo_pairs(url)? {
+            if !take(key, &value) {
+                kept.push(raw);
+            }
+        }
         Ok((kept.join(" "), mode, root))
+    }
+}
+
+/// A key-value connection string's pairs as libpq reads them (`key = value`, spaces around `=`
+/// allowed, a value in single quotes with `\'` and `\\` escapes): each key, its value, and the
+/// pair's text as written.
+fn conninfo_pairs(s: &str) -> Result<Vec<(&str, String, &str)>, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let skip_spaces = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    loop {
+        i = skip_spaces(i);
+        if i == b.len() {
+            return Ok(out);
+        }
+        let start = i;
+        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &s[start..i];
+        i = skip_spaces(i);
+        if i == b.len() || b[i] != b'=' {
+            return Err(format!("the database settings: `{key}` has no value"));
+        }
+        i = skip_spaces(i + 1);
+        let mut value = Vec::new();
+        if i < b.len() && b[i] == b'\'' {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return Err("the database settings: a quoted value has no end".into()),
+                    Some(b'\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') if i + 1 < b.len() => {
+                        value.push(b[i + 1]);
+                        i += 2;
+                    }
+                    Some(&c) => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                value.push(b[i]);
+                i += 1;
+            }
+        }
+        let value = String::from_utf8(value)
+            .map_err(|_| "the database settings are not UTF-8".to_owned())?;
+        out.push((key, value, &s[start..i]));
+    }
+}
+
+/// The roots a chain-only check (`verify-ca`, or `require` with `sslrootcert`) trusts: a file
+/// the operator names. Against the system's roots it would pass any publicly trusted certificate,
+/// whatever name it is for, so libpq refuses that and so do we.
+fn chain_roots(root: Option<&str>) -> Result<RootCertStore, String> {
+    match root {
+        Some(path) if path != "system" => trusted_roots(Some(path)),
+        _ => Err(
+            "sslmode=verify-ca (or require with sslrootcert) checks no host name: it needs \
+                  sslrootcert=FILE with the roots you trust; with the system's roots, use \
+                  sslmode=verify-full"
+                .into(),
+        ),
     }
 }
 
@@ -181,12 +263,14 @@ impl MakeRustls {
         let verifier: Arc<dyn ServerCertVerifier> = match verify {
             Verify::None => Arc::new(Unchecked(provider)),
             Verify::Chain | Verify::Full => {
-                let webpki = WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(trusted_roots(root)?),
-                    provider,
-                )
-                .build()
-                .map_err(|e| format!("TLS configuration: {e}"))?;
+                let roots = if verify == Verify::Full {
+                    trusted_roots(root)?
+                } else {
+                    chain_roots(root)?
+                };
+                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| format!("TLS configuration: {e}"))?;
                 if verify == Verify::Full {
                     webpki
                 } else {
@@ -311,8 +395,10 @@ where
     type Error = TlsError;
 
     fn make_tls_connect(&mut self, host: &str) -> Result<RustlsConnect, TlsError> {
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|_| TlsError::General(format!("{host} is not a valid TLS server name")))?;
+        // tokio-postgres asks for a connector before every connection, a Unix socket's too (host
+        // ""), but only hands it a stream when the server agreed to TLS over TCP: a host that is
+        // no server name fails there, not here.
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| host.to_owned());
         Ok(RustlsConnect {
             connector: tokio_rustls::TlsConnector::from(self.config.clone()),
             name,
@@ -323,7 +409,7 @@ where
 /// One connection's handshake.
 pub struct RustlsConnect {
     connector: tokio_rustls::TlsConnector,
-    name: ServerName<'static>,
+    name: Result<ServerName<'static>, String>,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -336,7 +422,13 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
-            let tls = self.connector.connect(self.name, stream).await?;
+            let name = self.name.map_err(|host| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{host:?} is not a server name TLS can check"),
+                )
+            })?;
+            let tls = self.connector.connect(name, stream).await?;
             Ok(RustlsStream(tls))
         })
     }
@@ -399,6 +491,37 @@ mod tests {
         let (rest, mode, _) = split_tls_params("host=db user=u sslmode=require").unwrap();
         assert_eq!(rest, "host=db user=u");
         assert_eq!(mode.as_deref(), Some("require"));
+        // libpq's quoting: a quoted value is one value, whatever it holds.
+        let (rest, mode, root) = split_tls_params(
+            "host=db password='a sslmode=x \\' b' sslmode = verify-full sslrootcert='/etc/my ca.pem'",
+        )
+        .unwrap();
+        assert_eq!(rest, "host=db password='a sslmode=x \\' b'");
+        assert_eq!(mode.as_deref(), Some("verify-full"));
+        assert_eq!(root.as_deref(), Some("/etc/my ca.pem"));
+        assert!(split_tls_params("host=db password='open").is_err());
+        // In a URL, `+` is a plus.
+        let (_, _, root) = split_tls_params("postgres://db/x?sslrootcert=/etc/a+b.pem").unwrap();
+        assert_eq!(root.as_deref(), Some("/etc/a+b.pem"));
+    }
+
+    #[test]
+    fn a_chain_only_check_needs_roots_of_its_own() {
+        for url in [
+            "postgres://u@db/x?sslmode=verify-ca",
+            "postgres://u@db/x?sslmode=verify-ca&sslrootcert=system",
+            "postgres://u@db/x?sslmode=require&sslrootcert=system",
+        ] {
+            let err = parse(url).unwrap_err();
+            assert!(err.contains("verify-full"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_unix_socket_host_still_gets_a_connector() {
+        // tokio-postgres asks for one before every connection, and never uses it on a socket.
+        let (_, mut tls) = parse("host=/run/postgresql dbname=x").unwrap();
+        assert!(MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut tls, "").is_ok());
     }
 
     #[test]
