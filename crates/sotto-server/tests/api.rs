@@ -26,12 +26,17 @@ struct T {
 
 impl T {
     fn new() -> Self {
+        Self::with(Config::default())
+    }
+
+    /// A server with `config` (its body limit set to 256 KiB).
+    fn with(config: Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().to_owned();
         let store = SqliteStore::open(&data).unwrap();
         let config = Config {
             max_body_bytes: 256 * 1024,
-            ..Config::default()
+            ..config
         };
         let (state, stop) = AppState::single_node(Arc::new(store), config);
         Self {
@@ -1063,6 +1068,42 @@ async fn the_inbox_holds_the_welcome_until_acknowledged() {
         Some(br#"{"up_to":-1}"#.to_vec()),
         StatusCode::BAD_REQUEST,
         "bad_request",
+    )
+    .await;
+}
+
+/// A limited operation takes its token before it reads its body: once the bucket is empty, even a
+/// body that is not JSON gets 429, not 400 (a refused flood costs no parsing).
+#[tokio::test]
+async fn a_rate_limited_request_is_refused_before_its_body_is_read() {
+    use sotto_server::limits::{Limits, Rate};
+    let t = T::with(Config {
+        limits: Limits {
+            send_per_device: Some(Rate::per_min(2)),
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let alice = register(&t, "alice", 1).await;
+    let path = "/v1/conversations/0123456789abcdef0123456789abcdef/messages";
+    for _ in 0..2 {
+        t.expect_err(
+            Method::POST,
+            path,
+            Some(&alice.token),
+            Some(b"{not json".to_vec()),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+    }
+    t.expect_err(
+        Method::POST,
+        path,
+        Some(&alice.token),
+        Some(b"{not json".to_vec()),
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
     )
     .await;
 }
