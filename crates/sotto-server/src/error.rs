@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sotto_api::{ErrorBody, ErrorCode};
 
-pub use crate::ds::DsError;
+use crate::ds::DsError;
 
 /// The HTTP status for an error code (also carried in WebSocket `refused` frames).
 pub fn http_status(code: ErrorCode) -> StatusCode {

@@ -10,7 +10,7 @@ use super::{
     now_secs, parse_username, rfc3339, Body, Caller, DeliveryService, DsError, Limit,
     MAX_KEY_PACKAGES_PER_UPLOAD,
 };
-use crate::store::{DeviceRecord, KeyPackages};
+use crate::store::{DeviceRecord, KeyPackages, StoreError};
 
 /// A new device's row and the bearer token that goes with it (shown once, stored as a hash).
 fn device_record(cert: &DeviceCertificate, certificate: Vec<u8>) -> (String, DeviceRecord) {
@@ -180,9 +180,7 @@ impl DeliveryService {
             .store
             .fetch_link(link_id, now_secs())
             .await?
-            .ok_or_else(|| {
-                DsError::new(ErrorCode::LinkExpired, "link code expired or already used")
-            })?;
+            .ok_or(StoreError::LinkExpired)?;
         Ok(LinkBundle {
             username,
             bundle: B64(bundle),

@@ -193,17 +193,7 @@ impl SqliteStore {
     {
         let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
         let op: Op = Box::new(move |conn: &Connection| {
-            let result = in_savepoint(conn, || f(conn));
-            let full = matches!(result, Err(StoreError::Full));
-            let answer: Answer = Box::new(move |committed: Result<(), BatchError>| {
-                let out = match (result, committed) {
-                    (Ok(v), Ok(())) => Ok(v),
-                    (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(e.into_store_error()),
-                };
-                let _ = reply.send(out);
-            });
-            (answer, full)
+            answer_when_committed(in_savepoint(conn, || f(conn)), reply)
         });
         self.writer
             .send(Job::Op { op, keeps_hot })

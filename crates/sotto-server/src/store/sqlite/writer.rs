@@ -194,6 +194,15 @@ pub(super) fn append_hot(conn: &Connection, hot: &mut Hot, job: AppendJob) -> (A
             wake,
         }))
     })();
+    answer_when_committed(result, reply)
+}
+
+/// What an operation's caller is told once its batch has ended (its own error, else the batch's),
+/// and whether the operation ran out of space.
+pub(super) fn answer_when_committed<T: Send + 'static>(
+    result: Result<T, StoreError>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+) -> (Answer, bool) {
     let full = matches!(result, Err(StoreError::Full));
     let answer: Answer = Box::new(move |committed: Result<(), BatchError>| {
         let out = match (result, committed) {
