@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidId(&'static str);
 
+impl InvalidId {
+    pub(crate) fn kind(what: &'static str) -> Self {
+        Self(what)
+    }
+}
+
 impl fmt::Display for InvalidId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid {}", self.0)
@@ -134,6 +140,24 @@ macro_rules! id_type {
             }
         }
 
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = String::deserialize(d)?;
@@ -156,6 +180,19 @@ id_type!(
     "device id",
     |s| crate::is_hex_id(s, 32)
 );
+
+impl DeviceId {
+    /// The id of the device whose certificate holds these 16 bytes, in lowercase hex.
+    pub fn from_bytes(bytes: &[u8; 16]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(32);
+        for b in bytes {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        Self(s)
+    }
+}
 
 id_type!(
     /// A conversation id, also its MLS group id: 32 lowercase hex digits.
@@ -193,6 +230,11 @@ mod tests {
         }
         let hex32 = "0123456789abcdef0123456789abcdef";
         assert!(DeviceId::new(hex32).is_ok());
+        let bytes: [u8; 16] = std::array::from_fn(|i| (i as u8) * 0x11);
+        assert_eq!(
+            DeviceId::from_bytes(&bytes),
+            DeviceId::new("00112233445566778899aabbccddeeff").unwrap()
+        );
         assert!(ConversationId::new(hex32.to_uppercase()).is_err());
         assert!(ConversationId::new(&hex32[1..]).is_err());
         assert!(LinkId::new(hex32).is_err());

@@ -205,7 +205,7 @@ pub struct RegisterRequest {
 pub struct RegisterResponse {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
     /// The device id (from the certificate).
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// The bearer token for this device: `DEVICE_ID:SECRET`. Shown once; the server keeps a hash.
     #[cfg_attr(feature = "openapi", schema(value_type = schema::Token))]
     pub token: String,
@@ -225,7 +225,7 @@ impl std::fmt::Debug for RegisterResponse {
 pub struct DeviceInfo {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
     /// Device id (hex).
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// Its certificate.
     pub certificate: B64,
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
@@ -239,7 +239,7 @@ pub struct DeviceInfo {
 pub struct AccountInfo {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// Username.
-    pub username: String,
+    pub username: Username,
     #[cfg_attr(feature = "openapi", schema(value_type = schema::IdentityKey))]
     /// Identity public key.
     pub identity_key: B64,
@@ -248,7 +248,7 @@ pub struct AccountInfo {
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::DeviceId>))]
     /// Ids of its revoked devices (their other devices remove them from conversations).
     #[serde(default)]
-    pub revoked_devices: Vec<String>,
+    pub revoked_devices: Vec<DeviceId>,
 }
 
 /// `POST /v1/key-packages`: upload more key packages for the calling device.
@@ -303,7 +303,7 @@ pub struct ClaimRequest {
 pub struct ClaimedKeyPackage {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
     /// The device it belongs to.
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// The key package.
     pub key_package: B64,
 }
@@ -332,21 +332,52 @@ pub struct CreateDmRequest {
 pub struct ConversationInfo {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
     /// Conversation id (32 hex digits; also the MLS group id).
-    pub id: String,
+    pub id: ConversationId,
     #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationKind))]
     /// `dm` or `group`.
-    pub kind: String,
+    pub kind: ConversationKind,
     /// Current MLS epoch (0 until the first commit).
     pub epoch: u64,
     /// Sequence number of the last log entry (0 when empty).
     pub last_seq: u64,
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::Username>))]
     /// Member accounts.
-    pub members: Vec<String>,
+    pub members: Vec<Username>,
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::Username>))]
     /// Accounts that left a group whose devices an admin has not removed from the MLS group yet.
     #[serde(default)]
-    pub departed: Vec<String>,
+    pub departed: Vec<Username>,
+}
+
+/// A conversation's kind, as `dm` or `group` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    /// The one conversation between two accounts.
+    Dm,
+    /// A group, with admins.
+    Group,
+}
+
+impl ConversationKind {
+    /// Its wire (and stored) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dm => "dm",
+            Self::Group => "group",
+        }
+    }
+}
+
+impl std::str::FromStr for ConversationKind {
+    type Err = InvalidId;
+    fn from_str(s: &str) -> Result<Self, InvalidId> {
+        match s {
+            "dm" => Ok(Self::Dm),
+            "group" => Ok(Self::Group),
+            _ => Err(InvalidId::kind("conversation kind")),
+        }
+    }
 }
 
 /// `POST /v1/groups`: create an empty group conversation (the creator's first commit adds the
@@ -438,7 +469,7 @@ pub struct LogEntry {
     pub kind: EntryKind,
     #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
     /// The sending device.
-    pub sender_device: String,
+    pub sender_device: DeviceId,
     /// The MLS message.
     pub data: B64,
     /// When the server accepted it, in Unix seconds: the time every member measures the edit and
@@ -473,7 +504,7 @@ pub struct InboxItem {
     pub id: u64,
     #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
     /// The conversation it admits the device to.
-    pub conversation: String,
+    pub conversation: ConversationId,
     /// The log sequence number of the commit that added the device: read the log after it.
     pub seq: u64,
     /// The MLS welcome.
@@ -541,7 +572,7 @@ pub struct LinkFetchRequest {
 pub struct LinkBundle {
     #[cfg_attr(feature = "openapi", schema(value_type = schema::Username))]
     /// Account username.
-    pub username: String,
+    pub username: Username,
     /// The encrypted bundle.
     pub bundle: B64,
 }
@@ -569,7 +600,7 @@ pub enum ServerFrame {
     Conversation {
         #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
-        id: String,
+        id: ConversationId,
         /// Its last sequence number.
         seq: u64,
     },
@@ -583,7 +614,7 @@ pub enum ServerFrame {
     Entry {
         #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
-        id: String,
+        id: ConversationId,
         /// The entry.
         entry: LogEntry,
     },
@@ -596,12 +627,12 @@ pub enum ServerFrame {
     Ephemeral {
         #[cfg_attr(feature = "openapi", schema(value_type = schema::ConversationId))]
         /// Conversation id.
-        id: String,
+        id: ConversationId,
         /// The conversation's last sequence number at relay time.
         seq: u64,
         #[cfg_attr(feature = "openapi", schema(value_type = schema::DeviceId))]
         /// The sending device.
-        sender_device: String,
+        sender_device: DeviceId,
         /// The MLS application message.
         message: B64,
     },
@@ -642,7 +673,7 @@ impl ServerFrame {
             140 + id.len() + entry.sender_device.len() + entry.data.0.len().div_ceil(3) * 4,
         );
         out.push_str(r#"{"type":"entry","id":"#);
-        push_json_str(&mut out, id);
+        push_id(&mut out, id);
         out.push_str(r#","entry":{"seq":"#);
         push_u64(&mut out, entry.seq);
         out.push_str(r#","epoch":"#);
@@ -651,7 +682,7 @@ impl ServerFrame {
             EntryKind::Commit => r#","kind":"commit","sender_device":"#,
             EntryKind::Message => r#","kind":"message","sender_device":"#,
         });
-        push_json_str(&mut out, &entry.sender_device);
+        push_id(&mut out, &entry.sender_device);
         out.push_str(r#","data":""#);
         base64::engine::general_purpose::STANDARD.encode_string(&entry.data.0, &mut out);
         out.push_str(r#"","accepted_at":"#);
@@ -665,15 +696,11 @@ impl ServerFrame {
     }
 }
 
-/// Appends `s` as a JSON string: directly when nothing in it needs escaping (ids never do).
-fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else {
-        out.push_str(&serde_json::to_string(s).unwrap_or_default());
-    }
+/// Appends an id as a JSON string. A valid id is lowercase hex, so nothing in it needs escaping.
+fn push_id(out: &mut String, id: &str) {
+    out.push('"');
+    out.push_str(id);
+    out.push('"');
 }
 
 fn push_u64(out: &mut String, mut n: u64) {
@@ -855,6 +882,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const HEX_A: &str = "0123456789abcdef0123456789abcdef";
+    const HEX_B: &str = "fedcba9876543210fedcba9876543210";
+
     fn entry_frame(
         id: &str,
         sender: &str,
@@ -864,12 +894,12 @@ mod tests {
         kind: EntryKind,
     ) -> ServerFrame {
         ServerFrame::Entry {
-            id: id.into(),
+            id: ConversationId::new(id).unwrap(),
             entry: LogEntry {
                 seq,
                 epoch,
                 kind,
-                sender_device: sender.into(),
+                sender_device: DeviceId::new(sender).unwrap(),
                 data: B64(data),
                 accepted_at: epoch.wrapping_add(seq),
                 expires_at: (seq % 2 == 1).then_some(seq.wrapping_mul(3)),
@@ -880,19 +910,19 @@ mod tests {
     #[test]
     fn to_json_writes_what_serde_writes() {
         let frames = [
-            entry_frame("ab12", "dev", vec![], 0, 0, EntryKind::Message),
+            entry_frame(HEX_A, HEX_B, vec![], 0, 0, EntryKind::Message),
             entry_frame(
-                "ab12",
-                "d\"e\\v\n",
+                HEX_B,
+                HEX_A,
                 vec![1, 2, 3, 4],
                 1,
                 u64::MAX,
                 EntryKind::Commit,
             ),
-            entry_frame("\u{7f}é/", "", vec![0xff; 2048], 10, 7, EntryKind::Message),
+            entry_frame(HEX_A, HEX_A, vec![0xff; 2048], 10, 7, EntryKind::Message),
             ServerFrame::Ready,
             ServerFrame::Conversation {
-                id: "ab".into(),
+                id: ConversationId::new(HEX_A).unwrap(),
                 seq: 3,
             },
             ServerFrame::Sent {
@@ -974,7 +1004,7 @@ mod tests {
 
         #[test]
         fn to_json_agrees_with_serde_on_any_entry(
-            id in ".{0,20}", sender in ".{0,20}", data in prop::collection::vec(any::<u8>(), 0..300),
+            id in "[0-9a-f]{32}", sender in "[0-9a-f]{32}", data in prop::collection::vec(any::<u8>(), 0..300),
             seq in any::<u64>(), epoch in any::<u64>(), commit in any::<bool>(),
         ) {
             let kind = if commit { EntryKind::Commit } else { EntryKind::Message };
@@ -996,12 +1026,12 @@ mod tests {
     #[test]
     fn frames_and_errors_have_stable_json() {
         let f = ServerFrame::Conversation {
-            id: "ab".into(),
+            id: ConversationId::new(HEX_A).unwrap(),
             seq: 3,
         };
         assert_eq!(
             serde_json::to_string(&f).unwrap(),
-            r#"{"type":"conversation","id":"ab","seq":3}"#
+            format!(r#"{{"type":"conversation","id":"{HEX_A}","seq":3}}"#)
         );
         let e = ErrorBody {
             code: ErrorCode::StaleEpoch,
@@ -1012,6 +1042,37 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"code":"stale_epoch","message":"x","current_epoch":4}"#
         );
+    }
+
+    #[test]
+    fn a_servers_malformed_ids_are_refused_by_the_client() {
+        let info = |id: &str, kind: &str, member: &str| {
+            serde_json::from_str::<ConversationInfo>(&format!(
+                r#"{{"id":"{id}","kind":"{kind}","epoch":1,"last_seq":2,"members":["{member}"]}}"#
+            ))
+        };
+        let ok = info(HEX_A, "group", "alice").unwrap();
+        assert_eq!(ok.kind, ConversationKind::Group);
+        assert_eq!(ok.members, ["alice"]);
+        for (bad, what) in [
+            (info("../../x", "dm", "alice"), "invalid conversation id"),
+            (info(HEX_A, "channel", "alice"), "unknown variant"),
+            (info(HEX_A, "dm", "Alice"), "invalid username"),
+        ] {
+            let err = bad.unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        }
+        let entry = format!(
+            r#"{{"type":"entry","id":"{HEX_A}","entry":{{"seq":1,"epoch":1,"kind":"message","sender_device":"{}","data":""}}}}"#,
+            HEX_B.to_uppercase()
+        );
+        let err = serde_json::from_str::<ServerFrame>(&entry).unwrap_err();
+        assert!(err.to_string().contains("invalid device id"), "{err}");
+        let item = format!(
+            r#"{{"id":1,"conversation":"{}","seq":1,"welcome":""}}"#,
+            &HEX_A[1..]
+        );
+        assert!(serde_json::from_str::<InboxItem>(&item).is_err());
     }
 
     #[test]
@@ -1081,7 +1142,7 @@ mod tests {
 
         #[test]
         fn log_entries_round_trip(seq in any::<u64>(), epoch in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let e = LogEntry { seq, epoch, kind: EntryKind::Message, sender_device: "d".into(), data: B64(data), accepted_at: seq / 2, expires_at: (epoch % 2 == 0).then_some(seq / 3) };
+            let e = LogEntry { seq, epoch, kind: EntryKind::Message, sender_device: DeviceId::new(HEX_B).unwrap(), data: B64(data), accepted_at: seq / 2, expires_at: (epoch % 2 == 0).then_some(seq / 3) };
             let back: LogEntry = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
             prop_assert_eq!(back, e);
         }

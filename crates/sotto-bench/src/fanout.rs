@@ -180,7 +180,7 @@ pub async fn run(
         tasks.push(tokio::spawn(member(
             http.clone(),
             url.to_owned(),
-            info.id.clone(),
+            info.id.to_string(),
             d.token.clone(),
             got_tx.clone(),
             ready_tx.clone(),

@@ -357,7 +357,7 @@ impl Flow {
             tx.put_undecryptable(&UndecryptableRecord {
                 conversation: id.to_owned(),
                 seq: entry.seq,
-                sender_device: entry.sender_device.clone(),
+                sender_device: entry.sender_device.to_string(),
                 sender,
                 state: UndecryptableState::Waiting,
                 tries: 1,

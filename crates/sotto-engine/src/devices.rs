@@ -27,7 +27,7 @@ impl Engine {
                         .unwrap_or(false);
                     DeviceLine {
                         this_device: d.device_id == me.device_id.to_hex(),
-                        device_id: d.device_id,
+                        device_id: d.device_id.into_string(),
                         created_at: d.created_at,
                         verified,
                     }
@@ -84,7 +84,7 @@ impl Flow {
                         && c.verify_self_signed().is_ok()
                         && c.device_id.to_hex() == d.device_id =>
                 {
-                    mine.push(d.device_id.clone())
+                    mine.push(d.device_id.to_string())
                 }
                 _ => report.warnings.push(format!(
                     "ignoring device {} of your account: its certificate does not verify",
@@ -116,7 +116,7 @@ impl Flow {
     async fn remove_revoked_devices(
         &self,
         id: &str,
-        revoked: &[String],
+        revoked: &[sotto_api::DeviceId],
         report: &mut SyncReport,
     ) -> Result<(), Error> {
         if revoked.is_empty() {
@@ -130,7 +130,7 @@ impl Flow {
                 .filter(|m| m.cert.username == me.username)
                 .filter(|m| {
                     let d = m.cert.device_id.to_hex();
-                    d != this && revoked.contains(&d)
+                    d != this && revoked.iter().any(|r| *r == d)
                 })
                 .map(|m| m.leaf_index)
                 .collect()

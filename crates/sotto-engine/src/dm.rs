@@ -96,7 +96,7 @@ impl Flow {
                 }
             }
             match group {
-                Some(false) => return Ok(info.id),
+                Some(false) => return Ok(info.id.into_string()),
                 Some(true) => {
                     // A commit of ours whose outcome was unknown: settle it, then look again.
                     self.sync_conversation(&info.id, None, report).await?;
@@ -109,7 +109,7 @@ impl Flow {
                 self.process_inbox(report).await?;
                 let joined = self.read(|_, p| Ok(Conversation::load(p, &gid)?.is_some()))?;
                 if joined {
-                    return Ok(info.id);
+                    return Ok(info.id.into_string());
                 }
                 return Err(Error::NotYetAdded(peer.to_owned()));
             }
@@ -131,7 +131,7 @@ impl Flow {
             match self.post_commit(&info.id, bundle).await {
                 Ok(_) => {
                     self.apply_default_timer(&info.id, report).await?;
-                    return Ok(info.id);
+                    return Ok(info.id.into_string());
                 }
                 Err(e) if e.is_stale_epoch() => {
                     self.delete_group(&gid)?;

@@ -363,7 +363,7 @@ impl Flow {
             Ok(g.add_devices(p, &keys, &kps)?)
         })?;
         match self.post_commit(&info.id, bundle).await {
-            Ok(_) => Ok((info.id, report)),
+            Ok(_) => Ok((info.id.into_string(), report)),
             Err(e) => {
                 self.with_tx(|tx, p| {
                     if let Some(g) = Conversation::load(p, &gid)? {

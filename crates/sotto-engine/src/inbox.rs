@@ -30,14 +30,12 @@ impl Flow {
             };
             self.ensure_pinned(&info.members).await?;
             let gid = group_id_bytes(&item.conversation)?;
-            let kind = ConversationKind::parse(&info.kind).ok_or_else(|| {
-                Error::Protocol(format!("unknown conversation kind {}", info.kind))
-            })?;
+            let kind = ConversationKind::from(info.kind);
             let dm_peer = if kind == ConversationKind::Dm {
                 info.members
                     .iter()
                     .find(|m| m.as_str() != me.username.as_str())
-                    .cloned()
+                    .map(|m| m.to_string())
             } else {
                 None
             };

@@ -322,3 +322,52 @@ impl<T: 'static> Task<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_api::{ConversationList, LogPage};
+
+    fn ok(body: &str) -> HttpReply {
+        HttpReply {
+            status: 200,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_servers_malformed_id_is_refused_before_anything_reads_it() {
+        let conv = "0123456789abcdef0123456789abcdef";
+        let list = |id: &str, member: &str| {
+            ok(&format!(
+                r#"{{"conversations":[{{"id":"{id}","kind":"dm","epoch":1,"last_seq":1,"members":["{member}"]}}]}}"#
+            ))
+        };
+        let good: ConversationList = decode_reply(list(conv, "alice")).unwrap();
+        assert_eq!(good.conversations[0].id, conv);
+        let page = r#"{"entries":[{"seq":1,"epoch":1,"kind":"message","sender_device":"zz","data":""}],"more":false}"#;
+        for (err, what) in [
+            (
+                decode_reply::<ConversationList>(list("../../x", "alice")).unwrap_err(),
+                "invalid conversation id",
+            ),
+            (
+                decode_reply::<ConversationList>(list(conv, "ALICE")).unwrap_err(),
+                "invalid username",
+            ),
+            (
+                decode_reply::<LogPage>(ok(page)).unwrap_err(),
+                "invalid device id",
+            ),
+        ] {
+            let text = err.to_string();
+            assert!(matches!(err, Error::Protocol(_)), "{text}");
+            assert!(text.contains(what), "{text}");
+            // The message names the kind of id, never the server's bytes.
+            assert!(
+                !text.contains("../../x") && !text.contains("ALICE"),
+                "{text}"
+            );
+        }
+    }
+}

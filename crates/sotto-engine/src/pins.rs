@@ -65,12 +65,12 @@ impl Flow {
     }
 
     /// Pins every account not pinned yet.
-    pub(crate) async fn ensure_pinned(&self, usernames: &[String]) -> Result<(), Error> {
+    pub(crate) async fn ensure_pinned(&self, usernames: &[impl AsRef<str>]) -> Result<(), Error> {
         for u in usernames {
-            let user = Username::new(u).map_err(|e| Error::Protocol(e.to_string()))?;
+            let user = Username::new(u.as_ref()).map_err(|e| Error::Protocol(e.to_string()))?;
             let pinned = self.read(|tx, _| Ok(Pins(tx).pinned_identity(&user).is_some()))?;
             if !pinned {
-                self.fetch_account(u).await?;
+                self.fetch_account(u.as_ref()).await?;
             }
         }
         Ok(())

@@ -27,11 +27,8 @@ impl Flow {
         let mut report = SyncReport::default();
         self.process_inbox(&mut report).await?;
         let list: ConversationList = self.get("/v1/conversations").await?;
-        let mut members: Vec<String> = list
-            .conversations
-            .iter()
-            .flat_map(|c| c.members.clone())
-            .collect();
+        let mut members: Vec<&sotto_api::Username> =
+            list.conversations.iter().flat_map(|c| &c.members).collect();
         members.sort();
         members.dedup();
         self.ensure_pinned(&members).await?;

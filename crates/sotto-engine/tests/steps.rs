@@ -68,7 +68,7 @@ fn registration_is_one_request_and_later_requests_carry_the_token() {
         &mut task,
         Some(json(
             201,
-            serde_json::json!({"device_id": "00", "token": "dev:secret"}),
+            serde_json::json!({"device_id": "00".repeat(16), "token": "dev:secret"}),
         )),
     );
     assert!(matches!(done, Step::Done(Ok(()))), "{done:?}");
@@ -122,7 +122,7 @@ fn a_second_registration_is_refused_locally() {
         &mut task,
         Some(json(
             201,
-            serde_json::json!({"device_id": "00", "token": "t"}),
+            serde_json::json!({"device_id": "00".repeat(16), "token": "t"}),
         )),
     );
     match engine.register("alice", at).step(None) {

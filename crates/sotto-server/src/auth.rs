@@ -89,15 +89,13 @@ impl DeliveryService {
     /// recently verified hash when there is one, else the database's).
     pub async fn authenticate(&self, token: &str) -> Result<Caller, DsError> {
         let (device_id, secret) = token.split_once(':').ok_or_else(DsError::unauthorized)?;
-        device_id
-            .parse::<DeviceId>()
-            .map_err(|_| DsError::unauthorized())?;
+        let device: sotto_api::DeviceId = device_id.parse().map_err(|_| DsError::unauthorized())?;
         let presented = hash_secret(secret.as_bytes());
         if let Some((hash, username)) = self.hub.tokens.get(device_id) {
             if bool::from(presented.ct_eq(&hash)) {
                 return Ok(Caller {
                     username,
-                    device_id: device_id.to_owned(),
+                    device_id: device,
                 });
             }
         }
@@ -120,7 +118,7 @@ impl DeliveryService {
             .put(device_id, auth.token_hash, &auth.username);
         Ok(Caller {
             username: auth.username,
-            device_id: device_id.to_owned(),
+            device_id: device,
         })
     }
 

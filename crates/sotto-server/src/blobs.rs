@@ -674,7 +674,7 @@ async fn create(
     let meta = Meta {
         conversation,
         username: caller.username,
-        device: caller.device_id,
+        device: caller.device_id.into_string(),
         length,
         created_at: now_secs(),
         complete: length == 0,

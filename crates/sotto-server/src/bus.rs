@@ -301,6 +301,10 @@ impl Bus for NatsBus {
 mod tests {
     use super::*;
 
+    fn conversation() -> sotto_api::ConversationId {
+        sotto_api::ConversationId::new("c".repeat(32)).unwrap()
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_frames_and_flags_the_connection_for_a_resync() {
         let hub = Arc::new(Hub::default());
@@ -309,7 +313,7 @@ mod tests {
         let devices = vec!["d1".to_owned()];
         for seq in 1..=(CONNECTION_QUEUE as u64 + 5) {
             let frame = ServerFrame::Conversation {
-                id: "c".into(),
+                id: conversation(),
                 seq,
             };
             hub.deliver(&devices, &frame);
@@ -322,7 +326,7 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<ServerFrame>(&first).unwrap(),
             ServerFrame::Conversation {
-                id: "c".into(),
+                id: conversation(),
                 seq: 1
             }
         );

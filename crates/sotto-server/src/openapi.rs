@@ -312,7 +312,8 @@ mod tests {
             accepted_at: 3,
             expires_at: Some(4),
         };
-        let id = "0".repeat(32);
+        let id = ConversationId::new("0".repeat(32)).unwrap();
+        let device = DeviceId::new("1".repeat(32)).unwrap();
         let server = [
             ServerFrame::Ready,
             ServerFrame::Conversation {
@@ -328,7 +329,7 @@ mod tests {
                     seq: 1,
                     epoch: 1,
                     kind: EntryKind::Message,
-                    sender_device: id.clone(),
+                    sender_device: device.clone(),
                     data: B64(vec![1]),
                     accepted_at: 1,
                     expires_at: None,
@@ -337,7 +338,7 @@ mod tests {
             ServerFrame::Ephemeral {
                 id: id.clone(),
                 seq: 1,
-                sender_device: id.clone(),
+                sender_device: device.clone(),
                 message: B64(vec![1]),
             },
             ServerFrame::Sent {

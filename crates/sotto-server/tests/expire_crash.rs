@@ -21,9 +21,14 @@ const TIMED: usize = 100_000;
 /// Entries that must survive: before the timer was set, and after it was turned off.
 const KEPT: usize = 200;
 
+// Device and conversation ids are 32 hex digits, as the delivery service hands them over.
+const A1: &str = "a1000000000000000000000000000000";
+const B1: &str = "b1000000000000000000000000000000";
+const DM: &str = "c0ffee00000000000000000000000000";
+
 fn device(id: &str) -> DeviceRecord {
     DeviceRecord {
-        device_id: id.into(),
+        device_id: id.parse().unwrap(),
         certificate: vec![1, 2, 3],
         token_hash: [7; 32],
         created_at: 1,
@@ -40,13 +45,13 @@ fn kps(tag: u8) -> KeyPackages {
 fn commit(epoch: u64, expiry_secs: Option<u32>) -> NewCommit {
     NewCommit {
         epoch,
-        sender_device: "a1".into(),
+        sender_device: A1.into(),
         commit: vec![9, epoch as u8],
-        welcome: (epoch == 0).then(|| (vec![5, 5], vec!["b1".to_owned()])),
+        welcome: (epoch == 0).then(|| (vec![5, 5], vec![B1.to_owned()])),
         ratchet_tree: None,
         state: vec![4, epoch as u8],
         expiry_secs,
-        members: vec![("a1".into(), "alice".into()), ("b1".into(), "bob".into())],
+        members: vec![(A1.into(), "alice".into()), (B1.into(), "bob".into())],
     }
 }
 
@@ -71,7 +76,7 @@ async fn append_all(store: &Arc<SqliteStore>, epoch: u64, datas: Vec<Vec<u8>>) {
         tasks.spawn(async move {
             for d in chunk {
                 store
-                    .append_message("c0ffee", "alice", "a1", epoch, &d)
+                    .append_message(DM, "alice", A1, epoch, &d)
                     .await
                     .unwrap()
                     .expect("a member device");
@@ -88,32 +93,20 @@ async fn append_all(store: &Arc<SqliteStore>, epoch: u64, datas: Vec<Vec<u8>>) {
 async fn fill(dir: &Path) {
     let store = Arc::new(SqliteStore::open(dir).unwrap());
     store
-        .create_account("alice", &[1; 32], device("a1"), kps(1))
+        .create_account("alice", &[1; 32], device(A1), kps(1))
         .await
         .unwrap();
     store
-        .create_account("bob", &[2; 32], device("b1"), kps(2))
+        .create_account("bob", &[2; 32], device(B1), kps(2))
         .await
         .unwrap();
-    store
-        .get_or_create_dm("alice", "bob", "c0ffee")
-        .await
-        .unwrap();
-    store
-        .append_commit("c0ffee", commit(0, None))
-        .await
-        .unwrap();
+    store.get_or_create_dm("alice", "bob", DM).await.unwrap();
+    store.append_commit(DM, commit(0, None)).await.unwrap();
     append_all(&store, 1, (0..KEPT / 2).map(kept).collect()).await;
     // The store takes the bound as given; the protocol's 30 s minimum is the group policy's.
-    store
-        .append_commit("c0ffee", commit(1, Some(1)))
-        .await
-        .unwrap();
+    store.append_commit(DM, commit(1, Some(1))).await.unwrap();
     append_all(&store, 2, (0..TIMED).map(timed).collect()).await;
-    store
-        .append_commit("c0ffee", commit(2, None))
-        .await
-        .unwrap();
+    store.append_commit(DM, commit(2, None)).await.unwrap();
     append_all(&store, 3, (KEPT / 2..KEPT).map(kept).collect()).await;
 }
 
@@ -236,7 +229,7 @@ async fn kill_9_in_the_middle_of_a_purge_loses_nothing_and_leaves_no_expired_cip
 
     // Everything that was not due is there, in order and intact.
     let store = SqliteStore::open(&data).unwrap();
-    let log = store.log_after("c0ffee", 0, 10_000).await.unwrap();
+    let log = store.log_after(DM, 0, 10_000).await.unwrap();
     // (Appended many at a time: their order among themselves is the writer's.)
     let mut messages: Vec<Vec<u8>> = log
         .iter()

@@ -11,9 +11,24 @@ use sotto_server::store::postgres::PostgresStore;
 use sotto_server::store::{DeviceRecord, KeyPackages, NewCommit, Store, StoreError};
 use sotto_server::SqliteStore;
 
+// Ids as the delivery service hands them to the store: devices and conversations are 32 hex
+// digits (the store reads them back as typed ids and refuses anything else).
+const A1: &str = "a1000000000000000000000000000000";
+const A2: &str = "a2000000000000000000000000000000";
+const A3: &str = "a3000000000000000000000000000000";
+const A9: &str = "a9000000000000000000000000000000";
+const B1: &str = "b1000000000000000000000000000000";
+const B2: &str = "b2000000000000000000000000000000";
+const B3: &str = "b3000000000000000000000000000000";
+const B9: &str = "b9000000000000000000000000000000";
+const C1: &str = "c1000000000000000000000000000000";
+const GROUP: &str = "9a0b0000000000000000000000000000";
+const DM: &str = "c0ffee00000000000000000000000000";
+const OTHER: &str = "0e0e0000000000000000000000000000";
+
 fn device(id: &str) -> DeviceRecord {
     DeviceRecord {
-        device_id: id.into(),
+        device_id: id.parse().unwrap(),
         certificate: vec![1, 2, 3],
         token_hash: [7; 32],
         created_at: 1,
@@ -45,44 +60,40 @@ fn commit(epoch: u64, sender: &str, welcome_to: &[&str]) -> NewCommit {
         ratchet_tree: None,
         state: vec![4, epoch as u8],
         expiry_secs: None,
-        members: vec![("a1".into(), "alice".into()), ("b1".into(), "bob".into())],
+        members: vec![(A1.into(), "alice".into()), (B1.into(), "bob".into())],
     }
 }
 
 /// alice (device a1) and bob (b1), two one-time key packages each.
 async fn two_accounts(s: &dyn Store) {
-    s.create_account("alice", &[1; 32], device("a1"), kps(1, 2))
+    s.create_account("alice", &[1; 32], device(A1), kps(1, 2))
         .await
         .unwrap();
-    s.create_account("bob", &[2; 32], device("b1"), kps(2, 2))
+    s.create_account("bob", &[2; 32], device(B1), kps(2, 2))
         .await
         .unwrap();
 }
 
-/// alice, bob and carol; alice's group "9a0b", which carol was in and left, at epoch 2 (seq 2).
+/// alice, bob and carol; alice's group GROUP, which carol was in and left, at epoch 2 (seq 2).
 async fn group_at_epoch_2(s: &dyn Store) {
     two_accounts(s).await;
-    s.create_account("carol", &[4; 32], device("c1"), kps(4, 1))
+    s.create_account("carol", &[4; 32], device(C1), kps(4, 1))
         .await
         .unwrap();
-    s.create_group("alice", "9a0b").await.unwrap();
+    s.create_group("alice", GROUP).await.unwrap();
     let member = |d: &str, u: &str| (d.to_owned(), u.to_owned());
     for (epoch, members) in [
         (
             0,
-            vec![
-                member("a1", "alice"),
-                member("b1", "bob"),
-                member("c1", "carol"),
-            ],
+            vec![member(A1, "alice"), member(B1, "bob"), member(C1, "carol")],
         ),
-        (1, vec![member("a1", "alice"), member("b1", "bob")]),
+        (1, vec![member(A1, "alice"), member(B1, "bob")]),
     ] {
         s.append_commit(
-            "9a0b",
+            GROUP,
             NewCommit {
                 epoch,
-                sender_device: "a1".into(),
+                sender_device: A1.into(),
                 commit: vec![epoch as u8],
                 welcome: None,
                 ratchet_tree: None,
@@ -98,28 +109,25 @@ async fn group_at_epoch_2(s: &dyn Store) {
 
 /// Accounts and devices: unique names and device ids, all or nothing.
 async fn accounts_and_devices(s: Arc<dyn Store>) {
-    s.create_account("alice", &[1; 32], device("a1"), kps(1, 2))
+    s.create_account("alice", &[1; 32], device(A1), kps(1, 2))
         .await
         .unwrap();
-    s.create_account("bob", &[2; 32], device("b1"), kps(2, 2))
+    s.create_account("bob", &[2; 32], device(B1), kps(2, 2))
         .await
         .unwrap();
     assert!(matches!(
-        s.create_account("alice", &[3; 32], device("a9"), kps(3, 1))
+        s.create_account("alice", &[3; 32], device(A9), kps(3, 1))
             .await,
         Err(StoreError::UsernameTaken)
     ));
     // A device id clash leaves no account behind (all or nothing).
     assert!(matches!(
-        s.create_account("carol", &[3; 32], device("a1"), kps(3, 1))
+        s.create_account("carol", &[3; 32], device(A1), kps(3, 1))
             .await,
         Err(StoreError::DeviceExists)
     ));
     assert!(s.account("carol").await.unwrap().is_none());
-    assert_eq!(
-        s.device_auth("a1").await.unwrap().unwrap().username,
-        "alice"
-    );
+    assert_eq!(s.device_auth(A1).await.unwrap().unwrap().username, "alice");
     assert!(s.device_auth("zz").await.unwrap().is_none());
     let acc = s.account("alice").await.unwrap().unwrap();
     assert_eq!((acc.identity_key, acc.devices.len()), (vec![1; 32], 1));
@@ -129,25 +137,25 @@ async fn accounts_and_devices(s: Arc<dyn Store>) {
 async fn key_package_claims(s: Arc<dyn Store>) {
     two_accounts(&*s).await;
     // Key packages: one-time ones once each, oldest first; then the last-resort one, again and again.
-    assert_eq!(s.key_package_count("b1", PQ).await.unwrap(), 2);
-    let c1 = s.claim_key_packages("bob", &[], "a1", PQ).await.unwrap();
-    let c2 = s.claim_key_packages("bob", &[], "a1", PQ).await.unwrap();
-    let c3 = s.claim_key_packages("bob", &[], "a1", PQ).await.unwrap();
-    let c4 = s.claim_key_packages("bob", &[], "a1", PQ).await.unwrap();
+    assert_eq!(s.key_package_count(B1, PQ).await.unwrap(), 2);
+    let c1 = s.claim_key_packages("bob", &[], A1, PQ).await.unwrap();
+    let c2 = s.claim_key_packages("bob", &[], A1, PQ).await.unwrap();
+    let c3 = s.claim_key_packages("bob", &[], A1, PQ).await.unwrap();
+    let c4 = s.claim_key_packages("bob", &[], A1, PQ).await.unwrap();
     assert_eq!(
         [&c1[0].1, &c2[0].1, &c3[0].1, &c4[0].1],
         [&vec![2, 0], &vec![2, 1], &vec![2, 255], &vec![2, 255]]
     );
-    assert_eq!(s.key_package_count("b1", PQ).await.unwrap(), 0);
+    assert_eq!(s.key_package_count(B1, PQ).await.unwrap(), 0);
     assert!(
-        s.claim_key_packages("bob", &[], "b1", PQ)
+        s.claim_key_packages("bob", &[], B1, PQ)
             .await
             .unwrap()
             .is_empty(),
         "the caller is excluded"
     );
     s.add_key_packages(
-        "b1",
+        B1,
         KeyPackages {
             one_time: vec![(PQ, vec![2, 7]), (CLASSIC, vec![2, 8])],
             last_resort: vec![(CLASSIC, vec![2, 254])],
@@ -155,27 +163,21 @@ async fn key_package_claims(s: Arc<dyn Store>) {
     )
     .await
     .unwrap();
-    assert_eq!(s.key_package_count("b1", CLASSIC).await.unwrap(), 1);
+    assert_eq!(s.key_package_count(B1, CLASSIC).await.unwrap(), 1);
     // Ciphersuites never mix: a classic claim gets the classic packages, then its last resort.
-    let c = s
-        .claim_key_packages("bob", &[], "a1", CLASSIC)
-        .await
-        .unwrap();
+    let c = s.claim_key_packages("bob", &[], A1, CLASSIC).await.unwrap();
     assert_eq!(c[0].1, vec![2, 8]);
-    let c = s
-        .claim_key_packages("bob", &[], "a1", CLASSIC)
-        .await
-        .unwrap();
+    let c = s.claim_key_packages("bob", &[], A1, CLASSIC).await.unwrap();
     assert_eq!(c[0].1, vec![2, 254]);
     assert_eq!(
-        s.claim_key_packages("bob", &["b1".into()], "a1", PQ)
+        s.claim_key_packages("bob", &[B1.into()], A1, PQ)
             .await
             .unwrap()[0]
             .1,
         vec![2, 7]
     );
     assert!(s
-        .claim_key_packages("bob", &["nope".into()], "a1", PQ)
+        .claim_key_packages("bob", &["nope".into()], A1, PQ)
         .await
         .unwrap()
         .is_empty());
@@ -185,47 +187,42 @@ async fn key_package_claims(s: Arc<dyn Store>) {
 async fn one_dm_per_pair(s: Arc<dyn Store>) {
     two_accounts(&*s).await;
     // One DM per pair, whoever asks, however often.
-    let dm = s.get_or_create_dm("bob", "alice", "c0ffee").await.unwrap();
-    let again = s.get_or_create_dm("alice", "bob", "other").await.unwrap();
+    let dm = s.get_or_create_dm("bob", "alice", DM).await.unwrap();
+    let again = s.get_or_create_dm("alice", "bob", OTHER).await.unwrap();
     assert_eq!(dm, again);
-    assert_eq!((dm.id.as_str(), dm.epoch, dm.last_seq), ("c0ffee", 0, 0));
+    assert_eq!((dm.id.as_str(), dm.epoch, dm.last_seq), (DM, 0, 0));
     assert_eq!(dm.members, ["alice", "bob"]);
     assert_eq!(s.conversations_of("alice").await.unwrap(), vec![dm.clone()]);
-    let mut devs = s.devices_of(&dm.members).await.unwrap();
+    let members: Vec<String> = dm.members.iter().map(|m| m.to_string()).collect();
+    let mut devs = s.devices_of(&members).await.unwrap();
     devs.sort();
-    assert_eq!(devs, ["a1", "b1"]);
+    assert_eq!(devs, [A1, B1]);
 }
 
 /// The commit rule, and a bundle's welcome stored with its commit only.
 async fn the_first_commit_for_an_epoch_wins(s: Arc<dyn Store>) {
     two_accounts(&*s).await;
-    s.get_or_create_dm("bob", "alice", "c0ffee").await.unwrap();
+    s.get_or_create_dm("bob", "alice", DM).await.unwrap();
     // The commit rule: first commit for an epoch wins; the bundle's welcome lands with it.
-    let acc = s
-        .append_commit("c0ffee", commit(0, "a1", &["b1"]))
-        .await
-        .unwrap();
+    let acc = s.append_commit(DM, commit(0, A1, &[B1])).await.unwrap();
     assert_eq!((acc.seq, acc.epoch), (1, 1));
     assert!(matches!(
-        s.append_commit("c0ffee", commit(0, "b1", &["a1"])).await,
+        s.append_commit(DM, commit(0, B1, &[A1])).await,
         Err(StoreError::StaleEpoch { current: 1 })
     ));
     assert!(matches!(
-        s.append_commit("nope", commit(0, "b1", &[])).await,
+        s.append_commit("nope", commit(0, B1, &[])).await,
         Err(StoreError::NotFound(_))
     ));
-    let inbox = s.inbox("b1").await.unwrap();
+    let inbox = s.inbox(B1).await.unwrap();
     assert_eq!(inbox.len(), 1);
-    assert_eq!(
-        (inbox[0].conversation.as_str(), inbox[0].seq),
-        ("c0ffee", 1)
-    );
+    assert_eq!((inbox[0].conversation.as_str(), inbox[0].seq), (DM, 1));
     assert!(
-        s.inbox("a1").await.unwrap().is_empty(),
+        s.inbox(A1).await.unwrap().is_empty(),
         "the refused bundle's welcome was not stored"
     );
-    s.ack_inbox("b1", inbox[0].id).await.unwrap();
-    assert!(s.inbox("b1").await.unwrap().is_empty());
+    s.ack_inbox(B1, inbox[0].id).await.unwrap();
+    assert!(s.inbox(B1).await.unwrap().is_empty());
 }
 
 /// Messages: the current epoch, a member device, sequence numbers that follow on.
@@ -233,7 +230,7 @@ async fn messages_need_the_current_epoch_and_a_member_device(s: Arc<dyn Store>) 
     alice_and_bob_at_epoch_1(&*s).await;
     // Messages: current epoch only, sequence numbers follow on.
     assert!(matches!(
-        s.append_message("c0ffee", "alice", "a1", 0, b"x").await,
+        s.append_message(DM, "alice", A1, 0, b"x").await,
         Err(StoreError::StaleEpoch { current: 1 })
     ));
     let before = std::time::SystemTime::now()
@@ -243,7 +240,7 @@ async fn messages_need_the_current_epoch_and_a_member_device(s: Arc<dyn Store>) 
     let mut times = Vec::new();
     for i in 0..3u8 {
         let a = s
-            .append_message("c0ffee", "bob", "b1", 1, &[i])
+            .append_message(DM, "bob", B1, 1, &[i])
             .await
             .unwrap()
             .unwrap();
@@ -255,26 +252,18 @@ async fn messages_need_the_current_epoch_and_a_member_device(s: Arc<dyn Store>) 
         times.push(a.accepted.accepted_at);
         let mut wake = a.wake;
         wake.sort();
-        assert_eq!(
-            wake,
-            ["a1", "b1"],
-            "the devices to wake come with the append"
-        );
+        assert_eq!(wake, [A1, B1], "the devices to wake come with the append");
     }
     // Only a member device may append: another account's device, a device claimed for the wrong
     // account, an unknown conversation. Nothing is written.
-    for (conv, user, dev) in [
-        ("c0ffee", "carol", "c1"),
-        ("c0ffee", "alice", "b1"),
-        ("nope", "alice", "a1"),
-    ] {
+    for (conv, user, dev) in [(DM, "carol", C1), (DM, "alice", B1), ("nope", "alice", A1)] {
         assert_eq!(
             s.append_message(conv, user, dev, 1, b"x").await.unwrap(),
             None,
             "{conv} {user} {dev}"
         );
     }
-    let log = s.log_after("c0ffee", 1, 2).await.unwrap();
+    let log = s.log_after(DM, 1, 2).await.unwrap();
     assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(log[0].data.0, vec![0]);
     assert_eq!(
@@ -282,7 +271,7 @@ async fn messages_need_the_current_epoch_and_a_member_device(s: Arc<dyn Store>) 
         times[..2],
         "the log says when each entry was accepted"
     );
-    assert_eq!(s.conversation("c0ffee").await.unwrap().unwrap().last_seq, 4);
+    assert_eq!(s.conversation(DM).await.unwrap().unwrap().last_seq, 4);
 }
 
 /// Concurrency: one winner per epoch, gap-free sequence numbers.
@@ -293,8 +282,7 @@ async fn concurrent_commits_have_one_winner_and_appends_no_gaps(s: Arc<dyn Store
     for i in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.append_commit("c0ffee", commit(1, &format!("d{i}"), &[]))
-                .await
+            s.append_commit(DM, commit(1, &format!("d{i}"), &[])).await
         }));
     }
     let mut wins = 0;
@@ -306,12 +294,12 @@ async fn concurrent_commits_have_one_winner_and_appends_no_gaps(s: Arc<dyn Store
         }
     }
     assert_eq!(wins, 1);
-    let base = s.conversation("c0ffee").await.unwrap().unwrap().last_seq + 1;
+    let base = s.conversation(DM).await.unwrap().unwrap().last_seq + 1;
     let mut tasks = Vec::new();
     for i in 0..40u8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.append_message("c0ffee", "alice", "a1", 2, &[i])
+            s.append_message(DM, "alice", A1, 2, &[i])
                 .await
                 .unwrap()
                 .unwrap()
@@ -330,21 +318,19 @@ async fn concurrent_commits_have_one_winner_and_appends_no_gaps(s: Arc<dyn Store
 /// A burst of good and bad appends: each its own answer, the good ones gap-free.
 async fn a_mixed_burst_answers_every_append(s: Arc<dyn Store>) {
     alice_and_bob_at_epoch_1(&*s).await;
-    s.append_commit("c0ffee", commit(1, "a1", &[]))
-        .await
-        .unwrap();
-    let base = s.conversation("c0ffee").await.unwrap().unwrap().last_seq;
+    s.append_commit(DM, commit(1, A1, &[])).await.unwrap();
+    let base = s.conversation(DM).await.unwrap().unwrap().last_seq;
     // A burst mixing good appends with stale, foreign and unknown ones (a backend may batch them
     // together): each gets its own answer, the good ones land gap-free with their own data.
     let mut tasks = Vec::new();
     for i in 0..48u8 {
         let s = s.clone();
         let (conv, user, dev, epoch) = match i % 4 {
-            0 | 1 => ("c0ffee", "alice", "a1", 2),
-            2 if i % 8 == 2 => ("c0ffee", "alice", "a1", 1),
-            2 => ("c0ffee", "carol", "c1", 2),
-            _ if i % 8 == 3 => ("nope", "alice", "a1", 2),
-            _ => ("c0ffee", "bob", "b1", 2),
+            0 | 1 => (DM, "alice", A1, 2),
+            2 if i % 8 == 2 => (DM, "alice", A1, 1),
+            2 => (DM, "carol", C1, 2),
+            _ if i % 8 == 3 => ("nope", "alice", A1, 2),
+            _ => (DM, "bob", B1, 2),
         };
         tasks.push(tokio::spawn(async move {
             (i, s.append_message(conv, user, dev, epoch, &[i]).await)
@@ -369,7 +355,7 @@ async fn a_mixed_burst_answers_every_append(s: Arc<dyn Store>) {
         (base + 1..base + 1 + landed.len() as u64).collect::<Vec<_>>()
     );
     assert_eq!(landed.len(), 30);
-    let log = s.log_after("c0ffee", base, 100).await.unwrap();
+    let log = s.log_after(DM, base, 100).await.unwrap();
     assert_eq!(
         log.iter().map(|e| (e.seq, e.data.0[0])).collect::<Vec<_>>(),
         landed
@@ -385,7 +371,7 @@ async fn racing_dm_creations_agree(s: Arc<dyn Store>) {
         for i in 0..8 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                s.get_or_create_dm("alice", "carl", &format!("race{i}"))
+                s.get_or_create_dm("alice", "carl", &format!("{i:032x}"))
                     .await
             }));
         }
@@ -408,14 +394,14 @@ async fn links_are_one_time_expiring_and_atomic(s: Arc<dyn Store>) {
     two_accounts(&*s).await;
     // Links: one-time, expiring, redeemed atomically with the device's registration.
     assert!(matches!(
-        s.create_link("L0", "alice", "b1", b"sealed", 100).await,
+        s.create_link("L0", "alice", B1, b"sealed", 100).await,
         Err(StoreError::CallerGone)
     ));
-    s.create_link("L1", "alice", "a1", b"sealed", 100)
+    s.create_link("L1", "alice", A1, b"sealed", 100)
         .await
         .unwrap();
     assert!(matches!(
-        s.create_link("L1", "alice", "a1", b"again", 100).await,
+        s.create_link("L1", "alice", A1, b"again", 100).await,
         Err(StoreError::LinkTaken)
     ));
     assert_eq!(
@@ -424,7 +410,7 @@ async fn links_are_one_time_expiring_and_atomic(s: Arc<dyn Store>) {
     );
     assert_eq!(s.fetch_link("L1", 100).await.unwrap(), None, "expired");
     assert!(matches!(
-        s.redeem_link("L1", 50, device("a1"), kps(1, 1)).await,
+        s.redeem_link("L1", 50, device(A1), kps(1, 1)).await,
         Err(StoreError::DeviceExists)
     ));
     assert!(
@@ -432,13 +418,13 @@ async fn links_are_one_time_expiring_and_atomic(s: Arc<dyn Store>) {
         "a failed redemption leaves the link usable"
     );
     assert_eq!(
-        s.redeem_link("L1", 50, device("a2"), kps(1, 1))
+        s.redeem_link("L1", 50, device(A2), kps(1, 1))
             .await
             .unwrap(),
         "alice"
     );
     assert!(matches!(
-        s.redeem_link("L1", 50, device("a3"), kps(1, 1)).await,
+        s.redeem_link("L1", 50, device(A3), kps(1, 1)).await,
         Err(StoreError::LinkExpired)
     ));
     assert_eq!(s.fetch_link("L1", 50).await.unwrap(), None);
@@ -449,104 +435,91 @@ async fn links_are_one_time_expiring_and_atomic(s: Arc<dyn Store>) {
 /// read positions and pruning.
 async fn groups_derive_membership_from_commits(s: Arc<dyn Store>) {
     two_accounts(&*s).await;
-    s.create_account("carol", &[4; 32], device("c1"), kps(4, 1))
+    s.create_account("carol", &[4; 32], device(C1), kps(4, 1))
         .await
         .unwrap();
-    let g = s.create_group("alice", "9a0b").await.unwrap();
-    assert_eq!(
-        (g.kind.as_str(), g.members.clone()),
-        ("group", vec!["alice".to_owned()])
-    );
-    assert!(s.group_state("9a0b").await.unwrap().is_none());
+    let g = s.create_group("alice", GROUP).await.unwrap();
+    assert_eq!(g.kind.as_str(), "group");
+    assert_eq!(g.members, ["alice"]);
+    assert!(s.group_state(GROUP).await.unwrap().is_none());
     let members = vec![
-        ("a1".to_owned(), "alice".to_owned()),
-        ("b1".to_owned(), "bob".to_owned()),
-        ("c1".to_owned(), "carol".to_owned()),
+        (A1.to_owned(), "alice".to_owned()),
+        (B1.to_owned(), "bob".to_owned()),
+        (C1.to_owned(), "carol".to_owned()),
     ];
     let first = NewCommit {
         epoch: 0,
-        sender_device: "a1".into(),
+        sender_device: A1.into(),
         commit: vec![1],
-        welcome: Some((vec![7; 64], vec!["b1".into(), "c1".into()])),
+        welcome: Some((vec![7; 64], vec![B1.into(), C1.into()])),
         ratchet_tree: Some(vec![8; 32]),
         state: vec![42],
         expiry_secs: None,
         members: members.clone(),
     };
-    let acc = s.append_commit("9a0b", first).await.unwrap();
+    let acc = s.append_commit(GROUP, first).await.unwrap();
     assert_eq!((acc.seq, acc.epoch), (1, 1));
-    assert_eq!(s.group_state("9a0b").await.unwrap(), Some((1, vec![42])));
-    let g = s.conversation("9a0b").await.unwrap().unwrap();
+    assert_eq!(s.group_state(GROUP).await.unwrap(), Some((1, vec![42])));
+    let g = s.conversation(GROUP).await.unwrap().unwrap();
     assert_eq!(g.members, ["alice", "bob", "carol"]);
     // One welcome, delivered to both devices.
-    let (wb, wc) = (s.inbox("b1").await.unwrap(), s.inbox("c1").await.unwrap());
+    let (wb, wc) = (s.inbox(B1).await.unwrap(), s.inbox(C1).await.unwrap());
     assert_eq!((wb.len(), wc.len()), (1, 1));
     assert_eq!(wb[0].welcome.0, vec![7; 64]);
     assert_eq!(wc[0].welcome.0, vec![7; 64]);
     assert_eq!(wc[0].ratchet_tree.as_ref().unwrap().0, vec![8; 32]);
-    let mut wake = s.wake_list("9a0b").await.unwrap();
+    let mut wake = s.wake_list(GROUP).await.unwrap();
     wake.sort();
-    assert_eq!(wake, ["a1", "b1", "c1"]);
+    assert_eq!(wake, [A1, B1, C1]);
     for i in 0..4u8 {
-        s.append_message("9a0b", "alice", "a1", 1, &[i])
-            .await
-            .unwrap();
+        s.append_message(GROUP, "alice", A1, 1, &[i]).await.unwrap();
     }
     // carol leaves: no longer a member or woken, but recorded until her devices are removed.
     // alice, the only admin, cannot leave while others remain; nothing changes.
     let admins = vec!["alice".to_owned()];
     assert!(matches!(
-        s.leave("9a0b", "alice", &admins).await,
+        s.leave(GROUP, "alice", &admins).await,
         Err(StoreError::LastAdmin)
     ));
-    assert!(s.membership("9a0b", "alice", "a1").await.unwrap().is_some());
+    assert!(s.membership(GROUP, "alice", A1).await.unwrap().is_some());
     // Membership is per device: another device of a member account is not a member device, and
     // a device cannot borrow another account's membership.
-    assert!(s.membership("9a0b", "alice", "a2").await.unwrap().is_none());
-    assert!(s.membership("9a0b", "alice", "b1").await.unwrap().is_none());
+    assert!(s.membership(GROUP, "alice", A2).await.unwrap().is_none());
+    assert!(s.membership(GROUP, "alice", B1).await.unwrap().is_none());
     assert!(s
-        .member_log("9a0b", "alice", "a2", 0, 10)
+        .member_log(GROUP, "alice", A2, 0, 10)
         .await
         .unwrap()
         .is_none());
-    s.leave("9a0b", "carol", &admins).await.unwrap();
+    s.leave(GROUP, "carol", &admins).await.unwrap();
     assert!(matches!(
-        s.leave("9a0b", "carol", &admins).await,
+        s.leave(GROUP, "carol", &admins).await,
         Err(StoreError::NotFound(_))
     ));
-    let g = s.conversation("9a0b").await.unwrap().unwrap();
-    assert_eq!(
-        (g.members.clone(), g.departed.clone()),
-        (
-            vec!["alice".to_owned(), "bob".to_owned()],
-            vec!["carol".to_owned()]
-        )
-    );
-    assert!(!s
-        .wake_list("9a0b")
-        .await
-        .unwrap()
-        .contains(&"c1".to_owned()));
+    let g = s.conversation(GROUP).await.unwrap().unwrap();
+    assert_eq!(g.members, ["alice", "bob"]);
+    assert_eq!(g.departed, ["carol"]);
+    assert!(!s.wake_list(GROUP).await.unwrap().contains(&C1.to_owned()));
     // Read positions decide pruning: entries every current device has read go.
     s.save_cursors(vec![
-        ("9a0b".into(), "a1".into(), 5),
-        ("9a0b".into(), "b1".into(), 3),
-        ("9a0b".into(), "c1".into(), 3),
+        (GROUP.into(), A1.into(), 5),
+        (GROUP.into(), B1.into(), 3),
+        (GROUP.into(), C1.into(), 3),
     ])
     .await
     .unwrap();
-    s.save_cursors(vec![("9a0b".into(), "b1".into(), 2)])
+    s.save_cursors(vec![(GROUP.into(), B1.into(), 2)])
         .await
         .unwrap(); // never backwards
-    s.ack_inbox("b1", wb[0].id).await.unwrap();
-    s.ack_inbox("c1", wc[0].id).await.unwrap();
+    s.ack_inbox(B1, wb[0].id).await.unwrap();
+    s.ack_inbox(C1, wc[0].id).await.unwrap();
     assert!(s.prune(0).await.unwrap() >= 3);
-    let log = s.log_after("9a0b", 0, 100).await.unwrap();
+    let log = s.log_after(GROUP, 0, 100).await.unwrap();
     assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
     // The admin's commit removes carol's device: she is forgotten, the log floor moves.
     let second = NewCommit {
         epoch: 1,
-        sender_device: "a1".into(),
+        sender_device: A1.into(),
         commit: vec![2],
         welcome: None,
         ratchet_tree: None,
@@ -554,84 +527,80 @@ async fn groups_derive_membership_from_commits(s: Arc<dyn Store>) {
         expiry_secs: None,
         members: members[..2].to_vec(),
     };
-    let acc = s.append_commit("9a0b", second).await.unwrap();
+    let acc = s.append_commit(GROUP, second).await.unwrap();
     assert_eq!(acc.seq, 6);
-    let g = s.conversation("9a0b").await.unwrap().unwrap();
+    let g = s.conversation(GROUP).await.unwrap().unwrap();
     assert!(g.departed.is_empty());
     assert_eq!(g.members, ["alice", "bob"]);
     // Retention: everything older than the cut-off goes, read or not.
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     s.prune(now + 10).await.unwrap();
-    assert!(s.log_after("9a0b", 0, 100).await.unwrap().is_empty());
-    assert_eq!(s.conversation("9a0b").await.unwrap().unwrap().last_seq, 6);
+    assert!(s.log_after(GROUP, 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.conversation(GROUP).await.unwrap().unwrap().last_seq, 6);
 }
 
 /// Revocation: immediate, cancels the device's links, never undone by a later commit.
 async fn revocation_is_immediate_and_final(s: Arc<dyn Store>) {
     group_at_epoch_2(&*s).await;
     // bob links a second device; it joins the group; then bob revokes it.
-    link_device(&*s, "bob", device("b2")).await;
+    link_device(&*s, "bob", device(B2)).await;
     let members = vec![
-        ("a1".to_owned(), "alice".to_owned()),
-        ("b1".to_owned(), "bob".to_owned()),
-        ("b2".to_owned(), "bob".to_owned()),
+        (A1.to_owned(), "alice".to_owned()),
+        (B1.to_owned(), "bob".to_owned()),
+        (B2.to_owned(), "bob".to_owned()),
     ];
     let add = NewCommit {
         epoch: 2,
-        sender_device: "b1".into(),
+        sender_device: B1.into(),
         commit: vec![3],
-        welcome: Some((vec![6; 8], vec!["b2".into()])),
+        welcome: Some((vec![6; 8], vec![B2.into()])),
         ratchet_tree: None,
         state: vec![44],
         expiry_secs: None,
         members: members.clone(),
     };
-    s.append_commit("9a0b", add).await.unwrap();
-    assert!(s.membership("9a0b", "bob", "b2").await.unwrap().is_some());
+    s.append_commit(GROUP, add).await.unwrap();
+    assert!(s.membership(GROUP, "bob", B2).await.unwrap().is_some());
     assert!(matches!(
-        s.revoke_device("alice", "b2", "a1").await,
+        s.revoke_device("alice", B2, A1).await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        s.revoke_device("carol", "c1", "c1").await,
+        s.revoke_device("carol", C1, C1).await,
         Err(StoreError::LastDevice)
     ));
     // The revoked device made a link code before it was revoked: revoking cancels it.
     let pending = format!("{:064x}", rand_suffix());
-    s.create_link(&pending, "bob", "b2", &[2], i64::MAX / 2)
+    s.create_link(&pending, "bob", B2, &[2], i64::MAX / 2)
         .await
         .unwrap();
     // Only a current device of the account may revoke.
     assert!(matches!(
-        s.revoke_device("bob", "b2", "a1").await,
+        s.revoke_device("bob", B2, A1).await,
         Err(StoreError::CallerGone)
     ));
-    s.revoke_device("bob", "b2", "b1").await.unwrap();
+    s.revoke_device("bob", B2, B1).await.unwrap();
     assert!(s.fetch_link(&pending, 1).await.unwrap().is_none());
     assert!(matches!(
-        s.redeem_link(&pending, 1, device("b3"), kps(6, 1)).await,
+        s.redeem_link(&pending, 1, device(B3), kps(6, 1)).await,
         Err(StoreError::LinkExpired)
     ));
     assert!(matches!(
-        s.create_link("L9", "bob", "b2", &[3], i64::MAX / 2).await,
+        s.create_link("L9", "bob", B2, &[3], i64::MAX / 2).await,
         Err(StoreError::CallerGone)
     ));
-    assert_eq!(s.account("bob").await.unwrap().unwrap().revoked, ["b2"]);
-    assert!(s.device_auth("b2").await.unwrap().is_none());
-    assert!(s.membership("9a0b", "bob", "b2").await.unwrap().is_none());
-    assert!(s.inbox("b2").await.unwrap().is_empty());
-    assert_eq!(s.key_package_count("b2", PQ).await.unwrap(), 0);
-    assert!(!s
-        .wake_list("9a0b")
-        .await
-        .unwrap()
-        .contains(&"b2".to_owned()));
+    assert_eq!(s.account("bob").await.unwrap().unwrap().revoked, [B2]);
+    assert!(s.device_auth(B2).await.unwrap().is_none());
+    assert!(s.membership(GROUP, "bob", B2).await.unwrap().is_none());
+    assert!(s.inbox(B2).await.unwrap().is_empty());
+    assert_eq!(s.key_package_count(B2, PQ).await.unwrap(), 0);
+    assert!(!s.wake_list(GROUP).await.unwrap().contains(&B2.to_owned()));
     assert_eq!(s.account("bob").await.unwrap().unwrap().devices.len(), 1);
     // A later commit that still carries its leaf does not make it a member device again, and the
     // device id can never be registered again.
     let other = NewCommit {
         epoch: 3,
-        sender_device: "a1".into(),
+        sender_device: A1.into(),
         commit: vec![4],
         welcome: None,
         ratchet_tree: None,
@@ -639,15 +608,15 @@ async fn revocation_is_immediate_and_final(s: Arc<dyn Store>) {
         expiry_secs: None,
         members,
     };
-    s.append_commit("9a0b", other).await.unwrap();
-    assert!(s.membership("9a0b", "bob", "b2").await.unwrap().is_none());
+    s.append_commit(GROUP, other).await.unwrap();
+    assert!(s.membership(GROUP, "bob", B2).await.unwrap().is_none());
     assert!(matches!(
-        s.create_account("dave", &[9; 32], device("b2"), kps(9, 1))
+        s.create_account("dave", &[9; 32], device(B2), kps(9, 1))
             .await,
         Err(StoreError::DeviceExists)
     ));
     assert!(matches!(
-        s.revoke_device("bob", "b2", "b1").await,
+        s.revoke_device("bob", B2, B1).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -738,9 +707,9 @@ async fn postgres_batch_refused_as_a_whole_is_retried_one_by_one() {
         let mut tasks = Vec::new();
         for i in 0..32u8 {
             let s = s.clone();
-            let conv = if i == 7 { "c0f\0fee" } else { "c0ffee" };
+            let conv = if i == 7 { "c0f\0fee" } else { DM };
             tasks.push(tokio::spawn(async move {
-                (i, s.append_message(conv, "alice", "a1", 1, &[i]).await)
+                (i, s.append_message(conv, "alice", A1, 1, &[i]).await)
             }));
         }
         for t in tasks {
@@ -750,7 +719,7 @@ async fn postgres_batch_refused_as_a_whole_is_retried_one_by_one() {
             }
         }
     }
-    let log = s.log_after("c0ffee", 1, 1000).await.unwrap();
+    let log = s.log_after(DM, 1, 1000).await.unwrap();
     assert_eq!(log.len(), 3 * 31);
     assert_eq!(
         log.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -760,13 +729,11 @@ async fn postgres_batch_refused_as_a_whole_is_retried_one_by_one() {
     drop_schema(&url, &schema).await;
 }
 
-/// Accounts alice (device a1) and bob (b1) and their DM "c0ffee", at epoch 1 (seq 1).
+/// Accounts alice (device a1) and bob (b1) and their DM DM, at epoch 1 (seq 1).
 async fn alice_and_bob_at_epoch_1(s: &dyn Store) {
     two_accounts(s).await;
-    s.get_or_create_dm("alice", "bob", "c0ffee").await.unwrap();
-    s.append_commit("c0ffee", commit(0, "a1", &["b1"]))
-        .await
-        .unwrap();
+    s.get_or_create_dm("alice", "bob", DM).await.unwrap();
+    s.append_commit(DM, commit(0, A1, &[B1])).await.unwrap();
 }
 
 /// A PostgreSQL store in a schema of its own (see `sotto_server::testkit`).
@@ -821,7 +788,7 @@ async fn sqlite_out_of_space_refuses_cleanly_and_batches_lose_nothing() {
                 tokio::spawn(async move {
                     (
                         tag,
-                        s.append_message("c0ffee", "alice", "a1", 1, &vec![tag; 20_000])
+                        s.append_message(DM, "alice", A1, 1, &vec![tag; 20_000])
                             .await,
                     )
                 })
@@ -838,7 +805,7 @@ async fn sqlite_out_of_space_refuses_cleanly_and_batches_lose_nothing() {
     }
     assert!(full > 0, "the cap was never reached");
     acked.sort();
-    let log = s.log_after("c0ffee", 1, 1000).await.unwrap();
+    let log = s.log_after(DM, 1, 1000).await.unwrap();
     assert_eq!(log.len(), acked.len());
     for (e, (seq, tag)) in log.iter().zip(&acked) {
         assert_eq!((e.seq, e.data.0[0]), (*seq, *tag));
@@ -859,7 +826,7 @@ async fn sqlite_upgrade_moves_group_state_out_of_the_conversation_row() {
         let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
         c.execute_batch(LOG_AS_IN_SCHEMA_5).unwrap();
         c.execute_batch(
-            "UPDATE conversations SET state = (SELECT state FROM conversation_states WHERE conversation_id = 'c0ffee');
+            "UPDATE conversations SET state = (SELECT state FROM conversation_states WHERE conversation_id = 'c0ffee00000000000000000000000000');
              DROP TABLE conversation_states;
              ALTER TABLE conversations DROP COLUMN expiry_secs;
              PRAGMA user_version = 4;",
@@ -868,14 +835,14 @@ async fn sqlite_upgrade_moves_group_state_out_of_the_conversation_row() {
     }
     let s = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(
-        s.group_state("c0ffee").await.unwrap(),
+        s.group_state(DM).await.unwrap(),
         Some((1, vec![4, 0])),
         "the upgrade kept the group state"
     );
     let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
     let in_row: Option<Vec<u8>> = c
         .query_row(
-            "SELECT state FROM conversations WHERE id = 'c0ffee'",
+            "SELECT state FROM conversations WHERE id = 'c0ffee00000000000000000000000000'",
             [],
             |r| r.get(0),
         )
@@ -883,16 +850,16 @@ async fn sqlite_upgrade_moves_group_state_out_of_the_conversation_row() {
     assert_eq!(in_row, None, "the conversation's row no longer carries it");
     // The store carries on: a message lands after the commit.
     let a = s
-        .append_message("c0ffee", "alice", "a1", 1, b"hi")
+        .append_message(DM, "alice", A1, 1, b"hi")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(a.accepted.seq, 2);
 }
 
-/// The seqs `log_after("c0ffee", after, limit)` answers.
+/// The seqs `log_after(DM, after, limit)` answers.
 async fn c0ffee_seqs(s: &SqliteStore, after: u64, limit: u32) -> Vec<u64> {
-    s.log_after("c0ffee", after, limit)
+    s.log_after(DM, after, limit)
         .await
         .unwrap()
         .iter()
@@ -900,7 +867,7 @@ async fn c0ffee_seqs(s: &SqliteStore, after: u64, limit: u32) -> Vec<u64> {
         .collect()
 }
 
-/// Seqs `after+1 ..= min(last, after+limit)`, every window of the log of "c0ffee".
+/// Seqs `after+1 ..= min(last, after+limit)`, every window of the log of DM.
 async fn assert_log_windows(s: &SqliteStore, last: u64) {
     for after in 0..=last + 1 {
         for limit in [1u32, 2, 3, 7, 1000] {
@@ -955,7 +922,7 @@ async fn sqlite_log_indexed_in_bulk_reads_whole_across_writes_and_restarts() {
             .map(|i| {
                 let s = s.clone();
                 tokio::spawn(async move {
-                    s.append_message("c0ffee", "alice", "a1", 1, &[wave, i])
+                    s.append_message(DM, "alice", A1, 1, &[wave, i])
                         .await
                         .unwrap()
                         .unwrap()
@@ -979,15 +946,15 @@ async fn sqlite_log_indexed_in_bulk_reads_whole_across_writes_and_restarts() {
     let s = SqliteStore::open_with(dir.path(), options).unwrap();
     assert_log_windows(&s, 201).await;
     let a = s
-        .append_message("c0ffee", "alice", "a1", 1, b"after")
+        .append_message(DM, "alice", A1, 1, b"after")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(a.accepted.seq, 202);
     // Pruning takes what both devices read, indexed or not.
     s.save_cursors(vec![
-        ("c0ffee".into(), "a1".into(), 202),
-        ("c0ffee".into(), "b1".into(), 150),
+        (DM.into(), A1.into(), 202),
+        (DM.into(), B1.into(), 150),
     ])
     .await
     .unwrap();
@@ -1006,7 +973,7 @@ async fn sqlite_log_indexed_in_bulk_reads_whole_across_writes_and_restarts() {
     // Retention takes the rest, index entries with their rows.
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert_eq!(s.prune(now + 10).await.unwrap(), 52);
-    assert!(s.log_after("c0ffee", 0, 1000).await.unwrap().is_empty());
+    assert!(s.log_after(DM, 0, 1000).await.unwrap().is_empty());
     let left: i64 = c
         .query_row("SELECT count(*) FROM log_index", [], |r| r.get(0))
         .unwrap();
@@ -1030,7 +997,7 @@ async fn sqlite_prunes_a_long_log_in_pieces() {
                 let s = s.clone();
                 let tag = (wave * 100 + i).to_be_bytes();
                 tokio::spawn(async move {
-                    s.append_message("c0ffee", "alice", "a1", 1, &tag)
+                    s.append_message(DM, "alice", A1, 1, &tag)
                         .await
                         .unwrap()
                         .unwrap()
@@ -1043,11 +1010,11 @@ async fn sqlite_prunes_a_long_log_in_pieces() {
     }
     // Nothing has expired yet: nothing goes (nobody has read anything either).
     assert_eq!(s.prune(0).await.unwrap(), 0);
-    assert_eq!(s.log_after("c0ffee", 0, 10_000).await.unwrap().len(), 4501);
+    assert_eq!(s.log_after(DM, 0, 10_000).await.unwrap().len(), 4501);
     // Read positions: more than one job's worth of one conversation.
     s.save_cursors(vec![
-        ("c0ffee".into(), "a1".into(), 3000),
-        ("c0ffee".into(), "b1".into(), 3000),
+        (DM.into(), A1.into(), 3000),
+        (DM.into(), B1.into(), 3000),
     ])
     .await
     .unwrap();
@@ -1056,16 +1023,16 @@ async fn sqlite_prunes_a_long_log_in_pieces() {
     assert_eq!(seqs, (3001..=4501).collect::<Vec<_>>());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert_eq!(s.prune(now + 10).await.unwrap(), 1501);
-    assert!(s.log_after("c0ffee", 0, 10).await.unwrap().is_empty());
+    assert!(s.log_after(DM, 0, 10).await.unwrap().is_empty());
     assert_eq!(indexed_and_not(dir.path()), (0, 0));
     // The log goes on where it was.
     let a = s
-        .append_message("c0ffee", "alice", "a1", 1, b"next")
+        .append_message(DM, "alice", A1, 1, b"next")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(a.accepted.seq, 4502);
-    assert_eq!(s.log_after("c0ffee", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(s.log_after(DM, 0, 10).await.unwrap().len(), 1);
 }
 
 /// Turns the log back into schema 5's: one table keyed by (conversation, seq), no `log_index`.
@@ -1090,7 +1057,7 @@ async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
         let s = SqliteStore::open(dir.path()).unwrap();
         alice_and_bob_at_epoch_1(&s).await;
         for i in 0..5u8 {
-            s.append_message("c0ffee", "alice", "a1", 1, &[i])
+            s.append_message(DM, "alice", A1, 1, &[i])
                 .await
                 .unwrap()
                 .unwrap();
@@ -1108,7 +1075,7 @@ async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
         c.execute_batch("PRAGMA user_version = 5").unwrap();
     }
     let s = SqliteStore::open(dir.path()).unwrap();
-    let log = s.log_after("c0ffee", 0, 100).await.unwrap();
+    let log = s.log_after(DM, 0, 100).await.unwrap();
     assert_eq!(
         log.iter().map(|e| e.seq).collect::<Vec<_>>(),
         (1..=6).collect::<Vec<_>>()
@@ -1120,7 +1087,7 @@ async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
         "the upgrade indexed every row"
     );
     let a = s
-        .append_message("c0ffee", "alice", "a1", 1, b"next")
+        .append_message(DM, "alice", A1, 1, b"next")
         .await
         .unwrap()
         .unwrap();
@@ -1133,38 +1100,36 @@ async fn sqlite_upgrade_moves_the_log_to_a_bulk_written_index() {
 async fn expiry(s: &dyn Store) {
     alice_and_bob_at_epoch_1(s).await;
     let before = s
-        .append_message("c0ffee", "alice", "a1", 1, b"untimed")
+        .append_message(DM, "alice", A1, 1, b"untimed")
         .await
         .unwrap()
         .unwrap()
         .accepted;
     assert_eq!(before.expires_at, None);
-    let mut timed = commit(1, "a1", &[]);
+    let mut timed = commit(1, A1, &[]);
     timed.expiry_secs = Some(30);
-    let c = s.append_commit("c0ffee", timed).await.unwrap();
+    let c = s.append_commit(DM, timed).await.unwrap();
     assert_eq!(c.expires_at, None, "commits never expire");
     let m = s
-        .append_message("c0ffee", "alice", "a1", 2, b"timed")
+        .append_message(DM, "alice", A1, 2, b"timed")
         .await
         .unwrap()
         .unwrap()
         .accepted;
     assert_eq!(m.expires_at, Some(m.accepted_at + 30));
-    let log = s.log_after("c0ffee", 0, 100).await.unwrap();
+    let log = s.log_after(DM, 0, 100).await.unwrap();
     assert_eq!(log.len(), 4);
     assert_eq!(log[3].expires_at, m.expires_at);
     assert!(log[..3].iter().all(|e| e.expires_at.is_none()));
     let at = m.expires_at.unwrap() as i64;
     assert_eq!(s.expire(at - 1).await.unwrap(), 0);
     assert_eq!(s.expire(at).await.unwrap(), 1);
-    let log = s.log_after("c0ffee", 0, 100).await.unwrap();
+    let log = s.log_after(DM, 0, 100).await.unwrap();
     assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
     // Turning the timer off stops stamping.
-    s.append_commit("c0ffee", commit(2, "a1", &[]))
-        .await
-        .unwrap();
+    s.append_commit(DM, commit(2, A1, &[])).await.unwrap();
     let m = s
-        .append_message("c0ffee", "alice", "a1", 3, b"untimed again")
+        .append_message(DM, "alice", A1, 3, b"untimed again")
         .await
         .unwrap()
         .unwrap()
@@ -1207,17 +1172,17 @@ async fn sqlite_upgrade_lists_indexed_timed_rows_for_the_purge() {
     let at = {
         let s = SqliteStore::open_with(dir.path(), options).unwrap();
         alice_and_bob_at_epoch_1(&s).await;
-        let mut timed = commit(1, "a1", &[]);
+        let mut timed = commit(1, A1, &[]);
         timed.expiry_secs = Some(30);
-        s.append_commit("c0ffee", timed).await.unwrap();
+        s.append_commit(DM, timed).await.unwrap();
         let m = s
-            .append_message("c0ffee", "alice", "a1", 2, b"timed before the upgrade")
+            .append_message(DM, "alice", A1, 2, b"timed before the upgrade")
             .await
             .unwrap()
             .unwrap()
             .accepted;
         // One more write, so the timed row is indexed.
-        s.append_message("c0ffee", "alice", "a1", 2, b"and another")
+        s.append_message(DM, "alice", A1, 2, b"and another")
             .await
             .unwrap()
             .unwrap();
@@ -1242,20 +1207,20 @@ async fn sqlite_upgrade_lists_indexed_timed_rows_for_the_purge() {
     let s = SqliteStore::open_with(dir.path(), options).unwrap();
     assert_eq!(s.expire(at - 1).await.unwrap(), 0);
     assert_eq!(s.expire(at + 1).await.unwrap(), 2);
-    let log = s.log_after("c0ffee", 0, 100).await.unwrap();
+    let log = s.log_after(DM, 0, 100).await.unwrap();
     assert!(log.iter().all(|e| e.expires_at.is_none()));
 }
 
 async fn admin(s: &dyn Store) {
     alice_and_bob_at_epoch_1(s).await;
-    s.append_message("c0ffee", "alice", "a1", 1, b"hi")
+    s.append_message(DM, "alice", A1, 1, b"hi")
         .await
         .unwrap()
         .unwrap();
-    assert!(!s.device_auth("a1").await.unwrap().unwrap().locked);
+    assert!(!s.device_auth(A1).await.unwrap().unwrap().locked);
     assert!(s.set_locked("alice", true).await.unwrap());
-    assert!(s.device_auth("a1").await.unwrap().unwrap().locked);
-    assert!(!s.device_auth("b1").await.unwrap().unwrap().locked);
+    assert!(s.device_auth(A1).await.unwrap().unwrap().locked);
+    assert!(!s.device_auth(B1).await.unwrap().unwrap().locked);
     assert!(!s.set_locked("zed", true).await.unwrap(), "no such account");
     let accounts = s.admin_accounts().await.unwrap();
     let names: Vec<_> = accounts.iter().map(|a| a.username.as_str()).collect();
@@ -1264,7 +1229,7 @@ async fn admin(s: &dyn Store) {
     assert!(accounts[0].last_active.is_some());
     assert_eq!(accounts[1].last_active, None);
     assert!(s.set_locked("alice", false).await.unwrap());
-    assert!(!s.device_auth("a1").await.unwrap().unwrap().locked);
+    assert!(!s.device_auth(A1).await.unwrap().unwrap().locked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1287,46 +1252,46 @@ async fn postgres_locks_accounts_and_lists_them() {
 /// for alice and carol, and his name stays taken.
 async fn deletion(s: &dyn Store) {
     alice_and_bob_at_epoch_1(s).await;
-    s.create_account("carol", &[3; 32], device("c1"), kps(3, 1))
+    s.create_account("carol", &[3; 32], device(C1), kps(3, 1))
         .await
         .unwrap();
-    s.create_group("alice", "9a0b").await.unwrap();
+    s.create_group("alice", GROUP).await.unwrap();
     let members = vec![
-        ("a1".to_owned(), "alice".to_owned()),
-        ("b1".to_owned(), "bob".to_owned()),
-        ("c1".to_owned(), "carol".to_owned()),
+        (A1.to_owned(), "alice".to_owned()),
+        (B1.to_owned(), "bob".to_owned()),
+        (C1.to_owned(), "carol".to_owned()),
     ];
     s.append_commit(
-        "9a0b",
+        GROUP,
         NewCommit {
             members,
-            ..commit(0, "a1", &["b1", "c1"])
+            ..commit(0, A1, &[B1, C1])
         },
     )
     .await
     .unwrap();
-    s.append_message("9a0b", "bob", "b1", 1, b"from bob")
+    s.append_message(GROUP, "bob", B1, 1, b"from bob")
         .await
         .unwrap()
         .unwrap();
-    s.create_link(&"b".repeat(64), "bob", "b1", b"sealed", i64::MAX / 2)
+    s.create_link(&"b".repeat(64), "bob", B1, b"sealed", i64::MAX / 2)
         .await
         .unwrap();
-    assert_eq!(s.inbox("b1").await.unwrap().len(), 2, "two welcomes");
+    assert_eq!(s.inbox(B1).await.unwrap().len(), 2, "two welcomes");
 
     assert_eq!(s.delete_account("zed").await.unwrap(), None);
     let gone = s.delete_account("bob").await.unwrap().unwrap();
-    assert_eq!(gone.devices, ["b1"]);
-    assert_eq!(gone.conversations, ["9a0b", "c0ffee"]);
+    assert_eq!(gone.devices, [B1]);
+    assert_eq!(gone.conversations, [GROUP, DM]);
     assert_eq!(s.delete_account("bob").await.unwrap(), None, "once");
 
     // Everything of his is gone.
     assert!(s.account("bob").await.unwrap().is_none());
-    assert!(s.device_auth("b1").await.unwrap().is_none());
-    assert!(s.inbox("b1").await.unwrap().is_empty());
-    assert_eq!(s.key_package_count("b1", PQ).await.unwrap(), 0);
+    assert!(s.device_auth(B1).await.unwrap().is_none());
+    assert!(s.inbox(B1).await.unwrap().is_empty());
+    assert_eq!(s.key_package_count(B1, PQ).await.unwrap(), 0);
     assert!(s.fetch_link(&"b".repeat(64), 1).await.unwrap().is_none());
-    assert!(s.membership("9a0b", "bob", "b1").await.unwrap().is_none());
+    assert!(s.membership(GROUP, "bob", B1).await.unwrap().is_none());
     let names: Vec<String> = s
         .admin_accounts()
         .await
@@ -1337,32 +1302,32 @@ async fn deletion(s: &dyn Store) {
     assert_eq!(names, ["alice", "carol"]);
     // His name stays taken: nobody else can be "bob" to the people who knew him.
     assert!(matches!(
-        s.create_account("bob", &[9; 32], device("b9"), kps(9, 1))
+        s.create_account("bob", &[9; 32], device(B9), kps(9, 1))
             .await,
         Err(StoreError::UsernameTaken)
     ));
-    assert!(s.device_auth("b9").await.unwrap().is_none());
+    assert!(s.device_auth(B9).await.unwrap().is_none());
 
     // His conversations go on for the others, with him departed until they remove his devices.
-    for id in ["9a0b", "c0ffee"] {
+    for id in [GROUP, DM] {
         let c = s.conversation(id).await.unwrap().unwrap();
-        assert!(!c.members.contains(&"bob".to_owned()), "{id}");
+        assert!(!c.members.iter().any(|m| m == "bob"), "{id}");
         assert_eq!(c.departed, ["bob"], "{id}");
     }
     assert_eq!(
-        s.conversation("9a0b").await.unwrap().unwrap().members,
+        s.conversation(GROUP).await.unwrap().unwrap().members,
         ["alice", "carol"]
     );
-    let mut wake = s.wake_list("9a0b").await.unwrap();
+    let mut wake = s.wake_list(GROUP).await.unwrap();
     wake.sort();
-    assert!(wake.contains(&"c1".to_owned()));
+    assert!(wake.contains(&C1.to_owned()));
     let after = s
-        .append_message("9a0b", "carol", "c1", 1, b"still here")
+        .append_message(GROUP, "carol", C1, 1, b"still here")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(after.accepted.seq, 3);
-    let log = s.log_after("9a0b", 0, 10).await.unwrap();
+    let log = s.log_after(GROUP, 0, 10).await.unwrap();
     assert_eq!(
         log.len(),
         3,
@@ -1371,14 +1336,14 @@ async fn deletion(s: &dyn Store) {
     // Carol's commit removing bob's devices clears him from the group.
     let removal = NewCommit {
         members: vec![
-            ("a1".to_owned(), "alice".to_owned()),
-            ("c1".to_owned(), "carol".to_owned()),
+            (A1.to_owned(), "alice".to_owned()),
+            (C1.to_owned(), "carol".to_owned()),
         ],
-        ..commit(1, "c1", &[])
+        ..commit(1, C1, &[])
     };
-    s.append_commit("9a0b", removal).await.unwrap();
+    s.append_commit(GROUP, removal).await.unwrap();
     assert!(s
-        .conversation("9a0b")
+        .conversation(GROUP)
         .await
         .unwrap()
         .unwrap()
@@ -1400,4 +1365,35 @@ async fn postgres_deletes_accounts_and_keeps_their_conversations_whole() {
     deletion(&store).await;
     drop(store);
     drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_id_in_the_database_is_refused_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStore::open(dir.path()).unwrap();
+        alice_and_bob_at_epoch_1(&s).await;
+    }
+    // Changed behind the server's back: a member name no registration could have written.
+    {
+        let c = rusqlite::Connection::open(dir.path().join("sotto.db")).unwrap();
+        c.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             UPDATE conversation_members SET username = 'Not A Name' WHERE username = 'bob';",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(dir.path()).unwrap();
+    match s.conversation(DM).await {
+        Err(StoreError::Backend(m)) => {
+            assert!(m.contains("invalid username"), "{m}");
+            assert!(
+                !m.contains("Not A Name"),
+                "the bad value is not echoed: {m}"
+            );
+        }
+        other => panic!("served a malformed member: {other:?}"),
+    }
+    // What was not changed is still served.
+    assert_eq!(s.log_after(DM, 0, 10).await.unwrap().len(), 1);
 }

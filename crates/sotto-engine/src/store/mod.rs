@@ -63,13 +63,22 @@ impl ConversationKind {
         }
     }
 
-    /// Parses the stored or wire spelling.
+    /// Parses the stored spelling.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "dm" => Some(Self::Dm),
             "group" => Some(Self::Group),
             "own" => Some(Self::Own),
             _ => None,
+        }
+    }
+}
+
+impl From<sotto_api::ConversationKind> for ConversationKind {
+    fn from(kind: sotto_api::ConversationKind) -> Self {
+        match kind {
+            sotto_api::ConversationKind::Dm => Self::Dm,
+            sotto_api::ConversationKind::Group => Self::Group,
         }
     }
 }

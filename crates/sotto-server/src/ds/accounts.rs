@@ -16,7 +16,7 @@ use crate::store::{DeviceRecord, KeyPackages, StoreError};
 fn device_record(cert: &DeviceCertificate, certificate: Vec<u8>) -> (String, DeviceRecord) {
     let (token, token_hash) = crate::auth::new_token(&cert.device_id);
     let record = DeviceRecord {
-        device_id: cert.device_id.to_hex(),
+        device_id: DeviceId::from_bytes(&cert.device_id.0),
         certificate,
         token_hash,
         created_at: now_secs(),
@@ -88,7 +88,7 @@ impl DeliveryService {
             .await?;
         tracing::info!(user = %username, device = %cert.device_id, "account registered");
         Ok(RegisterResponse {
-            device_id: cert.device_id.to_hex(),
+            device_id: DeviceId::from_bytes(&cert.device_id.0),
             token,
         })
     }
@@ -182,7 +182,7 @@ impl DeliveryService {
             .await?
             .ok_or(StoreError::LinkExpired)?;
         Ok(LinkBundle {
-            username,
+            username: crate::store::stored(username)?,
             bundle: B64(bundle),
         })
     }
@@ -213,7 +213,7 @@ impl DeliveryService {
         tracing::info!(user = %username, device = %cert.device_id, "device linked");
         self.wake_devices_of(&[username.as_str().to_owned()]).await;
         Ok(RegisterResponse {
-            device_id: cert.device_id.to_hex(),
+            device_id: DeviceId::from_bytes(&cert.device_id.0),
             token,
         })
     }

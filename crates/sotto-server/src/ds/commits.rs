@@ -21,7 +21,7 @@ fn mls_refusal(e: MlsError) -> DsError {
 
 /// The policy kind of a conversation.
 fn kind_of(c: &ConversationRecord) -> Result<Kind, DsError> {
-    if c.kind == "group" {
+    if c.kind == ConversationKind::Group {
         return Ok(Kind::Group);
     }
     match c.members.as_slice() {
@@ -69,7 +69,7 @@ impl DeliveryService {
                         "the first commit of a conversation needs initial_group_info",
                     )
                 })?;
-                let g = ServerGroup::start(&crypto, &gi.0, &gid, c.kind == "group")
+                let g = ServerGroup::start(&crypto, &gi.0, &gid, c.kind == ConversationKind::Group)
                     .map_err(mls_refusal)?;
                 if g.members().first() != Some(&caller_cert) {
                     return Err(DsError::bad_request(
@@ -145,7 +145,7 @@ impl DeliveryService {
                 &c.id,
                 NewCommit {
                     epoch: req.epoch,
-                    sender_device: caller.device_id.clone(),
+                    sender_device: caller.device_id.to_string(),
                     commit: req.commit.0,
                     welcome,
                     ratchet_tree,

@@ -71,7 +71,7 @@ impl DeliveryService {
     pub async fn leave(&self, caller: &Caller, id: &ConversationId) -> Result<(), DsError> {
         self.ensure_current(caller).await?;
         let c = self.member_conversation(caller, id).await?;
-        if c.kind != "group" {
+        if c.kind != ConversationKind::Group {
             return Err(DsError::conflict("only groups can be left"));
         }
         let admins: Vec<String> = match self.store.group_state(&c.id).await? {

@@ -10,7 +10,7 @@ use sotto_proto::DeviceCertificate;
 use super::{
     parse_username, Body, Caller, DeliveryService, DsError, Limit, MAX_KEY_PACKAGES_PER_UPLOAD,
 };
-use crate::store::KeyPackages;
+use crate::store::{KeyPackages, StoreError};
 
 /// Checks that every key package verifies, is `cert`'s device's, and is marked last-resort exactly
 /// when it is in `last_resort` (at most one of those per ciphersuite).
@@ -124,11 +124,13 @@ impl DeliveryService {
         Ok(ClaimResponse {
             key_packages: claimed
                 .into_iter()
-                .map(|(device_id, kp)| ClaimedKeyPackage {
-                    device_id,
-                    key_package: B64(kp),
+                .map(|(device_id, kp)| {
+                    Ok(ClaimedKeyPackage {
+                        device_id: crate::store::stored(device_id)?,
+                        key_package: B64(kp),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, StoreError>>()?,
         })
     }
 }

@@ -51,7 +51,7 @@ impl DeliveryService {
         // Small messages travel inside the wake-up: the receiving devices need no fetch.
         let frame = if req.message.0.len() <= MAX_INLINE_ENTRY {
             ServerFrame::Entry {
-                id: id.to_string(),
+                id: id.clone(),
                 entry: LogEntry {
                     seq: accepted.seq,
                     epoch: accepted.epoch,
@@ -64,7 +64,7 @@ impl DeliveryService {
             }
         } else {
             ServerFrame::Conversation {
-                id: id.to_string(),
+                id: id.clone(),
                 seq: accepted.seq,
             }
         };
@@ -96,7 +96,7 @@ impl DeliveryService {
         self.bus.publish(
             devices,
             ServerFrame::Ephemeral {
-                id: id.to_string(),
+                id: id.clone(),
                 seq: c.last_seq,
                 sender_device: caller.device_id.clone(),
                 message: req.message,

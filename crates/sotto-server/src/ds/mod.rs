@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rand::RngCore;
-use sotto_api::ServerFrame;
+use sotto_api::{ConversationId, DeviceId, ServerFrame};
 use sotto_proto::identity::hex;
 use sotto_proto::mls::Envelope;
 use sotto_proto::{DeviceCertificate, Username};
@@ -43,7 +43,7 @@ pub struct Caller {
     /// Its account.
     pub username: String,
     /// The device id.
-    pub device_id: String,
+    pub device_id: DeviceId,
 }
 
 /// A request's body, read only once its sender has been admitted by the rate limits, so that a
@@ -161,12 +161,12 @@ impl DeliveryService {
     }
 
     /// Wakes the conversation's member devices: there is more, up to `seq`.
-    async fn wake_members(&self, id: &str, seq: u64) {
+    async fn wake_members(&self, id: &ConversationId, seq: u64) {
         match self.store.wake_list(id).await {
             Ok(devices) => self.bus.publish(
                 devices,
                 ServerFrame::Conversation {
-                    id: id.to_owned(),
+                    id: id.clone(),
                     seq,
                 },
             ),

@@ -3,7 +3,10 @@
 //! are enforced inside each backend's transactions, never in a node's memory.
 
 use async_trait::async_trait;
-use sotto_api::{Accepted, EntryKind, InboxItem, LogEntry};
+use sotto_api::{
+    Accepted, ConversationId, ConversationKind, DeviceId, EntryKind, InboxItem, InvalidId,
+    LogEntry, Username,
+};
 use thiserror::Error;
 
 pub mod pg_tls;
@@ -57,11 +60,23 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// Reads back an id the store wrote. Every id was valid when it went in, so a malformed one means
+/// the database was changed behind the server's back: refused, never passed on to a client.
+pub(crate) fn stored<T: TryFrom<String, Error = InvalidId>>(s: String) -> Result<T, StoreError> {
+    T::try_from(s).map_err(|e| StoreError::Backend(format!("stored row holds an {e}")))
+}
+
+/// Reads back a conversation's kind (see [`stored`]).
+pub(crate) fn stored_kind(s: &str) -> Result<ConversationKind, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Backend("stored row holds an invalid conversation kind".into()))
+}
+
 /// A device as stored.
 #[derive(Debug, Clone)]
 pub struct DeviceRecord {
     /// Device id (hex).
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// Certificate bytes.
     pub certificate: Vec<u8>,
     /// SHA-256 of the token secret.
@@ -83,30 +98,30 @@ pub struct KeyPackages {
 #[derive(Debug, Clone)]
 pub struct AccountRecord {
     /// Username.
-    pub username: String,
+    pub username: Username,
     /// Identity public key.
     pub identity_key: Vec<u8>,
     /// Devices, oldest first.
     pub devices: Vec<DeviceRecord>,
     /// Ids of its revoked devices.
-    pub revoked: Vec<String>,
+    pub revoked: Vec<DeviceId>,
 }
 
 /// A conversation as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationRecord {
     /// Id (hex).
-    pub id: String,
-    /// `dm` or `group`.
-    pub kind: String,
+    pub id: ConversationId,
+    /// DM or group.
+    pub kind: ConversationKind,
     /// Current epoch.
     pub epoch: u64,
     /// Last sequence number.
     pub last_seq: u64,
     /// Member usernames, sorted (for a group: derived from its MLS tree, minus departed accounts).
-    pub members: Vec<String>,
+    pub members: Vec<Username>,
     /// Accounts that left a group and whose devices are still in its MLS tree.
-    pub departed: Vec<String>,
+    pub departed: Vec<Username>,
 }
 
 /// What the hot paths (send, fetch) need of a conversation, read with one point lookup.

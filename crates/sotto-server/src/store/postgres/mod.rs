@@ -200,7 +200,7 @@ async fn insert_device(
              WHERE NOT EXISTS (SELECT 1 FROM revoked_devices WHERE device_id = $1)
              ON CONFLICT (device_id) DO NOTHING",
             &[
-                &device.device_id,
+                &device.device_id.as_str(),
                 &username,
                 &device.certificate,
                 &&device.token_hash[..],
@@ -337,8 +337,8 @@ async fn load_conversation(
         .await
         .map_err(backend)?
         .into_iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect();
+        .map(|r| stored(r.get::<_, String>(0)))
+        .collect::<Result<_, _>>()?;
     let departed = c
         .query(
             "SELECT username FROM departed WHERE conversation_id = $1 ORDER BY username",
@@ -347,11 +347,11 @@ async fn load_conversation(
         .await
         .map_err(backend)?
         .into_iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect();
+        .map(|r| stored(r.get::<_, String>(0)))
+        .collect::<Result<_, _>>()?;
     Ok(Some(ConversationRecord {
-        id: id.to_owned(),
-        kind: row.get(0),
+        id: stored(id.to_owned())?,
+        kind: stored_kind(row.get(0))?,
         epoch: as_u64(row.get(1)),
         last_seq: as_u64(row.get(2)),
         members,
@@ -554,14 +554,14 @@ impl Store for PostgresStore {
             .map(|r| {
                 let hash: Vec<u8> = r.get(2);
                 Ok(DeviceRecord {
-                    device_id: r.get(0),
+                    device_id: stored(r.get(0))?,
                     certificate: r.get(1),
                     token_hash: super::rules::token_hash(&hash)?,
                     created_at: r.get(3),
                 })
             })
             .collect::<Result<_, StoreError>>()?;
-        let revoked: Vec<String> = c
+        let revoked: Vec<DeviceId> = c
             .query(
                 "SELECT device_id FROM revoked_devices WHERE username = $1 ORDER BY device_id",
                 &[&username],
@@ -569,10 +569,10 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?
             .into_iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| stored(r.get(0)))
+            .collect::<Result<_, _>>()?;
         Ok(Some(AccountRecord {
-            username: username.to_owned(),
+            username: stored(username.to_owned())?,
             identity_key: row.get(0),
             devices,
             revoked,
@@ -877,18 +877,19 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(backend)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| LogEntry {
-                seq: as_u64(r.get(0)),
-                epoch: as_u64(r.get(1)),
-                kind: kind_from_code(i64::from(r.get::<_, i16>(2))),
-                sender_device: r.get(3),
-                data: B64(r.get(4)),
-                accepted_at: as_u64(r.get(5)),
-                expires_at: r.get::<_, Option<i64>>(6).map(as_u64),
+        rows.into_iter()
+            .map(|r| {
+                Ok(LogEntry {
+                    seq: as_u64(r.get(0)),
+                    epoch: as_u64(r.get(1)),
+                    kind: kind_from_code(i64::from(r.get::<_, i16>(2))),
+                    sender_device: stored(r.get(3))?,
+                    data: B64(r.get(4)),
+                    accepted_at: as_u64(r.get(5)),
+                    expires_at: r.get::<_, Option<i64>>(6).map(as_u64),
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn inbox(&self, device_id: &str) -> Result<Vec<InboxItem>, StoreError> {
@@ -902,16 +903,17 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(backend)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| InboxItem {
-                id: as_u64(r.get(0)),
-                conversation: r.get(1),
-                seq: as_u64(r.get(2)),
-                welcome: B64(r.get(3)),
-                ratchet_tree: r.get::<_, Option<Vec<u8>>>(4).map(B64),
+        rows.into_iter()
+            .map(|r| {
+                Ok(InboxItem {
+                    id: as_u64(r.get(0)),
+                    conversation: stored(r.get(1))?,
+                    seq: as_u64(r.get(2)),
+                    welcome: B64(r.get(3)),
+                    ratchet_tree: r.get::<_, Option<Vec<u8>>>(4).map(B64),
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn ack_inbox(&self, device_id: &str, up_to: u64) -> Result<(), StoreError> {

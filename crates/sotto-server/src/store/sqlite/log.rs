@@ -183,7 +183,7 @@ pub(super) fn read_log(
             seq,
             epoch: as_u64(r.get(0)?),
             kind: kind_from_code(r.get(1)?),
-            sender_device: r.get(2)?,
+            sender_device: id_at(r, 2)?,
             data: B64(r.get(3)?),
             accepted_at: as_u64(r.get(4)?),
             expires_at: r.get::<_, Option<i64>>(5)?.map(as_u64),

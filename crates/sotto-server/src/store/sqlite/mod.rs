@@ -235,7 +235,7 @@ fn insert_device(
              SELECT ?1, ?2, ?3, ?4, ?5
              WHERE NOT EXISTS (SELECT 1 FROM revoked_devices WHERE device_id = ?1)",
             params![
-                device.device_id,
+                device.device_id.as_str(),
                 username,
                 device.certificate,
                 &device.token_hash[..],
@@ -279,6 +279,16 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Column `i` as an id (see [`stored`]), inside a row mapping.
+fn id_at<T: TryFrom<String, Error = sotto_api::InvalidId>>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    T::try_from(r.get::<_, String>(i)?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn load_conversation(
     conn: &Connection,
     id: &str,
@@ -306,9 +316,9 @@ fn load_conversation(
         )
         .map_err(backend)?;
     let members = stmt
-        .query_map(params![id], |r| r.get(0))
+        .query_map(params![id], |r| id_at(r, 0))
         .map_err(backend)?
-        .collect::<Result<Vec<String>, _>>()
+        .collect::<Result<Vec<Username>, _>>()
         .map_err(backend)?;
     let mut stmt = conn
         .prepare_cached(
@@ -316,13 +326,13 @@ fn load_conversation(
         )
         .map_err(backend)?;
     let departed = stmt
-        .query_map(params![id], |r| r.get(0))
+        .query_map(params![id], |r| id_at(r, 0))
         .map_err(backend)?
-        .collect::<Result<Vec<String>, _>>()
+        .collect::<Result<Vec<Username>, _>>()
         .map_err(backend)?;
     Ok(Some(ConversationRecord {
-        id: id.to_owned(),
-        kind,
+        id: stored(id.to_owned())?,
+        kind: stored_kind(&kind)?,
         epoch: as_u64(epoch),
         last_seq: as_u64(last_seq),
         members,
@@ -574,7 +584,7 @@ impl Store for SqliteStore {
             let devices = stmt
                 .query_map(params![username], |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
+                        id_at::<DeviceId>(r, 0)?,
                         r.get::<_, Vec<u8>>(1)?,
                         r.get::<_, Vec<u8>>(2)?,
                         r.get::<_, i64>(3)?,
@@ -593,17 +603,17 @@ impl Store for SqliteStore {
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let revoked: Vec<String> = conn
+            let revoked: Vec<DeviceId> = conn
                 .prepare_cached(
                     "SELECT device_id FROM revoked_devices WHERE username = ?1 ORDER BY device_id",
                 )
                 .and_then(|mut s| {
-                    s.query_map(params![username], |r| r.get(0))?
+                    s.query_map(params![username], |r| id_at(r, 0))?
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .map_err(backend)?;
             Ok(Some(AccountRecord {
-                username,
+                username: stored(username)?,
                 identity_key,
                 devices,
                 revoked,
@@ -901,7 +911,7 @@ impl Store for SqliteStore {
                 .query_map(params![device_id], |r| {
                     Ok(InboxItem {
                         id: as_u64(r.get(0)?),
-                        conversation: r.get(1)?,
+                        conversation: id_at(r, 1)?,
                         seq: as_u64(r.get(2)?),
                         welcome: B64(r.get(3)?),
                         ratchet_tree: r.get::<_, Option<Vec<u8>>>(4)?.map(B64),
