@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sotto_server::store::{DeviceRecord, KeyPackages, NewCommit, Store};
+use sotto_server::store::prelude::*;
+use sotto_server::store::{DeviceRecord, KeyPackages, NewCommit};
 use sotto_server::SqliteStore;
 use support::Sottod;
 

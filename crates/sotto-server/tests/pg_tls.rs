@@ -107,7 +107,7 @@ async fn the_store_runs_over_a_verified_connection_and_refuses_an_unverified_one
     let store = PostgresStore::connect(&verify_ca, Some(&schema))
         .await
         .expect("the store connects with verify-ca");
-    use sotto_server::Store;
+    use sotto_server::store::prelude::*;
     store.ready().await.unwrap();
     assert!(store.account("nobody").await.unwrap().is_none());
     drop(store);

@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use sotto_server::store::postgres::PostgresStore;
-use sotto_server::store::{DeviceRecord, KeyPackages, NewCommit, Store, StoreError};
+use sotto_server::store::prelude::*;
+use sotto_server::store::{DeviceRecord, KeyPackages, NewCommit, StoreError};
 use sotto_server::SqliteStore;
 
 // Ids as the delivery service hands them to the store: devices and conversations are 32 hex

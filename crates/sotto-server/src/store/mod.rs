@@ -236,9 +236,31 @@ impl AppendJob {
     }
 }
 
-/// The server's storage contract. Every method is atomic.
+/// The server's storage contract, by resource: every backend implements all six traits, and
+/// `Store` is their sum (what the delivery service holds as `Arc<dyn Store>`). Every method is
+/// atomic. The conformance suite (`tests/store_conformance.rs`) is the one contract every backend
+/// passes.
+pub trait Store:
+    AccountStore + KeyPackageStore + ConversationStore + LogStore + LinkStore + OperatorStore
+{
+}
+
+impl<T> Store for T where
+    T: AccountStore + KeyPackageStore + ConversationStore + LogStore + LinkStore + OperatorStore
+{
+}
+
+/// The store's traits, to call their methods on a concrete backend (`Arc<dyn Store>` needs
+/// none of them in scope).
+pub mod prelude {
+    pub use super::{
+        AccountStore, ConversationStore, KeyPackageStore, LinkStore, LogStore, OperatorStore, Store,
+    };
+}
+
+/// Accounts and their devices.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait AccountStore: Send + Sync + 'static {
     /// Creates an account with its first device and key packages.
     async fn create_account(
         &self,
@@ -267,6 +289,13 @@ pub trait Store: Send + Sync + 'static {
     /// An account and its devices.
     async fn account(&self, username: &str) -> Result<Option<AccountRecord>, StoreError>;
 
+    /// Devices of the given accounts (for fan-out).
+    async fn devices_of(&self, usernames: &[String]) -> Result<Vec<String>, StoreError>;
+}
+
+/// Key packages: uploads, counts, claims.
+#[async_trait]
+pub trait KeyPackageStore: Send + Sync + 'static {
     /// Adds key packages for a device.
     async fn add_key_packages(&self, device_id: &str, kps: KeyPackages) -> Result<(), StoreError>;
 
@@ -283,69 +312,23 @@ pub trait Store: Send + Sync + 'static {
         exclude: &str,
         suite: u16,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
 
-    /// Creates an empty group conversation with `creator` as its only member account.
-    async fn create_group(
-        &self,
-        creator: &str,
-        new_id: &str,
-    ) -> Result<ConversationRecord, StoreError>;
-
-    /// The group's public MLS state and the epoch it is at (`None` before the first commit).
-    async fn group_state(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
-
-    /// Records that `username` left the group: it stops being a member at once (no more reads,
-    /// sends or wake-ups); its devices stay in the MLS tree until an admin commits their removal.
-    /// Refused with `LastAdmin` if `username` is in `admins` and, other members remaining, none of
-    /// them is in `admins` (checked in the same transaction, so two admins leaving at once cannot
-    /// both go).
-    async fn leave(&self, id: &str, username: &str, admins: &[String]) -> Result<(), StoreError>;
-
-    /// The member devices of a conversation to wake (accounts that left excluded); before the
-    /// first commit, the devices of its member accounts.
-    async fn wake_list(&self, id: &str) -> Result<Vec<String>, StoreError>;
-
-    /// Records how far devices have read conversations: (conversation, device, seq). Only moves
-    /// forward.
-    async fn save_cursors(&self, cursors: Vec<(String, String, u64)>) -> Result<(), StoreError>;
-
-    /// Drops log entries every member device has read, and entries (and welcomes) created before
-    /// `older_than` (unix seconds). Returns how many log entries went.
-    async fn prune(&self, older_than: i64) -> Result<u64, StoreError>;
-
-    /// The store's clock, in Unix seconds: the one it stamps entries with. Maintenance measures
-    /// expiry and retention on it, so nodes whose clocks disagree still agree on what is due.
-    async fn clock(&self) -> Result<i64, StoreError>;
-
-    /// Answers when the store can serve: a trivial query through the same path requests take
-    /// (the readiness probe).
-    async fn ready(&self) -> Result<(), StoreError>;
-
-    /// Every account, by username, for the operator (reads the whole log for last activity).
-    async fn admin_accounts(&self) -> Result<Vec<AdminAccount>, StoreError>;
-
-    /// Locks (or unlocks) an account: its devices' requests are refused while it is locked.
-    /// `false`: no such account.
-    async fn set_locked(&self, username: &str, locked: bool) -> Result<bool, StoreError>;
-
-    /// Deletes an account, for the operator, in one transaction: its devices (and so their
-    /// tokens), key packages, inbox items, link codes and revoked-device records go, and it
-    /// leaves every conversation as a leave does (no longer a member; marked departed where its
-    /// devices are in the MLS group, so that a member's next sync commits their removal), the
-    /// last-admin rule aside. Its username stays taken (`UsernameTaken` on registration), so
-    /// nobody can take over the name in the conversations and DMs that knew it. `None`: no such
-    /// account.
-    async fn delete_account(&self, username: &str) -> Result<Option<DeletedAccount>, StoreError>;
-
-    /// Deletes every message whose `expires_at` is at or before `now`, delivered or not, in
-    /// bounded pieces so that sends go on meanwhile. Returns how many went.
-    async fn expire(&self, now: i64) -> Result<u64, StoreError>;
-
+/// Conversations: DMs, groups, members, group state, leaving, whom to wake.
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
     /// Returns the DM conversation between `a` and `b`, creating it with `new_id` if there is none.
     async fn get_or_create_dm(
         &self,
         a: &str,
         b: &str,
+        new_id: &str,
+    ) -> Result<ConversationRecord, StoreError>;
+
+    /// Creates an empty group conversation with `creator` as its only member account.
+    async fn create_group(
+        &self,
+        creator: &str,
         new_id: &str,
     ) -> Result<ConversationRecord, StoreError>;
 
@@ -366,6 +349,24 @@ pub trait Store: Send + Sync + 'static {
     async fn conversations_of(&self, username: &str)
         -> Result<Vec<ConversationRecord>, StoreError>;
 
+    /// The group's public MLS state and the epoch it is at (`None` before the first commit).
+    async fn group_state(&self, id: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// Records that `username` left the group: it stops being a member at once (no more reads,
+    /// sends or wake-ups); its devices stay in the MLS tree until an admin commits their removal.
+    /// Refused with `LastAdmin` if `username` is in `admins` and, other members remaining, none of
+    /// them is in `admins` (checked in the same transaction, so two admins leaving at once cannot
+    /// both go).
+    async fn leave(&self, id: &str, username: &str, admins: &[String]) -> Result<(), StoreError>;
+
+    /// The member devices of a conversation to wake (accounts that left excluded); before the
+    /// first commit, the devices of its member accounts.
+    async fn wake_list(&self, id: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// The log (commits and messages), the inbox of welcomes, and read positions.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
     /// Appends a commit if `commit.epoch` is the current epoch (first commit wins), advancing the
     /// epoch and delivering the welcome; all or nothing.
     async fn append_commit(
@@ -413,9 +414,14 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes inbox items up to and including `up_to`.
     async fn ack_inbox(&self, device_id: &str, up_to: u64) -> Result<(), StoreError>;
 
-    /// Devices of the given accounts (for fan-out).
-    async fn devices_of(&self, usernames: &[String]) -> Result<Vec<String>, StoreError>;
+    /// Records how far devices have read conversations: (conversation, device, seq). Only moves
+    /// forward.
+    async fn save_cursors(&self, cursors: Vec<(String, String, u64)>) -> Result<(), StoreError>;
+}
 
+/// Device links.
+#[async_trait]
+pub trait LinkStore: Send + Sync + 'static {
     /// Stores a link offer made by `device` of `username` (`CallerGone` if that device is no longer
     /// registered: a revoked device cannot mint a way back in).
     async fn create_link(
@@ -442,6 +448,42 @@ pub trait Store: Send + Sync + 'static {
         device: DeviceRecord,
         kps: KeyPackages,
     ) -> Result<String, StoreError>;
+}
+
+/// Upkeep (pruning, expiry, the clock, readiness) and the operator's account administration.
+#[async_trait]
+pub trait OperatorStore: Send + Sync + 'static {
+    /// Answers when the store can serve: a trivial query through the same path requests take
+    /// (the readiness probe).
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// The store's clock, in Unix seconds: the one it stamps entries with. Maintenance measures
+    /// expiry and retention on it, so nodes whose clocks disagree still agree on what is due.
+    async fn clock(&self) -> Result<i64, StoreError>;
+
+    /// Drops log entries every member device has read, and entries (and welcomes) created before
+    /// `older_than` (unix seconds). Returns how many log entries went.
+    async fn prune(&self, older_than: i64) -> Result<u64, StoreError>;
+
+    /// Deletes every message whose `expires_at` is at or before `now`, delivered or not, in
+    /// bounded pieces so that sends go on meanwhile. Returns how many went.
+    async fn expire(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Every account, by username, for the operator (reads the whole log for last activity).
+    async fn admin_accounts(&self) -> Result<Vec<AdminAccount>, StoreError>;
+
+    /// Locks (or unlocks) an account: its devices' requests are refused while it is locked.
+    /// `false`: no such account.
+    async fn set_locked(&self, username: &str, locked: bool) -> Result<bool, StoreError>;
+
+    /// Deletes an account, for the operator, in one transaction: its devices (and so their
+    /// tokens), key packages, inbox items, link codes and revoked-device records go, and it
+    /// leaves every conversation as a leave does (no longer a member; marked departed where its
+    /// devices are in the MLS group, so that a member's next sync commits their removal), the
+    /// last-admin rule aside. Its username stays taken (`UsernameTaken` on registration), so
+    /// nobody can take over the name in the conversations and DMs that knew it. `None`: no such
+    /// account.
+    async fn delete_account(&self, username: &str) -> Result<Option<DeletedAccount>, StoreError>;
 }
 
 /// A database failure as a [`StoreError`] (its text is logged, never sent to clients).
