@@ -349,8 +349,9 @@ pub struct ConversationInfo {
     pub departed: Vec<Username>,
 }
 
-/// A conversation's kind, as `dm` or `group` on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A conversation's kind, as `dm` or `group` on the wire. Any other value is refused, with an
+/// error that does not repeat it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
     /// The one conversation between two accounts.
@@ -366,6 +367,13 @@ impl ConversationKind {
             Self::Dm => "dm",
             Self::Group => "group",
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConversationKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -1056,11 +1064,17 @@ mod tests {
         assert_eq!(ok.members, ["alice"]);
         for (bad, what) in [
             (info("../../x", "dm", "alice"), "invalid conversation id"),
-            (info(HEX_A, "channel", "alice"), "unknown variant"),
+            (info(HEX_A, "channel", "alice"), "invalid conversation kind"),
             (info(HEX_A, "dm", "Alice"), "invalid username"),
         ] {
             let err = bad.unwrap_err().to_string();
             assert!(err.contains(what), "{err}");
+            for echoed in ["../../x", "channel", "Alice"] {
+                assert!(
+                    !err.contains(echoed),
+                    "the server's value is repeated: {err}"
+                );
+            }
         }
         let entry = format!(
             r#"{{"type":"entry","id":"{HEX_A}","entry":{{"seq":1,"epoch":1,"kind":"message","sender_device":"{}","data":""}}}}"#,

@@ -96,7 +96,14 @@ impl Client {
                         };
                         let frame: ServerFrame = match serde_json::from_str(&text) {
                             Ok(f) => f,
-                            Err(_) => continue,
+                            // A frame is a hint (the next sync reads the log anyway), but a
+                            // malformed one is said, without repeating the server's bytes.
+                            Err(_) => {
+                                on_event(ListenEvent::Warning(
+                                    "ignored a push frame this client could not read".into(),
+                                ));
+                                continue;
+                            }
                         };
                         match self.run(self.engine.handle_frame(frame)).await {
                             Ok(report) => {

@@ -356,6 +356,13 @@ mod tests {
                 "invalid username",
             ),
             (
+                decode_reply::<ConversationList>(ok(&format!(
+                    r#"{{"conversations":[{{"id":"{conv}","kind":"ALICE","epoch":1,"last_seq":1,"members":[]}}]}}"#
+                )))
+                .unwrap_err(),
+                "invalid conversation kind",
+            ),
+            (
                 decode_reply::<LogPage>(ok(page)).unwrap_err(),
                 "invalid device id",
             ),

@@ -24,8 +24,7 @@ impl Flow {
         };
         let key = IdentityPublicKey::from_bytes(&acc.identity_key.0)
             .map_err(|_| Error::Protocol("server sent a malformed identity key".into()))?;
-        let user = Username::new(&acc.username).map_err(|e| Error::Protocol(e.to_string()))?;
-        if user.as_str() != username {
+        if acc.username != username {
             return Err(Error::Protocol(
                 "server answered for another account".into(),
             ));
@@ -33,7 +32,7 @@ impl Flow {
         let now = self.io.now_secs().await;
         // Read the pin itself, not through `Trust`: a pin that cannot be read or parsed must refuse
         // the account, never be replaced by whatever key the server sends now.
-        self.with_tx(|tx, _| match tx.pin(user.as_str())? {
+        self.with_tx(|tx, _| match tx.pin(username)? {
             Some(p) => {
                 let pinned = IdentityPublicKey::from_bytes(&p.identity_key).map_err(|_| {
                     Error::Storage(format!("the identity key pinned for {username} is corrupt"))

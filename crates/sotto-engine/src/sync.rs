@@ -114,8 +114,9 @@ impl Flow {
         let departed: Vec<Username> = info
             .departed
             .iter()
-            .filter_map(|u| Username::new(u).ok())
-            .collect();
+            .map(|u| Username::new(u))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Protocol(e.to_string()))?;
         self.change_group(&info.id, report, |g| Ok(removal_plan(g, &departed)))
             .await
             .map(|_| ())

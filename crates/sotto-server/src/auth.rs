@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use sotto_api::Username;
 use sotto_proto::identity::hex;
 use sotto_proto::DeviceId;
 use subtle::ConstantTimeEq;
@@ -25,7 +26,7 @@ pub struct AuthCache(Mutex<HashMap<String, CachedToken>>);
 #[derive(Debug)]
 enum CachedToken {
     /// Token hash, account, verified at.
-    Verified([u8; 32], String, Instant),
+    Verified([u8; 32], Username, Instant),
     /// Revoked at.
     Revoked(Instant),
 }
@@ -36,7 +37,7 @@ impl AuthCache {
     const MAX: usize = 200_000;
 
     /// The cached (token hash, username) of a device, if fresh.
-    pub fn get(&self, device_id: &str) -> Option<([u8; 32], String)> {
+    pub fn get(&self, device_id: &str) -> Option<([u8; 32], Username)> {
         let m = self.0.lock().ok()?;
         match m.get(device_id)? {
             CachedToken::Verified(h, u, at) if at.elapsed() < Self::TTL => Some((*h, u.clone())),
@@ -45,7 +46,7 @@ impl AuthCache {
     }
 
     /// Remembers a device's verified token hash (unless it was revoked within the TTL).
-    pub fn put(&self, device_id: &str, hash: [u8; 32], username: &str) {
+    pub fn put(&self, device_id: &str, hash: [u8; 32], username: &Username) {
         if let Ok(mut m) = self.0.lock() {
             if let Some(CachedToken::Revoked(at)) = m.get(device_id) {
                 if at.elapsed() < Self::TTL {
@@ -57,7 +58,7 @@ impl AuthCache {
             }
             m.insert(
                 device_id.to_owned(),
-                CachedToken::Verified(hash, username.to_owned(), Instant::now()),
+                CachedToken::Verified(hash, username.clone(), Instant::now()),
             );
         }
     }

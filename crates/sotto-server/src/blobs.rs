@@ -673,7 +673,7 @@ async fn create(
     let id = sotto_proto::identity::hex(&raw);
     let meta = Meta {
         conversation,
-        username: caller.username,
+        username: caller.username.into_string(),
         device: caller.device_id.into_string(),
         length,
         created_at: now_secs(),

@@ -3,7 +3,7 @@
 //! ```text
 //! http     thin axum handlers: authenticate, parse, call ds
 //! ds       the delivery-service rules (commit rule, membership, key packages, links), no HTTP
-//! store    the Store trait and its SQLite and PostgreSQL backends
+//! store    the Store contract (six traits by resource) and its SQLite and PostgreSQL backends
 //! backup   online copies of the embedded database
 //! blobs    attachment blobs: resumable uploads (tus) and ranged downloads, in an object store
 //! bus      wake-ups: the local Hub of WebSocket connections and the Bus that reaches it

@@ -134,8 +134,7 @@ impl DeliveryService {
         tracing::info!(device = %device_id, "device revoked");
         // The account's other devices remove it from their conversations' MLS groups on sync:
         // wake them so that happens now.
-        self.wake_devices_of(std::slice::from_ref(&caller.username))
-            .await;
+        self.wake_devices_of(&[caller.username.to_string()]).await;
         Ok(())
     }
 

@@ -41,7 +41,7 @@ pub const MAX_LOG_PAGE: u32 = 500;
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// Its account.
-    pub username: String,
+    pub username: sotto_api::Username,
     /// The device id.
     pub device_id: DeviceId,
 }

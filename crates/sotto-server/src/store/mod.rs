@@ -1,4 +1,5 @@
-//! Storage behind one async trait. The delivery-service rules that must hold under concurrency (the
+//! Storage behind one async contract, `Store`: six traits by resource, each backend implementing
+//! all of them. The delivery-service rules that must hold under concurrency (the
 //! commit rule, gap-free sequence numbers, one DM per pair, one-time key packages, one-time links)
 //! are enforced inside each backend's transactions, never in a node's memory.
 
@@ -168,7 +169,7 @@ pub struct NewCommit {
 #[derive(Debug, Clone)]
 pub struct DeviceAuth {
     /// Owning account.
-    pub username: String,
+    pub username: Username,
     /// SHA-256 of its token secret.
     pub token_hash: [u8; 32],
     /// Whether the operator locked the account.

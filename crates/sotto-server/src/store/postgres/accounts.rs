@@ -95,7 +95,7 @@ impl AccountStore for PostgresStore {
         row.map(|r| {
             let hash: Vec<u8> = r.get(1);
             Ok(DeviceAuth {
-                username: r.get(0),
+                username: stored(r.get(0))?,
                 token_hash: super::rules::token_hash(&hash)?,
                 locked: r.get(2),
             })

@@ -92,7 +92,7 @@ impl AccountStore for SqliteStore {
             .map(|(username, hash, locked)| {
                 let token_hash = rules::token_hash(&hash)?;
                 Ok(DeviceAuth {
-                    username,
+                    username: stored(username)?,
                     token_hash,
                     locked,
                 })
