@@ -235,8 +235,7 @@ pub async fn sqlite_to_postgres(
     if let Some(schema) = schema {
         config.options(format!("-c search_path={schema}"));
     }
-    let (mut client, conn) = config
-        .connect(tls)
+    let (mut client, conn) = crate::store::pg_tls::connect(&config, &tls)
         .await
         .map_err(|e| crate::store::pg_tls::with_causes(&e))?;
     tokio::spawn(conn);

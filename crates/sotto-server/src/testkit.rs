@@ -18,8 +18,7 @@ pub fn nats_url() -> String {
 /// A client on the test database (TLS as its URL's `sslmode` says).
 pub async fn sql(url: &str) -> Result<tokio_postgres::Client, String> {
     let (config, tls) = crate::store::pg_tls::parse(url)?;
-    let (client, conn) = config
-        .connect(tls)
+    let (client, conn) = crate::store::pg_tls::connect(&config, &tls)
         .await
         .map_err(|e| crate::store::pg_tls::with_causes(&e))?;
     tokio::spawn(conn);

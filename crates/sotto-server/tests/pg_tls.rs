@@ -127,3 +127,86 @@ fn a_mode_libpq_does_not_have_is_refused_by_name() {
     let err = pg_tls::parse("postgres://postgres@127.0.0.1/test?sslmode=sometimes").unwrap_err();
     assert!(err.contains("sslmode=sometimes"), "{err}");
 }
+
+/// A TCP proxy in front of PostgreSQL at `target` that answers every request for TLS with "yes"
+/// and then bytes that are no TLS, so every handshake fails, and forwards every connection that
+/// starts in the clear.
+async fn tls_breaking_proxy(target: (String, u16)) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// PostgreSQL's SSLRequest: length 8, code 80877103.
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                if client.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                if first == SSL_REQUEST {
+                    let _ = client.write_all(b"S").await;
+                    let _ = client.write_all(b"this is not TLS\r\n\r\n").await;
+                    return;
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                if server.write_all(&first).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `url` (a `postgres://` URL without parameters) to the same database through `proxy`.
+fn through(url: &str, proxy: std::net::SocketAddr) -> String {
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let user = config.get_user().unwrap_or("postgres");
+    let password = config
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    let db = config.get_dbname().unwrap_or("postgres");
+    format!("postgres://{user}{password}@{proxy}/{db}")
+}
+
+#[tokio::test]
+async fn prefer_connects_in_the_clear_when_the_handshake_fails_and_require_refuses() {
+    let Some(url) = testkit::postgres().await else {
+        return;
+    };
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => {
+            eprintln!("SKIPPED: the test database is not reached over TCP");
+            return;
+        }
+    };
+    let proxy = tls_breaking_proxy((host, config.get_ports()[0])).await;
+    let proxied = through(&url, proxy);
+    // libpq's `prefer`: the server offered TLS, the handshake failed, so again in the clear.
+    assert!(!encrypted(&with_params(&proxied, "sslmode=prefer"))
+        .await
+        .expect("prefer falls back to the clear"));
+    // `require` never does.
+    let err = encrypted(&with_params(&proxied, "sslmode=require"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("TLS"), "{err}");
+    // The store's pool connects the same way (its connections are made by the pool).
+    let schema = testkit::schema_name("tlsfallback");
+    let store = PostgresStore::connect(&proxied, Some(&schema))
+        .await
+        .expect("the store connects under prefer");
+    use sotto_server::store::prelude::*;
+    store.ready().await.unwrap();
+    assert!(store.account("nobody").await.unwrap().is_none());
+    drop(store);
+    testkit::drop_schema(&url, &schema).await;
+}

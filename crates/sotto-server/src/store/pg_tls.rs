@@ -14,9 +14,12 @@
 //! that too). Across a network, use `verify-full`: the others let an active attacker read what
 //! crosses (token hashes, link bundles, metadata).
 //!
-//! One difference from libpq: `prefer` does not retry in the clear when a TLS handshake fails
-//! (tokio-postgres does not). A server whose TLS rustls cannot complete (TLS 1.0 or 1.1 only)
-//! needs `sslmode=disable`.
+//! As libpq does, `prefer` connects again in the clear when the server offers TLS but the
+//! handshake fails (a server whose TLS rustls cannot complete, TLS 1.0 or 1.1 only, say), and says
+//! so in a warning; tokio-postgres alone would give up. That is no weaker than `prefer` already
+//! is: an active attacker can as well answer that the server offers no TLS. [`connect`] does it,
+//! and every connection the server makes goes through it (the store's pool, `migrate`, the tests'
+//! kit).
 //!
 //! The stream offers no channel binding (SCRAM-SHA-256 without `-PLUS`): PostgreSQL's default
 //! `channel_binding=prefer` accepts that.
@@ -43,6 +46,68 @@ use tokio_rustls::rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore,
     SignatureScheme,
 };
+
+/// Connects as `config` says, with `tls`: under `prefer`, a failed TLS handshake is followed by a
+/// second connection in the clear (see the module's notes).
+pub async fn connect(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustls,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, RustlsStream<tokio_postgres::Socket>>,
+    ),
+    tokio_postgres::Error,
+> {
+    match config.connect(tls.clone()).await {
+        Err(e) if config.get_ssl_mode() == SslMode::Prefer && handshake_failed(&e) => {
+            tracing::warn!(
+                error = %with_causes(&e),
+                "TLS to PostgreSQL failed; sslmode=prefer connects in the clear"
+            );
+            let mut clear = config.clone();
+            clear.ssl_mode(SslMode::Disable);
+            clear.connect(tls.clone()).await
+        }
+        other => other,
+    }
+}
+
+/// Whether a connection failed in our TLS handshake (rather than before it, or in PostgreSQL's
+/// own authentication): [`RustlsConnect`] marks its errors with [`HandshakeFailed`].
+fn handshake_failed(e: &tokio_postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<HandshakeFailed>())
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// A TLS handshake with PostgreSQL that did not complete: the cause is the only text.
+#[derive(Debug)]
+struct HandshakeFailed(Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for HandshakeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for HandshakeFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+fn handshake_error(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), HandshakeFailed(Box::new(e)))
+}
 
 /// An error and its causes, `a: b: c` (tokio-postgres' own text stops at "error performing TLS
 /// handshake").
@@ -423,12 +488,16 @@ where
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let name = self.name.map_err(|host| {
-                io::Error::new(
+                handshake_error(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("{host:?} is not a server name TLS can check"),
-                )
+                ))
             })?;
-            let tls = self.connector.connect(name, stream).await?;
+            let tls = self
+                .connector
+                .connect(name, stream)
+                .await
+                .map_err(handshake_error)?;
             Ok(RustlsStream(tls))
         })
     }

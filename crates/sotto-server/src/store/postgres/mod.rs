@@ -95,6 +95,31 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
 }
 
+/// The pool's way to open a connection: [`super::pg_tls::connect`], so that `prefer` falls back
+/// to the clear as libpq does.
+struct PreferConnect(super::pg_tls::MakeRustls);
+
+impl deadpool_postgres::Connect for PreferConnect {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let config = config.clone();
+        Box::pin(async move {
+            let (client, conn) = super::pg_tls::connect(&config, &self.0).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            Ok((client, task))
+        })
+    }
+}
+
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/db`, with TLS as its `sslmode` says: see
     /// [`super::pg_tls`]), optionally inside `schema` (created if
@@ -108,7 +133,9 @@ impl PostgresStore {
             {
                 return Err(StoreError::Backend("invalid schema name".into()));
             }
-            let (client, conn) = config.connect(tls.clone()).await.map_err(backend)?;
+            let (client, conn) = super::pg_tls::connect(&config, &tls)
+                .await
+                .map_err(backend)?;
             let task = tokio::spawn(conn);
             client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
@@ -118,7 +145,11 @@ impl PostgresStore {
             let _ = task.await;
             config.options(format!("-c search_path={schema}"));
         }
-        let manager = Manager::new(config, tls);
+        let manager = Manager::from_connect(
+            config,
+            PreferConnect(tls),
+            deadpool_postgres::ManagerConfig::default(),
+        );
         let pool = Pool::builder(manager)
             .max_size(16)
             .build()
