@@ -96,8 +96,10 @@ impl Client {
                         };
                         let frame: ServerFrame = match serde_json::from_str(&text) {
                             Ok(f) => f,
-                            // A frame is a hint (the next sync reads the log anyway), but a
-                            // malformed one is said, without repeating the server's bytes.
+                            // A frame is only a hint: the log is read again on the next wake-up
+                            // that decodes and on every reconnect. Still, one this client cannot
+                            // read (malformed, or a type newer than it) is said, without
+                            // repeating the server's bytes.
                             Err(_) => {
                                 on_event(ListenEvent::Warning(
                                     "ignored a push frame this client could not read".into(),

@@ -25,6 +25,26 @@ pub async fn sql(url: &str) -> Result<tokio_postgres::Client, String> {
     Ok(client)
 }
 
+/// `url` with its password, if it has one, replaced by `***` (for messages).
+fn without_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..]);
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A missing service: a skip message outside CI, a panic under CI.
 fn missing(what: &str, why: &str) {
     if std::env::var_os("CI").is_some() {
@@ -39,7 +59,7 @@ pub async fn postgres() -> Option<String> {
     match sql(&url).await {
         Ok(_) => Some(url),
         Err(e) => {
-            missing("PostgreSQL", &format!("{url}: {e}"));
+            missing("PostgreSQL", &format!("{}: {e}", without_password(&url)));
             None
         }
     }
@@ -78,5 +98,25 @@ pub async fn drop_schema(url: &str, schema: &str) {
         let _ = client
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_never_carry_the_password() {
+        for (url, shown) in [
+            (
+                "postgres://u:s3cret@db:5432/x?sslmode=require",
+                "postgres://u:***@db:5432/x?sslmode=require",
+            ),
+            ("postgres://u@db/x", "postgres://u@db/x"),
+            (
+                "host=db user=u password=s3cret",
+                "host=db user=u password=***",
+            ),
+        ] {
+            assert_eq!(super::without_password(url), shown);
+        }
     }
 }

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use sotto_server::store::pg_tls;
 use sotto_server::testkit;
 use sotto_server::PostgresStore;
@@ -128,24 +131,36 @@ fn a_mode_libpq_does_not_have_is_refused_by_name() {
     assert!(err.contains("sslmode=sometimes"), "{err}");
 }
 
-/// A TCP proxy in front of PostgreSQL at `target` that answers every request for TLS with "yes"
-/// and then bytes that are no TLS, so every handshake fails, and forwards every connection that
-/// starts in the clear.
-async fn tls_breaking_proxy(target: (String, u16)) -> std::net::SocketAddr {
+/// What the test proxy does with a connection that asks for TLS.
+#[derive(Clone, Copy)]
+enum OnTls {
+    /// Says yes, then sends bytes that are no TLS: the handshake fails.
+    Break,
+    /// Passes it on, like everything else.
+    Forward,
+}
+
+/// A TCP proxy in front of PostgreSQL at `target`, counting the connections it accepts. It
+/// forwards every connection, except that with [`OnTls::Break`] it answers a request for TLS
+/// itself and breaks the handshake.
+async fn proxy(target: (String, u16), on_tls: OnTls) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     /// PostgreSQL's SSLRequest: length 8, code 80877103.
     const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             let target = target.clone();
             tokio::spawn(async move {
                 let mut first = [0u8; 8];
                 if client.read_exact(&mut first).await.is_err() {
                     return;
                 }
-                if first == SSL_REQUEST {
+                if first == SSL_REQUEST && matches!(on_tls, OnTls::Break) {
                     let _ = client.write_all(b"S").await;
                     let _ = client.write_all(b"this is not TLS\r\n\r\n").await;
                     return;
@@ -159,19 +174,42 @@ async fn tls_breaking_proxy(target: (String, u16)) -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
-/// `url` (a `postgres://` URL without parameters) to the same database through `proxy`.
-fn through(url: &str, proxy: std::net::SocketAddr) -> String {
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let user = config.get_user().unwrap_or("postgres");
+/// The test database's host and port, when it is reached over TCP by name or address.
+fn tcp_target(url: &str) -> Option<((String, u16), tokio_postgres::Config)> {
+    let (config, _) = pg_tls::parse(url).unwrap();
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) if config.get_hostaddrs().is_empty() => {
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            Some(((h.clone(), port), config))
+        }
+        _ => {
+            eprintln!("SKIPPED: the test database is not reached over TCP by one host name");
+            None
+        }
+    }
+}
+
+/// A URL to `db` through `proxy`, as `config`'s user.
+fn through(config: &tokio_postgres::Config, proxy: std::net::SocketAddr, db: &str) -> String {
+    let enc = |s: &[u8]| -> String {
+        s.iter()
+            .map(|&b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let user = enc(config.get_user().unwrap_or("postgres").as_bytes());
     let password = config
         .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .map(|p| format!(":{}", enc(p)))
         .unwrap_or_default();
-    let db = config.get_dbname().unwrap_or("postgres");
-    format!("postgres://{user}{password}@{proxy}/{db}")
+    format!("postgres://{user}{password}@{proxy}/{}", enc(db.as_bytes()))
 }
 
 #[tokio::test]
@@ -179,17 +217,11 @@ async fn prefer_connects_in_the_clear_when_the_handshake_fails_and_require_refus
     let Some(url) = testkit::postgres().await else {
         return;
     };
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        #[allow(unreachable_patterns)]
-        _ => {
-            eprintln!("SKIPPED: the test database is not reached over TCP");
-            return;
-        }
+    let Some((target, config)) = tcp_target(&url) else {
+        return;
     };
-    let proxy = tls_breaking_proxy((host, config.get_ports()[0])).await;
-    let proxied = through(&url, proxy);
+    let (addr, _) = proxy(target, OnTls::Break).await;
+    let proxied = through(&config, addr, config.get_dbname().unwrap_or("postgres"));
     // libpq's `prefer`: the server offered TLS, the handshake failed, so again in the clear.
     assert!(!encrypted(&with_params(&proxied, "sslmode=prefer"))
         .await
@@ -205,8 +237,30 @@ async fn prefer_connects_in_the_clear_when_the_handshake_fails_and_require_refus
         .await
         .expect("the store connects under prefer");
     use sotto_server::store::prelude::*;
-    store.ready().await.unwrap();
-    assert!(store.account("nobody").await.unwrap().is_none());
+    let served = store.ready().await;
     drop(store);
     testkit::drop_schema(&url, &schema).await;
+    served.unwrap();
+}
+
+#[tokio::test]
+async fn prefer_does_not_fall_back_when_what_failed_was_not_the_handshake() {
+    let Some(url) = testkit::postgres().await else {
+        return;
+    };
+    let Some((target, config)) = tcp_target(&url) else {
+        return;
+    };
+    let (addr, accepted) = proxy(target, OnTls::Forward).await;
+    // The server does TLS (or says it does not); what fails is the database's name, after.
+    let nowhere = through(&config, addr, "no_such_database_here");
+    let err = encrypted(&with_params(&nowhere, "sslmode=prefer"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("no_such_database_here"), "{err}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection: nothing tried again in the clear"
+    );
 }

@@ -18,8 +18,10 @@
 //! handshake fails (a server whose TLS rustls cannot complete, TLS 1.0 or 1.1 only, say), and says
 //! so in a warning; tokio-postgres alone would give up. That is no weaker than `prefer` already
 //! is: an active attacker can as well answer that the server offers no TLS. [`connect`] does it,
-//! and every connection the server makes goes through it (the store's pool, `migrate`, the tests'
-//! kit).
+//! one address at a time (so a failure elsewhere never sends a server that did TLS into the
+//! clear), and every connection the server makes goes through it (the store's pool, `migrate`,
+//! the tests' kit). A URL that names several hosts, or pins addresses with `hostaddr`, gets no
+//! fallback: which address failed how is not known after the fact.
 //!
 //! The stream offers no channel binding (SCRAM-SHA-256 without `-PLUS`): PostgreSQL's default
 //! `channel_binding=prefer` accepts that.
@@ -47,8 +49,9 @@ use tokio_rustls::rustls::{
     SignatureScheme,
 };
 
-/// Connects as `config` says, with `tls`: under `prefer`, a failed TLS handshake is followed by a
-/// second connection in the clear (see the module's notes).
+/// Connects as `config` says, with `tls`: under `prefer`, for a URL with one host name, each of
+/// its addresses is tried in turn, and a failed TLS handshake with one is followed by a second
+/// connection to the same address in the clear (see the module's notes).
 pub async fn connect(
     config: &tokio_postgres::Config,
     tls: &MakeRustls,
@@ -59,17 +62,46 @@ pub async fn connect(
     ),
     tokio_postgres::Error,
 > {
-    match config.connect(tls.clone()).await {
-        Err(e) if config.get_ssl_mode() == SslMode::Prefer && handshake_failed(&e) => {
-            tracing::warn!(
-                error = %with_causes(&e),
-                "TLS to PostgreSQL failed; sslmode=prefer connects in the clear"
-            );
-            let mut clear = config.clone();
-            clear.ssl_mode(SslMode::Disable);
-            clear.connect(tls.clone()).await
+    let addresses = match (config.get_hosts(), config.get_hostaddrs()) {
+        ([tokio_postgres::config::Host::Tcp(name)], [])
+            if config.get_ssl_mode() == SslMode::Prefer =>
+        {
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            // A name that does not resolve: tokio-postgres says so below.
+            tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .map(|a| a.map(|a| a.ip()).collect::<Vec<_>>())
+                .unwrap_or_default()
         }
-        other => other,
+        _ => Vec::new(),
+    };
+    let mut last = None;
+    for ip in addresses {
+        // The host name stays for TLS; the address decides where the connection goes.
+        let mut one = config.clone();
+        one.hostaddr(ip);
+        let e = match one.connect(tls.clone()).await {
+            Ok(connected) => return Ok(connected),
+            Err(e) => e,
+        };
+        if !handshake_failed(&e) {
+            last = Some(e);
+            continue;
+        }
+        tracing::warn!(
+            error = %with_causes(&e),
+            address = %ip,
+            "TLS to PostgreSQL failed; sslmode=prefer connects in the clear"
+        );
+        one.ssl_mode(SslMode::Disable);
+        match one.connect(tls.clone()).await {
+            Ok(connected) => return Ok(connected),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => config.connect(tls.clone()).await,
     }
 }
 
@@ -487,11 +519,12 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
+            // Not a handshake failure: no handshake was tried, so `prefer` does not fall back.
             let name = self.name.map_err(|host| {
-                handshake_error(io::Error::new(
+                io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("{host:?} is not a server name TLS can check"),
-                ))
+                )
             })?;
             let tls = self
                 .connector
