@@ -569,8 +569,8 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let limits = config.limits.clone();
-    let (state, stop_push) = AppState::new(store, bus, hub, config);
-    let shared_limiter = if let Some(url) = &args.limits {
+    let (mut state, stop_push) = AppState::new(store, bus, hub, config);
+    if let Some(url) = &args.limits {
         if args.no_rate_limits {
             anyhow::bail!("--limits and --no-rate-limits contradict each other");
         }
@@ -582,14 +582,8 @@ async fn main() -> anyhow::Result<()> {
             when_unreachable = ?args.limits_fail,
             "rate limits shared by every node through Redis"
         );
-        Some(sotto_server::limits::RateLimiter::shared(limits, shared))
-    } else {
-        None
-    };
-    let state = match shared_limiter {
-        Some(limiter) => state.with_limiter(limiter),
-        None => state,
-    };
+        state = state.with_limiter(sotto_server::limits::RateLimiter::shared(limits, shared));
+    }
     let blobs = open_blobs(&args)?;
     let state = state
         .with_blobs(blobs.with_account_quota(args.account_quota_mb.saturating_mul(1024 * 1024)));

@@ -361,12 +361,12 @@ mod tests {
         }
         for f in [
             ClientFrame::Read {
-                id: ConversationId::new(id.clone()).unwrap(),
+                id: id.clone(),
                 seq: 1,
             },
             ClientFrame::Send {
                 reference: 1,
-                id: ConversationId::new(id.clone()).unwrap(),
+                id: id.clone(),
                 message: B64(vec![1]),
             },
         ] {

@@ -64,13 +64,17 @@ pub enum StoreError {
 /// Reads back an id the store wrote. Every id was valid when it went in, so a malformed one means
 /// the database was changed behind the server's back: refused, never passed on to a client.
 pub(crate) fn stored<T: TryFrom<String, Error = InvalidId>>(s: String) -> Result<T, StoreError> {
-    T::try_from(s).map_err(|e| StoreError::Backend(format!("stored row holds an {e}")))
+    T::try_from(s).map_err(corrupt)
 }
 
 /// Reads back a conversation's kind (see [`stored`]).
 pub(crate) fn stored_kind(s: &str) -> Result<ConversationKind, StoreError> {
-    s.parse()
-        .map_err(|_| StoreError::Backend("stored row holds an invalid conversation kind".into()))
+    s.parse().map_err(corrupt)
+}
+
+/// A stored value the store would never have written; names what kind it is, not the value.
+fn corrupt(e: InvalidId) -> StoreError {
+    StoreError::Backend(format!("stored row holds an {e}"))
 }
 
 /// A device as stored.
